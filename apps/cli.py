@@ -1,0 +1,79 @@
+"""The `llmos` command. Only assembles commands: the work is in library modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmos.apps import demo, runner
+from llmos.kernel.errors import ConfigError
+from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
+
+app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
+                  add_completion=False)
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder.")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
+
+
+@app.command()
+def run(
+    app_ref: Annotated[str, typer.Argument(metavar="APP", help="path/to/app.py:main or package.module:main")],
+    args: Annotated[Optional[list[str]], typer.Argument(help="Arguments passed to the app's main.")] = None,
+    model: ModelOpt = "smollm2",
+    policy: PolicyOpt = "fifo",
+    no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
+    cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Grant only these capabilities.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Token quota of the process.")] = None,
+    deadline: Annotated[Optional[float], typer.Option(help="Seconds before the process is killed.")] = None,
+) -> None:
+    """Boot a kernel, run APP as a process, print its result; exit with its status."""
+    quotas = {"max_tokens": max_tokens, "deadline_s": deadline}
+    caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
+    status = _guard(lambda: anyio.run(lambda: runner.run_app(app_ref, list(args or []), model=None if no_model
+                                                              else model, policy=policy, caps=caps, quotas=quotas)))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err))
+
+
+@app.command("demo")
+def demo_cmd(model: ModelOpt = "smollm2") -> None:
+    """Several agent processes share the real model through one kernel."""
+    raise typer.Exit(_guard(lambda: anyio.run(demo.run_demo, runner.stdout_console(), model)))
+
+
+@app.command()
+def models() -> None:
+    """The models llmos can load, and whether each is ready here."""
+    from llmos.drivers import registry
+    from llmos.home import llmos_home
+
+    table = Table("name", "aliases", "status", "description")
+    for spec in registry.models():
+        status = "cached" if registry.is_cached(spec.cache_folder(llmos_home())) else "not cached yet"
+        table.add_row(spec.name, ", ".join(spec.aliases), status, spec.description)
+    runner.stdout_console().print(table)
+
+
+def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line
+    try:
+        return action()
+    except (SyscallError, ConfigError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        if os.environ.get("LLMOS_DEBUG"):
+            raise
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

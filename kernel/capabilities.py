@@ -1,0 +1,34 @@
+"""Capability names and the one rule that matches them.
+
+A capability is a dotted name; a granted name ending in ".*" grants every name below it,
+and "*" grants everything. A child's capabilities are always a subset of its parent's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+ALL = "*"
+PROC_SPAWN = "proc.spawn"  # create child processes
+PROC_ADMIN = "proc.admin"  # control processes that are not yourself or your descendants; raise priority
+IPC = "ipc"  # send and receive messages
+MODEL_GENERATE = "model.generate"  # use the model (chat, generate)
+
+# What `llmos run` and the shell grant an app unless told otherwise.
+DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE})
+
+
+def grants(granted: Iterable[str], wanted: str) -> bool:
+    """True if the set `granted` includes capability `wanted`, directly or by wildcard."""
+    granted = set(granted)
+    if ALL in granted or wanted in granted:
+        return True
+    parts = wanted.split(".")
+    return any(".".join(parts[:i]) + ".*" in granted for i in range(1, len(parts)))
+
+
+def narrow(parent: frozenset[str], asked: Iterable[str] | None) -> frozenset[str]:
+    """The capabilities a child gets: what was asked, limited to what the parent has."""
+    if asked is None:
+        return parent
+    return frozenset(c for c in asked if grants(parent, c))

@@ -1,0 +1,116 @@
+"""Every error a syscall can raise, in one place.
+
+All are `SyscallError` subclasses carrying an errno-like code, so a process can catch
+them as a family or one by one. Each is recoverable for the *process* that gets it (it
+may catch it and go on); none is fatal to the kernel.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Errno(IntEnum):
+    """Errno-like codes; the numbers follow Linux where one fits."""
+
+    EPERM = 1  # the caller lacks a capability
+    ESRCH = 3  # no such process
+    EINTR = 4  # the call was interrupted (the process was killed while it waited)
+    EIO = 5  # the model or another driver failed
+    E2BIG = 7  # the prompt does not fit the model's context window
+    EAGAIN = 11  # try again later (a mailbox is full)
+    EEXIST = 17  # the thing already exists
+    EINVAL = 22  # a malformed request or an argument out of range
+    ENOSYS = 38  # unknown syscall
+    ETIMEDOUT = 110  # a wait ran out of time
+    EDQUOT = 122  # a quota is exhausted
+    ENOTUNIQ = 76  # a name matches several processes
+
+
+class SyscallError(Exception):
+    """Base of every error a syscall raises: `code` is the errno, `str(e)` a sentence."""
+
+    code: Errno = Errno.EINVAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"[{self.code.name}] {self.message}"
+
+
+class InvalidRequest(SyscallError):
+    """The request is malformed or an argument is out of range. Fix the call."""
+
+    code = Errno.EINVAL
+
+
+class UnknownSyscall(SyscallError):
+    """No handler exists for this request type. Check the call's name."""
+
+    code = Errno.ENOSYS
+
+
+class PermissionDenied(SyscallError):
+    """The calling process lacks the capability the call needs."""
+
+    code = Errno.EPERM
+
+
+class NoSuchProcess(SyscallError):
+    """No live (or unreaped) process has that pid or name."""
+
+    code = Errno.ESRCH
+
+
+class AmbiguousName(SyscallError):
+    """A name matches several live processes; address one by pid."""
+
+    code = Errno.ENOTUNIQ
+
+
+class QuotaExceeded(SyscallError):
+    """The process used up a quota (tokens, syscalls); further calls of that kind fail."""
+
+    code = Errno.EDQUOT
+
+
+class Timeout(SyscallError):
+    """A blocking call (recv, wait) ran out of time; nothing was consumed."""
+
+    code = Errno.ETIMEDOUT
+
+
+class MailboxFull(SyscallError):
+    """The receiver's mailbox is full; the message was not delivered. Retry later."""
+
+    code = Errno.EAGAIN
+
+
+class ContextOverflow(SyscallError):
+    """The prompt plus the reply budget exceed the model's context window."""
+
+    code = Errno.E2BIG
+
+
+class ModelError(SyscallError):
+    """The model driver failed while serving the request; the kernel goes on."""
+
+    code = Errno.EIO
+
+
+class InvalidState(SyscallError):
+    """The target is not in a state that allows this (e.g. resume of a running process)."""
+
+    code = Errno.EINVAL
+
+
+class ConfigError(ValueError):
+    """A kernel setting is invalid (an unknown policy or model name). Raised at boot, not by syscalls."""
+
+
+class TooManyProcesses(SyscallError):
+    """The process table is full; spawn again once some processes have ended."""
+
+    code = Errno.EAGAIN

@@ -1,0 +1,172 @@
+"""The generation service: the one place where processes' requests meet the model.
+
+Requests wait in the scheduler; a loop on the event loop asks it for the next batch and
+hands that batch to the driver in a worker thread, streaming text back as it comes.
+Invariant: a job is in `self.jobs` exactly while it is unfinished, and its owner is
+charged for it exactly once, when it leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from llmos.kernel import params
+from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
+from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.process import Process
+from llmos.kernel.scheduler import SchedRequest, Scheduler, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+class Ticket:
+    """A process's claim on one generation: stream its text, or await the finished job."""
+
+    def __init__(self, job: GenerationJob) -> None:
+        self.job = job
+        self.done = anyio.Event()
+        self.started_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._send: MemoryObjectSendStream[str]
+        self._recv: MemoryObjectReceiveStream[str]
+        # Unbounded: the model thread must never block on a slow reader.
+        self._send, self._recv = anyio.create_memory_object_stream[str](math.inf)
+
+    async def result(self) -> GenerationJob:
+        await self.done.wait()
+        if self.job.finish_reason == "error":
+            raise ModelError(f"the model failed on this request: {self.job.error}")
+        return self.job
+
+    async def pieces(self) -> AsyncIterator[str]:
+        async with self._recv:
+            async for piece in self._recv:
+                yield piece
+        await self.result()  # surfaces a model error at the end of the stream
+
+    def _push(self, piece: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self._send.send_nowait(piece)
+
+    def _close(self) -> None:
+        self._send.close()
+        self.done.set()
+
+
+class GenerationService:
+    def __init__(self, driver: ModelDriver, scheduler: Scheduler) -> None:
+        self.driver = driver
+        self.scheduler = scheduler
+        self.tickets: dict[int, Ticket] = {}
+        self._owners: dict[int, Process] = {}
+        self._ids = itertools.count(1)
+        self._wakeup = anyio.Event()
+        self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
+
+    async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
+                     messages: Sequence[ChatMessage] | None = None) -> Ticket:
+        """Queue a generation for `proc`; fails fast if it cannot fit the context or quota."""
+        job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
+                            messages=tuple(messages) if messages is not None else None)
+        await anyio.to_thread.run_sync(self.driver.prepare, job)
+        job.sampling = self._fit_budget(proc, job)
+        ticket = Ticket(job)
+        self.tickets[job.id] = ticket
+        self._owners[job.id] = proc
+        self.scheduler.add(SchedRequest(id=job.id, pid=proc.pid, priority=proc.priority,
+                                        max_tokens=job.sampling.max_tokens))
+        self._wakeup.set()
+        return ticket
+
+    def _fit_budget(self, proc: Process, job: GenerationJob) -> SamplingParams:
+        """Cap the reply to what the context window and the token quota leave."""
+        prompt_tokens = len(job.prompt_ids)
+        room = self.driver.context_length - prompt_tokens
+        if room < 1:
+            raise ContextOverflow(f"the prompt is {prompt_tokens} tokens; the model's context window is "
+                                  f"{self.driver.context_length}, leaving no room for a reply")
+        cap = min(job.sampling.max_tokens, room)
+        if proc.quotas.max_tokens is not None:
+            left = proc.quotas.max_tokens - proc.stats.tokens - prompt_tokens
+            if left < 1:
+                raise QuotaExceeded(f"process {proc.pid} has used {proc.stats.tokens} of its "
+                                    f"{proc.quotas.max_tokens}-token quota; this prompt alone needs {prompt_tokens}")
+            cap = min(cap, left)
+        return job.sampling.model_copy(update={"max_tokens": cap})
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop a generation: at once if it waits, at the driver's next step if it runs."""
+        job = ticket.job
+        if job.id not in self.tickets:
+            return
+        job.cancelled = True
+        if job.id not in self._running_ids:
+            self._finish(ticket, "cancelled")
+
+    def cancel_owner(self, pid: int) -> None:
+        """Cancel every generation of a process (it was killed or ended)."""
+        for ticket in [t for t in self.tickets.values() if t.job.pid == pid]:
+            self.cancel(ticket)
+
+    async def serve(self) -> None:
+        """The loop: schedule, run a batch off the event loop, account. Runs until cancelled."""
+        while True:
+            if not self.scheduler.has_work():
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                await anyio.sleep(params.BATCH_GATHER_S)
+                continue
+            plan = self.scheduler.schedule()
+            jobs = [self.tickets[i].job for i in plan.batch]
+            self._running_ids = frozenset(plan.batch)
+            started = time.perf_counter()
+            before = {job.id: len(job.token_ids) for job in jobs}
+            try:
+                await anyio.to_thread.run_sync(self.driver.run, jobs, plan.max_steps, self._emit_from_thread)
+            except Exception as exc:  # a driver failure fails its batch, never the kernel
+                log.exception("model driver failed")
+                for job in jobs:
+                    job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
+            finally:
+                self._running_ids = frozenset()
+            self._account(jobs, before, time.perf_counter() - started)
+
+    def _account(self, jobs: list[GenerationJob], before: dict[int, int], elapsed: float) -> None:
+        decoded = {job.id: len(job.token_ids) - before[job.id] for job in jobs}
+        finished = frozenset(job.id for job in jobs if job.finished or job.cancelled)
+        self.scheduler.update_from_output(StepOutput(tokens=decoded, finished=finished))
+        for job in jobs:
+            owner = self._owners.get(job.id)
+            if owner is not None:
+                owner.stats.generation_time_s += elapsed
+            if job.id in finished and job.id in self.tickets:
+                self._finish(self.tickets[job.id], job.finish_reason or "cancelled")
+
+    def _finish(self, ticket: Ticket, reason: str) -> None:
+        job = ticket.job
+        job.finish_reason = job.finish_reason or reason  # type: ignore[assignment]
+        owner = self._owners.pop(job.id)
+        owner.stats.prompt_tokens += len(job.prompt_ids)
+        owner.stats.completion_tokens += len(job.token_ids)
+        del self.tickets[job.id]
+        self.scheduler.remove(job.id)
+        ticket._close()
+
+    def _emit_from_thread(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+        anyio.from_thread.run_sync(self._deliver, pieces)
+
+    def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+        for job, piece in pieces:
+            ticket = self.tickets.get(job.id)
+            if ticket is not None and piece:
+                ticket._push(piece)

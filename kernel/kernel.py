@@ -1,0 +1,229 @@
+"""The kernel: owns the process table, runs each process in its own task, and routes
+every syscall through the dispatcher.
+
+Its public methods act as the kernel itself (pid 0): they check no capabilities. The
+syscall handlers in llmos.syscalls check the caller's rights, then call these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import pydantic_core
+from anyio.abc import TaskGroup
+
+from llmos.kernel import capabilities, params
+from llmos.kernel.dispatch import Dispatcher, SyscallTable
+from llmos.kernel.errors import InvalidRequest, InvalidState, MailboxFull, NoSuchProcess, SyscallError, Timeout
+from llmos.kernel.generation import GenerationService
+from llmos.kernel.ipc import Message
+from llmos.kernel.loader import resolve_app
+from llmos.kernel.model import ModelDriver
+from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
+from llmos.kernel.proctable import ProcessTable
+from llmos.kernel.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+# Builds the object an app receives as `sys` (llmos.syscalls.Sys, wired in by llmos.boot).
+HandleFactory = Callable[["Kernel", Process], Any]
+
+
+class Kernel:
+    def __init__(self, table: SyscallTable, handle: HandleFactory, driver: ModelDriver | None = None,
+                 scheduler: Scheduler | None = None) -> None:
+        self.procs = ProcessTable()
+        self.dispatcher = Dispatcher(self, table)
+        self.driver = driver
+        self.scheduler = scheduler or Scheduler()
+        self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
+        self._make_handle = handle
+        self._tg: TaskGroup | None = None
+        self.booted_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Kernel:
+        self._tg = await anyio.create_task_group().__aenter__()
+        if self.generation is not None:
+            self._tg.start_soon(self.generation.serve, name="llmos-generation")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._tg is not None
+        for proc in list(self.procs.live.values()):
+            self.kill(proc.pid, "kernel shutdown")
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    @property
+    def trace(self):  # noqa: ANN201 - a deque of TraceEvent
+        return self.dispatcher.trace
+
+    # -- processes --------------------------------------------------------------------------
+    def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,
+                     caps: Iterable[str] | None = None, quotas: Quotas | None = None,
+                     parent: Process | None = None) -> Process:
+        if self._tg is None:
+            raise InvalidState("the kernel is not running; use 'async with llmos.boot() as kernel'")
+        main = resolve_app(app)
+        if not params.NICE_MIN <= priority <= params.NICE_MAX:
+            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+        granted = capabilities.narrow(parent.capabilities, caps) if parent else frozenset(caps or {capabilities.ALL})
+        proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
+                       name=name or getattr(main, "__qualname__", "app"), priority=priority,
+                       capabilities=granted, quotas=quotas or Quotas())
+        proc.cancel_scope = anyio.CancelScope()
+        if proc.quotas.deadline_s is not None:
+            proc.cancel_scope.deadline = anyio.current_time() + proc.quotas.deadline_s
+        self.procs.add(proc)
+        proc.state = ProcState.READY
+        self._tg.start_soon(self._run, proc, main, args, name=f"llmos-pid-{proc.pid}")
+        return proc
+
+    async def spawn(self, app: Any, *args: Any, **options: Any) -> ProcessInfo:
+        """Start `app(sys, *args)` as a new process; returns its snapshot (with its pid)."""
+        return self.spawn_nowait(app, *args, **options).info()
+
+    async def _run(self, proc: Process, main: Any, args: tuple[Any, ...]) -> None:
+        assert proc.cancel_scope is not None
+        try:
+            with proc.cancel_scope:
+                self.set_activity(proc, ProcState.RUNNING)
+                try:
+                    proc.result = await main(self._make_handle(self, proc), *args)
+                    self._end(proc, ProcState.EXITED, None)
+                except SystemExit as exc:
+                    state = ProcState.EXITED if exc.code in (0, None) else ProcState.FAILED
+                    self._end(proc, state, None if state is ProcState.EXITED else f"exit status {exc.code}")
+                except Exception as exc:  # a process's failure is its own, never the kernel's
+                    proc.traceback = traceback.format_exc()
+                    self._end(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
+            if not proc.state.terminal:  # the scope swallowed a kill or the deadline
+                reason = proc.kill_reason or f"deadline of {proc.quotas.deadline_s} s exceeded"
+                self._end(proc, ProcState.KILLED, reason)
+        finally:
+            if not proc.state.terminal:  # the whole kernel is being cancelled
+                self._end(proc, ProcState.KILLED, proc.kill_reason or "kernel shutdown")
+            self._cleanup(proc)
+
+    def _end(self, proc: Process, state: ProcState, reason: str | None) -> None:
+        if proc.state.terminal:
+            return
+        proc.state, proc.reason, proc.ended_at = state, reason, time.time()
+        if state is ProcState.FAILED:
+            log.info("pid %d (%s) failed: %s", proc.pid, proc.name, reason)
+
+    def _cleanup(self, proc: Process) -> None:
+        if self.generation is not None:
+            self.generation.cancel_owner(proc.pid)
+        self.scheduler.resume(proc.pid)
+        if proc.mailbox_send is not None:
+            proc.mailbox_send.close()
+            proc.mailbox_recv.close()
+        self.procs.retire(proc)
+        proc.done.set()
+
+    async def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
+        """Wait for a process to end, reap it, and return how it ended."""
+        proc = self.procs.get(pid)
+        with anyio.move_on_after(timeout) as scope:
+            await proc.done.wait()
+        if scope.cancelled_caught:
+            raise Timeout(f"process {pid} still runs after {timeout} s")
+        self.procs.reap(pid)
+        return proc.exit_status()
+
+    def kill(self, pid: int, reason: str = "killed") -> None:
+        """End a process now; its in-flight generation is cancelled. Killing an ended one is a no-op."""
+        proc = self.procs.get(pid)
+        if proc.state.terminal:
+            return
+        proc.kill_reason = proc.kill_reason or reason
+        if self.generation is not None:
+            self.generation.cancel_owner(pid)
+        proc.runnable.set()  # a suspended process must wake to die
+        assert proc.cancel_scope is not None
+        proc.cancel_scope.cancel()
+
+    def suspend(self, pid: int) -> None:
+        proc = self.procs.get_live(pid)
+        if proc.state is ProcState.SUSPENDED:
+            raise InvalidState(f"process {pid} is already suspended")
+        proc.state_before_suspend = proc.state
+        proc.state = ProcState.SUSPENDED
+        proc.runnable.clear()
+        self.scheduler.suspend(pid)
+
+    def resume(self, pid: int) -> None:
+        proc = self.procs.get_live(pid)
+        if proc.state is not ProcState.SUSPENDED:
+            raise InvalidState(f"process {pid} is not suspended (it is {proc.state.name})")
+        proc.state = proc.state_before_suspend or ProcState.RUNNING
+        proc.runnable.set()
+        self.scheduler.resume(pid)
+
+    def nice(self, pid: int, priority: int) -> None:
+        if not params.NICE_MIN <= priority <= params.NICE_MAX:
+            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+        proc = self.procs.get_live(pid)
+        proc.priority = priority
+        self.scheduler.set_priority(pid, priority)
+
+    def ps(self, include_ended: bool = False) -> list[ProcessInfo]:
+        procs = list(self.procs.live.values())
+        if include_ended:
+            procs += list(self.procs.ended.values())
+        return [p.info() for p in sorted(procs, key=lambda p: p.pid)]
+
+    def set_activity(self, proc: Process, state: ProcState) -> None:
+        """RUNNING or BLOCKED as the process enters or leaves a wait; a suspension sticks."""
+        if proc.state is ProcState.SUSPENDED:
+            proc.state_before_suspend = state
+        elif not proc.state.terminal:
+            proc.state = state
+
+    # -- messages ---------------------------------------------------------------------------
+    def send(self, target: int | str, payload: Any, sender: Process | None = None) -> Message:
+        """Deliver a copy of a JSON-able payload to a live process's mailbox, without blocking."""
+        receiver = self.procs.find(target)
+        try:
+            data = pydantic_core.from_json(pydantic_core.to_json(payload))  # a private deep copy
+        except pydantic_core.PydanticSerializationError as exc:
+            raise InvalidRequest(f"a message payload must be JSON-serializable: {exc}") from None
+        message = Message(sender=sender.pid if sender else params.KERNEL_PID,
+                          sender_name=sender.name if sender else "kernel", payload=data, sent_at=time.time())
+        try:
+            self._mailbox(receiver)[0].send_nowait(message)
+        except anyio.WouldBlock:
+            raise MailboxFull(f"the mailbox of process {receiver.pid} ({receiver.name}) is full "
+                              f"({params.MAILBOX_SIZE} messages)") from None
+        return message
+
+    async def recv(self, proc: Process, timeout: float | None = None) -> Message:
+        receive = self._mailbox(proc)[1]
+        with anyio.move_on_after(timeout) as scope:
+            return await receive.receive()
+        raise Timeout(f"no message arrived within {timeout} s")
+
+    @staticmethod
+    def _mailbox(proc: Process) -> tuple[Any, Any]:
+        if proc.mailbox_send is None:  # created on first use: most processes never get mail
+            proc.mailbox_send, proc.mailbox_recv = anyio.create_memory_object_stream[Message](params.MAILBOX_SIZE)
+        return proc.mailbox_send, proc.mailbox_recv
+
+    # -- syscalls ---------------------------------------------------------------------------
+    async def syscall(self, proc: Process, request: Any) -> Any:
+        return await self.dispatcher.dispatch(proc, request)
+
+
+__all__ = ["Kernel", "HandleFactory", "NoSuchProcess", "SyscallError"]

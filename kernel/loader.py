@@ -1,0 +1,63 @@
+"""Turns what a user names as an app into the coroutine function the kernel runs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmos.kernel.errors import InvalidRequest
+
+AppMain = Callable[..., Any]
+
+
+def resolve_app(app: Any) -> AppMain:
+    """An `async def main(sys, *args)`, a class with such a `main`, or a reference to
+    either: "pkg.module:attr" or "path/to/file.py:attr" (attr defaults to "main")."""
+    if isinstance(app, str):
+        app = _load_reference(app)
+    if inspect.isclass(app):
+        app = getattr(app(), "main", None)
+    if not inspect.iscoroutinefunction(app):
+        raise InvalidRequest(f"an app must be an 'async def main(sys, *args)' or a class with one, not {app!r}")
+    return app
+
+
+def _load_reference(ref: str) -> Any:
+    target, _, attr = ref.partition(":")
+    attr = attr or "main"
+    module = _load_file(target) if target.endswith(".py") else _import(target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise InvalidRequest(f"{target!r} has no attribute {attr!r}") from None
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise InvalidRequest(f"cannot import app module {name!r}: {exc}") from None
+
+
+def _load_file(path_text: str) -> Any:
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise InvalidRequest(f"app file {path_text!r} does not exist")
+    module_name = f"llmos_app_{path.stem}_{abs(hash(path)):x}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise InvalidRequest(f"app file {path_text!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module

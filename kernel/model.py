@@ -1,0 +1,85 @@
+"""What the kernel needs from a model driver, and the generation job they share.
+
+The kernel never imports torch: a driver (in llmos.drivers) implements `ModelDriver`
+and the composition root plugs it in. `run` is synchronous and is called in a worker
+thread, so a driver may block on tensor work without stalling the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmos.kernel import params
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Per-request decoding settings. temperature 0 means greedy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=params.DEFAULT_REPLY_TOKENS, ge=1, le=1_000_000)
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: tuple[str, ...] = Field(default=(), max_length=16)
+
+
+@dataclass(eq=False)
+class GenerationJob:
+    """One generation request as it moves through the scheduler and the driver.
+
+    The driver fills in the progress fields; only the generation service reads them
+    back on the event loop, after `run` has returned.
+    """
+
+    id: int
+    pid: int
+    sampling: SamplingParams
+    prompt: str | None = None  # raw completion...
+    messages: tuple[ChatMessage, ...] | None = None  # ...or a chat, rendered by the driver
+    # Progress, written by the driver.
+    prompt_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    cancelled: bool = False  # set by the kernel; the driver drops the job at its next step
+    driver_state: Any = None  # a driver's own per-job state (e.g. its RNG), kept across runs
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.sampling.max_tokens - len(self.token_ids)
+
+
+# Called by the driver (from its worker thread) with the text each job gained in a step.
+EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
+
+
+class ModelDriver(Protocol):
+    name: str
+    context_length: int  # tokens the model can attend to, prompt and reply together
+
+    def prepare(self, job: GenerationJob) -> None:
+        """Tokenize the job's prompt into `job.prompt_ids`; raise ContextOverflow if it cannot fit."""
+
+    def run(self, jobs: Sequence[GenerationJob], max_steps: int, emit: EmitFn) -> None:
+        """Decode up to `max_steps` tokens for every job, together, setting each finished
+        job's `finish_reason`. Jobs already holding tokens resume where they stopped."""

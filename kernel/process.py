@@ -1,0 +1,143 @@
+"""The process: its state machine, quotas, statistics and the snapshot `ps` shows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmos.kernel import params
+
+
+class ProcState(IntEnum):
+    """Ordered: everything from EXITED on is terminal, and each terminal state has a reason."""
+
+    NEW = 0
+    READY = 1
+    RUNNING = 2
+    BLOCKED = 3
+    SUSPENDED = 4
+    EXITED = 5
+    KILLED = 6
+    FAILED = 7
+
+    @property
+    def terminal(self) -> bool:
+        return self >= ProcState.EXITED
+
+
+class Quotas(BaseModel):
+    """Limits over a process's whole life; None means unlimited."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int | None = Field(default=params.DEFAULT_MAX_TOKENS, ge=1)
+    max_syscalls: int | None = Field(default=params.DEFAULT_MAX_SYSCALLS, ge=1)
+    deadline_s: float | None = Field(default=params.DEFAULT_DEADLINE_S, gt=0)
+
+
+class ProcessStats(BaseModel):
+    """Per-process accounting, updated by the dispatcher and the generation service."""
+
+    syscalls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    syscall_time_s: float = 0.0  # time spent inside syscalls, blocked ones included
+    generation_time_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ProcessInfo(BaseModel):
+    """An immutable snapshot of one process, as `ps` and `spawn` return it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    ppid: int
+    name: str
+    state: ProcState
+    priority: int
+    reason: str | None
+    capabilities: frozenset[str]
+    quotas: Quotas
+    stats: ProcessStats
+    started_at: float
+    ended_at: float | None
+
+    @property
+    def runtime_s(self) -> float:
+        return (self.ended_at or time.time()) - self.started_at
+
+
+class ExitStatus(BaseModel):
+    """What `wait` returns: how the process ended and what its main returned."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    pid: int
+    name: str
+    state: ProcState
+    reason: str | None
+    result: Any = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is ProcState.EXITED
+
+
+@dataclass(eq=False)
+class Process:
+    """The kernel's live record of a process. Only the kernel mutates it."""
+
+    pid: int
+    ppid: int
+    name: str
+    priority: int
+    capabilities: frozenset[str]
+    quotas: Quotas
+    state: ProcState = ProcState.NEW
+    reason: str | None = None
+    result: Any = None
+    kill_reason: str | None = None  # why kill() was called, until the process has ended
+    traceback: str | None = None  # of the exception that failed it
+    stats: ProcessStats = field(default_factory=ProcessStats)
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    # Runtime plumbing, set up by the kernel when the process starts.
+    cancel_scope: anyio.CancelScope | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    runnable: anyio.Event = field(default_factory=anyio.Event)  # cleared while suspended
+    mailbox_send: Any = None
+    mailbox_recv: Any = None
+    history: list[dict[str, str]] = field(default_factory=list)  # chat turns so far
+    state_before_suspend: ProcState | None = None
+
+    def __post_init__(self) -> None:
+        self.runnable.set()
+
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(
+            pid=self.pid,
+            ppid=self.ppid,
+            name=self.name,
+            state=self.state,
+            priority=self.priority,
+            reason=self.reason,
+            capabilities=self.capabilities,
+            quotas=self.quotas,
+            stats=self.stats.model_copy(),
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+        )
+
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus(pid=self.pid, name=self.name, state=self.state, reason=self.reason, result=self.result,
+                          traceback=self.traceback)

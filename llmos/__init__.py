@@ -1,0 +1,23 @@
+"""llmos: an operating system for language-model agents.
+
+    import llmos
+    model = llmos.load_model("smollm2")
+    print(model.generate_text("The world is full of "))
+
+    async with llmos.boot() as kernel:
+        proc = await kernel.spawn(main, "What is the capital of France?")
+        status = await kernel.wait(proc.pid)
+"""
+
+from llmos.boot import boot
+from llmos.drivers import ModelUnavailable, UnknownModel, model_names
+from llmos.kernel import ExitStatus, Kernel, ProcessInfo, ProcState, Quotas
+from llmos.model import Model, load_model
+from llmos.syscalls import Reply, Sys, SyscallError, TextStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExitStatus", "Kernel", "Model", "ModelUnavailable", "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys",
+    "SyscallError", "TextStream", "UnknownModel", "boot", "load_model", "model_names",
+]

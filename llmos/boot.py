@@ -1,0 +1,37 @@
+"""The composition root: a kernel wired to the syscall table, the `Sys` handle and a model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+
+from llmos.drivers import DEFAULT_MODEL
+from llmos.kernel import params
+from llmos.kernel.kernel import Kernel
+from llmos.kernel.model import ModelDriver
+from llmos.kernel.scheduler import Scheduler
+from llmos.model import Model, load_model
+from llmos.syscalls import TABLE, Sys
+
+
+@asynccontextmanager
+async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, policy: str = params.DEFAULT_POLICY,
+               max_batch: int = params.MAX_BATCH, quantum: int = params.RR_QUANTUM_TOKENS) -> AsyncIterator[Kernel]:
+    """Boot a kernel for the duration of an `async with` block.
+
+    `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
+    for a kernel without one. `policy`: "fifo", "priority" or "rr" (round-robin with a
+    `quantum` of tokens). On exit, processes still running are killed.
+    """
+    scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fails fast on a bad policy
+    driver = await _driver(model)
+    async with Kernel(TABLE, Sys, driver=driver, scheduler=scheduler) as kernel:
+        yield kernel
+
+
+async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None:
+    if isinstance(model, str):
+        model = await anyio.to_thread.run_sync(load_model, model)
+    return model.driver if isinstance(model, Model) else model

@@ -1,0 +1,104 @@
+"""Shared test helpers: a scripted, deterministic model driver.
+
+`FakeDriver` stands in for a model in kernel unit tests (scheduling, isolation, IPC,
+quotas); every feature that touches a model is also tested on the real one.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from llmos.drivers.text import advance
+from llmos.kernel.errors import ContextOverflow
+from llmos.kernel.model import EmitFn, GenerationJob
+
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+class FakeDriver:
+    """Answers from a queue (`enqueue`), else from `script(prompt_text)`, else "echo: <last message>".
+
+    One "token" is one whitespace-separated word of the answer; a prompt counts one
+    token per character. `step_delay_s` makes each decoding step take time, so tests
+    can kill or suspend a process mid-generation. `batches` records the job ids of
+    every run, to assert what was served together.
+    """
+
+    def __init__(self, script: Callable[[str], str] | None = None, *, context_length: int = 4096,
+                 step_delay_s: float = 0.0, fail_with: Exception | None = None, name: str = "fake") -> None:
+        self.name = name
+        self.context_length = context_length
+        self.script = script
+        self.step_delay_s = step_delay_s
+        self.fail_with = fail_with
+        self.batches: list[list[int]] = []
+        self.prompts: list[str] = []
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+
+    def enqueue(self, *answers: str) -> None:
+        self._queue.extend(answers)
+
+    @staticmethod
+    def render(job: GenerationJob) -> str:
+        if job.messages is None:
+            return job.prompt or ""
+        return "".join(f"<{m.role}>{m.content}\n" for m in job.messages) + "<assistant>"
+
+    def prepare(self, job: GenerationJob) -> None:
+        text = self.render(job)
+        job.prompt_ids = [ord(c) for c in text]
+        if len(job.prompt_ids) >= self.context_length:
+            raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; the context window is "
+                                  f"{self.context_length}")
+
+    def _answer(self, job: GenerationJob) -> list[str]:
+        if job.driver_state is None:
+            with self._lock:
+                prompt = self.render(job)
+                self.prompts.append(prompt)
+                if self._queue:
+                    answer = self._queue.popleft()
+                elif self.script is not None:
+                    answer = self.script(prompt)
+                else:
+                    last = job.messages[-1].content if job.messages else prompt
+                    answer = f"echo: {last}"
+            job.driver_state = _WORDS.findall(answer)
+        return job.driver_state
+
+    def run(self, jobs: Sequence[GenerationJob], max_steps: int, emit: EmitFn) -> None:
+        self.batches.append([job.id for job in jobs])
+        if self.fail_with is not None:
+            raise self.fail_with
+        streamed = {job.id: len(job.text) for job in jobs}
+        for _ in range(max_steps):
+            live = [job for job in jobs if not job.finished]
+            if not live:
+                return
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+            emit([piece for job in live if (piece := self._step(job, streamed))])
+
+    def _step(self, job: GenerationJob, streamed: dict[int, int]) -> tuple[GenerationJob, str] | None:
+        if job.cancelled:
+            job.finish_reason = "cancelled"
+            return None
+        words = self._answer(job)
+        n = len(job.token_ids)
+        if n >= len(words):
+            job.finish_reason = "stop"
+            return None
+        job.token_ids.append(n)
+        final = n + 1 == len(words) or len(job.token_ids) >= job.sampling.max_tokens
+        piece, stopped = advance(job, "".join(words[: n + 1]), streamed[job.id], final)
+        streamed[job.id] += len(piece)
+        if stopped or n + 1 == len(words):
+            job.finish_reason = "stop"
+        elif final:
+            job.finish_reason = "length"
+        return job, piece

@@ -1,0 +1,23 @@
+"""llmos.syscalls: the ABI apps program against.
+
+Typed requests (frozen pydantic models, one module per family), their results, the
+errors they raise, and `Sys`, the handle every app receives.
+"""
+
+from llmos.kernel.capabilities import DEFAULT_APP as DEFAULT_APP_CAPS
+from llmos.kernel.ipc import Message
+from llmos.kernel.model import ChatMessage, SamplingParams
+from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState, Quotas
+from llmos.syscalls.errors import *  # noqa: F403
+from llmos.syscalls.errors import __all__ as _errors
+from llmos.syscalls.generate import Chat, Generate, Reply, TextStream
+from llmos.syscalls.ipc import Recv, Send
+from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Suspend, Wait
+from llmos.syscalls.sys import Sys
+from llmos.syscalls.table import TABLE
+
+__all__ = [
+    "Chat", "ChatMessage", "DEFAULT_APP_CAPS", "ExitStatus", "Generate", "GetPid", "Kill", "Message", "Nice", "ProcState", "ProcessInfo",
+    "Ps", "Quotas", "Recv", "Reply", "Resume", "SamplingParams", "Send", "Sleep", "Spawn", "Suspend", "Sys", "TABLE",
+    "TextStream", "Wait", *_errors,
+]

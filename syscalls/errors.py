@@ -1,0 +1,28 @@
+"""The errors syscalls raise: catch `SyscallError` for all of them, or one by one.
+
+They are defined in llmos.kernel.errors (the kernel raises them) and exported here as
+part of the ABI apps program against.
+"""
+
+from llmos.kernel.errors import (
+    AmbiguousName,
+    ContextOverflow,
+    Errno,
+    InvalidRequest,
+    InvalidState,
+    MailboxFull,
+    ModelError,
+    NoSuchProcess,
+    PermissionDenied,
+    QuotaExceeded,
+    SyscallError,
+    Timeout,
+    TooManyProcesses,
+    UnknownSyscall,
+)
+
+__all__ = [
+    "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "ModelError",
+    "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses",
+    "UnknownSyscall",
+]

@@ -1,0 +1,155 @@
+"""Generation syscalls: chat (a conversation the process keeps) and generate (raw completion).
+
+Both return a `Reply`, or with `stream=True` a `TextStream` that yields text as the model
+produces it and holds the `Reply` once it is exhausted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmos.kernel import capabilities
+from llmos.kernel.abi import Request
+from llmos.kernel.errors import ModelError
+from llmos.kernel.generation import GenerationService, Ticket
+from llmos.kernel.kernel import Kernel
+from llmos.kernel.model import ChatMessage, FinishReason, GenerationJob, SamplingParams
+from llmos.kernel.process import Process
+
+
+class Reply(BaseModel):
+    """A finished generation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    elapsed_s: float
+    first_token_s: float | None  # time to first token, None if none came
+
+
+class _Sampling(Request, SamplingParams):
+    """Decoding settings shared by chat and generate (fields of SamplingParams), and `stream`."""
+
+    stream: bool = False
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
+
+
+class Chat(_Sampling):
+    """One turn of the process's conversation, or a stateless chat over explicit `messages`."""
+
+    call: ClassVar[str] = "chat"
+    capability: ClassVar[str | None] = capabilities.MODEL_GENERATE
+    blocking: ClassVar[bool] = True
+
+    message: str | None = None  # appended to the process's conversation, as is the reply
+    messages: tuple[ChatMessage, ...] | None = None  # the whole conversation; the process's is untouched
+    system: str | None = None  # a system prompt placed first
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Chat:
+        if (self.message is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'message' or 'messages'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        return self
+
+
+class Generate(_Sampling):
+    """Continue `prompt` as plain text, with no chat template."""
+
+    call: ClassVar[str] = "generate"
+    capability: ClassVar[str | None] = capabilities.MODEL_GENERATE
+    blocking: ClassVar[bool] = True
+
+    prompt: str = Field(min_length=1)
+
+
+class TextStream:
+    """Text pieces as they are generated; `reply` is set once the stream is exhausted.
+    Leaving it early (break, aclose) cancels the generation."""
+
+    def __init__(self, ticket: Ticket, service: GenerationService, finish: Callable[[GenerationJob], Reply]) -> None:
+        self._ticket, self._service, self._finish = ticket, service, finish
+        self.reply: Reply | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            async for piece in self._ticket.pieces():
+                yield piece
+            self.reply = self._finish(await self._ticket.result())
+        finally:
+            self._service.cancel(self._ticket)
+
+    async def text(self) -> str:
+        """Drain the stream and return the whole text."""
+        return "".join([piece async for piece in self])
+
+    async def aclose(self) -> None:
+        self._service.cancel(self._ticket)
+
+
+def _service(kernel: Kernel) -> GenerationService:
+    if kernel.generation is None:
+        raise ModelError("this kernel has no model loaded; boot it with a model to use chat or generate")
+    return kernel.generation
+
+
+def _reply(service: GenerationService, ticket: Ticket, job: GenerationJob) -> Reply:
+    first = None if ticket.first_token_at is None else ticket.first_token_at - ticket.started_at
+    return Reply(text=job.text, finish_reason=job.finish_reason or "cancelled", prompt_tokens=len(job.prompt_ids),
+                 completion_tokens=len(job.token_ids), model=service.driver.name,
+                 elapsed_s=time.perf_counter() - ticket.started_at, first_token_s=first)
+
+
+async def _serve(service: GenerationService, ticket: Ticket, stream: bool,
+                 on_reply: Callable[[Reply], None] = lambda reply: None) -> Reply | TextStream:
+    def finish(job: GenerationJob) -> Reply:
+        reply = _reply(service, ticket, job)
+        on_reply(reply)
+        return reply
+
+    if stream:
+        return TextStream(ticket, service, finish)
+    try:
+        return finish(await ticket.result())
+    finally:
+        service.cancel(ticket)  # no-op once finished; frees the model if we were cancelled
+
+
+async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
+    service = _service(kernel)
+    system = (ChatMessage(role="system", content=req.system),) if req.system else ()
+    if req.messages is not None:
+        ticket = await service.submit(caller, req.sampling(), messages=system + req.messages)
+        return await _serve(service, ticket, req.stream)
+    turn = {"role": "user", "content": req.message or ""}
+    history = tuple(ChatMessage(**m) for m in (*caller.history, turn))
+    ticket = await service.submit(caller, req.sampling(), messages=system + history)
+
+    def remember(reply: Reply) -> None:  # the conversation grows only by completed turns
+        if reply.finish_reason in ("stop", "length"):
+            caller.history += [turn, {"role": "assistant", "content": reply.text}]
+
+    return await _serve(service, ticket, req.stream, remember)
+
+
+async def sys_generate(kernel: Kernel, caller: Process, req: Generate) -> Reply | TextStream:
+    service = _service(kernel)
+    ticket = await service.submit(caller, req.sampling(), prompt=req.prompt)
+    return await _serve(service, ticket, req.stream)
+
+
+HANDLERS = {Chat: sys_chat, Generate: sys_generate}

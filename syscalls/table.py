@@ -1,0 +1,6 @@
+"""The one table from request type to handler (xv6's syscalls[]), built from each family."""
+
+from llmos.kernel.dispatch import SyscallTable
+from llmos.syscalls import generate, ipc, proc
+
+TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS})
