@@ -11,13 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import llmos
 from llmos.apps import demo, runner
-from llmos.kernel.errors import ConfigError
 from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
 
 app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
                   add_completion=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder.")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
@@ -51,20 +51,17 @@ def demo_cmd(model: ModelOpt = "smollm2") -> None:
 @app.command()
 def models() -> None:
     """The models llmos can load, and whether each is ready here."""
-    from llmos.drivers import registry
-    from llmos.home import llmos_home
-
     table = Table("name", "aliases", "status", "description")
-    for spec in registry.models():
-        status = "cached" if registry.is_cached(spec.cache_folder(llmos_home())) else "not cached yet"
-        table.add_row(spec.name, ", ".join(spec.aliases), status, spec.description)
+    for listing in llmos.available_models():
+        status = "cached" if listing.cached else "not cached yet (first load converts it)"
+        table.add_row(listing.name, ", ".join(listing.aliases), status, listing.description)
     runner.stdout_console().print(table)
 
 
 def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line
     try:
         return action()
-    except (SyscallError, ConfigError) as exc:
+    except (SyscallError, llmos.ConfigError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         if os.environ.get("LLMOS_DEBUG"):
             raise

@@ -55,13 +55,15 @@ class Kernel:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+                        tb: TracebackType | None) -> None:
         assert self._tg is not None
         for proc in list(self.procs.live.values()):
             self.kill(proc.pid, "kernel shutdown")
         self._tg.cancel_scope.cancel()
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            # The task group gets only its children's fate; an error of the `async with`
+            # body propagates as itself rather than wrapped in an ExceptionGroup.
+            await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
 
@@ -130,6 +132,8 @@ class Kernel:
         if proc.mailbox_send is not None:
             proc.mailbox_send.close()
             proc.mailbox_recv.close()
+            proc.mailbox_send = proc.mailbox_recv = None
+        proc.history = []  # an ended process keeps only what `wait` and `ps` report
         self.procs.retire(proc)
         proc.done.set()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 # Process table ------------------------------------------------------------------
 KERNEL_PID = 0  # pid of the kernel itself: the parent of processes spawned from outside
 MAX_PROCESSES = 100_000  # live processes at once; spawn fails with EAGAIN past it
-ZOMBIE_HISTORY = 4_096  # exit statuses kept for `wait` after a process ends unreaped
+# Ended processes kept for `wait` until reaped; past this many the oldest unreaped are
+# dropped, so a caller that never waits cannot grow the table without bound.
+ZOMBIE_HISTORY = MAX_PROCESSES
 NICE_MIN, NICE_MAX = -20, 19  # Unix nice range: lower is more important
 DEFAULT_NICE = 0
 

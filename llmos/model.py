@@ -10,7 +10,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from llmos.drivers import DEFAULT_MODEL, load_driver
+from llmos.drivers.registry import models
+from llmos.drivers.weights import is_cached
 from llmos.home import llmos_home
 from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
 
@@ -61,3 +65,17 @@ def load_model(name: str = DEFAULT_MODEL) -> Model:
 
     Raises `UnknownModel` (listing the names that exist) or `ModelUnavailable`."""
     return Model(load_driver(name, llmos_home()))  # type: ignore[arg-type]
+
+
+class ModelListing(BaseModel):
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    cached: bool  # weights are ready under LLMOS_HOME: loading takes about a second
+
+
+def available_models() -> list[ModelListing]:
+    """The models `load_model` knows, and whether each is ready on this machine."""
+    home = llmos_home()
+    return [ModelListing(name=s.name, aliases=s.aliases, description=s.description,
+                         cached=is_cached(s.cache_folder(home))) for s in models()]

@@ -1,0 +1,89 @@
+"""The `llmos` command, run as a user runs it: a subprocess, with real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def llmos(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmos.apps.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_app(folder: Path, body: str) -> str:
+    path = folder / "app.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.model
+def test_run_an_app_on_the_real_model(tmp_path):
+    app = write_app(tmp_path, """
+        from llmos import Sys
+
+        async def main(sys: Sys, question: str) -> str:
+            reply = await sys.chat(question)
+            return reply.text
+    """)
+    done = llmos("run", f"{app}:main", "What is the capital of France?")
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+
+
+def test_a_failing_app_exits_1_with_its_reason(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(sys, n):
+            raise ValueError(f"bad input {n}")
+    """)
+    done = llmos("run", "--no-model", app, "7")
+    assert done.returncode == 1
+    assert "FAILED" in done.stderr and "ValueError: bad input 7" in done.stderr
+
+
+def test_an_app_past_its_deadline_is_killed_with_137(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(sys):
+            await sys.sleep(30)
+    """)
+    done = llmos("run", "--no-model", "--deadline", "0.5", app)
+    assert done.returncode == 137
+    assert "KILLED" in done.stderr and "deadline" in done.stderr
+
+
+def test_an_app_that_does_not_exist_is_a_clear_error(tmp_path):
+    done = llmos("run", "--no-model", str(tmp_path / "missing.py"))
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unknown_model_lists_the_known_ones(tmp_path):
+    app = write_app(tmp_path, "async def main(sys):\n    return 1\n")
+    done = llmos("run", "--model", "gpt-3", app)
+    assert done.returncode == 1 and "smollm2" in done.stderr
+
+
+def test_capabilities_can_be_narrowed(tmp_path):
+    app = write_app(tmp_path, """
+        from llmos.syscalls import PermissionDenied
+
+        async def child(sys):
+            return 1
+
+        async def main(sys):
+            try:
+                await sys.spawn(child)
+            except PermissionDenied as err:
+                return f"denied {err.code.name}"
+    """)
+    done = llmos("run", "--no-model", "--cap", "ipc", app)
+    assert done.returncode == 0 and "denied EPERM" in done.stdout
+
+
+def test_models_lists_the_default_model():
+    done = llmos("models")
+    assert done.returncode == 0 and "smollm2" in done.stdout

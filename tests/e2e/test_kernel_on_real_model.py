@@ -1,0 +1,79 @@
+"""The whole system on the real SmolLM2 model: several processes share it through the kernel."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import llmos
+from llmos.syscalls import ProcState, Sys
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = {
+    "What is the capital of France?": "Paris",
+    "What is the capital of Germany?": "Berlin",
+    "What is the capital of Japan?": "Tokyo",
+    "What is the capital of England?": "London",
+}
+
+
+async def ask(sys: Sys, question: str) -> str:
+    reply = await sys.chat(question, max_tokens=24)
+    assert reply.finish_reason in ("stop", "length") and reply.completion_tokens > 0
+    return reply.text
+
+
+async def test_processes_chat_at_once_and_get_their_own_answers(smollm2):
+    async with llmos.boot(smollm2) as kernel:
+        procs = [await kernel.spawn(ask, q) for q in QUESTIONS]
+        statuses = [await kernel.wait(p.pid) for p in procs]
+    answers = [s.result for s in statuses]
+    assert all(s.state is ProcState.EXITED for s in statuses)
+    for answer, expected in zip(answers, QUESTIONS.values(), strict=True):
+        assert expected in answer
+    assert len(set(answers)) == len(answers)
+
+
+async def test_streaming_chat_yields_pieces_that_make_the_reply(smollm2):
+    async def streamer(sys: Sys) -> tuple[list[str], str]:
+        stream = await sys.chat("Write one sentence about the moon.", stream=True, max_tokens=30)
+        pieces = [piece async for piece in stream]
+        return pieces, stream.reply.text
+
+    async with llmos.boot(smollm2) as kernel:
+        status = await kernel.wait((await kernel.spawn(streamer)).pid)
+    pieces, text = status.result
+    assert len(pieces) > 3 and "".join(pieces) == text and "moon" in text.lower()
+
+
+async def test_conversation_remembers_earlier_turns(smollm2):
+    async def two_turns(sys: Sys) -> str:
+        await sys.chat("My name is Alice. Please remember it.", max_tokens=20)
+        return (await sys.chat("What is my name?", max_tokens=20)).text
+
+    async with llmos.boot(smollm2) as kernel:
+        with_history = await kernel.wait((await kernel.spawn(two_turns)).pid)
+        without = await kernel.wait((await kernel.spawn(ask, "What is my name?")).pid)
+    assert "Alice" in with_history.result
+    assert "Alice" not in without.result
+
+
+async def test_killing_a_process_cancels_its_generation_and_others_go_on(smollm2):
+    async def long_story(sys: Sys) -> str:
+        return (await sys.chat("Tell a very long story about dragons.", max_tokens=2000)).text
+
+    async with llmos.boot(smollm2, policy="rr", quantum=8) as kernel:
+        victim = await kernel.spawn(long_story)
+        survivor = await kernel.spawn(ask, "What is the capital of France?")
+        await anyio.sleep(1.0)
+        [ticket] = [t for t in kernel.generation.tickets.values() if t.job.pid == victim.pid]
+        kernel.kill(victim.pid, "test kill")
+        killed = await kernel.wait(victim.pid, timeout=30)
+        with anyio.fail_after(10):  # the driver drops it at its next step
+            await ticket.done.wait()
+        ok = await kernel.wait(survivor.pid, timeout=60)
+    assert ticket.job.finish_reason == "cancelled" and len(ticket.job.token_ids) < 2000
+    assert killed.state is ProcState.KILLED and killed.reason == "test kill"
+    assert not kernel.generation.tickets
+    assert ok.state is ProcState.EXITED and "Paris" in ok.result
