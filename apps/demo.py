@@ -43,7 +43,6 @@ async def run_demo(console: Console, model: str = "smollm2", questions: tuple[st
         boot_s = time.perf_counter() - started
         proc = await kernel.spawn(coordinator, list(questions), name="coordinator")
         status = await kernel.wait(proc.pid)
-        batches = kernel.generation.scheduler.statistics() if kernel.generation else {}
     if not status.ok:
         console.print(f"[red]coordinator {status.state.name}: {status.reason}")
         return 1
@@ -54,5 +53,5 @@ async def run_demo(console: Console, model: str = "smollm2", questions: tuple[st
     total = sum(a["tokens"] for a in status.result)
     elapsed = time.perf_counter() - started - boot_s
     console.print(f"model ready in {boot_s:.1f} s; {total} tokens in {elapsed:.1f} s "
-                  f"({total / elapsed:.1f} tokens/s across agents); scheduler: {batches.get('policy', '-')}")
+                  f"({total / elapsed:.1f} tokens/s across agents)")
     return 0

@@ -59,6 +59,11 @@ class SyscallTable:
             raise InvalidRequest(f"bad arguments to {name!r}: {_summarize(exc)}") from None
 
 
+def _call_name(request: Any) -> str:
+    name = request.get("call") if isinstance(request, Mapping) else getattr(request, "call", None)
+    return name if isinstance(name, str) and name else "?"
+
+
 def _summarize(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
 
@@ -72,7 +77,7 @@ class Dispatcher:
 
     async def dispatch(self, proc: Process, request: Any) -> Any:
         began, wall = time.perf_counter(), time.time()
-        call, outcome = getattr(request, "call", None) or "?", "ok"
+        call, outcome = _call_name(request), "ok"
         try:
             req = self.table.resolve(request)
             call = req.call
@@ -82,6 +87,7 @@ class Dispatcher:
             return await self._run(proc, req)
         except SyscallError as exc:
             outcome = exc.code.name
+            await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
             raise
         finally:
             elapsed = time.perf_counter() - began

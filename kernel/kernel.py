@@ -107,7 +107,9 @@ class Kernel:
                 except SystemExit as exc:
                     state = ProcState.EXITED if exc.code in (0, None) else ProcState.FAILED
                     self._end(proc, state, None if state is ProcState.EXITED else f"exit status {exc.code}")
-                except Exception as exc:  # a process's failure is its own, never the kernel's
+                except BaseException as exc:  # a process's failure is its own, never the kernel's
+                    if isinstance(exc, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
+                        raise
                     proc.traceback = traceback.format_exc()
                     self._end(proc, ProcState.FAILED, f"{type(exc).__name__}: {exc}")
             if not proc.state.terminal:  # the scope swallowed a kill or the deadline
@@ -121,6 +123,8 @@ class Kernel:
     def _end(self, proc: Process, state: ProcState, reason: str | None) -> None:
         if proc.state.terminal:
             return
+        if proc.kill_reason is not None:  # killed, whatever it managed to do after
+            state, reason = ProcState.KILLED, proc.kill_reason
         proc.state, proc.reason, proc.ended_at = state, reason, time.time()
         if state is ProcState.FAILED:
             log.info("pid %d (%s) failed: %s", proc.pid, proc.name, reason)
@@ -140,10 +144,11 @@ class Kernel:
     async def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
         """Wait for a process to end, reap it, and return how it ended."""
         proc = self.procs.get(pid)
-        with anyio.move_on_after(timeout) as scope:
-            await proc.done.wait()
-        if scope.cancelled_caught:
-            raise Timeout(f"process {pid} still runs after {timeout} s")
+        if not proc.done.is_set():
+            with anyio.move_on_after(timeout) as scope:
+                await proc.done.wait()
+            if scope.cancelled_caught:
+                raise Timeout(f"process {pid} still runs after {timeout} s")
         self.procs.reap(pid)
         return proc.exit_status()
 
@@ -153,11 +158,11 @@ class Kernel:
         if proc.state.terminal:
             return
         proc.kill_reason = proc.kill_reason or reason
-        if self.generation is not None:
-            self.generation.cancel_owner(pid)
-        proc.runnable.set()  # a suspended process must wake to die
         assert proc.cancel_scope is not None
         proc.cancel_scope.cancel()
+        proc.runnable.set()  # a suspended process must wake to die
+        if self.generation is not None:
+            self.generation.cancel_owner(pid)
 
     def suspend(self, pid: int) -> None:
         proc = self.procs.get_live(pid)
@@ -165,7 +170,7 @@ class Kernel:
             raise InvalidState(f"process {pid} is already suspended")
         proc.state_before_suspend = proc.state
         proc.state = ProcState.SUSPENDED
-        proc.runnable.clear()
+        proc.runnable = anyio.Event()  # anyio events cannot be cleared: a fresh, unset one
         self.scheduler.suspend(pid)
 
     def resume(self, pid: int) -> None:
@@ -215,7 +220,11 @@ class Kernel:
 
     async def recv(self, proc: Process, timeout: float | None = None) -> Message:
         receive = self._mailbox(proc)[1]
-        with anyio.move_on_after(timeout) as scope:
+        try:
+            return receive.receive_nowait()  # a queued message is there even for timeout=0
+        except anyio.WouldBlock:
+            pass
+        with anyio.move_on_after(timeout):
             return await receive.receive()
         raise Timeout(f"no message arrived within {timeout} s")
 

@@ -21,7 +21,10 @@ def resolve_app(app: Any) -> AppMain:
     if isinstance(app, str):
         app = _load_reference(app)
     if inspect.isclass(app):
-        app = getattr(app(), "main", None)
+        try:
+            app = getattr(app(), "main", None)
+        except Exception as exc:
+            raise InvalidRequest(f"app class {app.__name__} must be constructible with no arguments: {exc}") from None
     if not inspect.iscoroutinefunction(app):
         raise InvalidRequest(f"an app must be an 'async def main(sys, *args)' or a class with one, not {app!r}")
     return app
@@ -40,8 +43,8 @@ def _load_reference(ref: str) -> Any:
 def _import(name: str) -> Any:
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        raise InvalidRequest(f"cannot import app module {name!r}: {exc}") from None
+    except Exception as exc:  # a bad name (ValueError, TypeError) or a module that fails to import
+        raise InvalidRequest(f"cannot import app module {name!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _load_file(path_text: str) -> Any:

@@ -33,7 +33,7 @@ class ProcState(IntEnum):
 class Quotas(BaseModel):
     """Limits over a process's whole life; None means unlimited."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_tokens: int | None = Field(default=params.DEFAULT_MAX_TOKENS, ge=1)
     max_syscalls: int | None = Field(default=params.DEFAULT_MAX_SYSCALLS, ge=1)
@@ -114,7 +114,7 @@ class Process:
     # Runtime plumbing, set up by the kernel when the process starts.
     cancel_scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
-    runnable: anyio.Event = field(default_factory=anyio.Event)  # cleared while suspended
+    runnable: anyio.Event = field(default_factory=anyio.Event)  # replaced by an unset one while suspended
     mailbox_send: Any = None
     mailbox_recv: Any = None
     history: list[dict[str, str]] = field(default_factory=list)  # chat turns so far

@@ -52,8 +52,6 @@ class Model:
     def _run(self, job: GenerationJob) -> str:
         self.driver.prepare(job)
         self.driver.run([job], job.sampling.max_tokens, lambda pieces: None)
-        if job.finish_reason == "error":
-            raise RuntimeError(job.error)
         return job.text
 
     def __repr__(self) -> str:
