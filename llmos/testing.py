@@ -10,11 +10,16 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
 
 from llmos.drivers.text import advance
-from llmos.kernel.errors import ContextOverflow
+from llmos.kernel import Kernel
+from llmos.kernel.errors import ContextOverflow, SyscallError
 from llmos.kernel.model import EmitFn, GenerationJob
+from llmos.kernel.process import ExitStatus, ProcState
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 
@@ -25,7 +30,7 @@ class FakeDriver:
     One "token" is one whitespace-separated word of the answer; a prompt counts one
     token per character. `step_delay_s` makes each decoding step take time, so tests
     can kill or suspend a process mid-generation. `batches` records the job ids of
-    every run, to assert what was served together.
+    every run, to assert what was served together; `jobs` keeps every job it was handed.
     """
 
     def __init__(self, script: Callable[[str], str] | None = None, *, context_length: int = 4096,
@@ -36,6 +41,7 @@ class FakeDriver:
         self.step_delay_s = step_delay_s
         self.fail_with = fail_with
         self.batches: list[list[int]] = []
+        self.jobs: list[GenerationJob] = []
         self.prompts: list[str] = []
         self._queue: deque[str] = deque()
         self._lock = threading.Lock()
@@ -73,6 +79,7 @@ class FakeDriver:
 
     def run(self, jobs: Sequence[GenerationJob], max_steps: int, emit: EmitFn) -> None:
         self.batches.append([job.id for job in jobs])
+        self.jobs += [job for job in jobs if job not in self.jobs]
         if self.fail_with is not None:
             raise self.fail_with
         streamed = {job.id: len(job.text) for job in jobs}
@@ -102,3 +109,34 @@ class FakeDriver:
         elif final:
             job.finish_reason = "length"
         return job, piece
+
+
+async def spawn_and_wait(kernel: Kernel, app: Any, *args: Any, timeout: float = 5, **options: Any) -> ExitStatus:
+    """Run `app` as a process to its end and return its exit status."""
+    info = await kernel.spawn(app, *args, **options)
+    return await kernel.wait(info.pid, timeout=timeout)
+
+
+def result(status: ExitStatus) -> Any:
+    """The process's return value, failing the test with its reason unless it EXITED."""
+    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
+    return status.result
+
+
+async def caught(call: Awaitable[Any]) -> Any:
+    """Await a syscall that should fail and return its error (or ("returned", value)).
+
+    Inside a process, return errors to the test body rather than asserting there: a
+    pytest failure is a BaseException that would end the process, not the test."""
+    try:
+        value = await call
+    except SyscallError as exc:
+        return exc
+    return ("returned", value)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait until `predicate()` holds, polling; fail after `timeout` seconds."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.005)

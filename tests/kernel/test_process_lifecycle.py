@@ -13,7 +13,6 @@ import pytest
 
 import llmos
 from llmos.kernel import params
-from llmos.kernel.model import GenerationJob
 from llmos.syscalls import (
     DEFAULT_APP_CAPS,
     Errno,
@@ -26,35 +25,7 @@ from llmos.syscalls import (
     Quotas,
     Timeout,
 )
-from llmos.testing import FakeDriver
-
-
-class RecordingDriver(FakeDriver):
-    """A FakeDriver that also keeps every job it was handed, to inspect after the fact."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.jobs: list[GenerationJob] = []
-
-    def run(self, jobs, max_steps, emit):  # noqa: ANN001, ANN201
-        self.jobs += [job for job in jobs if job not in self.jobs]
-        return super().run(jobs, max_steps, emit)
-
-
-async def run(kernel: llmos.Kernel, app: Any, *args: Any, **options: Any) -> ExitStatus:
-    info = await kernel.spawn(app, *args, **options)
-    return await kernel.wait(info.pid, timeout=5)
-
-
-def result(status: ExitStatus) -> Any:
-    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
-    return status.result
-
-
-async def until(predicate: Any, timeout: float = 2.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
+from llmos.testing import FakeDriver, result, spawn_and_wait, until
 
 
 
@@ -183,7 +154,7 @@ async def test_a_process_sees_itself_running() -> None:
         return me[0].state
 
     async with llmos.boot(FakeDriver()) as kernel:
-        assert result(await run(kernel, main)) is ProcState.RUNNING
+        assert result(await spawn_and_wait(kernel, main)) is ProcState.RUNNING
 
 
 async def test_a_failing_process_fails_alone() -> None:
@@ -204,7 +175,7 @@ async def test_a_failing_process_fails_alone() -> None:
         failed = await kernel.wait(a.pid)
         assert result(await kernel.wait(b.pid)) == 10
         # and the kernel still takes new work
-        assert result(await run(kernel, sibling)) == 10
+        assert result(await spawn_and_wait(kernel, sibling)) == 10
     assert failed.state is ProcState.FAILED
     assert failed.reason == "KeyError: 'missing'"
     assert not failed.ok
@@ -257,14 +228,14 @@ async def test_a_process_that_kills_itself_ends_killed() -> None:
         after.append("ran on")
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = await run(kernel, main)
+        status = await spawn_and_wait(kernel, main)
     assert (status.state, status.reason) == (ProcState.KILLED, "seppuku")
     assert after == []
 
 
 async def test_killing_a_process_cancels_its_generation_and_frees_the_model() -> None:
     words = 200
-    driver = RecordingDriver(step_delay_s=0.005)
+    driver = FakeDriver(step_delay_s=0.005)
     driver.enqueue(" ".join(f"w{i}" for i in range(words)))
 
     async def talker(sys):  # noqa: ANN001
@@ -277,7 +248,7 @@ async def test_killing_a_process_cancels_its_generation_and_frees_the_model() ->
         status = await kernel.wait(info.pid, timeout=1)
         # the model is free again long before the 200-word answer could have been decoded
         began = time.perf_counter()
-        second = result(await run(kernel, talker))
+        second = result(await spawn_and_wait(kernel, talker))
         waited = time.perf_counter() - began
     job = driver.jobs[0]
     assert (status.state, status.reason) == (ProcState.KILLED, "too chatty")
@@ -290,7 +261,7 @@ async def test_killing_a_process_cancels_its_generation_and_frees_the_model() ->
 
 
 async def test_killing_a_process_whose_request_waits_removes_it_from_the_queue() -> None:
-    driver = RecordingDriver(step_delay_s=0.005)
+    driver = FakeDriver(step_delay_s=0.005)
     driver.enqueue(" ".join(["x"] * 40), "never used")
 
     async def talker(sys, text):  # noqa: ANN001
@@ -337,7 +308,7 @@ async def test_deadline_kills_the_process() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         began = time.perf_counter()
-        status = await run(kernel, main, quotas=Quotas(deadline_s=0.1))
+        status = await spawn_and_wait(kernel, main, quotas=Quotas(deadline_s=0.1))
         took = time.perf_counter() - began
     assert status.state is ProcState.KILLED
     assert "deadline" in status.reason
@@ -355,7 +326,7 @@ async def test_syscall_quota_raises_a_catchable_quota_exceeded() -> None:
         return pids, None, None
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = await run(kernel, main, quotas=Quotas(max_syscalls=3))
+        status = await spawn_and_wait(kernel, main, quotas=Quotas(max_syscalls=3))
     pids, code, message = result(status)
     assert len(pids) == 3 and len(set(pids)) == 1
     assert code is Errno.EDQUOT
@@ -375,7 +346,7 @@ async def test_a_process_swallowing_quota_errors_is_killed_after_the_grace() -> 
         return "escaped"
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = await run(kernel, main, quotas=Quotas(max_syscalls=5))
+        status = await spawn_and_wait(kernel, main, quotas=Quotas(max_syscalls=5))
     assert status.state is ProcState.KILLED
     assert status.reason == "syscall quota of 5 exceeded and calls went on"
     assert len(attempts) == 5 + params.QUOTA_GRACE_SYSCALLS + 1
@@ -394,7 +365,7 @@ async def test_a_tight_loop_swallowing_quota_errors_is_killed_after_the_grace() 
         return "escaped"
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = await run(kernel, main, quotas=Quotas(max_syscalls=5))
+        status = await spawn_and_wait(kernel, main, quotas=Quotas(max_syscalls=5))
     assert status.state is ProcState.KILLED
     assert len(attempts) <= 5 + params.QUOTA_GRACE_SYSCALLS + 2
 
@@ -413,7 +384,7 @@ async def test_token_quota_caps_the_reply_then_refuses() -> None:
         return reply, None
 
     async with llmos.boot(driver) as kernel:
-        status = await run(kernel, main, quotas=Quotas(max_tokens=prompt_len + 3))
+        status = await spawn_and_wait(kernel, main, quotas=Quotas(max_tokens=prompt_len + 3))
     reply, code = result(status)
     assert reply.finish_reason == "length"
     assert reply.completion_tokens == 3
@@ -503,7 +474,7 @@ async def test_killing_a_suspended_process() -> None:
 
 
 async def test_a_suspended_process_generation_waits_until_resume() -> None:
-    driver = RecordingDriver()
+    driver = FakeDriver()
 
     async def main(sys):  # noqa: ANN001
         await sys.sleep(0.05)  # suspended meanwhile; the chat below must wait for resume
@@ -587,7 +558,7 @@ async def test_sys_exit(code: Any, state: ProcState, reason: str | None) -> None
 
     async with llmos.boot(FakeDriver()) as kernel:
         other = await kernel.spawn(bystander)
-        status = await run(kernel, main)
+        status = await spawn_and_wait(kernel, main)
         assert result(await kernel.wait(other.pid)) == "alive"
     assert (status.state, status.reason) == (state, reason)
 
@@ -632,15 +603,15 @@ async def test_app_references_to_a_file(tmp_path: Path) -> None:
         assert result(await kernel.wait(a.pid)) == ("main", 7, a.pid)
         b = await kernel.spawn(str(path), 8)  # attr defaults to main
         assert result(await kernel.wait(b.pid)) == ("main", 8, b.pid)
-        assert result(await run(kernel, f"{path}:other")) == "other"
-        assert result(await run(kernel, f"{path}:Klass")) == "klass"
+        assert result(await spawn_and_wait(kernel, f"{path}:other")) == "other"
+        assert result(await spawn_and_wait(kernel, f"{path}:Klass")) == "klass"
 
 
 async def test_app_reference_to_a_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "llmos_test_refmod.py").write_text("async def go(sys):\n    return 'from module'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     async with llmos.boot(FakeDriver()) as kernel:
-        assert result(await run(kernel, "llmos_test_refmod:go")) == "from module"
+        assert result(await spawn_and_wait(kernel, "llmos_test_refmod:go")) == "from module"
 
 
 @pytest.mark.parametrize("suffix", [":nope", ":not_async"])

@@ -15,37 +15,16 @@ from llmos.kernel.dispatch import TraceEvent
 from llmos.syscalls import (
     TABLE,
     Errno,
-    ExitStatus,
     GetPid,
     InvalidRequest,
     PermissionDenied,
-    ProcState,
     QuotaExceeded,
     Quotas,
     Sleep,
     SyscallError,
     UnknownSyscall,
 )
-from llmos.testing import FakeDriver
-
-
-async def run(kernel: llmos.Kernel, app: Any, *args: Any, **options: Any) -> ExitStatus:
-    info = await kernel.spawn(app, *args, **options)
-    return await kernel.wait(info.pid, timeout=5)
-
-
-def result(status: ExitStatus) -> Any:
-    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
-    return status.result
-
-
-async def caught(call: Any) -> Any:
-    """Await a syscall that should fail and return its error (or what it returned instead)."""
-    try:
-        value = await call
-    except SyscallError as exc:
-        return exc
-    return ("returned", value)
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait
 
 
 async def finished_info(kernel: llmos.Kernel, pid: int):  # noqa: ANN201
@@ -68,7 +47,7 @@ async def test_a_dict_naming_an_unknown_call_is_enosys() -> None:
         return await caught(sys.syscall({"call": "fork_bomb", "n": 1}))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is UnknownSyscall
     assert err.code is Errno.ENOSYS
     assert "'fork_bomb'" in err.message
@@ -82,7 +61,7 @@ async def test_a_dict_without_a_call_name_is_enosys(request_: dict[str, Any]) ->
         return await caught(sys.syscall(request_))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is UnknownSyscall
 
 
@@ -91,7 +70,7 @@ async def test_a_request_type_without_a_handler_is_enosys() -> None:
         return await caught(sys.syscall(NotInTheTable()))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is UnknownSyscall
     assert "'teleport'" in err.message
 
@@ -102,7 +81,7 @@ async def test_a_non_request_object_is_einval(request_: Any) -> None:
         return await caught(sys.syscall(request_))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert "a syscall is a request object or a dict" in err.message
@@ -122,7 +101,7 @@ async def test_malformed_arguments_are_einval_and_name_the_field(request_: dict[
         return await caught(sys.syscall(request_))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert f"bad arguments to '{request_['call']}'" in err.message
@@ -137,7 +116,7 @@ async def test_bad_spawn_args_field_is_einval() -> None:
         return await caught(sys.syscall({"call": "spawn", "app": app, "args": 5}))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest and "args" in err.message
 
 
@@ -170,7 +149,7 @@ async def test_a_malformed_call_is_einval_even_without_the_capability() -> None:
         return await caught(sys.syscall({"call": "send", "payload": 1}))  # no "to"
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main, caps=()))
+        err = result(await spawn_and_wait(kernel, main, caps=()))
     assert type(err) is InvalidRequest
 
 
@@ -181,7 +160,7 @@ async def test_a_denied_call_is_eperm_and_is_not_charged() -> None:
         return err, me.stats.syscalls
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err, syscalls = result(await run(kernel, main, caps={"proc.spawn"}))
+        err, syscalls = result(await spawn_and_wait(kernel, main, caps={"proc.spawn"}))
     assert type(err) is PermissionDenied
     assert err.code is Errno.EPERM
     assert str(err).startswith("[EPERM] ")
@@ -207,7 +186,7 @@ async def test_syscall_quota_counts_every_admitted_call() -> None:
         return await caught(sys.getpid())
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main, quotas=Quotas(max_syscalls=3)))
+        err = result(await spawn_and_wait(kernel, main, quotas=Quotas(max_syscalls=3)))
     assert type(err) is QuotaExceeded
     assert err.code is Errno.EDQUOT
 

@@ -4,67 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import pytest
 
 import llmos
-from llmos.kernel.model import GenerationJob
 from llmos.syscalls import (
     ChatMessage,
     ContextOverflow,
     DEFAULT_APP_CAPS,
     Errno,
-    ExitStatus,
     InvalidRequest,
     ModelError,
     PermissionDenied,
-    ProcState,
     Reply,
-    SyscallError,
     TextStream,
 )
-from llmos.testing import FakeDriver
-
-
-class RecordingDriver(FakeDriver):
-    """A FakeDriver that also keeps every job it was handed."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.jobs: list[GenerationJob] = []
-
-    def run(self, jobs, max_steps, emit):  # noqa: ANN001, ANN201
-        self.jobs += [job for job in jobs if job not in self.jobs]
-        return super().run(jobs, max_steps, emit)
-
-
-async def run(kernel: llmos.Kernel, app: Any, *args: Any, **options: Any) -> ExitStatus:
-    info = await kernel.spawn(app, *args, **options)
-    return await kernel.wait(info.pid, timeout=5)
-
-
-def result(status: ExitStatus) -> Any:
-    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
-    return status.result
-
-
-async def caught(call: Any) -> Any:
-    """Await a syscall that should fail and return its error (or what it returned instead)."""
-    try:
-        value = await call
-    except SyscallError as exc:
-        return exc
-    return ("returned", value)
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait, until
 
 
 def chat_prompt(*turns: tuple[str, str]) -> str:
     return "".join(f"<{role}>{text}\n" for role, text in turns) + "<assistant>"
-
-
-async def until(predicate: Any, timeout: float = 2.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 # -- chat ------------------------------------------------------------------------------------------
@@ -76,7 +34,7 @@ async def test_chat_returns_a_reply() -> None:
         return await sys.chat("Capital of France?")
 
     async with llmos.boot(driver) as kernel:
-        reply = result(await run(kernel, main))
+        reply = result(await spawn_and_wait(kernel, main))
     prompt = chat_prompt(("user", "Capital of France?"))
     assert isinstance(reply, Reply)
     assert reply.text == "Paris is the capital."
@@ -98,8 +56,8 @@ async def test_chat_keeps_the_conversation_per_process() -> None:
         return a.text, b.text
 
     async with llmos.boot(driver) as kernel:
-        one = result(await run(kernel, main, "hi", "again"))
-        other = result(await run(kernel, main, "hola", "otra vez"))
+        one = result(await spawn_and_wait(kernel, main, "hi", "again"))
+        other = result(await spawn_and_wait(kernel, main, "hola", "otra vez"))
     assert one == ("reply#1", "reply#2")
     assert other == ("reply#1", "reply#2")  # a fresh process starts a fresh conversation
     assert driver.prompts == [
@@ -122,7 +80,7 @@ async def test_chat_with_explicit_messages_leaves_the_history_untouched() -> Non
         return stateless.text
 
     async with llmos.boot(driver) as kernel:
-        text = result(await run(kernel, main))
+        text = result(await spawn_and_wait(kernel, main))
     assert text == "echo: more"
     assert driver.prompts == [
         chat_prompt(("user", "first")),
@@ -140,7 +98,7 @@ async def test_system_prompt_comes_first_and_is_not_remembered() -> None:
         await sys.chat(messages=[{"role": "user", "content": "x"}], system="Stateless.")
 
     async with llmos.boot(driver) as kernel:
-        result(await run(kernel, main))
+        result(await spawn_and_wait(kernel, main))
     assert driver.prompts == [
         chat_prompt(("system", "Be brief."), ("user", "hi")),
         chat_prompt(("user", "hi"), ("assistant", "echo: hi"), ("user", "again")),
@@ -158,7 +116,7 @@ async def test_stop_strings_cut_the_reply() -> None:
         return cut
 
     async with llmos.boot(driver) as kernel:
-        cut = result(await run(kernel, main))
+        cut = result(await spawn_and_wait(kernel, main))
     assert cut.text == "alpha beta "
     assert cut.finish_reason == "stop"
     assert cut.completion_tokens == 3  # decoding ended at the word holding the stop string
@@ -175,7 +133,7 @@ async def test_max_tokens_ends_with_finish_reason_length() -> None:
         return short
 
     async with llmos.boot(driver) as kernel:
-        short = result(await run(kernel, main))
+        short = result(await spawn_and_wait(kernel, main))
     assert short.finish_reason == "length"
     assert short.completion_tokens == 3
     assert short.text == "a b c "
@@ -193,7 +151,7 @@ async def test_generate_continues_raw_text_without_a_template_or_history() -> No
         return reply
 
     async with llmos.boot(driver) as kernel:
-        reply = result(await run(kernel, main))
+        reply = result(await spawn_and_wait(kernel, main))
     assert driver.prompts == ["Once", chat_prompt(("user", "hi"))]
     assert (reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens) == \
         ("upon a time", "stop", 4, 3)
@@ -212,7 +170,7 @@ async def test_streaming_chat_yields_pieces_then_the_reply() -> None:
         return stream, before, pieces
 
     async with llmos.boot(driver) as kernel:
-        stream, before, pieces = result(await run(kernel, main))
+        stream, before, pieces = result(await spawn_and_wait(kernel, main))
     assert isinstance(stream, TextStream)
     assert before is None
     assert pieces == ["one ", "two ", "three ", "four ", "five"]
@@ -233,7 +191,7 @@ async def test_streaming_generate_and_text_helper() -> None:
         return await stream.text(), stream.reply
 
     async with llmos.boot(driver) as kernel:
-        text, reply = result(await run(kernel, main))
+        text, reply = result(await spawn_and_wait(kernel, main))
     assert text == "a b c" == reply.text
 
 
@@ -246,12 +204,12 @@ async def test_streaming_with_stop_strings_never_streams_past_the_stop() -> None
         return [p async for p in stream], stream.reply
 
     async with llmos.boot(driver) as kernel:
-        pieces, reply = result(await run(kernel, main))
+        pieces, reply = result(await spawn_and_wait(kernel, main))
     assert "".join(pieces) == reply.text == "keep this "
 
 
 async def test_leaving_a_stream_early_cancels_the_generation() -> None:
-    driver = RecordingDriver(step_delay_s=0.002)
+    driver = FakeDriver(step_delay_s=0.002)
     driver.enqueue(" ".join(f"w{i}" for i in range(300)))
 
     async def main(sys):  # noqa: ANN001
@@ -267,7 +225,7 @@ async def test_leaving_a_stream_early_cancels_the_generation() -> None:
         return got, stream.reply, after.text
 
     async with llmos.boot(driver) as kernel:
-        got, reply, after = result(await run(kernel, main))
+        got, reply, after = result(await spawn_and_wait(kernel, main))
     assert got == ["w0 ", "w1 ", "w2 "]
     assert reply is None
     assert after == "echo: hi"
@@ -286,7 +244,7 @@ async def test_context_overflow_is_e2big_and_the_process_goes_on() -> None:
         return err, ok
 
     async with llmos.boot(driver) as kernel:
-        err, ok = result(await run(kernel, main))
+        err, ok = result(await spawn_and_wait(kernel, main))
     assert type(err) is ContextOverflow
     assert err.code is Errno.E2BIG
     assert "context window is 40" in err.message
@@ -303,7 +261,7 @@ async def test_the_reply_is_capped_to_the_context_left() -> None:
         return await sys.chat("hi")
 
     async with llmos.boot(driver) as kernel:
-        reply = result(await run(kernel, main))
+        reply = result(await spawn_and_wait(kernel, main))
     assert (reply.finish_reason, reply.completion_tokens, reply.text) == ("length", 2, "a b ")
 
 
@@ -323,11 +281,11 @@ async def test_a_failing_driver_is_eio_for_the_process_and_the_kernel_goes_on() 
 
     async with llmos.boot(driver) as kernel:
         b = await kernel.spawn(bystander)
-        err = result(await run(kernel, talker))
+        err = result(await spawn_and_wait(kernel, talker))
         assert result(await kernel.wait(b.pid)) == "fine"
-        err_again = result(await run(kernel, talker))  # the generation loop survived
+        err_again = result(await spawn_and_wait(kernel, talker))  # the generation loop survived
         driver.fail_with = None
-        reply = result(await run(kernel, retry))
+        reply = result(await spawn_and_wait(kernel, retry))
     assert type(err) is ModelError
     assert err.code is Errno.EIO
     assert "RuntimeError: GPU on fire" in err.message
@@ -345,7 +303,7 @@ async def test_a_failed_chat_does_not_join_the_history() -> None:
         return err
 
     async with llmos.boot(driver) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is ModelError
     assert driver.prompts[-1] == chat_prompt(("user", "kept"))
 
@@ -364,7 +322,7 @@ async def test_a_failing_driver_surfaces_at_the_end_of_a_stream() -> None:
         return pieces, None
 
     async with llmos.boot(driver) as kernel:
-        pieces, err = result(await run(kernel, main))
+        pieces, err = result(await spawn_and_wait(kernel, main))
     assert pieces == []
     assert type(err) is ModelError and "boom" in err.message
 
@@ -375,7 +333,7 @@ async def test_a_kernel_without_a_model_is_eio() -> None:
 
     async with llmos.boot(None) as kernel:
         assert kernel.generation is None
-        errors = result(await run(kernel, main))
+        errors = result(await spawn_and_wait(kernel, main))
     for err in errors:
         assert type(err) is ModelError
         assert err.code is Errno.EIO
@@ -393,7 +351,7 @@ async def test_chat_and_generate_need_the_model_capability() -> None:
         return (await sys.wait(kid.pid)).result
 
     async with llmos.boot(driver) as kernel:
-        errors = result(await run(kernel, parent, caps=DEFAULT_APP_CAPS))
+        errors = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
     for err in errors:
         assert type(err) is PermissionDenied
         assert err.code is Errno.EPERM
@@ -421,7 +379,7 @@ async def test_bad_chat_arguments_are_einval(args: tuple[Any, ...], options: dic
         return await caught(sys.chat(*args, **options))
 
     async with llmos.boot(driver) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert "bad arguments to 'chat'" in err.message
@@ -434,7 +392,7 @@ async def test_bad_generate_prompt_is_einval(prompt: Any) -> None:
         return await caught(sys.generate(prompt))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
 
 

@@ -14,36 +14,15 @@ from llmos.syscalls import (
     AmbiguousName,
     DEFAULT_APP_CAPS,
     Errno,
-    ExitStatus,
     InvalidRequest,
     MailboxFull,
     Message,
     NoSuchProcess,
     PermissionDenied,
     ProcState,
-    SyscallError,
     Timeout,
 )
-from llmos.testing import FakeDriver
-
-
-async def run(kernel: llmos.Kernel, app: Any, *args: Any, **options: Any) -> ExitStatus:
-    info = await kernel.spawn(app, *args, **options)
-    return await kernel.wait(info.pid, timeout=5)
-
-
-def result(status: ExitStatus) -> Any:
-    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
-    return status.result
-
-
-async def caught(call: Any) -> Any:
-    """Await a syscall that should fail and return its error (or what it returned instead)."""
-    try:
-        value = await call
-    except SyscallError as exc:
-        return exc
-    return ("returned", value)
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait
 
 
 async def receiver(sys, n=1, timeout=2):  # noqa: ANN001, ANN201
@@ -77,7 +56,7 @@ async def test_messages_arrive_in_order() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         r = await kernel.spawn(receiver, 20)
-        result(await run(kernel, sender, r.pid))
+        result(await spawn_and_wait(kernel, sender, r.pid))
         got = result(await kernel.wait(r.pid))
     assert [m.payload for m in got] == list(range(20))
 
@@ -88,7 +67,7 @@ async def test_send_by_unique_name() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         r = await kernel.spawn(receiver, name="mailman")
-        message = result(await run(kernel, sender))
+        message = result(await spawn_and_wait(kernel, sender))
         [got] = result(await kernel.wait(r.pid))
     assert got.payload == "hello" == message.payload
 
@@ -100,7 +79,7 @@ async def test_send_to_an_ambiguous_name_is_enotuniq() -> None:
     async with llmos.boot(FakeDriver()) as kernel:
         a = await kernel.spawn(idle, name="twin")
         b = await kernel.spawn(idle, name="twin")
-        err = result(await run(kernel, sender))
+        err = result(await spawn_and_wait(kernel, sender))
         kernel.kill(a.pid)
         kernel.kill(b.pid)
     assert type(err) is AmbiguousName
@@ -120,7 +99,7 @@ async def test_send_to_a_missing_name_or_pid_is_esrch() -> None:
         ended = await kernel.spawn(quick)
         while kernel.ps():
             await anyio.sleep(0.002)
-        by_name, by_pid, to_ended = result(await run(kernel, sender, ended.pid))
+        by_name, by_pid, to_ended = result(await spawn_and_wait(kernel, sender, ended.pid))
     for err in (by_name, by_pid, to_ended):
         assert type(err) is NoSuchProcess
         assert err.code is Errno.ESRCH
@@ -136,9 +115,9 @@ async def test_a_name_is_unique_again_once_the_other_ended() -> None:
         return await sys.send("solo", "still here")
 
     async with llmos.boot(FakeDriver()) as kernel:
-        await run(kernel, quick, name="solo")
+        await spawn_and_wait(kernel, quick, name="solo")
         r = await kernel.spawn(receiver, name="solo")
-        result(await run(kernel, sender))
+        result(await spawn_and_wait(kernel, sender))
         [got] = result(await kernel.wait(r.pid))
     assert got.payload == "still here"
 
@@ -150,7 +129,7 @@ async def test_recv_timeout_is_etimedout() -> None:
         return err, time.perf_counter() - began
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err, waited = result(await run(kernel, main))
+        err, waited = result(await spawn_and_wait(kernel, main))
     assert type(err) is Timeout
     assert err.code is Errno.ETIMEDOUT
     assert 0.045 <= waited < 1
@@ -161,7 +140,7 @@ async def test_recv_with_a_negative_timeout_is_einval() -> None:
         return await caught(sys.recv(timeout=-1))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
 
 
@@ -171,7 +150,7 @@ async def test_recv_with_zero_timeout_polls_a_waiting_message() -> None:
         return (await sys.recv(timeout=0)).payload
 
     async with llmos.boot(FakeDriver()) as kernel:
-        assert result(await run(kernel, main)) == "queued"
+        assert result(await spawn_and_wait(kernel, main)) == "queued"
 
 
 async def test_a_waiting_receiver_shows_blocked_and_wakes_on_a_message() -> None:
@@ -208,7 +187,7 @@ async def test_the_receiver_gets_a_copy() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         r = await kernel.spawn(receiver)
-        mutated = result(await run(kernel, sender, r.pid))
+        mutated = result(await spawn_and_wait(kernel, sender, r.pid))
         [got] = result(await kernel.wait(r.pid))
     assert mutated["items"] == [1, 2, 3]
     assert got.payload == {"items": [1, 2], "meta": {"k": "v"}}
@@ -220,7 +199,7 @@ async def test_payloads_are_json_values_after_the_trip() -> None:
         return (await sys.recv(timeout=1)).payload
 
     async with llmos.boot(FakeDriver()) as kernel:
-        got = result(await run(kernel, main))
+        got = result(await spawn_and_wait(kernel, main))
     assert got == {"tuple": [1, 2], "none": None, "float": 1.5, "nested": [{"a": True}]}
 
 
@@ -243,7 +222,7 @@ async def test_a_payload_that_is_not_json_is_einval(payload: Any) -> None:
         return err, leftover
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err, leftover = result(await run(kernel, main))
+        err, leftover = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert "JSON" in err.message
@@ -260,7 +239,7 @@ async def test_a_full_mailbox_is_eagain(monkeypatch: pytest.MonkeyPatch) -> None
 
     async with llmos.boot(FakeDriver()) as kernel:
         sink = await kernel.spawn(idle)
-        err = result(await run(kernel, sender, sink.pid))
+        err = result(await spawn_and_wait(kernel, sender, sink.pid))
         kernel.kill(sink.pid)
     assert type(err) is MailboxFull
     assert err.code is Errno.EAGAIN
@@ -280,7 +259,7 @@ async def test_a_drained_mailbox_takes_messages_again(monkeypatch: pytest.Monkey
         return full, [first.payload] + [m.payload for m in rest]
 
     async with llmos.boot(FakeDriver()) as kernel:
-        full, got = result(await run(kernel, main))
+        full, got = result(await spawn_and_wait(kernel, main))
     assert type(full) is MailboxFull
     assert got == [1, 2, 3]
 
@@ -295,7 +274,7 @@ async def test_ipc_needs_its_capability() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         sink = await kernel.spawn(receiver, 1, 0.2)
-        send_err, recv_err = result(await run(kernel, parent, sink.pid, caps=DEFAULT_APP_CAPS))
+        send_err, recv_err = result(await spawn_and_wait(kernel, parent, sink.pid, caps=DEFAULT_APP_CAPS))
         unreceived = await kernel.wait(sink.pid)
     for err, call in ((send_err, "send"), (recv_err, "recv")):
         assert type(err) is PermissionDenied
@@ -310,7 +289,7 @@ async def test_send_to_something_that_is_neither_pid_nor_name_is_einval(to: Any)
         return await caught(sys.send(to, 1))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
     assert "bad arguments to 'send'" in err.message
 

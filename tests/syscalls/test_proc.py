@@ -21,34 +21,12 @@ from llmos.syscalls import (
     ProcessInfo,
     ProcState,
     Quotas,
-    SyscallError,
     Timeout,
     TooManyProcesses,
 )
 from llmos.kernel import params
-from llmos.testing import FakeDriver
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait
 
-
-
-async def run(kernel: llmos.Kernel, app: Any, *args: Any, **options: Any) -> ExitStatus:
-    info = await kernel.spawn(app, *args, **options)
-    return await kernel.wait(info.pid, timeout=5)
-
-
-def result(status: ExitStatus) -> Any:
-    assert status.state is ProcState.EXITED, f"{status.state.name}: {status.reason}\n{status.traceback}"
-    return status.result
-
-
-async def caught(call: Any) -> Any:
-    """Await a syscall that should fail and return its error (or what it returned instead).
-
-    Runs inside a process, so it must not raise pytest's outcome exceptions there."""
-    try:
-        value = await call
-    except SyscallError as exc:
-        return exc
-    return ("returned", value)
 
 
 async def idle(sys):  # noqa: ANN001, ANN201
@@ -84,7 +62,7 @@ async def test_spawn_narrows_capabilities_and_never_widens_them() -> None:
         return child.capabilities
 
     async with llmos.boot(FakeDriver()) as kernel:
-        caps = result(await run(kernel, parent, caps={"ipc", "proc.spawn"}))
+        caps = result(await spawn_and_wait(kernel, parent, caps={"ipc", "proc.spawn"}))
     assert caps == frozenset({"ipc"})
 
 
@@ -95,7 +73,7 @@ async def test_a_wildcard_grants_the_names_below_it() -> None:
         return child.capabilities
 
     async with llmos.boot(FakeDriver()) as kernel:
-        caps = result(await run(kernel, parent, caps={"proc.*"}))
+        caps = result(await spawn_and_wait(kernel, parent, caps={"proc.*"}))
     assert caps == frozenset({"proc.spawn", "proc.admin"})
 
 
@@ -105,7 +83,7 @@ async def test_spawn_with_quotas_as_a_dict() -> None:
         return child.quotas, await sys.wait(child.pid)
 
     async with llmos.boot(FakeDriver()) as kernel:
-        quotas, status = result(await run(kernel, parent))
+        quotas, status = result(await spawn_and_wait(kernel, parent))
     assert quotas == Quotas(deadline_s=0.05, max_syscalls=9)
     assert status.state is ProcState.KILLED and "deadline" in status.reason
 
@@ -118,7 +96,7 @@ async def test_spawn_with_bad_arguments_is_einval(options: dict[str, Any]) -> No
         return await caught(sys.spawn(answer, 0, **options))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent))
+        err = result(await spawn_and_wait(kernel, parent))
         assert [p.pid for p in kernel.ps(include_ended=True)] == []  # the parent was reaped; no child
     assert isinstance(err, InvalidRequest)
     assert err.code is Errno.EINVAL
@@ -130,7 +108,7 @@ async def test_spawn_with_a_misspelt_quota_is_einval() -> None:
         return await caught(sys.spawn(answer, 0, quotas={"max_token": 10}))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent))
+        err = result(await spawn_and_wait(kernel, parent))
     assert type(err) is InvalidRequest
 
 
@@ -142,7 +120,7 @@ async def test_spawn_of_a_bad_app_is_einval() -> None:
         return await caught(sys.spawn(not_async))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent))
+        err = result(await spawn_and_wait(kernel, parent))
     assert type(err) is InvalidRequest
     assert "an app must be" in err.message
 
@@ -156,7 +134,7 @@ async def test_spawn_without_the_capability_is_eperm() -> None:
         return (await sys.wait(kid.pid)).result
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent, caps=DEFAULT_APP_CAPS))
+        err = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
         assert len(kernel.ps(include_ended=True)) == 0
     assert type(err) is PermissionDenied
     assert err.code is Errno.EPERM
@@ -171,8 +149,8 @@ async def test_spawning_at_a_higher_priority_than_your_own_is_eperm() -> None:
         return err, lower.priority
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err, priority = result(await run(kernel, parent, caps=DEFAULT_APP_CAPS))
-        admin = result(await run(kernel, parent_with_admin))
+        err, priority = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
+        admin = result(await spawn_and_wait(kernel, parent_with_admin))
     assert type(err) is PermissionDenied and "raising priority" in err.message
     assert priority == 5
     assert admin == -10
@@ -194,7 +172,7 @@ async def test_too_many_processes_is_eagain(monkeypatch: pytest.MonkeyPatch) -> 
         return err
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent))
+        err = result(await spawn_and_wait(kernel, parent))
     assert type(err) is TooManyProcesses
     assert err.code is Errno.EAGAIN
 
@@ -204,7 +182,7 @@ async def test_wait_for_yourself_is_einval_and_for_nobody_esrch() -> None:
         return await caught(sys.wait(sys.pid)), await caught(sys.wait(987654))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        self_err, missing = result(await run(kernel, main))
+        self_err, missing = result(await spawn_and_wait(kernel, main))
     assert type(self_err) is InvalidRequest and "itself" in self_err.message
     assert type(missing) is NoSuchProcess and missing.code is Errno.ESRCH
 
@@ -218,7 +196,7 @@ async def test_wait_with_a_timeout_is_etimedout_and_the_child_lives_on() -> None
         return err, alive, await sys.wait(child.pid)
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err, alive, status = result(await run(kernel, parent))
+        err, alive, status = result(await spawn_and_wait(kernel, parent))
     assert type(err) is Timeout and err.code is Errno.ETIMEDOUT
     assert alive == [ProcState.BLOCKED]
     assert (status.state, status.reason) == (ProcState.KILLED, "done waiting")
@@ -229,7 +207,7 @@ async def test_wait_with_a_negative_timeout_is_einval() -> None:
         return await caught(sys.wait(1, timeout=-1))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
 
 
@@ -257,7 +235,7 @@ async def test_kill_a_child_with_a_reason() -> None:
         return await sys.wait(child.pid)
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = result(await run(kernel, parent, caps=DEFAULT_APP_CAPS))
+        status = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
     assert (status.state, status.reason) == (ProcState.KILLED, "not needed")
 
 
@@ -277,7 +255,7 @@ async def test_kill_a_grandchild() -> None:
         return status
 
     async with llmos.boot(FakeDriver()) as kernel:
-        status = result(await run(kernel, top, caps=DEFAULT_APP_CAPS))
+        status = result(await spawn_and_wait(kernel, top, caps=DEFAULT_APP_CAPS))
     assert (status.state, status.reason) == (ProcState.KILLED, "from above")
 
 
@@ -286,7 +264,7 @@ async def test_kill_of_a_missing_pid_is_esrch() -> None:
         return await caught(sys.kill(55555))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main, caps=DEFAULT_APP_CAPS))
+        err = result(await spawn_and_wait(kernel, main, caps=DEFAULT_APP_CAPS))
     assert type(err) is NoSuchProcess
     assert err.code is Errno.ESRCH
     assert "55555" in err.message
@@ -301,7 +279,7 @@ async def test_controlling_a_non_descendant_is_eperm_without_proc_admin() -> Non
 
     async with llmos.boot(FakeDriver()) as kernel:
         victim = await kernel.spawn(idle)
-        errors = result(await run(kernel, meddler, victim.pid, caps=DEFAULT_APP_CAPS))
+        errors = result(await spawn_and_wait(kernel, meddler, victim.pid, caps=DEFAULT_APP_CAPS))
         assert {p.pid: p.state for p in kernel.ps()}[victim.pid] is ProcState.BLOCKED
     assert errors == [("PermissionDenied", Errno.EPERM)] * 5
 
@@ -314,7 +292,7 @@ async def test_proc_admin_may_control_anyone() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         victim = await kernel.spawn(idle)
-        status = result(await run(kernel, admin, victim.pid, caps={"proc.admin"}))
+        status = result(await spawn_and_wait(kernel, admin, victim.pid, caps={"proc.admin"}))
     assert (status.state, status.reason) == (ProcState.KILLED, "by admin")
 
 
@@ -323,7 +301,7 @@ async def test_esrch_comes_before_eperm() -> None:
         return await caught(sys.kill(424242))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main, caps=()))
+        err = result(await spawn_and_wait(kernel, main, caps=()))
     assert type(err) is NoSuchProcess
 
 
@@ -333,7 +311,7 @@ async def test_suspending_yourself_is_einval() -> None:
         return await caught(sys.suspend(sys.pid))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest and "cannot suspend itself" in err.message
 
 
@@ -345,7 +323,7 @@ async def test_resume_of_a_running_child_is_invalid_state() -> None:
         return err
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, parent))
+        err = result(await spawn_and_wait(kernel, parent))
     assert type(err) is InvalidState
     assert err.code is Errno.EINVAL
     assert "not suspended" in err.message
@@ -374,7 +352,7 @@ async def test_suspend_and_resume_a_child() -> None:
         return state, frozen, still, len(ticks)
 
     async with llmos.boot(FakeDriver()) as kernel:
-        state, frozen, still, after = result(await run(kernel, parent))
+        state, frozen, still, after = result(await spawn_and_wait(kernel, parent))
     assert state == [ProcState.SUSPENDED]
     assert frozen == still
     assert after > still
@@ -390,7 +368,7 @@ async def test_nice_yourself_down_but_not_back_up() -> None:
         return after, err
 
     async with llmos.boot(FakeDriver()) as kernel:
-        after, err = result(await run(kernel, main, caps=DEFAULT_APP_CAPS))
+        after, err = result(await spawn_and_wait(kernel, main, caps=DEFAULT_APP_CAPS))
     assert after == [5]
     assert type(err) is PermissionDenied and err.code is Errno.EPERM
 
@@ -401,7 +379,7 @@ async def test_nice_out_of_range_is_einval(priority: int) -> None:
         return await caught(sys.nice(priority))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await run(kernel, main))
+        err = result(await spawn_and_wait(kernel, main))
     assert type(err) is InvalidRequest
 
 
@@ -415,7 +393,7 @@ async def test_nice_a_child() -> None:
         return priority, err
 
     async with llmos.boot(FakeDriver()) as kernel:
-        priority, err = result(await run(kernel, parent, caps=DEFAULT_APP_CAPS))
+        priority, err = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
     assert priority == [12]
     assert type(err) is PermissionDenied
 
@@ -434,7 +412,7 @@ async def test_ps_lists_live_processes_and_optionally_ended_ones() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         other = await kernel.spawn(idle, name="other")
-        live, everything = result(await run(kernel, main, name="me"))
+        live, everything = result(await spawn_and_wait(kernel, main, name="me"))
         kernel.kill(other.pid)
     assert live == ["other", "me"]
     assert everything == {"other": ProcState.BLOCKED, "me": ProcState.RUNNING, "ended-one": ProcState.EXITED}
@@ -456,6 +434,6 @@ async def test_sleep_sleeps_and_rejects_negative_seconds() -> None:
         return time.perf_counter() - began, await caught(sys.sleep(-0.1))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        slept, err = result(await run(kernel, main))
+        slept, err = result(await spawn_and_wait(kernel, main))
     assert 0.045 <= slept < 0.5
     assert type(err) is InvalidRequest and err.code is Errno.EINVAL
