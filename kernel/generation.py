@@ -1,7 +1,8 @@
 """The generation service: the one place where processes' requests meet the model.
 
-Requests wait in the scheduler; a loop on the event loop asks it for the next batch and
-hands that batch to the driver in a worker thread, streaming text back as it comes.
+Requests wait in the scheduler; a loop on the event loop asks it, step by step, which
+requests run, and has the driver advance them by one token in a worker thread,
+streaming text back as it comes.
 Invariant: a job is in `self.jobs` exactly while it is unfinished, and its owner is
 charged for it exactly once, when it leaves.
 """
@@ -119,7 +120,7 @@ class GenerationService:
             self.cancel(ticket)
 
     async def serve(self) -> None:
-        """The loop: schedule, run a batch off the event loop, account. Runs until cancelled."""
+        """The loop: schedule, step the driver off the event loop, account. Runs until cancelled."""
         while True:
             if not self.scheduler.has_work():
                 self._wakeup = anyio.Event()
@@ -127,12 +128,12 @@ class GenerationService:
                 await anyio.sleep(params.BATCH_GATHER_S)
                 continue
             plan = self.scheduler.schedule()
-            jobs = [self.tickets[i].job for i in plan.batch]
-            self._running_ids = frozenset(plan.batch)
+            jobs = [self.tickets[i].job for i in plan.running]
+            before = [len(job.token_ids) for job in jobs]
+            self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
-            before = {job.id: len(job.token_ids) for job in jobs}
             try:
-                await anyio.to_thread.run_sync(self.driver.run, jobs, plan.max_steps, self._emit_from_thread)
+                await anyio.to_thread.run_sync(self.driver.step, jobs, self._emit_from_thread)
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
                 for job in jobs:
@@ -141,14 +142,15 @@ class GenerationService:
                 self._running_ids = frozenset()
             self._account(jobs, before, time.perf_counter() - started)
 
-    def _account(self, jobs: list[GenerationJob], before: dict[int, int], elapsed: float) -> None:
-        decoded = {job.id: len(job.token_ids) - before[job.id] for job in jobs}
+    def _account(self, jobs: list[GenerationJob], before: list[int], elapsed: float) -> None:
+        decoded = {job.id: len(job.token_ids) - n for job, n in zip(jobs, before, strict=True)}
         finished = frozenset(job.id for job in jobs if job.finished or job.cancelled)
         self.scheduler.update_from_output(StepOutput(tokens=decoded, finished=finished))
+        share = elapsed / max(len(jobs), 1)  # a step's time, split among those it served
         for job in jobs:
             owner = self._owners.get(job.id)
             if owner is not None:
-                owner.stats.generation_time_s += elapsed
+                owner.stats.generation_time_s += share
             if job.id in finished and job.id in self.tickets:
                 self._finish(self.tickets[job.id], job.finish_reason or "cancelled")
 

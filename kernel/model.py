@@ -1,7 +1,7 @@
 """What the kernel needs from a model driver, and the generation job they share.
 
 The kernel never imports torch: a driver (in llmos.drivers) implements `ModelDriver`
-and the composition root plugs it in. `run` is synchronous and is called in a worker
+and the composition root plugs it in. `step` is synchronous and is called in a worker
 thread, so a driver may block on tensor work without stalling the event loop.
 """
 
@@ -76,10 +76,13 @@ EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
 class ModelDriver(Protocol):
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together
+    max_batch: int  # sequences it can hold at once; the scheduler never runs more
 
     def prepare(self, job: GenerationJob) -> None:
         """Tokenize the job's prompt into `job.prompt_ids`; raise ContextOverflow if it cannot fit."""
 
-    def run(self, jobs: Sequence[GenerationJob], max_steps: int, emit: EmitFn) -> None:
-        """Decode up to `max_steps` tokens for every job, together, setting each finished
-        job's `finish_reason`. Jobs already holding tokens resume where they stopped."""
+    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+        """Advance every job in `running` by at most one token, together, and set each
+        finished job's `finish_reason`. Jobs it holds that are not in `running` are let go
+        (preempted, cancelled); a job that comes back resumes where it stopped. Newcomers
+        may spend several steps on their prompt before their first token."""

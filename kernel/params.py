@@ -32,9 +32,9 @@ YIELD_INTERVAL_S = 0.002
 
 # Generation -------------------------------------------------------------------------
 DEFAULT_POLICY = "fifo"
-MAX_BATCH = 16  # sequences the model serves at once
-RR_QUANTUM_TOKENS = 32  # tokens a sequence decodes before round-robin lets others in
-DEFAULT_REPLY_TOKENS = 256
+MAX_BATCH = 64  # sequences decoded together (the driver may hold fewer)
+RR_QUANTUM_TOKENS = 32  # tokens a sequence decodes before round-robin lets a waiting one in
+DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
-BATCH_GATHER_S = 0.01  # max_tokens of a generation request that names none
+BATCH_GATHER_S = 0.01

@@ -1,16 +1,16 @@
-"""Decides whose generation requests the model serves next. Pure: no torch, no I/O.
+"""Decides whose generation requests the model serves, step by step. Pure: no torch, no I/O.
 
-Step-shaped like vLLM's scheduler: `add` requests, `schedule()` picks the next batch and
-how many tokens it may decode, `update_from_output` records what happened. Invariant:
+Step-shaped like vLLM's scheduler: `add` requests, `schedule()` returns the set the engine
+runs for the next token, `update_from_output` records what that step produced. Invariant:
 every request is in exactly one of `waiting` or `running` until it finishes or is
-removed, and a suspended owner's requests are never picked.
+removed; `running` never exceeds `max_batch`; a suspended owner's requests never run.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from llmos.kernel import params
 from llmos.kernel.errors import ConfigError
@@ -26,7 +26,8 @@ class SchedRequest:
     max_tokens: int
     done_tokens: int = 0
     arrival: int = 0  # set by the scheduler: order of arrival
-    served_round: int = -1  # last round it was in a batch (round-robin uses it)
+    last_turn: int = -1  # round-robin: when it was last preempted (-1: never ran)
+    turn_tokens: int = 0  # tokens decoded since it was last admitted
 
     @property
     def remaining(self) -> int:
@@ -35,8 +36,9 @@ class SchedRequest:
 
 @dataclass(frozen=True)
 class SchedulerOutput:
-    batch: tuple[int, ...]  # request ids to run now
-    max_steps: int  # tokens each may decode before the scheduler is asked again
+    running: tuple[int, ...]  # request ids the engine runs this step
+    admitted: tuple[int, ...] = ()  # of which newly admitted
+    preempted: tuple[int, ...] = ()  # taken out of the running set this step
 
 
 @dataclass(frozen=True)
@@ -45,32 +47,39 @@ class StepOutput:
     finished: frozenset[int] = frozenset()
 
 
+Preemption = Literal["never", "quantum", "priority"]
+
+
 class Policy(Protocol):
     name: str
-    preempts: bool  # True: a running request goes back in line after one quantum
+    preemption: Preemption
 
     def key(self, req: SchedRequest) -> tuple[int, ...]: ...
 
 
 class Fifo:
-    name, preempts = "fifo", False
+    name, preemption = "fifo", "never"
 
     def key(self, req: SchedRequest) -> tuple[int, ...]:
         return (req.arrival,)
 
 
 class PriorityPolicy:
-    name, preempts = "priority", False
+    """Lowest nice value first; a more important arrival preempts the least important runner."""
+
+    name, preemption = "priority", "priority"
 
     def key(self, req: SchedRequest) -> tuple[int, ...]:
         return (req.priority, req.arrival)
 
 
 class RoundRobin:
-    name, preempts = "rr", True
+    """Each request runs for a quantum of tokens, then yields its slot to one that waits."""
+
+    name, preemption = "rr", "quantum"
 
     def key(self, req: SchedRequest) -> tuple[int, ...]:
-        return (req.served_round, req.arrival)  # least recently served first
+        return (req.last_turn, req.arrival)  # never-run first, then least recently preempted
 
 
 POLICIES: dict[str, type[Policy]] = {
@@ -98,9 +107,10 @@ class Scheduler:
         self.quantum = quantum
         self.waiting: dict[int, SchedRequest] = {}
         self.running: dict[int, SchedRequest] = {}
+        self.preemptions = 0
         self._suspended: set[int] = set()
         self._arrivals = itertools.count()
-        self._round = 0
+        self._turns = itertools.count()
 
     # -- requests in and out ------------------------------------------------------------
     def add(self, req: SchedRequest) -> None:
@@ -133,41 +143,52 @@ class Scheduler:
                 req.priority = priority
 
     # -- the step ---------------------------------------------------------------------------
+    def _eligible(self) -> list[SchedRequest]:
+        return sorted((r for r in self.waiting.values() if r.pid not in self._suspended), key=self.policy.key)
+
     def has_work(self) -> bool:
-        return any(r.pid not in self._suspended for r in self.waiting.values())
+        return bool(self.running) or any(r.pid not in self._suspended for r in self.waiting.values())
 
     def schedule(self) -> SchedulerOutput:
-        """Move the best waiting requests into the running batch, up to `max_batch`."""
-        free = self.max_batch - len(self.running)
-        eligible = [r for r in self.waiting.values() if r.pid not in self._suspended]
-        for req in sorted(eligible, key=self.policy.key)[:max(free, 0)]:
+        """Preempt what must yield, then fill free slots from the waiting line."""
+        preempted = self._preempt()
+        admitted = []
+        for req in self._eligible()[: self.max_batch - len(self.running)]:
             del self.waiting[req.id]
             self.running[req.id] = req
-            req.served_round = self._round
-        self._round += 1
-        batch = tuple(self.running)
-        return SchedulerOutput(batch=batch, max_steps=self._max_steps(batch))
+            req.turn_tokens = 0
+            admitted.append(req.id)
+        return SchedulerOutput(running=tuple(self.running), admitted=tuple(admitted), preempted=tuple(preempted))
 
-    def _max_steps(self, batch: tuple[int, ...]) -> int:
-        if not batch:
-            return 0
-        longest = max(self.running[i].remaining for i in batch)
-        return min(longest, self.quantum) if self.policy.preempts else longest
+    def _preempt(self) -> list[int]:
+        victims = [r for r in self.running.values() if r.pid in self._suspended]
+        waiting = self._eligible()
+        short = len(waiting) - (self.max_batch - len(self.running) + len(victims))  # waiters without a slot
+        if short > 0 and self.policy.preemption == "quantum":
+            spent = [r for r in self.running.values() if r.turn_tokens >= self.quantum and r not in victims]
+            victims += sorted(spent, key=lambda r: -r.turn_tokens)[:short]
+        elif short > 0 and self.policy.preemption == "priority":
+            runners = sorted((r for r in self.running.values() if r not in victims), key=self.policy.key)
+            for newcomer in waiting[:short]:
+                if runners and self.policy.key(newcomer) < self.policy.key(runners[-1]):
+                    victims.append(runners.pop())
+        for req in victims:
+            del self.running[req.id]
+            req.last_turn = next(self._turns)
+            self.waiting[req.id] = req
+        self.preemptions += len(victims)
+        return [r.id for r in victims]
 
     def update_from_output(self, output: StepOutput) -> None:
-        """Account decoded tokens; finished requests leave, the rest go back in line if preempted."""
+        """Account the tokens a step decoded; finished requests leave."""
         for req_id, n in output.tokens.items():
             req = self.running.get(req_id)
             if req is not None:
                 req.done_tokens += n
+                req.turn_tokens += n
         for req_id in output.finished:
-            self.running.pop(req_id, None)
-        # A static batch ends as a whole: whatever did not finish waits for its next turn.
-        for req_id in list(self.running):
-            req = self.running.pop(req_id)
-            if req.remaining > 0:
-                self.waiting[req_id] = req
+            self.remove(req_id)
 
     def statistics(self) -> dict[str, int | str]:
         return {"policy": self.policy.name, "waiting": len(self.waiting), "running": len(self.running),
-                "suspended_owners": len(self._suspended)}
+                "preemptions": self.preemptions, "suspended_owners": len(self._suspended)}

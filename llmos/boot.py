@@ -25,8 +25,11 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     for a kernel without one. `policy`: "fifo", "priority" or "rr" (round-robin with a
     `quantum` of tokens). On exit, processes still running are killed.
     """
-    scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fails fast on a bad policy
+    Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
     driver = await _driver(model)
+    if driver is not None:
+        max_batch = min(max_batch, driver.max_batch)
+    scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)
     async with Kernel(TABLE, Sys, driver=driver, scheduler=scheduler) as kernel:
         yield kernel
 

@@ -51,7 +51,8 @@ class Model:
 
     def _run(self, job: GenerationJob) -> str:
         self.driver.prepare(job)
-        self.driver.run([job], job.sampling.max_tokens, lambda pieces: None)
+        while not job.finished:
+            self.driver.step([job], lambda pieces: None)
         return job.text
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,19 +25,29 @@ from llmos.kernel.process import ExitStatus, ProcState
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
+@dataclass
+class _FakeState:
+    """A job's scripted answer, one word per token, and how much of it was streamed."""
+
+    words: list[str]
+    streamed: int = 0
+
+
 class FakeDriver:
     """Answers from a queue (`enqueue`), else from `script(prompt_text)`, else "echo: <last message>".
 
     One "token" is one whitespace-separated word of the answer; a prompt counts one
     token per character. `step_delay_s` makes each decoding step take time, so tests
     can kill or suspend a process mid-generation. `batches` records the job ids of
-    every run, to assert what was served together; `jobs` keeps every job it was handed.
+    every step, to assert what was served together; `jobs` keeps every job it was handed.
     """
 
     def __init__(self, script: Callable[[str], str] | None = None, *, context_length: int = 4096,
-                 step_delay_s: float = 0.0, fail_with: Exception | None = None, name: str = "fake") -> None:
+                 step_delay_s: float = 0.0, fail_with: Exception | None = None, name: str = "fake",
+                 max_batch: int = 64) -> None:
         self.name = name
         self.context_length = context_length
+        self.max_batch = max_batch
         self.script = script
         self.step_delay_s = step_delay_s
         self.fail_with = fail_with
@@ -62,7 +73,7 @@ class FakeDriver:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; the context window is "
                                   f"{self.context_length}")
 
-    def _answer(self, job: GenerationJob) -> list[str]:
+    def _answer(self, job: GenerationJob) -> _FakeState:
         if job.driver_state is None:
             with self._lock:
                 prompt = self.render(job)
@@ -74,41 +85,37 @@ class FakeDriver:
                 else:
                     last = job.messages[-1].content if job.messages else prompt
                     answer = f"echo: {last}"
-            job.driver_state = _WORDS.findall(answer)
+            job.driver_state = _FakeState(words=_WORDS.findall(answer))
         return job.driver_state
 
-    def run(self, jobs: Sequence[GenerationJob], max_steps: int, emit: EmitFn) -> None:
-        self.batches.append([job.id for job in jobs])
-        self.jobs += [job for job in jobs if job not in self.jobs]
+    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+        self.batches.append([job.id for job in running])
+        self.jobs += [job for job in running if job not in self.jobs]
         if self.fail_with is not None:
             raise self.fail_with
-        streamed = {job.id: len(job.text) for job in jobs}
-        for _ in range(max_steps):
-            live = [job for job in jobs if not job.finished]
-            if not live:
-                return
-            if self.step_delay_s:
-                time.sleep(self.step_delay_s)
-            emit([piece for job in live if (piece := self._step(job, streamed))])
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
+        emit([piece for job in running if not job.finished and (piece := self._step(job))])
 
-    def _step(self, job: GenerationJob, streamed: dict[int, int]) -> tuple[GenerationJob, str] | None:
+    def _step(self, job: GenerationJob) -> tuple[GenerationJob, str] | None:
         if job.cancelled:
             job.finish_reason = "cancelled"
             return None
-        words = self._answer(job)
-        n = len(job.token_ids)
+        state = self._answer(job)
+        words, n = state.words, len(job.token_ids)
         if n >= len(words):
             job.finish_reason = "stop"
             return None
         job.token_ids.append(n)
         final = n + 1 == len(words) or len(job.token_ids) >= job.sampling.max_tokens
-        piece, stopped = advance(job, "".join(words[: n + 1]), streamed[job.id], final)
-        streamed[job.id] += len(piece)
+        piece, stopped = advance(job, "".join(words[: n + 1]), state.streamed, final)
+        state.streamed += len(piece)
         if stopped or n + 1 == len(words):
             job.finish_reason = "stop"
         elif final:
             job.finish_reason = "length"
         return job, piece
+
 
 
 async def spawn_and_wait(kernel: Kernel, app: Any, *args: Any, timeout: float = 5, **options: Any) -> ExitStatus:

@@ -1,4 +1,4 @@
-"""The transformers driver on the real SmolLM2 model."""
+"""The transformers driver and its continuous-batching engine, on the real SmolLM2 model."""
 
 from __future__ import annotations
 
@@ -10,58 +10,87 @@ from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 pytestmark = pytest.mark.model
 
-
-def _job(job_id: int, *, prompt: str | None = None, question: str | None = None, **sampling) -> GenerationJob:
-    messages = (ChatMessage(role="user", content=question),) if question else None
-    return GenerationJob(id=job_id, pid=1, sampling=SamplingParams(**sampling), prompt=prompt, messages=messages)
+QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+2?",
+             "Write one sentence about the sea."]
 
 
-def _run(driver, jobs, max_steps=None):
-    pieces: list[tuple[int, str]] = []
-    for job in jobs:
-        driver.prepare(job)
-    steps = max_steps or max(j.sampling.max_tokens for j in jobs)
-    driver.run(jobs, steps, lambda batch: pieces.extend((job.id, piece) for job, piece in batch))
-    return pieces
+def _job(job_id: int, driver, *, prompt: str | None = None, question: str | None = None,
+         system: str | None = None, **sampling) -> GenerationJob:
+    messages = None
+    if question:
+        messages = ((ChatMessage(role="system", content=system),) if system else ()) + (
+            ChatMessage(role="user", content=question),)
+    job = GenerationJob(id=job_id, pid=1, sampling=SamplingParams(**sampling), prompt=prompt, messages=messages)
+    driver.prepare(job)
+    return job
+
+
+def _run(driver, jobs, pieces=None):
+    """Step until every job finishes, as the kernel would; collect streamed pieces."""
+    sink = [] if pieces is None else pieces
+    while any(not j.finished for j in jobs):
+        driver.step([j for j in jobs if not j.finished], lambda batch: sink.extend(batch))
+    driver.step([], lambda batch: None)
+    return sink
+
+
+def _reference(driver, job, n):
+    ids = torch.tensor([job.prompt_ids])
+    out = driver.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    return [t for t in out[0, ids.shape[1]:].tolist() if t not in driver.eos_ids]
 
 
 def test_greedy_output_equals_model_generate(smollm2):
     driver = smollm2.driver
-    job = _job(1, question="What is the capital of France?", max_tokens=24)
+    job = _job(1, driver, question="What is the capital of France?", max_tokens=24)
     _run(driver, [job])
-    ids = torch.tensor([job.prompt_ids])
-    reference = driver.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
-                                      do_sample=False)[0, ids.shape[1]:].tolist()
-    reference = [t for t in reference if t not in driver.eos_ids][: len(job.token_ids)]
-    assert job.token_ids == reference
-    assert "Paris" in job.text
+    assert job.token_ids == _reference(driver, job, 24)[: len(job.token_ids)]
+    assert "Paris" in job.text and job.finish_reason == "stop"
+
+
+def test_raw_prompt_greedy_equals_model_generate(smollm2):
+    driver = smollm2.driver
+    job = _job(1, driver, prompt="The three largest cities in Europe are", max_tokens=20)
+    _run(driver, [job])
+    assert job.token_ids == _reference(driver, job, 20)
 
 
 def test_batched_greedy_matches_single_runs(smollm2):
     driver = smollm2.driver
-    questions = ["What is the capital of France?", "Name a color.", "What is 2+2?"]
     alone = []
-    for i, q in enumerate(questions):
-        job = _job(i, question=q, max_tokens=12)
+    for i, q in enumerate(QUESTIONS):
+        job = _job(i, driver, question=q, max_tokens=16)
         _run(driver, [job])
         alone.append(job.token_ids)
-    together = [_job(10 + i, question=q, max_tokens=12) for i, q in enumerate(questions)]
+    together = [_job(10 + i, driver, question=q, max_tokens=16) for i, q in enumerate(QUESTIONS)]
     _run(driver, together)
-    # Left padding changes float rounding slightly; the first tokens must agree.
     for single, batched in zip(alone, together, strict=True):
-        assert batched.token_ids[:4] == single[:4]
-    assert len({tuple(j.token_ids) for j in together}) == 3
+        assert batched.token_ids[:8] == single[:8]  # float rounding of batching may only change late tokens
+    assert len({tuple(j.token_ids) for j in together}) == len(QUESTIONS)
+
+
+def test_sequences_join_and_leave_a_running_batch(smollm2):
+    driver = smollm2.driver
+    first = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=20)
+    driver.step([first], lambda batch: None)
+    driver.step([first], lambda batch: None)
+    late = _job(2, driver, question="What is the capital of France?", max_tokens=12)
+    _run(driver, [first, late])
+    alone = _job(3, driver, question="What is the capital of France?", max_tokens=12)
+    _run(driver, [alone])
+    assert late.token_ids[:6] == alone.token_ids[:6]
+    assert first.token_ids == _reference(driver, first, 20)[: len(first.token_ids)][: len(first.token_ids)]
 
 
 def test_streamed_pieces_concatenate_to_the_text(smollm2):
-    job = _job(1, question="Write one sentence about the sea.", max_tokens=30)
+    job = _job(1, smollm2.driver, question="Write one sentence about the sea.", max_tokens=30)
     pieces = _run(smollm2.driver, [job])
     assert "".join(p for _, p in pieces) == job.text
-    assert len([p for _, p in pieces if p]) > 3
+    assert len(pieces) > 3
 
 
 def test_stop_string_cuts_the_reply(smollm2):
-    job = _job(1, prompt="1, 2, 3, 4, 5, 6,", max_tokens=30, stop=(" 9",))
+    job = _job(1, smollm2.driver, prompt="1, 2, 3, 4, 5, 6,", max_tokens=30, stop=(" 9",))
     pieces = _run(smollm2.driver, [job])
     assert job.finish_reason == "stop"
     assert " 9" not in job.text and job.text.strip().startswith("7")
@@ -69,7 +98,7 @@ def test_stop_string_cuts_the_reply(smollm2):
 
 
 def test_max_tokens_ends_with_length(smollm2):
-    job = _job(1, prompt="Once upon a time", max_tokens=5)
+    job = _job(1, smollm2.driver, prompt="Once upon a time", max_tokens=5)
     _run(smollm2.driver, [job])
     assert job.finish_reason == "length" and len(job.token_ids) == 5
 
@@ -77,37 +106,73 @@ def test_max_tokens_ends_with_length(smollm2):
 def test_seeded_sampling_is_reproducible_and_seeds_differ(smollm2):
     runs = []
     for seed in (7, 7, 8):
-        job = _job(seed, prompt="My favourite animal is", max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+        job = _job(seed, smollm2.driver, prompt="My favourite animal is", max_tokens=16, temperature=1.0,
+                   top_p=0.9, seed=seed)
         _run(smollm2.driver, [job])
         runs.append(job.token_ids)
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
 
-def test_resuming_after_a_quantum_continues_the_same_greedy_text(smollm2):
-    whole = _job(1, prompt="The three largest cities in Europe are", max_tokens=16)
-    _run(smollm2.driver, [whole])
-    split = _job(2, prompt="The three largest cities in Europe are", max_tokens=16)
-    smollm2.driver.prepare(split)
-    smollm2.driver.run([split], 6, lambda batch: None)
-    assert not split.finished and len(split.token_ids) == 6
-    smollm2.driver.run([split], 16, lambda batch: None)
-    assert split.token_ids[:12] == whole.token_ids[:12]
+def test_a_preempted_sequence_resumes_with_the_same_greedy_text(smollm2):
+    driver = smollm2.driver
+    prompt = "Here is a list of the largest cities in Europe, with their countries and populations: 1."
+    whole = _job(1, driver, prompt=prompt, max_tokens=40)
+    _run(driver, [whole])
+    driver.engine.prefix.blocks.clear()
+    split = _job(2, driver, prompt=prompt, max_tokens=40)
+    for _ in range(25):
+        driver.step([split], lambda batch: None)
+    driver.step([], lambda batch: None)  # preempted: the engine lets it go
+    assert not driver.engine.seqs and len(split.token_ids) == 25  # prefill also yields the first token
+    assert len(split.prompt_ids) + 24 >= 32 and driver.engine.prefix.blocks
+    hits_before = driver.engine.prefix.hits
+    _run(driver, [split])
+    assert split.token_ids == whole.token_ids
+    assert driver.engine.prefix.hits - hits_before >= 32  # resumed from the prefix cache
+
+
+def test_a_shared_prefix_is_computed_once(smollm2):
+    driver = smollm2.driver
+    system = "You are a careful assistant. " * 30  # ~200 tokens shared by both
+    first = _job(1, driver, question="Name a fruit.", system=system, max_tokens=4)
+    _run(driver, [first])
+    hits_before = driver.engine.prefix.hits
+    second = _job(2, driver, question="Name a color.", system=system, max_tokens=4)
+    _run(driver, [second])
+    assert driver.engine.prefix.hits - hits_before >= 160
+    fresh = _job(3, driver, question="Name a color.", system=system, max_tokens=4)
+    driver.engine.prefix.blocks.clear()
+    _run(driver, [fresh])
+    assert second.token_ids == fresh.token_ids  # reusing cached K/V changes nothing
+
+
+def test_long_prompts_are_prefilled_in_chunks_while_others_decode(smollm2):
+    driver = smollm2.driver
+    runner = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=30)
+    driver.step([runner], lambda batch: None)
+    long_prompt = _job(2, driver, prompt="word " * 600, max_tokens=2)
+    steps_before_first_token = 0
+    while not long_prompt.token_ids and not long_prompt.finished:
+        before = len(runner.token_ids)
+        driver.step([runner, long_prompt], lambda batch: None)
+        assert len(runner.token_ids) == before + 1 or runner.finished  # decoding never paused
+        steps_before_first_token += 1
+    assert steps_before_first_token == -(-600 // driver.engine.config.prefill_chunk)
+    _run(driver, [runner, long_prompt])
 
 
 def test_cancelled_job_stops(smollm2):
-    job = _job(1, prompt="Count: 1, 2, 3,", max_tokens=50)
-    smollm2.driver.prepare(job)
-
-    def cancel_after_first(batch):
-        job.cancelled = True
-
-    smollm2.driver.run([job], 50, cancel_after_first)
-    assert job.finish_reason == "cancelled" and len(job.token_ids) <= 2
+    job = _job(1, smollm2.driver, prompt="Count: 1, 2, 3,", max_tokens=50)
+    smollm2.driver.step([job], lambda batch: None)
+    job.cancelled = True
+    smollm2.driver.step([job], lambda batch: None)
+    assert job.finish_reason == "cancelled" and len(job.token_ids) == 1
+    assert not smollm2.driver.engine.seqs
 
 
 def test_prompt_longer_than_the_context_is_refused(smollm2):
-    job = _job(1, prompt="word " * (smollm2.context_length + 10))
+    job = GenerationJob(id=1, pid=1, sampling=SamplingParams(), prompt="word " * (smollm2.context_length + 10))
     with pytest.raises(ContextOverflow):
         smollm2.driver.prepare(job)
 

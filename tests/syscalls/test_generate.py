@@ -407,8 +407,7 @@ async def test_processes_chatting_at_once_share_one_batch() -> None:
         infos = [await kernel.spawn(main, n) for n in range(4)]
         texts = [result(await kernel.wait(i.pid)) for i in infos]
     assert texts == [f"echo: q{n}" for n in range(4)]
-    assert len(driver.batches) == 1
-    assert sorted(driver.batches[0]) == [1, 2, 3, 4]
+    assert driver.batches == [[1, 2, 3, 4]] * 2  # two words each: two steps, all four in each
 
 
 async def test_max_batch_splits_the_work() -> None:
@@ -421,8 +420,7 @@ async def test_max_batch_splits_the_work() -> None:
         infos = [await kernel.spawn(main, n) for n in range(5)]
         texts = [result(await kernel.wait(i.pid)) for i in infos]
     assert texts == [f"echo: q{n}" for n in range(5)]
-    assert [len(b) for b in driver.batches] == [2, 2, 1]
-    assert sorted(i for b in driver.batches for i in b) == [1, 2, 3, 4, 5]
+    assert driver.batches == [[1, 2], [1, 2], [3, 4], [3, 4], [5], [5]]  # a slot frees, the next joins
 
 
 async def test_round_robin_alternates_by_quantum() -> None:
@@ -436,10 +434,9 @@ async def test_round_robin_alternates_by_quantum() -> None:
         infos = [await kernel.spawn(main) for _ in range(2)]
         texts = sorted([result(await kernel.wait(i.pid)) for i in infos])
     assert texts == ["a0 a1 a2 a3 a4 a5", "b0 b1 b2 b3 b4 b5"]
-    assert len(driver.batches) == 6
-    first, second = driver.batches[0][0], driver.batches[1][0]
+    first, second = driver.batches[0][0], driver.batches[2][0]
     assert first != second
-    assert driver.batches == [[first], [second]] * 3
+    assert driver.batches == ([[first]] * 2 + [[second]] * 2) * 3  # two tokens each turn
 
 
 async def test_priority_policy_serves_the_most_important_waiting_request_first() -> None:
@@ -451,14 +448,15 @@ async def test_priority_policy_serves_the_most_important_waiting_request_first()
 
     async with llmos.boot(driver, policy="priority", max_batch=1) as kernel:
         blocker = await kernel.spawn(main, "blocker")
-        await until(lambda: len(driver.batches) == 1)
+        await until(lambda: len(driver.batches) >= 1)
         infos = [await kernel.spawn(main, tag, priority=nice)
                  for tag, nice in (("low", 10), ("high", -10), ("mid", 0))]
-        await until(lambda: kernel.scheduler.statistics()["waiting"] == 3)
         for info in (blocker, *infos):
             result(await kernel.wait(info.pid))
+        preemptions = kernel.scheduler.preemptions
     order = [p.removeprefix("<user>").split("\n")[0] for p in driver.prompts]
     assert order == ["blocker", "high", "mid", "low"]
+    assert preemptions == 1  # "high" took the blocker's slot; the blocker resumed before "mid"
 
 
 async def test_nice_reorders_a_waiting_generation() -> None:
@@ -470,7 +468,7 @@ async def test_nice_reorders_a_waiting_generation() -> None:
 
     async with llmos.boot(driver, policy="priority", max_batch=1) as kernel:
         blocker = await kernel.spawn(main, "blocker")
-        await until(lambda: len(driver.batches) == 1)
+        await until(lambda: len(driver.batches) >= 1)
         a = await kernel.spawn(main, "a")
         b = await kernel.spawn(main, "b")
         await until(lambda: kernel.scheduler.statistics()["waiting"] == 2)

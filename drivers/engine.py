@@ -1,0 +1,210 @@
+"""The continuous-batching engine: many sequences, one model, one token per step each.
+
+`step(running)` is the whole interface. The kernel's scheduler decides which jobs run;
+the engine makes its set of live sequences match: it releases the ones no longer listed
+(finished, cancelled or preempted: their K/V go to the prefix cache, so a preempted job
+resumes almost for free), admits newcomers (copying any cached prefix), then runs one
+decode pass for every sequence that has a token to feed and one chunked prefill pass for
+the newcomers, within a token budget so running decodes never stall for long.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmos.drivers.kv_cache import PrefixCache, SlotCache
+from llmos.drivers.llama import Batch, LlamaRunner
+from llmos.drivers.text import advance
+from llmos.kernel.model import EmitFn, GenerationJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Seq:
+    job: GenerationJob
+    row: int
+    computed: int  # tokens whose K/V are in the row
+    streamed: int  # characters of job.text already emitted
+    generator: torch.Generator | None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.job.prompt_ids + self.job.token_ids
+
+    @property
+    def to_feed(self) -> int:
+        return len(self.job.prompt_ids) + len(self.job.token_ids) - self.computed
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch: int = 64  # sequences decoded together (slots)
+    prefill_chunk: int = 256  # prompt tokens computed per step, across newcomers
+    prefix_cache_mb: int = 1024  # memory for cached prefixes (0 turns prefix caching off)
+
+
+class Engine:
+    def __init__(self, model: object, tokenizer: object, *, eos_ids: frozenset[int], context_length: int,
+                 config: EngineConfig, dtype: torch.dtype, device: str) -> None:
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.context_length = context_length
+        self.config = config
+        self.device = device
+        self.runner = LlamaRunner(model, lambda layers, kv_heads, head_dim: SlotCache(
+            layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length))
+        self.cache = self.runner.cache
+        block_bytes = self.cache.bytes_per_token() * 32
+        self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
+        self.seqs: dict[int, _Seq] = {}  # job id -> live sequence
+
+    # -- the step ------------------------------------------------------------------------------
+    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+        self._sync(running)
+        ordered = self._arrange()
+        decode = [s for s in ordered if s.to_feed == 1]
+        prefill = [s for s in ordered if s.to_feed > 1]
+        pieces: list[tuple[GenerationJob, str]] = []
+        if decode:
+            pieces += self._decode(decode)
+        if prefill:
+            pieces += self._prefill(prefill, first_row=len(decode))
+        emit(pieces)
+        for seq in [s for s in self.seqs.values() if s.job.finished]:
+            self._release(seq)
+
+    def _sync(self, running: Sequence[GenerationJob]) -> None:
+        wanted = {job.id for job in running if not job.cancelled and not job.finished}
+        for seq in [s for s in self.seqs.values() if s.job.id not in wanted]:
+            self._release(seq)
+        for job in running:
+            if job.cancelled:
+                job.finish_reason = "cancelled"
+            elif job.id not in self.seqs and not job.finished:
+                self._admit(job)
+
+    def _admit(self, job: GenerationJob) -> None:
+        if len(self.seqs) >= self.config.max_batch:
+            raise RuntimeError(f"the engine holds {self.config.max_batch} sequences already")
+        row = min(set(range(self.config.max_batch)) - {s.row for s in self.seqs.values()})
+        tokens = job.prompt_ids + job.token_ids
+        self.cache.ensure_capacity(min(len(tokens) + job.max_new_tokens, self.context_length))
+        blocks = self.prefix.lookup(tokens)
+        hit = min(len(blocks) * 32, len(tokens) - 1)
+        self.cache.write_prefix(row, blocks, hit)
+        self.prefix.hits += hit
+        self.prefix.misses += len(tokens) - hit
+        self.seqs[job.id] = _Seq(job=job, row=row, computed=hit, streamed=len(job.text),
+                                 generator=self._generator(job))
+
+    def _generator(self, job: GenerationJob) -> torch.Generator | None:
+        if job.sampling.temperature == 0:
+            return None
+        if job.driver_state is None:  # one RNG per job, kept across preemptions
+            job.driver_state = torch.Generator(device=self.device)
+            job.driver_state.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
+        return job.driver_state
+
+    def _release(self, seq: _Seq) -> None:
+        if seq.computed >= 32:
+            self.prefix.insert(seq.tokens[: seq.computed], self.cache, seq.row)
+        del self.seqs[seq.job.id]
+
+    def _arrange(self) -> list[_Seq]:
+        """Put decoding sequences in rows 0..d-1 and prefilling ones after them, so each
+        pass attends over a contiguous view of the cache. Returns them in row order."""
+        ordered = sorted(self.seqs.values(), key=lambda s: (s.to_feed > 1, s.row))
+        occupant = {s.row: s for s in ordered}
+        for target, seq in enumerate(ordered):  # rows below `target` are settled
+            if seq.row == target:
+                continue
+            other = occupant.get(target)
+            if other is None:
+                self.cache.move(seq.row, target, seq.computed)
+                del occupant[seq.row]
+            else:
+                self.cache.swap(seq.row, target, max(seq.computed, other.computed))
+                other.row = seq.row
+                occupant[seq.row] = other
+            seq.row = target
+            occupant[target] = seq
+        return ordered
+
+    # -- passes ----------------------------------------------------------------------------------
+    def _decode(self, seqs: list[_Seq]) -> list[tuple[GenerationJob, str]]:
+        tokens = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)
+        starts = torch.tensor([s.computed for s in seqs], device=self.device)
+        logits = self.runner.forward(Batch(first=0, tokens=tokens, starts=starts,
+                                           lengths=torch.ones_like(starts)))
+        for s in seqs:
+            s.computed += 1
+        return self._sample_and_commit(seqs, logits)
+
+    def _prefill(self, seqs: list[_Seq], first_row: int) -> list[tuple[GenerationJob, str]]:
+        budget, chunks = self.config.prefill_chunk, []
+        for s in seqs:  # contiguous rows from first_row, while the budget lasts
+            if budget <= 0:
+                break
+            n = min(s.to_feed, budget)
+            chunks.append((s, s.tokens[s.computed: s.computed + n]))
+            budget -= n
+        width = max(len(c) for _, c in chunks)
+        tokens = torch.zeros((len(chunks), width), dtype=torch.long, device=self.device)
+        for i, (_, chunk) in enumerate(chunks):
+            tokens[i, : len(chunk)] = torch.tensor(chunk)
+        starts = torch.tensor([s.computed for s, _ in chunks], device=self.device)
+        lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
+        logits = self.runner.forward(Batch(first=first_row, tokens=tokens, starts=starts, lengths=lengths))
+        done = []
+        for i, (s, chunk) in enumerate(chunks):
+            s.computed += len(chunk)
+            if s.to_feed == 0:  # the whole prompt is in: its last logits give the first token
+                done.append(i)
+        return self._sample_and_commit([chunks[i][0] for i in done], logits[done]) if done else []
+
+    def _sample_and_commit(self, seqs: list[_Seq], logits: torch.Tensor) -> list[tuple[GenerationJob, str]]:
+        chosen = logits.argmax(dim=-1)
+        for i, s in enumerate(seqs):
+            if s.generator is not None:
+                chosen[i] = sample_top_p(logits[i], s.job.sampling.temperature, s.job.sampling.top_p, s.generator)
+        return [piece for s, token in zip(seqs, chosen.tolist(), strict=True) if (piece := self._commit(s, token))]
+
+    def _commit(self, seq: _Seq, token: int) -> tuple[GenerationJob, str] | None:
+        """Append a sampled token and apply the stop conditions; return the text to stream."""
+        job = seq.job
+        if job.cancelled:
+            job.finish_reason = "cancelled"
+            return None
+        eos = token in self.eos_ids
+        if not eos:
+            job.token_ids.append(token)
+        total = len(job.prompt_ids) + len(job.token_ids)
+        final = eos or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
+        piece, stopped = advance(job, self.tokenizer.decode(job.token_ids, skip_special_tokens=True),
+                                 seq.streamed, final)
+        seq.streamed += len(piece)
+        if eos or stopped:
+            job.finish_reason = "stop"
+        elif final:
+            job.finish_reason = "length"
+        return (job, piece) if piece else None
+
+    def statistics(self) -> dict[str, int]:
+        return {"sequences": len(self.seqs), "cache_capacity": self.cache.capacity, **self.prefix.statistics()}
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Sample from softmax(logits / temperature) restricted to the smallest set of tokens
+    whose probability reaches `top_p` (nucleus sampling)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # tokens past the nucleus
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
