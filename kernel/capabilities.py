@@ -13,9 +13,15 @@ PROC_SPAWN = "proc.spawn"  # create child processes
 PROC_ADMIN = "proc.admin"  # control processes that are not yourself or your descendants; raise priority
 IPC = "ipc"  # send and receive messages
 MODEL_GENERATE = "model.generate"  # use the model (chat, generate)
+MEMORY = "memory"  # remember, recall and forget in the process's own namespace
+# Another process's namespace NS: "memory.read.NS" to recall from it, "memory.write.NS" to
+# remember into it or forget from it; "memory.read.*" reads every namespace.
+MEMORY_READ, MEMORY_WRITE = "memory.read", "memory.write"
 
 # What `llmos run` and the shell grant an app unless told otherwise.
 DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE})
+
+DEFAULT_APP = DEFAULT_APP | {MEMORY}  # apps keep their own memories by default
 
 
 def grants(granted: Iterable[str], wanted: str) -> bool:

@@ -14,12 +14,15 @@ class Errno(IntEnum):
     """Errno-like codes; the numbers follow Linux where one fits."""
 
     EPERM = 1  # the caller lacks a capability
+    ENOENT = 2  # no such item (a memory id)
     ESRCH = 3  # no such process
     EINTR = 4  # the call was interrupted (the process was killed while it waited)
     EIO = 5  # the model or another driver failed
     E2BIG = 7  # the prompt does not fit the model's context window
     EAGAIN = 11  # try again later (a mailbox is full)
+    EBUSY = 16  # another process holds the resource (a memory store folder)
     EEXIST = 17  # the thing already exists
+    ENODEV = 19  # the kernel has no such device (no memory store configured)
     EINVAL = 22  # a malformed request or an argument out of range
     ENOSYS = 38  # unknown syscall
     ETIMEDOUT = 110  # a wait ran out of time
@@ -114,3 +117,23 @@ class TooManyProcesses(SyscallError):
     """The process table is full; spawn again once some processes have ended."""
 
     code = Errno.EAGAIN
+
+
+class NoSuchMemory(SyscallError):
+    """No item with that id exists in the namespace (it was never stored, or was forgotten)."""
+
+    code = Errno.ENOENT
+
+
+class MemoryUnavailable(SyscallError):
+    """The kernel has no memory store, or it cannot be opened (see the message). Memory
+    syscalls fail until the kernel is booted with a store; the process may go on without."""
+
+    code = Errno.ENODEV
+
+
+class StoreLocked(MemoryUnavailable):
+    """Another llmos process is the writer of this store folder. Stop it, use another
+    LLMOS_HOME or store path, or share one `chroma run` server between kernels."""
+
+    code = Errno.EBUSY

@@ -24,6 +24,7 @@ from llmos.kernel.errors import InvalidRequest, InvalidState, MailboxFull, NoSuc
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
 from llmos.kernel.loader import resolve_app
+from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import ModelDriver
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
 from llmos.kernel.proctable import ProcessTable
@@ -37,13 +38,14 @@ HandleFactory = Callable[["Kernel", Process], Any]
 
 class Kernel:
     def __init__(self, table: SyscallTable, handle: HandleFactory, driver: ModelDriver | None = None,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None, memory: MemorySystem | None = None) -> None:
         self.procs = ProcessTable()
         self.dispatcher = Dispatcher(self, table)
         self.driver = driver
         self.scheduler = scheduler or Scheduler()
         self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
         self._make_handle = handle
+        self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
 
@@ -66,6 +68,9 @@ class Kernel:
             await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
+            if self.memory is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.memory.aclose()
 
     @property
     def trace(self):  # noqa: ANN201 - a deque of TraceEvent
@@ -137,7 +142,7 @@ class Kernel:
             proc.mailbox_send.close()
             proc.mailbox_recv.close()
             proc.mailbox_send = proc.mailbox_recv = None
-        proc.history = []  # an ended process keeps only what `wait` and `ps` report
+        proc.context = None  # an ended process keeps only what `wait` and `ps` report
         self.procs.retire(proc)
         proc.done.set()
 

@@ -38,3 +38,24 @@ DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01
+
+# Memory: context windows and the store ---------------------------------------------
+# A process's window is the model's context length less this room for the reply (at most
+# a quarter of the context). The pinned messages and the newest message are never evicted:
+# when they alone pass the window, the prompt may use the reply's room, down to one token.
+CONTEXT_REPLY_TOKENS = 256
+DEFAULT_CONTEXT_POLICY = "summary+recall"
+# On overflow the pager evicts down to this fraction of the room left for history, so that
+# one eviction (and its summary generation) buys several turns rather than one.
+EVICT_TO = 0.75
+SUMMARY_TOKENS = 128  # at most, and at most 1/8 of the window: the running summary's size
+RECALL_TOKENS = 192  # at most, and at most 1/8 of the window: recalled items in a prompt
+RECALL_K = 4  # archived items the pager asks the store for before each generation
+RECALL_MIN_SCORE = 0.25  # cosine similarity below which a recalled item is noise, not memory
+ARCHIVE_CHUNK_WORDS = 120  # an evicted message is archived in pieces the embedder reads whole
+MAX_RECALL_K = 100  # largest k a `recall` syscall may ask for
+EMBED_BATCH = 64  # texts embedded in one forward pass
+# Token counts of texts up to this many characters run on the event loop (well under a
+# millisecond); longer ones in a worker thread. Inline counting also keeps processes that
+# chat at once submitting in the order they asked.
+INLINE_COUNT_CHARS = 4096

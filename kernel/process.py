@@ -117,7 +117,7 @@ class Process:
     runnable: anyio.Event = field(default_factory=anyio.Event)  # replaced by an unset one while suspended
     mailbox_send: Any = None
     mailbox_recv: Any = None
-    history: list[dict[str, str]] = field(default_factory=list)  # chat turns so far
+    context: Any = None  # its context window (kernel.memory makes it on first use)
     state_before_suspend: ProcState | None = None
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
 
@@ -12,25 +13,39 @@ from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ModelDriver
 from llmos.kernel.scheduler import Scheduler
+from llmos.home import llmos_home
+from llmos.kernel.memory import MemoryStore
+from llmos.memory import MemoryManager, Policy
 from llmos.model import Model, load_model
 from llmos.syscalls import TABLE, Sys
 
 
 @asynccontextmanager
 async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, policy: str = params.DEFAULT_POLICY,
-               max_batch: int = params.MAX_BATCH, quantum: int = params.RR_QUANTUM_TOKENS) -> AsyncIterator[Kernel]:
+               max_batch: int = params.MAX_BATCH, quantum: int = params.RR_QUANTUM_TOKENS,
+               memory: str | Path | MemoryStore | None = "embedded",
+               context_policy: str | Policy = params.DEFAULT_CONTEXT_POLICY,
+               context_budget: int | None = None) -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
     for a kernel without one. `policy`: "fifo", "priority" or "rr" (round-robin with a
     `quantum` of tokens). On exit, processes still running are killed.
+
+    `memory`: where the archive and the memory syscalls keep items: "embedded" (chromadb in
+    LLMOS_HOME/memory, opened on first use, one writer process at a time), another folder,
+    "http://host:port" of a `chroma run` server, a `MemoryStore`, or None for none.
+    `context_policy`: "summary+recall" or "recency" (or a `llmos.memory.Policy`).
+    `context_budget`: tokens a process's context window holds (default: the model's context
+    length less the reply's room); a small one makes paging easy to watch and test.
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
+    memory_system = _memory(memory, context_policy, context_budget)  # fails fast on a bad policy
     driver = await _driver(model)
     if driver is not None:
         max_batch = min(max_batch, driver.max_batch)
     scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)
-    async with Kernel(TABLE, Sys, driver=driver, scheduler=scheduler) as kernel:
+    async with Kernel(TABLE, Sys, driver=driver, scheduler=scheduler, memory=memory_system) as kernel:
         yield kernel
 
 
@@ -38,3 +53,9 @@ async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None
     if isinstance(model, str):
         model = await anyio.to_thread.run_sync(load_model, model)
     return model.driver if isinstance(model, Model) else model
+
+
+def _memory(memory: str | Path | MemoryStore | None, policy: str | Policy, budget: int | None) -> MemoryManager:
+    if memory == "embedded":
+        memory = llmos_home() / "memory"
+    return MemoryManager(memory, policy=policy, context_budget=budget)

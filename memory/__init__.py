@@ -1,5 +1,10 @@
-"""llmos.memory: context windows, the pager and the vector store.
+"""llmos.memory: context windows, the pager and its policies, the vector store, embeddings.
 
-Not built yet (the memory issue): until then a process's conversation is kept whole and a
-prompt that outgrows the model's window fails with ContextOverflow instead of being cut.
+Implements the interfaces in `llmos.kernel.memory`; `llmos.boot` plugs a `MemoryManager`
+into the kernel. chromadb and the embedding model load only when a store is first used.
 """
+
+from llmos.memory.manager import MemoryManager
+from llmos.memory.policies import POLICIES, Policy, RecencyOnly, SummaryRecall, get_policy
+
+__all__ = ["MemoryManager", "POLICIES", "Policy", "RecencyOnly", "SummaryRecall", "get_policy"]

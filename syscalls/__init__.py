@@ -11,6 +11,9 @@ from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState, Quotas
 from llmos.syscalls.errors import *  # noqa: F403
 from llmos.syscalls.errors import __all__ as _errors
 from llmos.syscalls.generate import Chat, Generate, Reply, TextStream
+from llmos.kernel.memory import ContextEntry, ContextSnapshot, ContextStats, MemoryItem
+from llmos.syscalls.context import ContextAppend, ContextClear, ContextInfo, ContextPin, ContextRestore, ContextSave
+from llmos.syscalls.memory import Forget, Recall, Remember
 from llmos.syscalls.ipc import Recv, Send
 from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Suspend, Wait
 from llmos.syscalls.sys import Sys
@@ -20,4 +23,6 @@ __all__ = [
     "Chat", "ChatMessage", "DEFAULT_APP_CAPS", "ExitStatus", "Generate", "GetPid", "Kill", "Message", "Nice", "ProcState", "ProcessInfo",
     "Ps", "Quotas", "Recv", "Reply", "Resume", "SamplingParams", "Send", "Sleep", "Spawn", "Suspend", "Sys", "TABLE",
     "TextStream", "Wait", *_errors,
+    "ContextAppend", "ContextClear", "ContextEntry", "ContextInfo", "ContextPin", "ContextRestore", "ContextSave",
+    "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
 ]

@@ -11,10 +11,13 @@ from llmos.kernel.errors import (
     InvalidRequest,
     InvalidState,
     MailboxFull,
+    MemoryUnavailable,
     ModelError,
+    NoSuchMemory,
     NoSuchProcess,
     PermissionDenied,
     QuotaExceeded,
+    StoreLocked,
     SyscallError,
     Timeout,
     TooManyProcesses,
@@ -22,7 +25,7 @@ from llmos.kernel.errors import (
 )
 
 __all__ = [
-    "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "ModelError",
+    "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
     "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses",
-    "UnknownSyscall",
+    "UnknownSyscall", "NoSuchMemory", "StoreLocked",
 ]

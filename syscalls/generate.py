@@ -19,6 +19,7 @@ from llmos.kernel.generation import GenerationService, Ticket
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ChatMessage, FinishReason, GenerationJob, SamplingParams
 from llmos.kernel.process import Process
+from llmos.syscalls import context
 
 
 class Reply(BaseModel):
@@ -135,13 +136,14 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
     if req.messages is not None:
         ticket = await service.submit(caller, req.sampling(), messages=system + req.messages)
         return await _serve(service, ticket, req.stream)
-    turn = {"role": "user", "content": req.message or ""}
-    history = tuple(ChatMessage(**m) for m in (*caller.history, turn))
-    ticket = await service.submit(caller, req.sampling(), messages=system + history)
+    window = context.window(kernel, caller)
+    message = req.message or ""
+    prompt = await window.prompt(message, system=req.system)  # may page out, recall, or raise E2BIG
+    ticket = await service.submit(caller, req.sampling(), messages=prompt)
 
     def remember(reply: Reply) -> None:  # the conversation grows only by completed turns
         if reply.finish_reason in ("stop", "length"):
-            caller.history += [turn, {"role": "assistant", "content": reply.text}]
+            window.commit(message, reply.text)
 
     return await _serve(service, ticket, req.stream, remember)
 

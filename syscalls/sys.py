@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from llmos.kernel.ipc import Message
 from llmos.kernel.model import ChatMessage
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
+from llmos.kernel.memory import MemoryItem, Metadata
+from llmos.syscalls.context import ContextHandle
 from llmos.syscalls.generate import Reply, TextStream
 
 if TYPE_CHECKING:
@@ -95,3 +97,21 @@ class Sys:
 
     async def recv(self, timeout: float | None = None) -> Message:
         return await self._call("recv", timeout=timeout)
+
+    # -- memory -------------------------------------------------------------------------------
+    async def remember(self, text: str, metadata: Metadata | None = None, *, namespace: str | None = None) -> str:
+        """Store `text` (with optional scalar metadata) in this process's namespace; returns its id."""
+        return await self._call("remember", text=text, metadata=metadata or {}, namespace=namespace)
+
+    async def recall(self, query: str, k: int = 5, *, where: dict[str, Any] | None = None,
+                     namespace: str | None = None) -> list[MemoryItem]:
+        """The `k` stored items closest in meaning to `query`, best first, each with its score."""
+        return await self._call("recall", query=query, k=k, where=where, namespace=namespace)
+
+    async def forget(self, id: str, *, namespace: str | None = None) -> None:  # noqa: A002 - the item's id
+        await self._call("forget", id=id, namespace=namespace)
+
+    @property
+    def context(self) -> ContextHandle:
+        """This process's context window: append, pin, clear, snapshot, restore, stats."""
+        return ContextHandle(self)

@@ -1,6 +1,7 @@
 """The one table from request type to handler (xv6's syscalls[]), built from each family."""
 
 from llmos.kernel.dispatch import SyscallTable
+from llmos.syscalls import context, memory
 from llmos.syscalls import generate, ipc, proc
 
-TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS})
+TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS})

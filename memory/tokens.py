@@ -1,0 +1,55 @@
+"""Counting messages in the model's own tokens, through the driver's `prepare`.
+
+`prepare` renders a job with the model's chat template and tokenizes it, so the counts
+include the template's framing. A message's count is what it adds to a prompt that
+already holds a system message, which is exact for templates that frame each message on
+its own (ChatML, Llama's, ...); the pager checks every prompt's exact total anyway.
+Blocking: call these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from functools import cached_property
+
+from llmos.kernel.errors import ContextOverflow
+from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
+
+_ANCHOR = ChatMessage(role="system", content="x")
+_ids = itertools.count(-1, -1)  # negative ids: these jobs are never generated
+
+
+class TokenCounter:
+    def __init__(self, driver: ModelDriver) -> None:
+        self.driver = driver
+
+    def prompt(self, messages: Sequence[ChatMessage]) -> int:
+        """Exact tokens of a chat prompt, the generation prompt included. A prompt too long
+        for the model counts as at least its context length."""
+        job = GenerationJob(id=next(_ids), pid=0, sampling=SamplingParams(), messages=tuple(messages))
+        try:
+            self.driver.prepare(job)
+        except ContextOverflow:
+            return max(len(job.prompt_ids), self.driver.context_length)
+        return len(job.prompt_ids)
+
+    def message(self, message: ChatMessage) -> int:
+        """What `message` adds to a prompt."""
+        return self.prompt((_ANCHOR, message)) - self._anchored
+
+    @cached_property
+    def _anchored(self) -> int:
+        return self.prompt((_ANCHOR,))
+
+    @cached_property
+    def base(self) -> int:
+        """A prompt's fixed cost: the generation prompt (and any template preamble)."""
+        return self._anchored - self.message(_ANCHOR)
+
+    @cached_property
+    def no_system_surcharge(self) -> int:
+        """Extra tokens the template adds when a prompt does not start with a system
+        message (SmolLM2's, for one, then puts in a default system prompt)."""
+        probe = ChatMessage(role="user", content="x")
+        return max(0, self.prompt((probe,)) - self.base - self.message(probe))

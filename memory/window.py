@@ -1,0 +1,344 @@
+"""A process's context window and its pager.
+
+Invariant: every message the process's conversation ever held is in exactly one place:
+in the window's entries, or in the archive (the store, under the process's namespace; or,
+if the store cannot be reached, the window's `unarchived` list). A prompt holds the pinned
+entries, the running summary, recalled archive items and the most recent entries, and its
+exact token count never passes the budget unless the pinned entries and the newest
+message alone do; past the model's context length the call fails with ContextOverflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio.to_thread
+
+from llmos.kernel import capabilities, params
+from llmos.kernel.dispatch import TraceEvent
+from llmos.kernel.errors import ContextOverflow, InvalidRequest, MemoryUnavailable, SyscallError
+from llmos.kernel.memory import ContextEntry, ContextSnapshot, ContextStats, MemoryItem
+from llmos.kernel.model import ChatMessage, SamplingParams
+
+if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.process import Process
+    from llmos.memory.manager import MemoryManager
+    from llmos.memory.tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SUMMARY_HEADER = "Summary of the earlier conversation: "
+RECALL_HEADER = "Recalled from memory (earlier messages and notes):"
+SUMMARIZER = ("You keep a running summary of a conversation between a user and an assistant. Rewrite the "
+              "summary so far to include the new messages. Keep every name, number, date and fact the user "
+              "gave. Answer with the summary only, in at most {words} words.")
+
+
+def as_message(entry: ContextEntry) -> ChatMessage:
+    return ChatMessage(role=entry.role, content=entry.content)
+
+
+def chunks(text: str, words: int = params.ARCHIVE_CHUNK_WORDS) -> list[str]:
+    """`text` in pieces of at most `words` words, so the embedder reads every piece whole."""
+    split = text.split(" ")
+    return [" ".join(split[i:i + words]) for i in range(0, len(split), words)] or [""]
+
+
+class Window:
+    def __init__(self, kernel: Kernel, proc: Process, manager: MemoryManager) -> None:
+        self.kernel, self.proc, self.manager = kernel, proc, manager
+        self.policy = manager.policy
+        self.uid = uuid.uuid4().hex[:12]  # names this window's items in the archive
+        self.entries: list[ContextEntry] = []
+        self.summary = ""
+        self.unarchived: list[ContextEntry] = []
+        self.recall_active = False  # something of this process is in the archive: prompts may recall
+        self._seq = 0  # archived messages so far, numbering their ids
+        self._stats = dict(evicted=0, summaries=0, summary_failures=0, recalled=0, last_prompt_tokens=0)
+        self._lock = anyio.Lock()  # one paging operation at a time
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def namespace(self) -> str:
+        return self.proc.name
+
+    @property
+    def context_length(self) -> int:
+        return self.manager.driver(self.kernel).context_length
+
+    @property
+    def budget(self) -> int:
+        return self.manager.budget(self.manager.driver(self.kernel))
+
+    def _tokens(self, entries: Sequence[ContextEntry]) -> int:
+        return sum(e.tokens or 0 for e in entries)
+
+    @staticmethod
+    async def _blocking(fn: Callable[[], T], chars: int) -> T:
+        """Run a token count inline when its text is short, else in a worker thread."""
+        if chars <= params.INLINE_COUNT_CHARS:
+            return fn()
+        return await anyio.to_thread.run_sync(fn)
+
+    def _counter(self) -> TokenCounter:
+        counter = self.manager.counter(self.kernel)
+        counter.base, counter.no_system_surcharge  # noqa: B018 - its fixed costs, measured once, on tiny prompts
+        return counter
+
+    async def _count(self, *messages: ChatMessage) -> list[int]:
+        counter = self._counter()
+        return await self._blocking(lambda: [counter.message(m) for m in messages],
+                                    sum(len(m.content) for m in messages))
+
+    async def _count_missing(self) -> None:
+        missing = [i for i, e in enumerate(self.entries) if e.tokens is None]
+        if missing:
+            counts = await self._count(*(as_message(self.entries[i]) for i in missing))
+            for i, n in zip(missing, counts, strict=True):
+                self.entries[i] = self.entries[i].model_copy(update={"tokens": n})
+
+    # -- the prompt ----------------------------------------------------------------------------
+    async def prompt(self, message: str, system: str | None = None) -> tuple[ChatMessage, ...]:
+        async with self._lock:
+            await self._count_missing()
+            head = (ChatMessage(role="system", content=system),) if system else ()
+            new = ChatMessage(role="user", content=message)
+            fixed = sum(await self._count(*head, new))
+            await self._make_room(fixed, leading_system=bool(head))
+            recalled = await self._recall(message)
+            messages = self._assemble(head, recalled, new)
+            exact = await self._exact(messages)
+            while exact > self.budget and (recalled or self._evictable()):
+                if recalled:  # recalled items go first: they are optional
+                    recalled = recalled[:-1]
+                else:
+                    await self._evict(exact - self.budget)
+                messages = self._assemble(head, recalled, new)
+                exact = await self._exact(messages)
+            if exact >= self.context_length:
+                raise self._overflow(exact, "the pinned messages and this message")
+            self._stats.update(recalled=len(recalled), last_prompt_tokens=exact)
+            return messages
+
+    def commit(self, message: str, reply: str) -> None:
+        self.entries += [ContextEntry(role="user", content=message), ContextEntry(role="assistant", content=reply)]
+
+    def _assemble(self, head: tuple[ChatMessage, ...], recalled: Sequence[MemoryItem],
+                  new: ChatMessage) -> tuple[ChatMessage, ...]:
+        pinned = [as_message(e) for e in self.entries if e.pinned]
+        recent = [as_message(e) for e in self.entries if not e.pinned]
+        extra = []
+        if self.summary:
+            extra.append(ChatMessage(role="system", content=SUMMARY_HEADER + self.summary))
+        if recalled:
+            extra.append(ChatMessage(role="system", content="\n- ".join([RECALL_HEADER, *(i.text for i in recalled)])))
+        return (*head, *pinned, *extra, *recent, new)
+
+    async def _exact(self, messages: Sequence[ChatMessage]) -> int:
+        counter = self._counter()
+        return await self._blocking(lambda: counter.prompt(messages), sum(len(m.content) for m in messages))
+
+    def _overflow(self, tokens: int, what: str) -> ContextOverflow:
+        return ContextOverflow(f"{what} need {tokens} tokens, but the context window is {self.context_length} tokens "
+                               f"and nothing left in it can be evicted; shorten the message or unpin something")
+
+    # -- paging out ----------------------------------------------------------------------------
+    def _evictable(self) -> bool:
+        return any(not e.pinned for e in self.entries)
+
+    async def _make_room(self, incoming: int, leading_system: bool) -> None:
+        """Evict, if the entries plus `incoming` tokens would pass the budget, down to
+        EVICT_TO of the room left; fail if the unevictable part cannot fit the model at all."""
+        counter = self._counter()
+        pinned = [e for e in self.entries if e.pinned]
+        leads = leading_system or (bool(pinned) and pinned[0].role == "system")
+        surcharge = 0 if leads else counter.no_system_surcharge
+        fixed = counter.base + surcharge + self._tokens(pinned) + incoming
+        if fixed >= self.context_length:
+            raise self._overflow(fixed, "the pinned messages and this message")
+        reserve = self.policy.summary_budget(self.budget) if self.policy.summarize else 0
+        if self.policy.recall_k and self.recall_active:
+            reserve += self.policy.recall_budget(self.budget)
+        room = max(0, self.budget - fixed - reserve)
+        history = self._tokens(self.entries) - self._tokens(pinned)
+        if history > room:
+            await self._evict(history - int(room * params.EVICT_TO))
+
+    async def _evict(self, excess: int) -> None:
+        victims = self.policy.victims(self.entries, excess)
+        if not victims:
+            return
+        evicted = [self.entries[i] for i in victims]
+        await self._archive(evicted)
+        if self.policy.summarize:
+            await self._summarize(evicted)
+        gone = set(victims)
+        self.entries = [e for i, e in enumerate(self.entries) if i not in gone]
+        self._stats["evicted"] += len(evicted)
+
+    async def _archive(self, evicted: Sequence[ContextEntry], kind: str = "context") -> None:
+        if not evicted:
+            return
+        texts, metas, ids = [], [], []
+        for entry in evicted:
+            self._seq += 1
+            for n, piece in enumerate(chunks(f"{entry.role}: {entry.content}")):
+                texts.append(piece)
+                ids.append(f"ctx-{self.uid}-{self._seq}-{n}")
+                metas.append({"kind": kind, "role": entry.role, "pid": self.proc.pid, "window": self.uid,
+                              "seq": self._seq, "chunk": n, "at": time.time()})
+        try:
+            store = await self.manager.store()
+            await store.add(self.namespace, texts, metas, ids)
+        except MemoryUnavailable as exc:
+            log.warning("pid %d: %s; %d evicted messages stay in the kernel's memory", self.proc.pid, exc,
+                        len(evicted))
+            self.unarchived += evicted
+            return
+        self.recall_active = True
+
+    async def _summarize(self, evicted: Sequence[ContextEntry]) -> None:
+        """Fold the evicted entries into the running summary, by a generation on the process's
+        behalf (accounted to it, traced as context.summarize). If it fails, the old summary
+        stays: the evicted text is archived all the same."""
+        service = self.kernel.generation
+        if service is None or not capabilities.grants(self.proc.capabilities, capabilities.MODEL_GENERATE):
+            return
+        limit = self.policy.summary_budget(self.budget)
+        instructions = ChatMessage(role="system", content=SUMMARIZER.format(words=max(8, limit * 2 // 3)))
+        head = f"Summary so far: {self.summary or '(nothing yet)'}\n\nNew messages:\n"
+        room = self.context_length - 1 - limit - await self._exact((instructions, ChatMessage(role="user", content=head)))
+        transcript = self._transcript(evicted, room)
+        if not transcript:
+            self._stats["summary_failures"] += 1  # the model's context cannot hold even the instructions
+            return
+        request = (instructions, ChatMessage(role="user", content=head + transcript))
+        began, wall, outcome = time.perf_counter(), time.time(), "ok"
+        try:
+            ticket = await service.submit(self.proc, SamplingParams(max_tokens=limit), messages=request)
+            try:
+                job = await ticket.result()
+            finally:
+                service.cancel(ticket)
+            self.summary = job.text.strip()
+            self._stats["summaries"] += 1
+        except SyscallError as exc:
+            outcome = exc.code.name
+            self._stats["summary_failures"] += 1
+            log.warning("pid %d: the context summary failed (%s); the evicted text is archived", self.proc.pid, exc)
+        finally:
+            self.kernel.trace.append(TraceEvent(wall, self.proc.pid, "context.summarize",
+                                                time.perf_counter() - began, outcome))
+
+    @staticmethod
+    def _transcript(entries: Sequence[ContextEntry], room: int) -> str:
+        """The entries as 'role: text' lines within `room` tokens; a message that crosses the
+        limit is cut (the archive keeps it whole)."""
+        lines = []
+        for entry in entries:
+            tokens = max(1, entry.tokens or 1)
+            if tokens > room:
+                cut = len(entry.content) * max(0, room) // tokens
+                if cut > 0:
+                    lines.append(f"{entry.role}: {entry.content[:cut]} ...")
+                break
+            lines.append(f"{entry.role}: {entry.content}")
+            room -= tokens
+        return "\n".join(lines)
+
+    # -- recall --------------------------------------------------------------------------------
+    async def _recall(self, query: str) -> list[MemoryItem]:
+        """The archived items most relevant to `query`, best first, within the recall budget."""
+        if not (self.policy.recall_k and self.recall_active):
+            return []
+        try:
+            store = await self.manager.store()
+            found = await store.query(self.namespace, query, self.policy.recall_k)
+        except MemoryUnavailable:
+            return []
+        present = {e.content for e in self.entries} | {f"{e.role}: {e.content}" for e in self.entries}
+        items = [i for i in found if (i.score or 0) >= params.RECALL_MIN_SCORE and i.text not in present]
+        budget = self.policy.recall_budget(self.budget)
+        while items:
+            block = ChatMessage(role="system", content="\n- ".join([RECALL_HEADER, *(i.text for i in items)]))
+            if (await self._count(block))[0] <= budget:
+                break
+            items.pop()
+        return items
+
+    # -- the context syscalls -------------------------------------------------------------------
+    async def append(self, entry: ContextEntry) -> ContextStats:
+        async with self._lock:
+            await self._count_missing()
+            [tokens] = await self._count(as_message(entry))
+            if entry.pinned:
+                self._check_pinned_fit(tokens)
+            self.entries.append(entry.model_copy(update={"tokens": tokens}))
+            await self._make_room(0, leading_system=False)
+            return await self._stats_now()
+
+    async def pin(self, index: int, pinned: bool = True) -> ContextEntry:
+        async with self._lock:
+            if not -len(self.entries) <= index < len(self.entries):
+                raise InvalidRequest(f"no entry {index} in a window of {len(self.entries)} entries")
+            await self._count_missing()
+            entry = self.entries[index]
+            if pinned and not entry.pinned:
+                self._check_pinned_fit(entry.tokens or 0)
+            self.entries[index] = entry.model_copy(update={"pinned": pinned})
+            return self.entries[index]
+
+    def _check_pinned_fit(self, extra: int) -> None:
+        total = self.manager.counter(self.kernel).base + self._tokens([e for e in self.entries if e.pinned]) + extra
+        if total >= self.context_length:
+            raise self._overflow(total, "the pinned messages")
+
+    async def clear(self, keep_pinned: bool = True) -> ContextStats:
+        async with self._lock:
+            dropped = [e for e in self.entries if not (keep_pinned and e.pinned)]
+            if self.summary:
+                dropped.append(ContextEntry(role="system", content=SUMMARY_HEADER + self.summary))
+            await self._archive(dropped)
+            self.entries = [e for e in self.entries if keep_pinned and e.pinned]
+            self.summary = ""
+            self._stats["evicted"] += len(dropped)
+            return await self._stats_now()
+
+    def snapshot(self) -> ContextSnapshot:
+        return ContextSnapshot(entries=tuple(self.entries), summary=self.summary)
+
+    async def restore(self, snapshot: ContextSnapshot) -> ContextStats:
+        """Replace the window's contents with a snapshot's (the current ones are let go, as
+        the process asked). Counted anew: the snapshot may come from another model."""
+        async with self._lock:
+            entries = [e.model_copy(update={"tokens": None}) for e in snapshot.entries]
+            previous = self.entries, self.summary
+            self.entries, self.summary = entries, snapshot.summary
+            try:
+                await self._count_missing()
+                self._check_pinned_fit(0)
+                await self._make_room(0, leading_system=False)
+            except BaseException:
+                self.entries, self.summary = previous
+                raise
+            return await self._stats_now()
+
+    async def stats(self) -> ContextStats:
+        async with self._lock:
+            return await self._stats_now()
+
+    async def _stats_now(self) -> ContextStats:
+        await self._count_missing()
+        pinned = [e for e in self.entries if e.pinned]
+        summary = ChatMessage(role="system", content=SUMMARY_HEADER + self.summary)
+        summary_tokens = (await self._count(summary))[0] if self.summary else 0
+        return ContextStats(policy=self.policy.name, context_length=self.context_length, budget=self.budget,
+                            used=self._tokens(self.entries), pinned_tokens=self._tokens(pinned),
+                            summary_tokens=summary_tokens, entries=len(self.entries), pinned=len(pinned),
+                            unarchived=len(self.unarchived), **self._stats)
