@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 import llmos
-from llmos.apps import demo, runner
+from llmos.apps import demo, registry, runner
 from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
 
 app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
@@ -23,10 +23,16 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `l
 PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
 
 
-@app.command()
+# Words after APP belong to the app (`llmos run qa --docs notes/ "question"`), as with `docker run`.
+APP_ARGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=APP_ARGS)
 def run(
-    app_ref: Annotated[str, typer.Argument(metavar="APP", help="path/to/app.py:main or package.module:main")],
-    args: Annotated[Optional[list[str]], typer.Argument(help="Arguments passed to the app's main.")] = None,
+    app_ref: Annotated[str, typer.Argument(metavar="APP", help="An app name (`llmos apps`), path/to/app.py:main "
+                                           "or package.module:main")],
+    args: Annotated[Optional[list[str]], typer.Argument(help="Arguments of the app; --name value words "
+                                                        "become keyword arguments.")] = None,
     model: ModelOpt = "smollm2",
     policy: PolicyOpt = "fifo",
     no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
@@ -37,9 +43,11 @@ def run(
     """Boot a kernel, run APP as a process, print its result; exit with its status."""
     quotas = {"max_tokens": max_tokens, "deadline_s": deadline}
     caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
+    console = runner.StdioConsole()
     status = _guard(lambda: anyio.run(lambda: runner.run_app(app_ref, list(args or []), model=None if no_model
-                                                              else model, policy=policy, caps=caps, quotas=quotas)))
-    raise typer.Exit(runner.report(status, runner.stdout_console(), err))
+                                                              else model, policy=policy, caps=caps, quotas=quotas,
+                                                              console=console)))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
 
 @app.command("demo")
@@ -55,6 +63,15 @@ def models() -> None:
     for listing in llmos.available_models():
         status = "cached" if listing.cached else "not cached yet (first load converts it)"
         table.add_row(listing.name, ", ".join(listing.aliases), status, listing.description)
+    runner.stdout_console().print(table)
+
+
+@app.command("apps")
+def apps_cmd() -> None:
+    """The apps `llmos run NAME` knows."""
+    table = Table("name", "what it does")
+    for entry in registry.APPS.values():
+        table.add_row(entry.name, entry.summary)
     runner.stdout_console().print(table)
 
 

@@ -6,27 +6,55 @@ import os
 import sys
 from typing import Any
 
+import anyio.to_thread
 from rich.console import Console
 
 import llmos
-from llmos.syscalls import DEFAULT_APP_CAPS, ExitStatus, ProcState
+from llmos.apps import registry
+from llmos.syscalls import ExitStatus, NoConsole, ProcState
 
 # Exit codes of `llmos run`, like a shell's: 0 when the process exited, 1 when it failed,
 # 128 + SIGKILL when it was killed (a quota or deadline, for example).
 EXIT_CODES = {ProcState.EXITED: 0, ProcState.FAILED: 1, ProcState.KILLED: 137}
 
 
+class StdioConsole:
+    """The kernel's console for `llmos run`: processes write to stdout, questions read stdin."""
+
+    def __init__(self) -> None:
+        self.writers: set[int] = set()  # pids that wrote something
+
+    def write(self, pid: int, text: str) -> None:
+        self.writers.add(pid)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async def ask(self, pid: int, question: str) -> str:
+        self.writers.add(pid)
+        try:
+            return await anyio.to_thread.run_sync(input, question, abandon_on_cancel=True)
+        except EOFError:
+            raise NoConsole("standard input is closed; nobody can answer") from None
+
+
 async def run_app(app: str, args: list[str], *, model: str | None, policy: str, caps: frozenset[str],
-                  quotas: dict[str, Any]) -> ExitStatus:
+                  quotas: dict[str, Any], console: StdioConsole | None = None) -> ExitStatus:
+    """Run a registered app by name, or a file or module reference, with command-line words
+    `args` (`--name value` words become keyword arguments)."""
+    positional, options = registry.parse_argv(args)
+    main = registry.bind(app, positional, options)  # a usage error stops here, before the model loads
     async with llmos.boot(model, policy=policy) as kernel:
-        proc = await kernel.spawn(app, *args, caps=caps, quotas=llmos.Quotas(**quotas))
+        kernel.console = console
+        name = app if app in registry.APPS else None
+        proc = await kernel.spawn(main, *positional, name=name, caps=caps, quotas=llmos.Quotas(**quotas))
         return await kernel.wait(proc.pid)
 
 
-def report(status: ExitStatus, out: Console, err: Console) -> int:
-    """Print the process's result (or why it did not finish) and return the exit code."""
+def report(status: ExitStatus, out: Console, err: Console, shown: bool = False) -> int:
+    """Print the process's result (unless it already `shown` its output as it ran), or why
+    it did not finish, and return the exit code."""
     if status.ok:
-        if status.result is not None:
+        if status.result is not None and not shown:
             out.print(status.result if isinstance(status.result, str) else repr(status.result), markup=False)
     else:
         err.print(f"[bold red]process {status.pid} ({status.name}) {status.state.name}:[/] {status.reason}")

@@ -17,9 +17,10 @@ MEMORY = "memory"  # remember, recall and forget in the process's own namespace
 # Another process's namespace NS: "memory.read.NS" to recall from it, "memory.write.NS" to
 # remember into it or forget from it; "memory.read.*" reads every namespace.
 MEMORY_READ, MEMORY_WRITE = "memory.read", "memory.write"
+CONSOLE = "console"  # write to the user's terminal and ask the user questions
 
 # What `llmos run` and the shell grant an app unless told otherwise.
-DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE})
+DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE, CONSOLE})
 
 DEFAULT_APP = DEFAULT_APP | {MEMORY}  # apps keep their own memories by default
 

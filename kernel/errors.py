@@ -21,6 +21,7 @@ class Errno(IntEnum):
     E2BIG = 7  # the prompt does not fit the model's context window
     EAGAIN = 11  # try again later (a mailbox is full)
     EBUSY = 16  # another process holds the resource (a memory store folder)
+    ENOTTY = 25  # no user is attached to answer (no console)
     EEXIST = 17  # the thing already exists
     ENODEV = 19  # the kernel has no such device (no memory store configured)
     EINVAL = 22  # a malformed request or an argument out of range
@@ -117,6 +118,12 @@ class TooManyProcesses(SyscallError):
     """The process table is full; spawn again once some processes have ended."""
 
     code = Errno.EAGAIN
+
+
+class NoConsole(SyscallError):
+    """Nobody is at a terminal to answer `ask_user` (no console attached, or stdin closed)."""
+
+    code = Errno.ENOTTY
 
 
 class NoSuchMemory(SyscallError):

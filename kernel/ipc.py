@@ -1,4 +1,4 @@
-"""Messages between processes."""
+"""Messages between processes: to one pid or name, or published to a named topic."""
 
 from __future__ import annotations
 
@@ -12,3 +12,4 @@ class Message(BaseModel):
     sender_name: str
     payload: JsonValue
     sent_at: float
+    topic: str | None = None  # set when the message was published to a topic, not sent to a pid

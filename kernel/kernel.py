@@ -19,6 +19,7 @@ import pydantic_core
 from anyio.abc import TaskGroup
 
 from llmos.kernel import capabilities, params
+from llmos.kernel.console import Console
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
 from llmos.kernel.errors import InvalidRequest, InvalidState, MailboxFull, NoSuchProcess, SyscallError, Timeout
 from llmos.kernel.generation import GenerationService
@@ -46,6 +47,8 @@ class Kernel:
         self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
+        self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
+        self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
 
@@ -142,6 +145,8 @@ class Kernel:
             proc.mailbox_send.close()
             proc.mailbox_recv.close()
             proc.mailbox_send = proc.mailbox_recv = None
+        for topic in list(self.topics):
+            self.unsubscribe(proc, topic)
         proc.context = None  # an ended process keeps only what `wait` and `ps` report
         self.procs.retire(proc)
         proc.done.set()
@@ -210,18 +215,45 @@ class Kernel:
     def send(self, target: int | str, payload: Any, sender: Process | None = None) -> Message:
         """Deliver a copy of a JSON-able payload to a live process's mailbox, without blocking."""
         receiver = self.procs.find(target)
-        try:
-            data = pydantic_core.from_json(pydantic_core.to_json(payload))  # a private deep copy
-        except pydantic_core.PydanticSerializationError as exc:
-            raise InvalidRequest(f"a message payload must be JSON-serializable: {exc}") from None
-        message = Message(sender=sender.pid if sender else params.KERNEL_PID,
-                          sender_name=sender.name if sender else "kernel", payload=data, sent_at=time.time())
+        message = self._message(payload, sender)
         try:
             self._mailbox(receiver)[0].send_nowait(message)
         except anyio.WouldBlock:
             raise MailboxFull(f"the mailbox of process {receiver.pid} ({receiver.name}) is full "
                               f"({params.MAILBOX_SIZE} messages)") from None
         return message
+
+    @staticmethod
+    def _message(payload: Any, sender: Process | None, topic: str | None = None) -> Message:
+        try:
+            data = pydantic_core.from_json(pydantic_core.to_json(payload))  # a private deep copy
+        except pydantic_core.PydanticSerializationError as exc:
+            raise InvalidRequest(f"a message payload must be JSON-serializable: {exc}") from None
+        return Message(sender=sender.pid if sender else params.KERNEL_PID,
+                       sender_name=sender.name if sender else "kernel", payload=data, sent_at=time.time(), topic=topic)
+
+    def subscribe(self, proc: Process, topic: str) -> None:
+        """From now on, messages published to `topic` also arrive in `proc`'s mailbox."""
+        self.topics.setdefault(topic, set()).add(proc.pid)
+
+    def unsubscribe(self, proc: Process, topic: str) -> None:
+        subscribers = self.topics.get(topic, set())
+        subscribers.discard(proc.pid)
+        if not subscribers:
+            self.topics.pop(topic, None)
+
+    def publish(self, topic: str, payload: Any, sender: Process | None = None) -> int:
+        """Deliver a copy to every live subscriber of `topic` (the sender too, if subscribed),
+        without blocking; returns how many got it. A full mailbox misses the message rather
+        than failing the publisher: one slow subscriber must not stall the others."""
+        delivered = 0
+        for pid in sorted(self.topics.get(topic, ())):
+            try:
+                self._mailbox(self.procs.live[pid])[0].send_nowait(self._message(payload, sender, topic))
+                delivered += 1
+            except anyio.WouldBlock:
+                log.info("topic %r: the mailbox of pid %d is full; the message is dropped for it", topic, pid)
+        return delivered
 
     async def recv(self, proc: Process, timeout: float | None = None) -> Message:
         receive = self._mailbox(proc)[1]

@@ -14,11 +14,12 @@ from llmos.drivers import ModelUnavailable, UnknownModel, model_names
 from llmos.kernel import ExitStatus, Kernel, ProcessInfo, ProcState, Quotas
 from llmos.kernel.errors import ConfigError
 from llmos.model import Model, ModelListing, available_models, load_model
+from llmos.runtime import LLMOS
 from llmos.syscalls import Reply, Sys, SyscallError, TextStream
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "ExitStatus", "Kernel", "Model", "ModelListing", "available_models", "ModelUnavailable", "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys",
+    "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable", "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys",
     "SyscallError", "TextStream", "UnknownModel", "boot", "load_model", "model_names",
 ]

@@ -6,11 +6,17 @@ quotas); every feature that touches a model is also tested on the real one.
 
 from __future__ import annotations
 
+import itertools
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +24,7 @@ import anyio
 
 from llmos.drivers.text import advance
 from llmos.kernel import Kernel
-from llmos.kernel.errors import ContextOverflow, SyscallError
+from llmos.kernel.errors import ContextOverflow, NoConsole, SyscallError
 from llmos.kernel.model import EmitFn, GenerationJob
 from llmos.kernel.process import ExitStatus, ProcState
 
@@ -117,11 +123,46 @@ class FakeDriver:
         return job, piece
 
 
+class ScriptedConsole:
+    """A `kernel.console` for tests: records what processes write, answers questions from
+    a queue (`NoConsole` once it is empty, as a closed stdin would)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = deque(answers)
+        self.written: list[tuple[int, str]] = []
+        self.questions: list[tuple[int, str]] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(text for _, text in self.written)
+
+    def write(self, pid: int, text: str) -> None:
+        self.written.append((pid, text))
+
+    async def ask(self, pid: int, question: str) -> str:
+        self.questions.append((pid, question))
+        if not self.answers:
+            raise NoConsole("the scripted console has no answers left")
+        return self.answers.popleft()
+
 
 async def spawn_and_wait(kernel: Kernel, app: Any, *args: Any, timeout: float = 5, **options: Any) -> ExitStatus:
     """Run `app` as a process to its end and return its exit status."""
     info = await kernel.spawn(app, *args, **options)
     return await kernel.wait(info.pid, timeout=timeout)
+
+
+async def run_app(app: Any, *args: Any, driver: Any = None, console: Any = None, timeout: float = 10,
+                  **options: Any) -> ExitStatus:
+    """Run an app as `llmos run` would (a registered name or a reference; `options` as its
+    --name value words) on a fresh kernel with `driver` (a FakeDriver by default)."""
+    from llmos.apps import registry  # user space, loaded only by the tests that run apps
+    from llmos.boot import boot
+
+    async with boot(driver if driver is not None else FakeDriver()) as kernel:
+        kernel.console = console
+        main = registry.bind(app, list(args), options)
+        return await spawn_and_wait(kernel, main, *args, timeout=timeout, name=app if isinstance(app, str) else None)
 
 
 def result(status: ExitStatus) -> Any:
@@ -147,3 +188,46 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.005)
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def memory_script(reply: str | Callable[[str], str] = "ok", summary: str = "summary") -> Callable[[str], str]:
+    """A FakeDriver script for memory tests: the pager's summary requests get `summary`
+    followed by how many summaries were asked so far ("summary 1", "summary 2", ...);
+    every other prompt gets `reply` (a string, or a function of the prompt)."""
+    asked = itertools.count(1)
+
+    def answer(prompt: str) -> str:
+        if "running summary" in prompt:
+            return f"{summary} {next(asked)}"
+        return reply(prompt) if callable(reply) else reply
+
+    return answer
+
+
+@contextmanager
+def chroma_server(folder: Path, timeout: float = 60.0) -> Iterator[str]:
+    """A real `chroma run` server on a free loopback port, storing in `folder`; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chroma = Path(sys.executable).with_name("chroma")
+    server = subprocess.Popen([str(chroma), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"`chroma run` did not start on port {port}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -6,6 +6,7 @@ errors they raise, and `Sys`, the handle every app receives.
 
 from llmos.kernel.capabilities import DEFAULT_APP as DEFAULT_APP_CAPS
 from llmos.kernel.ipc import Message
+from llmos.kernel.loader import resolve_app
 from llmos.kernel.model import ChatMessage, SamplingParams
 from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState, Quotas
 from llmos.syscalls.errors import *  # noqa: F403
@@ -14,7 +15,8 @@ from llmos.syscalls.generate import Chat, Generate, Reply, TextStream
 from llmos.kernel.memory import ContextEntry, ContextSnapshot, ContextStats, MemoryItem
 from llmos.syscalls.context import ContextAppend, ContextClear, ContextInfo, ContextPin, ContextRestore, ContextSave
 from llmos.syscalls.memory import Forget, Recall, Remember
-from llmos.syscalls.ipc import Recv, Send
+from llmos.syscalls.console import AskUser, Write
+from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
 from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Suspend, Wait
 from llmos.syscalls.sys import Sys
 from llmos.syscalls.table import TABLE
@@ -25,4 +27,5 @@ __all__ = [
     "TextStream", "Wait", *_errors,
     "ContextAppend", "ContextClear", "ContextEntry", "ContextInfo", "ContextPin", "ContextRestore", "ContextSave",
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
+    "AskUser", "Publish", "Subscribe", "Unsubscribe", "Write", "resolve_app",
 ]

@@ -13,6 +13,7 @@ from llmos.kernel.errors import (
     MailboxFull,
     MemoryUnavailable,
     ModelError,
+    NoConsole,
     NoSuchMemory,
     NoSuchProcess,
     PermissionDenied,
@@ -26,6 +27,6 @@ from llmos.kernel.errors import (
 
 __all__ = [
     "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
-    "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses",
+    "NoConsole", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses",
     "UnknownSyscall", "NoSuchMemory", "StoreLocked",
 ]

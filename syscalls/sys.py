@@ -98,6 +98,26 @@ class Sys:
     async def recv(self, timeout: float | None = None) -> Message:
         return await self._call("recv", timeout=timeout)
 
+    async def subscribe(self, topic: str) -> None:
+        """Receive (with `recv`) every message later published to `topic`."""
+        await self._call("subscribe", topic=topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        await self._call("unsubscribe", topic=topic)
+
+    async def publish(self, topic: str, payload: Any) -> int:
+        """Send a copy to every subscriber of `topic`; returns how many received it."""
+        return await self._call("publish", topic=topic, payload=payload)
+
+    # -- the user -------------------------------------------------------------------------------
+    async def write(self, text: str) -> None:
+        """Show text to the user (the terminal of `llmos run` or the shell); no newline is added."""
+        await self._call("write", text=text)
+
+    async def ask_user(self, question: str, *, timeout: float | None = None) -> str:
+        """Ask the user a question and wait for the answer (a human-in-the-loop step)."""
+        return await self._call("ask_user", question=question, timeout=timeout)
+
     # -- memory -------------------------------------------------------------------------------
     async def remember(self, text: str, metadata: Metadata | None = None, *, namespace: str | None = None) -> str:
         """Store `text` (with optional scalar metadata) in this process's namespace; returns its id."""

@@ -2,6 +2,6 @@
 
 from llmos.kernel.dispatch import SyscallTable
 from llmos.syscalls import context, memory
-from llmos.syscalls import generate, ipc, proc
+from llmos.syscalls import console, generate, ipc, proc
 
-TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS})
+TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS, **console.HANDLERS})

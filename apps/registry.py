@@ -1,0 +1,107 @@
+"""The apps `llmos run NAME` and the shell know by name: one dict and one function to add to it.
+
+A registered app is anything the kernel can run (an `async def main(sys, *args)`, a class
+with one, or a "module:attr" reference, resolved when it is first run). Plugins will add
+theirs through `register`, as the built-in ones below do.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from llmos.syscalls import InvalidRequest, resolve_app
+
+
+@dataclass(frozen=True)
+class AppEntry:
+    name: str
+    app: Any
+    summary: str
+
+
+APPS: dict[str, AppEntry] = {}
+
+
+def register(name: str, app: Any, summary: str = "") -> None:
+    """Make `app` runnable as `llmos run NAME` (and `run NAME` in the shell)."""
+    APPS[name] = AppEntry(name, app, summary)
+
+
+def lookup(ref: Any) -> Any:
+    """The registered app called `ref`, else `ref` itself (a file or module reference)."""
+    entry = APPS.get(ref) if isinstance(ref, str) else None
+    return entry.app if entry else ref
+
+
+def parse_argv(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split command-line words into positional arguments and `--name value` options.
+
+    `--name=value` and `--name value` give a string, a bare `--flag` gives True, dashes in
+    names become underscores, and everything after `--` is positional."""
+    args: list[str] = []
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        word, i = argv[i], i + 1
+        if word == "--":
+            args += argv[i:]
+            break
+        if not word.startswith("--") or len(word) == 2:
+            args.append(word)
+            continue
+        name, eq, value = word[2:].partition("=")
+        if not eq:  # `--name value`, or a bare flag when no value follows
+            value = True
+            if i < len(argv) and not argv[i].startswith("--"):
+                value, i = argv[i], i + 1
+        options[name.replace("-", "_")] = value
+    return args, options
+
+
+def bind(ref: Any, args: list[Any], options: dict[str, Any]) -> Any:
+    """The app named by `ref`, with `options` bound as keyword arguments; checked against
+    its signature now, so a wrong call is a usage error rather than a failed process."""
+    main = resolve_app(lookup(ref))
+    try:
+        inspect.signature(main).bind(None, *args, **options)
+    except TypeError as exc:
+        raise InvalidRequest(f"{exc}; usage: {usage(ref, main)}") from None
+    if not options:
+        return main
+
+    async def bound(sys: Any, *more: Any) -> Any:
+        return await main(sys, *more, **options)
+
+    bound.__qualname__ = main.__qualname__
+    return bound
+
+
+def usage(name: Any, main: Any) -> str:
+    """`name TEXT [--target-lang VALUE]`, from the app's signature."""
+    words = [str(name)]
+    for param in list(inspect.signature(main).parameters.values())[1:]:
+        flag = param.name.replace("_", "-")
+        if param.kind is param.VAR_POSITIONAL:
+            words.append(f"[{param.name.upper()}...]")
+        elif param.kind is param.VAR_KEYWORD:
+            words.append("[--OPTION VALUE...]")
+        elif param.default is param.empty and param.kind is not param.KEYWORD_ONLY:
+            words.append(param.name.upper())
+        else:
+            words.append(f"[--{flag} {str(param.default).upper() if param.default not in (None, '') else 'VALUE'}]")
+    return " ".join(words)
+
+
+BUILTIN = (
+    ("generate", "llmos.apps.seed.text:generate", "continue a prompt as plain text"),
+    ("chat", "llmos.apps.seed.text:chat", "talk with the model (no message: an interactive conversation)"),
+    ("translate", "llmos.apps.seed.translate:main", "translate text (--target-lang en|zh|fr|es|de|ja)"),
+    ("summarize", "llmos.apps.seed.summarize:main", "summarize text or a file (--file PATH); long input map-reduce"),
+    ("codegen", "llmos.apps.seed.codegen:main", "write code for a description; prints only the code"),
+    ("qa", "llmos.apps.seed.qa:main", "answer a question from documents: qa --docs FOLDER QUESTION"),
+    ("workflow", "llmos.apps.workflows.spec:main", "run a multi-agent workflow described in a TOML or YAML file"),
+)
+for _name, _ref, _summary in BUILTIN:
+    register(_name, _ref, _summary)
