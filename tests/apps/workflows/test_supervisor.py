@@ -1,0 +1,55 @@
+"""supervisor: routing by the router's reply, specialists at once, hand-offs followed."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmos.apps.workflows import supervisor
+from llmos.apps.workflows.agent import Agent
+from llmos.apps.workflows.supervisor import choose, handoff
+from llmos.testing import FakeDriver, ScriptedConsole, result, run_app
+
+TEAM = [{"name": "math", "description": "arithmetic", "system": "calc"},
+        {"name": "poet", "description": "poems and haiku", "system": "poet"}]
+AGENTS = [Agent.model_validate(s) for s in TEAM]
+
+
+@pytest.mark.parametrize(("reply", "task", "chosen"), [
+    ("poet", "x", "poet"),
+    ("The Math specialist, not the poet", "x", "math"),
+    ("??", "write a haiku", "poet"),
+    ("??", "nothing in common", "math"),
+])
+def test_choose(reply, task, chosen):
+    assert choose(reply, AGENTS, task).name == chosen
+
+
+def test_handoff():
+    assert handoff("HANDOFF: poet", AGENTS).name == "poet"
+    assert handoff("handoff:Math please", AGENTS).name == "math"
+    assert handoff("I will do it", AGENTS) is None and handoff("HANDOFF: chef", AGENTS) is None
+
+
+def script(prompt: str) -> str:
+    if "Which specialist" in prompt:
+        return "poet" if "haiku" in prompt.split("Task:")[1] else "math"
+    if prompt.startswith("<system>calc"):
+        return "HANDOFF: poet" if "haiku" in prompt else "36"
+    return "rain falls"
+
+
+async def test_tasks_are_routed_and_handed_off():
+    console = ScriptedConsole()
+    out = result(await run_app(supervisor, TEAM, ["12 times 3?", "a haiku", "haiku again"], None, True,
+                               driver=FakeDriver(script), console=console))
+    assert [r["route"] for r in out["results"]] == [["math"], ["poet"], ["poet"]]
+    assert [r["output"] for r in out["results"]] == ["36", "rain falls", "rain falls"]
+
+
+async def test_a_misrouted_task_is_handed_off():
+    def misroute(prompt: str) -> str:
+        return "math" if "Which specialist" in prompt else script(prompt)
+
+    out = result(await run_app(supervisor, TEAM, ["a haiku"], None, True, driver=FakeDriver(misroute),
+                               console=ScriptedConsole()))
+    assert out["results"][0]["route"] == ["math", "poet"] and out["results"][0]["output"] == "rain falls"
