@@ -263,7 +263,11 @@ class Window:
         except MemoryUnavailable:
             return []
         present = {e.content for e in self.entries} | {f"{e.role}: {e.content}" for e in self.entries}
-        items = [i for i in found if (i.score or 0) >= params.RECALL_MIN_SCORE and i.text not in present]
+        items = []
+        for item in found:
+            if (item.score or 0) >= params.RECALL_MIN_SCORE and item.text not in present:
+                items.append(item)
+                present.add(item.text)
         budget = self.policy.recall_budget(self.budget)
         while items:
             block = ChatMessage(role="system", content="\n- ".join([RECALL_HEADER, *(i.text for i in items)]))
