@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from llmos.drivers.kv_cache import PrefixCache, SlotCache
-from llmos.drivers.llama import Batch, LlamaRunner
+from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
 from llmos.drivers.text import advance
 from llmos.kernel.model import EmitFn, GenerationJob
 
@@ -57,11 +57,13 @@ class Engine:
         self.config = config
         self.device = device
         self.runner = LlamaRunner(model, lambda layers, kv_heads, head_dim: SlotCache(
-            layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length))
+            layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length),
+            flash=flash_attention_available(device))
         self.cache = self.runner.cache
         block_bytes = self.cache.bytes_per_token() * 32
         self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
         self.seqs: dict[int, _Seq] = {}  # job id -> live sequence
+        self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
 
     # -- the step ------------------------------------------------------------------------------
     def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
@@ -74,6 +76,7 @@ class Engine:
             pieces += self._decode(decode)
         if prefill:
             pieces += self._prefill(prefill, first_row=len(decode))
+        self.steps += 1
         emit(pieces)
         for seq in [s for s in self.seqs.values() if s.job.finished]:
             self._release(seq)
@@ -143,6 +146,7 @@ class Engine:
                                            lengths=torch.ones_like(starts)))
         for s in seqs:
             s.computed += 1
+        self.tokens_in += len(seqs)
         return self._sample_and_commit(seqs, logits)
 
     def _prefill(self, seqs: list[_Seq], first_row: int) -> list[tuple[GenerationJob, str]]:
@@ -161,6 +165,7 @@ class Engine:
         lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
         logits = self.runner.forward(Batch(first=first_row, tokens=tokens, starts=starts, lengths=lengths))
         done = []
+        self.tokens_in += int(lengths.sum())
         for i, (s, chunk) in enumerate(chunks):
             s.computed += len(chunk)
             if s.to_feed == 0:  # the whole prompt is in: its last logits give the first token
@@ -183,6 +188,7 @@ class Engine:
         eos = token in self.eos_ids
         if not eos:
             job.token_ids.append(token)
+            self.tokens_out += 1
         total = len(job.prompt_ids) + len(job.token_ids)
         final = eos or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
         piece, stopped = advance(job, self.tokenizer.decode(job.token_ids, skip_special_tokens=True),
@@ -195,7 +201,9 @@ class Engine:
         return (job, piece) if piece else None
 
     def statistics(self) -> dict[str, int]:
-        return {"sequences": len(self.seqs), "cache_capacity": self.cache.capacity, **self.prefix.statistics()}
+        return {"sequences": len(self.seqs), "steps": self.steps, "tokens_computed": self.tokens_in,
+                "tokens_generated": self.tokens_out, "cache_capacity": self.cache.capacity,
+                **{f"prefix_{k}": v for k, v in self.prefix.statistics().items()}}
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

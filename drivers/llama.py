@@ -9,6 +9,7 @@ are never repeated per head.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def flash_attention_available(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
 class LlamaRunner:
-    def __init__(self, model: Any, cache_factory: Any) -> None:
+    def __init__(self, model: Any, cache_factory: Any, *, flash: bool = False) -> None:
         arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"the llmos engine runs {SUPPORTED_ARCHITECTURES}, not {arch}")
@@ -49,6 +54,13 @@ class LlamaRunner:
         self.group = self.heads // self.kv_heads
         self.scale = self.head_dim**-0.5
         self.cache: SlotCache = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
+        # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
+        # develop on); prefill and every CPU pass use PyTorch's sdpa.
+        self.flash_decode = None
+        if flash:
+            from flash_attn import flash_attn_with_kvcache
+
+            self.flash_decode = flash_attn_with_kvcache
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -91,9 +103,18 @@ class LlamaRunner:
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         self.cache.write(index, rows, write_pos, k.transpose(1, 2)[valid], v.transpose(1, 2)[valid])
+        if self.flash_decode is not None and qlen == 1:
+            return attn.o_proj(self._flash_decode(index, q, batch, total).reshape(bsz, 1, -1))
         keys, values = self.cache.view(index, batch.first, bsz, total)  # (B, Hkv, T, D)
         # Fold each K/V head's group of query heads into the query axis: (B, Hkv, G*Q, D).
         q = q.reshape(bsz, self.kv_heads, self.group * qlen, self.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
         out = out.reshape(bsz, self.heads, qlen, self.head_dim).transpose(1, 2).reshape(bsz, qlen, -1)
         return attn.o_proj(out)
+
+    def _flash_decode(self, index: int, q: torch.Tensor, batch: Batch, total: int) -> torch.Tensor:
+        """One query per row against that row's cached keys: (B, 1, Hq, D). CUDA only."""
+        keys, values = self.cache.view(index, batch.first, q.shape[0], total)  # (B, Hkv, T, D)
+        return self.flash_decode(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                 cache_seqlens=(batch.starts + batch.lengths).to(torch.int32),
+                                 softmax_scale=self.scale, causal=False)

@@ -13,7 +13,9 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -27,6 +29,8 @@ from llmos.kernel.process import Process
 from llmos.kernel.scheduler import SchedRequest, Scheduler, StepOutput
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 5.0  # tokens/s in statistics() is averaged over this many seconds
 
 
 class Ticket:
@@ -73,6 +77,8 @@ class GenerationService:
         self._ids = itertools.count(1)
         self._wakeup = anyio.Event()
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
+        self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
+        self.steps = self.tokens = 0
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
                      messages: Sequence[ChatMessage] | None = None) -> Ticket:
@@ -144,6 +150,7 @@ class GenerationService:
 
     def _account(self, jobs: list[GenerationJob], before: list[int], elapsed: float) -> None:
         decoded = {job.id: len(job.token_ids) - n for job, n in zip(jobs, before, strict=True)}
+        self._count(sum(decoded.values()))
         finished = frozenset(job.id for job in jobs if job.finished or job.cancelled)
         self.scheduler.update_from_output(StepOutput(tokens=decoded, finished=finished))
         share = elapsed / max(len(jobs), 1)  # a step's time, split among those it served
@@ -153,6 +160,21 @@ class GenerationService:
                 owner.stats.generation_time_s += share
             if job.id in finished and job.id in self.tickets:
                 self._finish(self.tickets[job.id], job.finish_reason or "cancelled")
+
+    def _count(self, tokens: int) -> None:
+        now = time.perf_counter()
+        self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+        self._recent.append((now, tokens))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+
+    def statistics(self) -> dict[str, Any]:
+        """What `top` shows of the model: queue, batch, throughput, and the driver's own figures."""
+        window = [n for t, n in self._recent if t >= time.perf_counter() - RATE_WINDOW_S]
+        driver_stats = getattr(self.driver, "statistics", None)
+        return {**self.scheduler.statistics(), "model": self.driver.name, "steps": self.steps,
+                "tokens": self.tokens, "tokens_per_s": sum(window) / RATE_WINDOW_S,
+                "driver": driver_stats() if callable(driver_stats) else {}}
 
     def _finish(self, ticket: Ticket, reason: str) -> None:
         job = ticket.job

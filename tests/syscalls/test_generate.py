@@ -407,7 +407,8 @@ async def test_processes_chatting_at_once_share_one_batch() -> None:
         infos = [await kernel.spawn(main, n) for n in range(4)]
         texts = [result(await kernel.wait(i.pid)) for i in infos]
     assert texts == [f"echo: q{n}" for n in range(4)]
-    assert driver.batches == [[1, 2, 3, 4]] * 2  # two words each: two steps, all four in each
+    # two words each: two steps, all four in each (admitted in the order their prompts were ready)
+    assert [sorted(b) for b in driver.batches] == [[1, 2, 3, 4]] * 2
 
 
 async def test_max_batch_splits_the_work() -> None:
@@ -420,7 +421,10 @@ async def test_max_batch_splits_the_work() -> None:
         infos = [await kernel.spawn(main, n) for n in range(5)]
         texts = [result(await kernel.wait(i.pid)) for i in infos]
     assert texts == [f"echo: q{n}" for n in range(5)]
-    assert driver.batches == [[1, 2], [1, 2], [3, 4], [3, 4], [5], [5]]  # a slot frees, the next joins
+    steps = [sorted(b) for b in driver.batches]  # a slot frees, the next request joins at once
+    assert [len(b) for b in steps] == [2, 2, 2, 2, 1, 1]
+    assert steps[0] == steps[1] and steps[2] == steps[3] and steps[4] == steps[5]
+    assert sorted(steps[0] + steps[2] + steps[4]) == [1, 2, 3, 4, 5]
 
 
 async def test_round_robin_alternates_by_quantum() -> None:
@@ -477,3 +481,18 @@ async def test_nice_reorders_a_waiting_generation() -> None:
             result(await kernel.wait(info.pid))
     order = [p.removeprefix("<user>").split("\n")[0] for p in driver.prompts]
     assert order == ["blocker", "b", "a"]
+
+
+async def test_generation_statistics_count_steps_tokens_and_queue() -> None:
+    driver = FakeDriver()
+
+    async def main(sys, n):  # noqa: ANN001
+        return (await sys.chat(f"q{n}")).text
+
+    async with llmos.boot(driver) as kernel:
+        for info in [await kernel.spawn(main, n) for n in range(3)]:
+            result(await kernel.wait(info.pid))
+        stats = kernel.generation.statistics()
+    assert stats["steps"] == 2 and stats["tokens"] == 6  # "echo: qN" is two words
+    assert stats["running"] == 0 and stats["waiting"] == 0 and stats["model"] == "fake"
+    assert stats["tokens_per_s"] == pytest.approx(6 / 5.0)

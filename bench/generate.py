@@ -1,0 +1,306 @@
+"""Many agents, one model: llmos's engine against the ways a local model is usually served.
+
+All in one run, on the real SmolLM2-135M-Instruct (float32, greedy, torch threads set):
+  (a) sequential `model.generate`, one request after another
+  (b) one static padded batch through `model.generate`
+  (c) transformers' continuous batching, `model.generate_batch`
+  (d) llama.cpp (llama-cpp-python) on the same GGUF, one by one (skipped if not installed)
+  (e) llmos: N agent processes, each calling `sys.chat` through the kernel
+  (f) the llmos engine driven directly, without the kernel (to measure the kernel's overhead)
+For N = 1, 4, 16, 64: aggregate tokens/s, time to first token p50/p95, per-request latency,
+and ratios to (a) and (d). Then: requests arriving at ~2/s; 16 agents sharing a 600-token
+system prompt with and without prefix caching; a short request behind 16 long ones under
+FIFO and round-robin. (a) and (d) serve one request at a time, so their rate does not
+depend on N: they run --sequential requests, and N requests arriving together are given
+those requests' measured times back to back.
+
+    .venv/bin/python bench/generate.py [--quick] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import torch
+
+import llmos
+from llmos.drivers.engine import EngineConfig
+from llmos.drivers.transformers_driver import TransformersDriver
+from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
+
+RESULTS = Path(__file__).parent / "results" / "generate.json"
+NEW_TOKENS = 64
+TOPICS = ["the ocean", "volcanoes", "honey bees", "the moon", "bicycles", "coffee", "glaciers", "owls", "trains",
+          "deserts", "rainbows", "chess", "penguins", "libraries", "thunderstorms", "gardens"]
+
+
+def questions(n: int) -> list[str]:
+    return [f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} for a curious child, number {i + 1}."
+            for i in range(n)]
+
+
+def summarize(ttfts: list[float], latencies: list[float], tokens: int, wall: float) -> dict[str, float]:
+    def pct(xs: list[float], q: float) -> float:
+        return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] if len(xs) > 1 else xs[0]
+
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "ttft_p50_s": pct(ttfts, 50), "ttft_p95_s": pct(ttfts, 95),
+            "latency_p50_s": pct(latencies, 50), "latency_p95_s": pct(latencies, 95)}
+
+
+# -- baselines -------------------------------------------------------------------------------------
+def chat_ids(tok: Any, question: str, system: str | None = None) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+                ["input_ids"])
+
+
+class FirstToken:
+    """A stopping criterion that never stops, only notes when the first new token came."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.at = self.at or time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+Measured = list[tuple[float, float, int]]  # per request: first-token time, duration, tokens
+
+
+def one_at_a_time(measured: Measured, n: int) -> dict[str, float]:
+    """What a server that takes one request at a time gives n requests that arrive together:
+    request i runs after the i before it (the measured requests, reused in turn)."""
+    ttfts, latencies, tokens, clock = [], [], 0, 0.0
+    for i in range(n):
+        first, duration, count = measured[i % len(measured)]
+        ttfts.append(clock + first)
+        latencies.append(clock + duration)
+        tokens += count
+        clock += duration
+    return summarize(ttfts, latencies, tokens, clock)
+
+
+def sequential_generate(model: Any, tok: Any, qs: list[str]) -> Measured:
+    """(a): each request alone through model.generate."""
+    measured = []
+    for q in qs:
+        ids = torch.tensor([chat_ids(tok, q)])
+        first, started = FirstToken(), time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             stopping_criteria=[first])
+        took = time.perf_counter() - started
+        measured.append(((first.at or started) - started, took, out.shape[1] - ids.shape[1]))
+    return measured
+
+
+def static_batch_generate(model: Any, tok: Any, qs: list[str]) -> dict[str, float]:
+    """(b): one left-padded batch; everyone's first token comes after the whole batch's prefill."""
+    tok.padding_side = "left"
+    rows = [chat_ids(tok, q) for q in qs]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    first, started = FirstToken(), time.perf_counter()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                         stopping_criteria=[first], pad_token_id=tok.pad_token_id)
+    wall = time.perf_counter() - started
+    new = out[:, width:]
+    tokens = int(((new != tok.pad_token_id) & (new != tok.eos_token_id)).sum()) + len(qs)
+    return summarize([first.at - started] * len(qs), [wall] * len(qs), tokens, wall)
+
+
+def hf_generate_batch(model: Any, tok: Any, qs: list[str]) -> dict[str, float] | str:
+    """(c): transformers' own continuous batching (aggregate only: it reports no first-token times)."""
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
+        started = time.perf_counter()
+        outputs = model.generate_batch(inputs=[chat_ids(tok, q) for q in qs], generation_config=config,
+                                       progress_bar=False)
+        wall = time.perf_counter() - started
+        tokens = sum(len(o.generated_tokens) for o in outputs.values())
+        return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+    except Exception as exc:  # its CPU path changes between releases; say why it did not run
+        return f"skipped: {type(exc).__name__}: {exc}"[:300]
+
+
+def llama_cpp_sequential(qs: list[str], threads: int) -> Measured | str:
+    """(d): llama.cpp through llama-cpp-python, on the same GGUF, one request at a time."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return "skipped: llama-cpp-python is not installed (pip install llama-cpp-python to compare)"
+    from llmos.drivers.smollm2 import SOURCE
+
+    llm = Llama(model_path=str(SOURCE.path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+    measured = []
+    for q in qs:
+        started, first, tokens = time.perf_counter(), None, 0
+        for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=NEW_TOKENS,
+                                                temperature=0.0, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+                tokens += 1  # llama-cpp-python streams one chunk per token
+        measured.append(((first or started) - started, time.perf_counter() - started, tokens))
+    return measured
+
+
+# -- llmos -------------------------------------------------------------------------------------------
+async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None = None, policy: str = "fifo",
+                       arrivals: list[float] | None = None, max_tokens: int = NEW_TOKENS,
+                       quantum: int = 32, max_batch: int = 64) -> dict[str, Any]:
+    """(e): one process per question, each streaming its reply through `sys.chat`."""
+    async def agent(sys: llmos.Sys, question: str, tokens: int, arrived: float) -> tuple[float, float, int]:
+        stream = await sys.chat(question, system=system, stream=True, max_tokens=tokens)
+        first = None
+        async for _ in stream:
+            first = first or time.perf_counter()
+        return (first or time.perf_counter()) - arrived, time.perf_counter() - arrived, stream.reply.completion_tokens
+
+    arrivals = arrivals or [0.0] * len(qs)
+    async with llmos.boot(model, policy=policy, quantum=quantum, max_batch=max_batch) as kernel:
+        started = time.perf_counter()
+        pids = []
+        for q, at, tokens in zip(qs, arrivals, _token_budgets(qs, max_tokens), strict=True):
+            await anyio.sleep(max(0.0, started + at - time.perf_counter()))
+            pids.append((await kernel.spawn(agent, q, tokens, time.perf_counter())).pid)
+        results = [(await kernel.wait(pid)).result for pid in pids]
+        wall = time.perf_counter() - started
+    return {**summarize([r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results), wall),
+            "ttfts": [r[0] for r in results]}
+
+
+def _token_budgets(qs: list[str], max_tokens: int | list[int]) -> list[int]:
+    return max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(qs)
+
+
+def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
+    """(f): the engine stepped in a plain loop, no kernel, no processes, no event loop."""
+    jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=NEW_TOKENS),
+                          messages=(ChatMessage(role="user", content=q),)) for i, q in enumerate(qs)]
+    started = time.perf_counter()
+    firsts: dict[int, float] = {}
+    for job in jobs:
+        driver.prepare(job)
+    while any(not j.finished for j in jobs):
+        driver.step([j for j in jobs if not j.finished], lambda batch: None)
+        now = time.perf_counter()
+        for j in jobs:
+            if j.token_ids and j.id not in firsts:
+                firsts[j.id] = now - started
+    wall = time.perf_counter() - started
+    return summarize(list(firsts.values()), [wall] * len(jobs), sum(len(j.token_ids) for j in jobs), wall)
+
+
+# -- the runs ------------------------------------------------------------------------------------------
+def throughput(model: llmos.Model, ns: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    hf, tok = model.driver.model, model.driver.tokenizer
+    out: dict[str, Any] = {}
+    seq = sequential_generate(hf, tok, questions(args.sequential))
+    cpp = llama_cpp_sequential(questions(args.sequential), args.threads)
+    for n in ns:
+        qs = questions(n)
+        row: dict[str, Any] = {"sequential_generate": one_at_a_time(seq, n),
+                               "static_batch": static_batch_generate(hf, tok, qs),
+                               "hf_generate_batch": hf_generate_batch(hf, tok, qs),
+                               "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n)}
+        row["llmos"] = anyio.run(lambda: llmos_agents(model, qs))
+        row["llmos"].pop("ttfts")
+        row["bare_engine"] = bare_engine(model.driver, qs)
+        out[str(n)] = row
+        report_throughput(n, row)
+    return out
+
+
+def report_throughput(n: int, row: dict[str, Any]) -> None:
+    base = row["sequential_generate"]["tokens_per_s"]
+    cpp = row["llama_cpp_sequential"]
+    print(f"\nN = {n}")
+    print(f"  {'method':24} {'tok/s':>8} {'x seq':>7} {'x l.cpp':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8}")
+    for name, r in row.items():
+        if isinstance(r, str):
+            print(f"  {name:24} {r}")
+            continue
+        vs_cpp = f"{r['tokens_per_s'] / cpp['tokens_per_s']:.2f}" if isinstance(cpp, dict) else "-"
+        ttft = (f"{r['ttft_p50_s']:9.2f} {r['ttft_p95_s']:9.2f} {r['latency_p50_s']:8.2f}" if "ttft_p50_s" in r
+                else f"{'-':>9} {'-':>9} {'-':>8}")
+        print(f"  {name:24} {r['tokens_per_s']:8.1f} {r['tokens_per_s'] / base:7.2f} {vs_cpp:>8} {ttft}")
+    print(f"  kernel overhead (llmos vs bare engine): "
+          f"{(row['bare_engine']['tokens_per_s'] / row['llmos']['tokens_per_s'] - 1) * 100:+.1f}%")
+
+
+def staggered(model: llmos.Model) -> dict[str, Any]:
+    qs = questions(16)
+    result = anyio.run(lambda: llmos_agents(model, qs, arrivals=[i * 0.5 for i in range(16)]))
+    result.pop("ttfts")
+    print(f"\nstaggered arrivals (16 requests, 2/s): {result['tokens_per_s']:.1f} tok/s, ttft p50 "
+          f"{result['ttft_p50_s']:.2f} s p95 {result['ttft_p95_s']:.2f} s, latency p50 {result['latency_p50_s']:.2f} s")
+    return result
+
+
+def shared_prefix(model: llmos.Model) -> dict[str, Any]:
+    system = " ".join(["You are an agent of the llmos research team. Follow the team's rules: be brief, "
+                       "cite what you know, say when you do not know, and never invent facts."] * 20)
+    n_tokens = len(model.driver.tokenizer.encode(system))
+    qs = questions(16)
+    runs = {}
+    for label, mb in (("with_prefix_cache", 1024), ("without_prefix_cache", 0)):
+        driver = TransformersDriver("smollm2", model.driver.model, model.driver.tokenizer,
+                                    config=EngineConfig(prefix_cache_mb=mb))
+        runs[label] = anyio.run(lambda d=driver: llmos_agents(llmos.Model(d), qs, system=system, max_tokens=32))
+        runs[label].pop("ttfts")
+    speedup = runs["without_prefix_cache"]["wall_s"] / runs["with_prefix_cache"]["wall_s"]
+    print(f"\nshared {n_tokens}-token system prompt, 16 agents: {runs['with_prefix_cache']['wall_s']:.1f} s with "
+          f"prefix caching, {runs['without_prefix_cache']['wall_s']:.1f} s without (x{speedup:.2f})")
+    return {"system_prompt_tokens": n_tokens, **runs, "speedup": speedup}
+
+
+def short_behind_long(model: llmos.Model) -> dict[str, Any]:
+    """16 long requests fill the batch (max_batch=16); a short one arrives 1 s later."""
+    qs = questions(16) + ["What is the capital of France?"]
+    budgets = [256] * 16 + [16]
+    out = {}
+    for policy in ("fifo", "rr"):
+        r = anyio.run(lambda p=policy: llmos_agents(model, qs, policy=p, arrivals=[0.0] * 16 + [1.0],
+                                                    max_tokens=budgets, quantum=16, max_batch=16))
+        out[policy] = {"short_ttft_s": r["ttfts"][-1], "long_ttft_p50_s": statistics.median(r["ttfts"][:16]),
+                       "wall_s": r["wall_s"]}
+    out["ttft_improvement"] = out["fifo"]["short_ttft_s"] / out["rr"]["short_ttft_s"]
+    print(f"\nshort request behind 16 long ones: time to first token {out['fifo']['short_ttft_s']:.2f} s under FIFO, "
+          f"{out['rr']['short_ttft_s']:.2f} s under round-robin (x{out['ttft_improvement']:.1f})")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1, 4 only, and no extra runs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sequential", type=int, default=4, help="requests the one-at-a-time baselines run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = llmos.load_model("smollm2")
+    ns = [1, 4] if args.quick else [1, 4, 16, 64]
+    results: dict[str, Any] = {"threads": args.threads, "dtype": str(model.driver.model.dtype),
+                               "new_tokens": NEW_TOKENS, "throughput": throughput(model, ns, args)}
+    if not args.quick:
+        results["staggered"] = staggered(model)
+        results["shared_prefix"] = shared_prefix(model)
+        results["short_behind_long"] = short_behind_long(model)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nsaved {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
