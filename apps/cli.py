@@ -66,6 +66,15 @@ def models() -> None:
     runner.stdout_console().print(table)
 
 
+@app.command()
+def shell(model: ModelOpt = "smollm2", policy: PolicyOpt = "fifo",
+          no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False) -> None:
+    """The interactive shell: one kernel for the session, jobs, ps/top, chat."""
+    from llmos.apps.shell.session import main as shell_main  # prompt_toolkit loads only for the shell
+
+    raise typer.Exit(_guard(lambda: anyio.run(shell_main, None if no_model else model, policy)))
+
+
 @app.command("apps")
 def apps_cmd() -> None:
     """The apps `llmos run NAME` knows."""

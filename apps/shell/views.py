@@ -1,0 +1,68 @@
+"""What `ps`, `jobs`, `top` and `trace` show: rich tables built from kernel snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from llmos.apps.shell.jobs import Job
+from llmos.syscalls import ProcessInfo
+
+STATE_STYLES = {"RUNNING": "green", "BLOCKED": "yellow", "SUSPENDED": "magenta", "FAILED": "red", "KILLED": "red"}
+
+
+def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
+    table = Table("pid", "ppid", "name", "state", "nice", "tokens", "syscalls", "time", title=title,
+                  title_justify="left")
+    for p in procs:
+        state = p.state.name
+        table.add_row(str(p.pid), str(p.ppid), p.name, Text(state, style=STATE_STYLES.get(state, "")),
+                      str(p.priority), str(p.stats.tokens), str(p.stats.syscalls), f"{p.runtime_s:.1f}s")
+    return table
+
+
+def jobs_table(jobs: Iterable[Job]) -> Table:
+    table = Table("job", "pid", "state", "command")
+    for job in jobs:
+        table.add_row(f"[{job.number}]", str(job.pid), job.state, job.command + (" &" if job.background else ""))
+    return table
+
+
+def trace_table(events: Iterable[Any], pid: int) -> Table:
+    table = Table("time", "call", "ms", "outcome", title=f"syscalls of pid {pid}", title_justify="left")
+    for e in events:
+        if e.pid == pid:
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at % 1 * 1000):03d}"
+            table.add_row(stamp, e.call, f"{e.duration_s * 1000:.1f}",
+                          Text(e.outcome, style="" if e.outcome == "ok" else "red"))
+    return table
+
+
+class Meter:
+    """Tokens per second between two looks at the process table."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+
+    def rate(self, procs: Iterable[ProcessInfo]) -> float:
+        now, total = time.perf_counter(), sum(p.stats.completion_tokens for p in procs)
+        last, self._last = self._last, (now, total)
+        if last is None or now <= last[0]:
+            return 0.0
+        return max(0.0, (total - last[1]) / (now - last[0]))
+
+
+def top_view(procs: list[ProcessInfo], engine: Mapping[str, Any], tokens_per_s: float, model: str) -> Group:
+    live = [p for p in procs if not p.state.terminal]
+    header = Text.assemble(
+        ("llmos top", "bold"), f"  model {model}  processes {len(live)}  ",
+        f"batch {engine.get('running', 0)}  queue {engine.get('waiting', 0)}  ",
+        (f"{tokens_per_s:.1f} tokens/s", "bold green"), f"  policy {engine.get('policy', '-')}",
+        ("   (Ctrl-C to leave)", "dim"))
+    busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
+    return Group(header, ps_table(busiest))
