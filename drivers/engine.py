@@ -96,7 +96,8 @@ class Engine:
             raise RuntimeError(f"the engine holds {self.config.max_batch} sequences already")
         row = min(set(range(self.config.max_batch)) - {s.row for s in self.seqs.values()})
         tokens = job.prompt_ids + job.token_ids
-        self.cache.ensure_capacity(min(len(tokens) + job.max_new_tokens, self.context_length))
+        self.cache.ensure_capacity(min(len(tokens) + job.max_new_tokens, self.context_length),
+                                   {s.row: s.computed for s in self.seqs.values()})
         blocks = self.prefix.lookup(tokens)
         hit = min(len(blocks) * 32, len(tokens) - 1)
         self.cache.write_prefix(row, blocks, hit)

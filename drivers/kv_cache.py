@@ -28,8 +28,10 @@ class SlotCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, S, Hkv, T, D)
         self.v = torch.empty(shape, dtype=dtype, device=device)
 
-    def ensure_capacity(self, tokens: int) -> None:
-        """Grow (by doubling, up to max_capacity) so every row can hold `tokens` tokens."""
+    def ensure_capacity(self, tokens: int, live: dict[int, int]) -> None:
+        """Grow (by doubling, up to max_capacity) so every row can hold `tokens` tokens.
+        Only the live rows' filled positions (`live`: row -> length) are copied, so the
+        growth commits no memory for empty slots."""
         if tokens <= self.capacity:
             return
         if tokens > self.max_capacity:
@@ -40,7 +42,8 @@ class SlotCache:
         for name in ("k", "v"):
             old = getattr(self, name)
             grown = old.new_empty((*old.shape[:3], new, old.shape[4]))
-            grown[:, :, :, : self.capacity] = old
+            for row, length in live.items():
+                grown[:, row, :, :length] = old[:, row, :, :length]
             setattr(self, name, grown)
         self.capacity = new
 

@@ -179,3 +179,16 @@ def test_prompt_longer_than_the_context_is_refused(smollm2):
 
 def test_reports_real_context_length(smollm2):
     assert smollm2.context_length == 8192
+
+
+def test_the_cache_grows_for_a_long_request_and_keeps_running_ones(smollm2):
+    driver = smollm2.driver
+    short = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
+    driver.step([short], lambda batch: None)
+    capacity = driver.engine.cache.capacity
+    long = _job(2, driver, prompt="word " * (capacity + 50), max_tokens=4)
+    _run(driver, [short, long])
+    assert driver.engine.cache.capacity > capacity
+    alone = _job(3, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
+    _run(driver, [alone])
+    assert short.token_ids == alone.token_ids  # its K/V survived the move to the bigger cache
