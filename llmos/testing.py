@@ -153,13 +153,14 @@ async def spawn_and_wait(kernel: Kernel, app: Any, *args: Any, timeout: float = 
 
 
 async def run_app(app: Any, *args: Any, driver: Any = None, console: Any = None, timeout: float = 10,
-                  **options: Any) -> ExitStatus:
+                  memory: Any = None, **options: Any) -> ExitStatus:
     """Run an app as `llmos run` would (a registered name or a reference; `options` as its
-    --name value words) on a fresh kernel with `driver` (a FakeDriver by default)."""
+    --name value words) on a fresh kernel with `driver` (a FakeDriver by default) and
+    `memory` (a store folder; None: no memory store)."""
     from llmos.apps import registry  # user space, loaded only by the tests that run apps
     from llmos.boot import boot
 
-    async with boot(driver if driver is not None else FakeDriver()) as kernel:
+    async with boot(driver if driver is not None else FakeDriver(), memory=memory) as kernel:
         kernel.console = console
         main = registry.bind(app, list(args), options)
         return await spawn_and_wait(kernel, main, *args, timeout=timeout, name=app if isinstance(app, str) else None)

@@ -1,24 +1,25 @@
 """qa: answer a question from a folder of documents, naming the sources used.
 
-Ingestion cuts every text file under the folder into passages; the passages that share the
-most (rarer) words with the question are put before the model with their file names, and
-the answer ends with the list of those sources.
-
-TODO(memory): once the memory syscalls land (sys.remember / sys.recall over the vector
-store), ingest with `remember` under a namespace for the folder and select passages with
-`recall` (semantic search) instead of the lexical overlap below.
+Ingestion cuts every text file under the folder into passages and remembers them (the
+memory syscalls) in a namespace named after their contents, so a folder is embedded once
+and a changed folder gets a fresh index. The passages recalled closest in meaning to the
+question go before the model with their file names, and the answer ends with those
+sources. Without a memory store (a kernel booted without one, or a store another llmos
+process holds), the passages sharing the most rare words with the question are used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from llmos.apps.seed.summarize import chunks
-from llmos.syscalls import InvalidRequest, Sys
+from llmos.syscalls import InvalidRequest, MemoryUnavailable, Sys
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".toml", ".yaml", ".yml", ".json", ".csv", ".html"}
 PASSAGE_CHARS = 600  # one passage: a few sentences, so several fit a small model's prompt
@@ -67,6 +68,37 @@ def select(passages: list[Passage], question: str, k: int = TOP_PASSAGES) -> lis
     return [passages[i] for i in ranked[:k] if score(i) > 0] or [passages[i] for i in ranked[:1]]
 
 
+def fingerprint(passages: list[Passage]) -> str:
+    digest = hashlib.sha256()
+    for p in passages:
+        digest.update(f"{p.source}\0{p.text}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+async def index_and_recall(sys: Sys, passages: list[dict[str, str]], question: str, k: int) -> list[dict[str, Any]] | None:
+    """In this process's own namespace (named after the passages): remember them unless
+    they already are, then recall the `k` closest to the question. None without memory."""
+    try:
+        if not await sys.recall("passage", k=1, where={"kind": "qa-passage"}):
+            for p in passages:
+                await sys.remember(p["text"], {"source": p["source"], "kind": "qa-passage"})
+        items = await sys.recall(question, k=k, where={"kind": "qa-passage"})
+    except MemoryUnavailable:
+        return None
+    return [{"source": item.metadata["source"], "text": item.text} for item in items]
+
+
+async def recall(sys: Sys, passages: list[Passage], question: str, k: int = TOP_PASSAGES) -> list[Passage] | None:
+    """The passages closest in meaning to `question`, through the memory syscalls (None
+    when there is no memory store to use)."""
+    child = await sys.spawn(index_and_recall, [asdict(p) for p in passages], question, k,
+                            name=f"qa-{fingerprint(passages)}")
+    status = await sys.wait(child.pid)
+    if not status.ok:
+        raise RuntimeError(f"indexing the documents {status.state.name}: {status.reason}")
+    return None if status.result is None else [Passage(**p) for p in status.result]
+
+
 def prompt(question: str, chosen: list[Passage]) -> str:
     sources = "\n".join(f"[{i + 1}] {p.source}: {p.text}" for i, p in enumerate(chosen))
     return f"Use the sources to answer the question.\n\nSources:\n{sources}\n\nQuestion: {question}"
@@ -74,7 +106,8 @@ def prompt(question: str, chosen: list[Passage]) -> str:
 
 async def main(sys: Sys, question: str, docs: str = ".", max_tokens: int = ANSWER_TOKENS) -> str:
     """Answer `question` from the documents under `docs`; the answer names its sources."""
-    chosen = select(ingest(docs), question)
+    passages = ingest(docs)
+    chosen = await recall(sys, passages, question) or select(passages, question)
     reply = await sys.chat(messages=[{"role": "user", "content": prompt(question, chosen)}], max_tokens=int(max_tokens))
     named = ", ".join(dict.fromkeys(p.source for p in chosen))
     answer = f"{reply.text.strip()}\n\nSources: {named}"

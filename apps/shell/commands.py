@@ -66,9 +66,12 @@ async def top(shell: Shell, words: list[str]) -> None:
     meter = views.Meter()
 
     def view() -> Any:
-        procs = shell.kernel.ps()
-        engine = shell.kernel.scheduler.statistics()
-        return views.top_view(procs, engine, meter.rate(shell.kernel.ps(include_ended=True)), shell.model or "-")
+        kernel = shell.kernel
+        engine = kernel.generation.statistics() if kernel.generation is not None else kernel.scheduler.statistics()
+        rate = engine.get("tokens_per_s")
+        if rate is None:
+            rate = meter.rate(kernel.ps(include_ended=True))
+        return views.top_view(kernel.ps(), engine, rate, shell.model or "-")
 
     with shell.interruptible() as interrupted, Live(view(), console=shell.out, auto_refresh=False) as live:
         shown = 1

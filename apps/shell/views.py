@@ -64,5 +64,9 @@ def top_view(procs: list[ProcessInfo], engine: Mapping[str, Any], tokens_per_s: 
         f"batch {engine.get('running', 0)}  queue {engine.get('waiting', 0)}  ",
         (f"{tokens_per_s:.1f} tokens/s", "bold green"), f"  policy {engine.get('policy', '-')}",
         ("   (Ctrl-C to leave)", "dim"))
+    cache = engine.get("driver", {})
+    footer = Text(f"steps {engine.get('steps', 0)}  tokens {engine.get('tokens', 0)}  "
+                  f"preemptions {engine.get('preemptions', 0)}  "
+                  f"prefix-cache hit tokens {cache.get('prefix_hit_tokens', '-')}", style="dim")
     busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
-    return Group(header, ps_table(busiest))
+    return Group(header, footer, ps_table(busiest))

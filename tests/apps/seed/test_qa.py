@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llmos.apps.seed.qa import Passage, ingest, select
+import llmos
+from llmos.apps.seed.qa import Passage, fingerprint, ingest, select
 from llmos.syscalls import ProcState
-from llmos.testing import FakeDriver, ScriptedConsole, result, run_app
+from llmos.testing import FakeDriver, ScriptedConsole, result, run_app, spawn_and_wait
 
 
 @pytest.fixture
@@ -46,7 +47,25 @@ async def test_a_missing_folder_is_a_clear_failure(tmp_path):
 
 
 @pytest.mark.model
-async def test_qa_on_the_real_model(docs, smollm2):
+async def test_qa_on_the_real_model(docs, smollm2, tmp_path_factory):
     out = result(await run_app("qa", "What is the office cat's name?", driver=smollm2.driver, docs=str(docs),
-                               max_tokens=24, timeout=60))
+                               memory=tmp_path_factory.mktemp("store"), max_tokens=24, timeout=120))
     assert "Miso" in out and out.endswith("Sources: pets.md")
+
+
+async def test_with_a_memory_store_passages_are_remembered_once_and_recalled(docs, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    driver = FakeDriver()
+    for _ in range(2):
+        driver.enqueue("Miso.")
+        out = result(await run_app("qa", "What is the office cat called?", driver=driver, docs=str(docs),
+                                   memory=store, timeout=120))
+        assert out.startswith("Miso.\n\nSources: pets.md")
+    assert "[1] pets.md: Our office cat is named Miso." in driver.prompts[-1]
+
+    async def count(sys):  # noqa: ANN001
+        return len(await sys.recall("anything", k=50))
+
+    index = f"qa-{fingerprint(ingest(str(docs)))}"
+    async with llmos.boot(FakeDriver(), memory=store) as kernel:
+        assert result(await spawn_and_wait(kernel, count, name=index, timeout=60)) == 3  # not 6
