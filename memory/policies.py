@@ -81,7 +81,7 @@ class SummaryRecall:
         return min(params.SUMMARY_TOKENS, window // 8)
 
     def recall_budget(self, window: int) -> int:
-        return min(params.RECALL_TOKENS, window // 8)
+        return min(params.RECALL_TOKENS, window // 4)
 
 
 POLICIES: dict[str, type[Policy]] = {"recency": RecencyOnly, "summary+recall": SummaryRecall}

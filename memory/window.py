@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUMMARY_HEADER = "Summary of the earlier conversation: "
-RECALL_HEADER = "Recalled from memory (earlier messages and notes):"
+RECALL_HEADER = "Recalled from memory:"
+SUMMARY_FRAME_TOKENS = 16  # SUMMARY_HEADER and the template's framing of a message, at most
 SUMMARIZER = ("You keep a running summary of a conversation between a user and an assistant. Rewrite the "
               "summary so far to include the new messages. Keep every name, number, date and fact the user "
               "gave. Answer with the summary only, in at most {words} words.")
@@ -115,10 +116,12 @@ class Window:
             messages = self._assemble(head, recalled, new)
             exact = await self._exact(messages)
             while exact > self.budget and (recalled or self._evictable()):
-                if recalled:  # recalled items go first: they are optional
-                    recalled = recalled[:-1]
-                else:
+                # Shed the older history first, then recalled items (the least relevant
+                # first), and the newest turn last: it is what the message answers.
+                if self._evictable(keep_last_turn=True) or not recalled:
                     await self._evict(exact - self.budget)
+                else:
+                    recalled = recalled[:-1]
                 messages = self._assemble(head, recalled, new)
                 exact = await self._exact(messages)
             if exact >= self.context_length:
@@ -149,8 +152,9 @@ class Window:
                                f"and nothing left in it can be evicted; shorten the message or unpin something")
 
     # -- paging out ----------------------------------------------------------------------------
-    def _evictable(self) -> bool:
-        return any(not e.pinned for e in self.entries)
+    def _evictable(self, keep_last_turn: bool = False) -> bool:
+        unpinned = [e for e in self.entries if not e.pinned]
+        return len(unpinned) > (2 if keep_last_turn else 0)
 
     async def _make_room(self, incoming: int, leading_system: bool) -> None:
         """Evict, if the entries plus `incoming` tokens would pass the budget, down to
@@ -162,7 +166,9 @@ class Window:
         fixed = counter.base + surcharge + self._tokens(pinned) + incoming
         if fixed >= self.context_length:
             raise self._overflow(fixed, "the pinned messages and this message")
-        reserve = self.policy.summary_budget(self.budget) if self.policy.summarize else 0
+        reserve = 0
+        if self.policy.summarize:  # the summary's size once regenerated, with its header
+            reserve = self.policy.summary_budget(self.budget) + SUMMARY_FRAME_TOKENS
         if self.policy.recall_k and self.recall_active:
             reserve += self.policy.recall_budget(self.budget)
         room = max(0, self.budget - fixed - reserve)
