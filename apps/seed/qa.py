@@ -24,6 +24,7 @@ from llmos.syscalls import InvalidRequest, MemoryUnavailable, Sys
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".toml", ".yaml", ".yml", ".json", ".csv", ".html"}
 PASSAGE_CHARS = 600  # one passage: a few sentences, so several fit a small model's prompt
 TOP_PASSAGES = 3
+RELATIVE_SCORE = 0.5  # recalled passages under half the best one's similarity are left out: not sources
 ANSWER_TOKENS = 96
 MAX_FILE_BYTES = 2_000_000  # larger files are skipped: a QA folder holds documents, not data dumps
 STOPWORDS = frozenset("""a an and are as at be by can do does for from has have how i in is it its of on or
@@ -85,7 +86,9 @@ async def index_and_recall(sys: Sys, passages: list[dict[str, str]], question: s
         items = await sys.recall(question, k=k, where={"kind": "qa-passage"})
     except MemoryUnavailable:
         return None
-    return [{"source": item.metadata["source"], "text": item.text} for item in items]
+    best = max((item.score or 0.0 for item in items), default=0.0)
+    return [{"source": item.metadata["source"], "text": item.text} for item in items
+            if (item.score or 0.0) >= RELATIVE_SCORE * best]
 
 
 async def recall(sys: Sys, passages: list[Passage], question: str, k: int = TOP_PASSAGES) -> list[Passage] | None:
