@@ -87,3 +87,32 @@ def test_capabilities_can_be_narrowed(tmp_path):
 def test_models_lists_the_default_model():
     done = llmos("models")
     assert done.returncode == 0 and "smollm2" in done.stdout
+
+
+def test_apps_lists_the_registered_apps():
+    done = llmos("apps")
+    assert done.returncode == 0 and all(name in done.stdout for name in ("translate", "qa", "workflow"))
+
+
+def test_a_registered_app_with_wrong_arguments_is_a_usage_line():
+    done = llmos("run", "--no-model", "translate")
+    assert done.returncode == 1 and "usage: translate TEXT [--target-lang EN]" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_words_after_the_app_are_the_apps_own(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(sys, *words, max_tokens=None, deadline=None):
+            return f"{words} {max_tokens} {deadline}"
+    """)
+    done = llmos("run", "--no-model", app, "a", "--max-tokens", "5", "--deadline=2", "b")
+    assert done.returncode == 0 and done.stdout.strip() == "('a', 'b') 5 2"
+
+
+@pytest.mark.model
+def test_a_workflow_asks_on_stdin_and_stops_when_told(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "llmos.apps.cli", "run", "workflow", "story", "a cat",
+                           "--max-tokens", "12"], input="no\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[outliner] ") and "Write the story from this outline?" in done.stdout
+    assert "[writer]" not in done.stdout
