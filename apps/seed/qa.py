@@ -76,7 +76,8 @@ def fingerprint(passages: list[Passage]) -> str:
     return digest.hexdigest()[:16]
 
 
-async def index_and_recall(sys: Sys, passages: list[dict[str, str]], question: str, k: int) -> list[dict[str, Any]] | None:
+async def index_and_recall(sys: Sys, passages: list[dict[str, str]], question: str,
+                           k: int) -> list[dict[str, Any]] | None:
     """In this process's own namespace (named after the passages): remember them unless
     they already are, then recall the `k` closest to the question. None without memory."""
     try:

@@ -13,7 +13,8 @@ from llmos.syscalls import InvalidRequest, Sys
 LANGUAGES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "en": ("English", (("谢谢你", "Thank you"), ("早上好", "Good morning"), ("Bonjour", "Hello"))),
     "zh": ("Chinese", (("Thank you", "谢谢你"), ("Good morning", "早上好"), ("Hello", "你好"))),
-    "fr": ("French", (("Thank you", "Merci"), ("Good morning", "Bonjour"), ("The world is big.", "Le monde est grand."))),
+    "fr": ("French", (("Thank you", "Merci"), ("Good morning", "Bonjour"),
+                      ("The world is big.", "Le monde est grand."))),
     "es": ("Spanish", (("Thank you", "Gracias"), ("Good morning", "Buenos días"), ("Hello", "Hola"))),
     "de": ("German", (("Thank you", "Danke"), ("Good morning", "Guten Morgen"), ("Hello", "Hallo"))),
     "ja": ("Japanese", (("Thank you", "ありがとう"), ("Good morning", "おはよう"), ("Hello", "こんにちは"))),

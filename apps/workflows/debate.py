@@ -8,7 +8,8 @@ from typing import Any
 from llmos.apps.workflows.agent import AGENT_TOKENS, TOPIC, Agent, WorkflowError, agent, collect
 from llmos.syscalls import Sys, Timeout
 
-REVISE = "Improve the draft using the critique. Reply with the new draft only.\n\nDraft:\n{draft}\n\nCritique:\n{critique}"
+REVISE = ("Improve the draft using the critique. Reply with the new draft only.\n\n"
+          "Draft:\n{draft}\n\nCritique:\n{critique}")
 TURN_TIMEOUT_S = 600.0  # how long the moderator waits for one turn
 
 

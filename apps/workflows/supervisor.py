@@ -38,8 +38,9 @@ def handoff(output: str, specialists: list[Agent]) -> Agent | None:
     return next((s for s in specialists if s.name.lower() == match.group(1).lower()), None)
 
 
-async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[str], router: dict[str, Any] | None = None,
-                     handoffs: bool = False, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS) -> dict[str, Any]:
+async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[str],
+                     router: dict[str, Any] | None = None, handoffs: bool = False, topic: str = TOPIC,
+                     max_tokens: int = AGENT_TOKENS) -> dict[str, Any]:
     """Route every task, run the chosen specialists at once, follow hand-offs; returns
     {"output": a report, "results": [{"task", "route", "output"}...]}."""
     team = [Agent.model_validate(s) for s in specialists]
@@ -49,7 +50,8 @@ async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[st
         team = [_with_handoff_note(s, team) for s in team]
     picks = await route(sys, Agent.model_validate(router) if router else ROUTER, team, tasks, topic)
     routes = [[pick] for pick in picks]
-    pending = {await start_agent(sys, pick, task, topic, max_tokens): i for i, (pick, task) in enumerate(zip(picks, tasks))}
+    pending = {await start_agent(sys, pick, task, topic, max_tokens): i
+               for i, (pick, task) in enumerate(zip(picks, tasks))}
     outputs: dict[int, str] = {}
     while pending:
         pid, i = next(iter(pending.items()))
