@@ -149,6 +149,9 @@ async def mem(shell: Shell, words: list[str]) -> None:
     """mem search QUERY [--ns NAMESPACE] | mem add TEXT [--ns NAMESPACE]: the memory store."""
     args, options = registry.parse_argv(words[1:])
     action = words[0] if words else ""
+    if action == "ls":
+        raise ShellError("mem ls is not available yet: the memory syscalls cannot list a namespace; "
+                         "use mem search QUERY --ns NAMESPACE")
     if action not in ("search", "add") or not args:
         raise ShellError("usage: mem search QUERY [--ns NAMESPACE] | mem add TEXT [--ns NAMESPACE]")
     job = await shell.start(f"llmos.apps.shell.memory:{action}", [*args, *_ns(options)], background=False,

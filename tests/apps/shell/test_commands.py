@@ -110,6 +110,8 @@ async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
     ("fg", "error: no current job"),
     ("nice 1", "error: usage: nice PID|%N PRIORITY"),
     ("tools", "error: tools are not available yet"),
+    ("mem ls", "error: mem ls is not available yet"),
+    ("mem", "error: usage: mem search QUERY"),
     ("run translate 'unclosed", "error: cannot parse the line"),
     ("chat --model gpt-9", "error: this session runs fake"),
 ])
@@ -135,3 +137,14 @@ async def test_help_apps_models_top_and_exit(shell):
     await shell.execute("top -n 1")
     assert "batch 0" in said(shell)
     assert await shell.execute("exit") is False
+
+
+async def test_mem_add_then_search_through_the_memory_syscalls(tmp_path, capsys):
+    async with llmos.boot(FakeDriver(), memory=tmp_path / "store") as kernel:
+        sh = Shell(kernel, "fake", out=Console(file=io.StringIO(), width=200))
+        async with _running(sh):
+            await sh.execute("mem add 'The ficus is watered on Mondays.'")
+            await sh.execute("mem search 'when is the plant watered?'")
+    out = capsys.readouterr().out
+    assert "remembered as" in out and "in 'shell'" in out
+    assert "The ficus is watered on Mondays." in out.splitlines()[-1]
