@@ -154,14 +154,16 @@ async def mem(shell: Shell, words: list[str]) -> None:
                          "use mem search QUERY --ns NAMESPACE")
     if action not in ("search", "add") or not args:
         raise ShellError("usage: mem search QUERY [--ns NAMESPACE] | mem add TEXT [--ns NAMESPACE]")
-    job = await shell.start(f"llmos.apps.shell.memory:{action}", [*args, *_ns(options)], background=False,
+    job = await shell.start(f"llmos.apps.shell.programs:{action}", [*args, *_ns(options)], background=False,
                             command=" ".join(["mem", *words]), caps=MEMORY_CAPS)
     await shell.foreground(job)
 
 
 async def tools(shell: Shell, words: list[str]) -> None:
     """tools: the tools processes may call."""
-    raise ShellError("tools are not available yet: the tools subsystem has not landed")
+    job = await shell.start("llmos.apps.shell.programs:tools", [], background=False, command="tools",
+                            caps=frozenset({"tool.*", "console"}))
+    await shell.foreground(job)
 
 
 async def help_(shell: Shell, words: list[str]) -> None:

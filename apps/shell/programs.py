@@ -1,8 +1,8 @@
-"""The little apps behind `mem search` and `mem add`: the memory syscalls, run as processes."""
+"""The little apps behind `mem search`, `mem add` and `tools`: syscalls, run as processes."""
 
 from __future__ import annotations
 
-from llmos.syscalls import Sys
+from llmos.syscalls import Sys, SyscallError
 
 SHELL_NAMESPACE = "shell"  # where the shell's `mem add` keeps items unless told otherwise
 
@@ -17,3 +17,19 @@ async def search(sys: Sys, query: str, namespace: str = SHELL_NAMESPACE, k: int 
 
 async def add(sys: Sys, text: str, namespace: str = SHELL_NAMESPACE) -> None:
     await sys.write(f"remembered as {await sys.remember(text, namespace=namespace)} in {namespace!r}\n")
+
+
+async def tools(sys: Sys) -> None:
+    list_tools = getattr(sys, "list_tools", None)
+    if list_tools is None:
+        await sys.write("tools are not available yet: the tools subsystem has not landed\n")
+        return
+    try:
+        specs = await list_tools()
+    except SyscallError as exc:
+        await sys.write(f"no tools: {exc}\n")
+        return
+    if not specs:
+        await sys.write("no tools are installed\n")
+    for spec in specs:
+        await sys.write(f"{spec.name:<20} {spec.source or '-':<12} {spec.description}\n")

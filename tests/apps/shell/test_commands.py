@@ -109,7 +109,6 @@ async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
     ("run no_such_app", "error: [EINVAL] cannot import app module 'no_such_app'"),
     ("fg", "error: no current job"),
     ("nice 1", "error: usage: nice PID|%N PRIORITY"),
-    ("tools", "error: tools are not available yet"),
     ("mem ls", "error: mem ls is not available yet"),
     ("mem", "error: usage: mem search QUERY"),
     ("run translate 'unclosed", "error: cannot parse the line"),
@@ -148,3 +147,9 @@ async def test_mem_add_then_search_through_the_memory_syscalls(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "remembered as" in out and "in 'shell'" in out
     assert "The ficus is watered on Mondays." in out.splitlines()[-1]
+
+
+async def test_tools_lists_what_processes_may_call_or_says_why_not(shell, capsys):
+    await shell.execute("tools")
+    out = capsys.readouterr().out
+    assert out.strip() and "error" not in said(shell)
