@@ -2,7 +2,7 @@
 
 A registered app is anything the kernel can run (an `async def main(sys, *args)`, a class
 with one, or a "module:attr" reference, resolved when it is first run). Plugins will add
-theirs through `register`, as the built-in ones below do.
+theirs through the `register_apps` hook (llmos.hookspecs), as the built-in ones below do.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from llmos.hookspecs import hookimpl
 from llmos.syscalls import InvalidRequest, resolve_app
 
 
@@ -103,5 +104,9 @@ BUILTIN = (
     ("qa", "llmos.apps.seed.qa:main", "answer a question from documents: qa --docs FOLDER QUESTION"),
     ("workflow", "llmos.apps.workflows.spec:main", "run a multi-agent workflow described in a TOML or YAML file"),
 )
-for _name, _ref, _summary in BUILTIN:
-    register(_name, _ref, _summary)
+
+
+@hookimpl
+def register_apps(register: Any) -> None:
+    for name, ref, summary in BUILTIN:
+        register(name, ref, summary)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmos.drivers.registry import ModelSpec, register_model
+from llmos.drivers.registry import ModelSpec
 from llmos.drivers.weights import GgufSource
+from llmos.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded, so `import llmos` stays quick
     from llmos.drivers.transformers_driver import TransformersDriver
@@ -49,4 +51,8 @@ SPEC = ModelSpec(
     aliases=("smollm2-135m", "smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
     source=SOURCE,
 )
-register_model(SPEC)
+
+
+@hookimpl
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    register(SPEC)

@@ -18,11 +18,19 @@ MEMORY = "memory"  # remember, recall and forget in the process's own namespace
 # remember into it or forget from it; "memory.read.*" reads every namespace.
 MEMORY_READ, MEMORY_WRITE = "memory.read", "memory.write"
 CONSOLE = "console"  # write to the user's terminal and ask the user questions
+# Tool NAME: "tool.NAME" to call it; "tool.*" every tool, "tool.SERVER.*" every tool of an
+# MCP server (its tools are named "SERVER.TOOL").
+TOOL = "tool"
+# The built-in tools every app may call unless told otherwise; plugin and MCP tools need
+# their own grant (`llmos run --cap tool.NAME ...`, or `caps=` of spawn).
+DEFAULT_TOOLS = frozenset(f"{TOOL}.{name}" for name in (
+    "calculator", "current_time", "read_file", "write_file", "list_files", "run_python"))
 
 # What `llmos run` and the shell grant an app unless told otherwise.
 DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE, CONSOLE})
 
 DEFAULT_APP = DEFAULT_APP | {MEMORY}  # apps keep their own memories by default
+DEFAULT_APP = DEFAULT_APP | DEFAULT_TOOLS
 
 
 def grants(granted: Iterable[str], wanted: str) -> bool:

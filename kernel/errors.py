@@ -139,6 +139,49 @@ class MemoryUnavailable(SyscallError):
     code = Errno.ENODEV
 
 
+class NoSuchTool(SyscallError):
+    """No tool has that name; the message lists the tools the caller may call."""
+
+    code = Errno.ENOENT
+
+
+class InvalidToolArguments(InvalidRequest):
+    """The arguments do not match the tool's JSON schema; the tool did not run. Fix the call."""
+
+    code = Errno.EINVAL
+
+
+class ToolFailed(SyscallError):
+    """The tool ran and raised (or its MCP server answered with an error); the message says
+    what it raised. The kernel and the caller go on; retrying with other arguments may help."""
+
+    code = Errno.EIO
+
+
+class ToolTimeout(Timeout):
+    """The tool did not finish within its timeout; it was stopped (a sandboxed tool is
+    killed, an in-process sync tool's thread is abandoned)."""
+
+    code = Errno.ETIMEDOUT
+
+
+class ToolLimitExceeded(SyscallError):
+    """A sandboxed tool hit a resource limit (`limit`: "cpu", "memory" or "output") and
+    was stopped. The kernel goes on; the same call will hit the limit again."""
+
+    code = Errno.EDQUOT
+
+    def __init__(self, message: str, limit: str = "") -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ToolUnavailable(SyscallError):
+    """The kernel has no tools, or the tool's provider (an MCP server) is gone."""
+
+    code = Errno.ENODEV
+
+
 class StoreLocked(MemoryUnavailable):
     """Another llmos process is the writer of this store folder. Stop it, use another
     LLMOS_HOME or store path, or share one `chroma run` server between kernels."""

@@ -30,6 +30,7 @@ from llmos.kernel.model import ModelDriver
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
 from llmos.kernel.proctable import ProcessTable
 from llmos.kernel.scheduler import Scheduler
+from llmos.kernel.tools import ToolProvider
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Kernel:
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
+        self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()

@@ -39,6 +39,16 @@ DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01
 
+# Tools ------------------------------------------------------------------------------
+TOOL_TIMEOUT_S = 30.0  # wall time of a tool call when neither the tool nor the caller names one
+MAX_TOOL_TIMEOUT_S = 3600.0  # the longest timeout a tool or a call may ask for
+# A sandboxed tool runs in a child process with these rlimits unless it asks for others.
+SANDBOX_CPU_S = 10  # CPU seconds (RLIMIT_CPU): a spinning tool is stopped past it
+SANDBOX_MEMORY_MB = 512  # address space (RLIMIT_AS) the child may add once the tool is imported
+SANDBOX_FILE_MB = 64  # the largest file a sandboxed tool may write (RLIMIT_FSIZE)
+SANDBOX_OUTPUT_BYTES = 1_000_000  # of a sandboxed tool's result (JSON); more fails the call
+MCP_CONNECT_TIMEOUT_S = 20.0  # to start an MCP server and list its tools; past it the server is skipped
+
 # Memory: context windows and the store ---------------------------------------------
 # A process's window is the model's context length less this room for the reply (at most
 # a quarter of the context). The pinned messages and the newest message are never evicted:

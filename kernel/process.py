@@ -48,6 +48,8 @@ class ProcessStats(BaseModel):
     completion_tokens: int = 0
     syscall_time_s: float = 0.0  # time spent inside syscalls, blocked ones included
     generation_time_s: float = 0.0
+    tool_calls: int = 0
+    tool_time_s: float = 0.0  # wall time inside tool calls, failed ones included
 
     @property
     def tokens(self) -> int:

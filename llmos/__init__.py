@@ -17,9 +17,14 @@ from llmos.model import Model, ModelListing, available_models, load_model
 from llmos.runtime import LLMOS
 from llmos.syscalls import Reply, Sys, SyscallError, TextStream
 
+from llmos.drivers.tools import Tool, tool
+from llmos import plugins
+
 __version__ = "0.1.0"
+plugins.load()  # built-in and installed plugins register their models, tools and apps
 
 __all__ = [
     "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable", "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys",
     "SyscallError", "TextStream", "UnknownModel", "boot", "load_model", "model_names",
+    "Tool", "tool",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
 
 from llmos.drivers import DEFAULT_MODEL
+from llmos.drivers.tools import REGISTERED, Tool, ToolBox, registration
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ModelDriver
@@ -25,7 +26,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
                max_batch: int = params.MAX_BATCH, quantum: int = params.RR_QUANTUM_TOKENS,
                memory: str | Path | MemoryStore | None = "embedded",
                context_policy: str | Policy = params.DEFAULT_CONTEXT_POLICY,
-               context_budget: int | None = None) -> AsyncIterator[Kernel]:
+               context_budget: int | None = None, tools: Iterable[Tool | Callable] = (),
+               mcp_servers: Mapping | str | Path | None = "config") -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
@@ -38,6 +40,10 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     `context_policy`: "summary+recall" or "recency" (or a `llmos.memory.Policy`).
     `context_budget`: tokens a process's context window holds (default: the model's context
     length less the reply's room); a small one makes paging easy to watch and test.
+
+    `tools`: Python tools (functions or `@llmos.tool`s) offered besides the plugins' ones.
+    `mcp_servers`: the MCP servers whose tools to offer: "config" (LLMOS_HOME/mcp.json, if
+    there is one), another JSON file, a {"mcpServers": {...}} mapping, or None for none.
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
     memory_system = _memory(memory, context_policy, context_budget)  # fails fast on a bad policy
@@ -45,7 +51,11 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     if driver is not None:
         max_batch = min(max_batch, driver.max_batch)
     scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)
-    async with Kernel(TABLE, Sys, driver=driver, scheduler=scheduler, memory=memory_system) as kernel:
+    async with AsyncExitStack() as stack:  # MCP servers outlive the processes that use them
+        toolbox = await _tools(stack, tools, mcp_servers)
+        kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,
+                                                        memory=memory_system))
+        kernel.tools = toolbox
         yield kernel
 
 
@@ -53,6 +63,26 @@ async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None
     if isinstance(model, str):
         model = await anyio.to_thread.run_sync(load_model, model)
     return model.driver if isinstance(model, Model) else model
+
+
+async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
+                 mcp_servers: Mapping | str | Path | None) -> ToolBox:
+    toolbox = ToolBox([*REGISTERED.values(), *map(registration, tools)], workspaces=llmos_home() / "workspaces")
+    if mcp_servers == "config":
+        mcp_servers = llmos_home() / "mcp.json"
+        if not mcp_servers.is_file():
+            return toolbox
+    if mcp_servers is None:
+        return toolbox
+    from llmos.drivers.tools import mcp_client  # the SDK loads only when servers are configured
+
+    if isinstance(mcp_servers, Mapping):
+        servers = mcp_client.parse_config(mcp_servers)
+    else:
+        servers = mcp_client.read_config(Path(mcp_servers))
+    if servers:
+        await stack.enter_async_context(mcp_client.connected(servers, toolbox))
+    return toolbox
 
 
 def _memory(memory: str | Path | MemoryStore | None, policy: str | Policy, budget: int | None) -> MemoryManager:

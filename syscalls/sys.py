@@ -11,6 +11,7 @@ from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
 from llmos.kernel.memory import MemoryItem, Metadata
 from llmos.syscalls.context import ContextHandle
 from llmos.syscalls.generate import Reply, TextStream
+from llmos.syscalls.tools import ToolSpec
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -130,6 +131,16 @@ class Sys:
 
     async def forget(self, id: str, *, namespace: str | None = None) -> None:  # noqa: A002 - the item's id
         await self._call("forget", id=id, namespace=namespace)
+
+    # -- tools ----------------------------------------------------------------------------------
+    async def list_tools(self) -> list[ToolSpec]:
+        """The tools this process may call (its capabilities grant "tool.NAME"), by name."""
+        return await self._call("list_tools")
+
+    async def call_tool(self, name: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
+        """Call tool `name` with keyword `arguments`, validated against its schema first;
+        returns its JSON-able result. `timeout` (seconds) may shorten the tool's own."""
+        return await self._call("call_tool", name=name, arguments=arguments, timeout=timeout)
 
     @property
     def context(self) -> ContextHandle:

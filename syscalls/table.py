@@ -3,5 +3,7 @@
 from llmos.kernel.dispatch import SyscallTable
 from llmos.syscalls import context, memory
 from llmos.syscalls import console, generate, ipc, proc
+from llmos.syscalls import tools
 
-TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS, **console.HANDLERS})
+TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS, **console.HANDLERS,
+                      **tools.HANDLERS})

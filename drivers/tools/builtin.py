@@ -1,0 +1,153 @@
+"""The built-in tools, a plugin like any other (see llmos.hookspecs): calculator, current
+time, files in the caller's workspace folder, and a Python runner in the sandbox."""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import math
+import operator
+import zoneinfo
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmos.drivers.tools import sandbox_worker
+from llmos.drivers.tools.function import Tool, tool
+from llmos.drivers.tools.sandbox import Limits
+from llmos.kernel.errors import InvalidToolArguments, PermissionDenied
+from llmos.hookspecs import hookimpl
+from llmos.kernel.tools import ToolContext
+
+
+MAX_READ_BYTES = 1_000_000  # read_file returns at most this much of a file
+MAX_POWER_BITS = 10_000  # calculator: results of ** past this many bits are refused, not computed
+
+# -- calculator ------------------------------------------------------------------------------------------
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    name: getattr(math, name) for name in ("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin", "acos",
+                                           "atan", "floor", "ceil", "factorial", "radians", "degrees")
+} | {"abs": abs, "round": round, "min": min, "max": max}
+_CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
+
+
+def _evaluate(node: ast.AST) -> Any:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+        return _CONSTANTS[node.id]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) * max(1.0, math.log2(abs(left) or 1)) > MAX_POWER_BITS:
+            raise ValueError(f"{left} ** {right} is too large to compute")
+        return _BINARY[type(node.op)](left, right)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
+            and not node.keywords):
+        if node.func.id == "factorial" and _evaluate(node.args[0]) > 1000:
+            raise ValueError("factorial of more than 1000 is too large to compute")
+        return _FUNCTIONS[node.func.id](*(_evaluate(arg) for arg in node.args))
+    raise ValueError(f"{ast.unparse(node)!r} is not arithmetic (numbers, + - * / // % **, parentheses, "
+                     f"{', '.join(sorted(_CONSTANTS))}, {', '.join(sorted(_FUNCTIONS))})")
+
+
+@tool
+def calculator(expression: str) -> float | int:
+    """Evaluate an arithmetic expression exactly as written, e.g. "(3 + 4) * 2 ** 10" or "sqrt(2) / 2".
+
+    Args:
+        expression: numbers with + - * / // % ** and parentheses, the constants pi, e and tau, and
+            functions such as sqrt, log, sin, cos, round, abs, min, max
+    """
+    try:
+        return _evaluate(ast.parse(expression.strip(), mode="eval"))
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:
+        raise InvalidToolArguments(f"calculator cannot evaluate {expression!r}: {exc}") from None
+
+
+# -- time ------------------------------------------------------------------------------------------------
+@tool
+def current_time(timezone: str = "UTC") -> str:
+    """The current date and time, in ISO 8601 form, in a time zone.
+
+    Args:
+        timezone: an IANA time zone name such as "UTC", "Europe/Paris" or "America/New_York"
+    """
+    try:
+        zone = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidToolArguments(f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Paris'") from None
+    return datetime.datetime.now(zone).isoformat(timespec="seconds")
+
+
+# -- files in the caller's workspace --------------------------------------------------------------------
+def inside(workspace: Path, path: str) -> Path:
+    """`path` (relative to the workspace) resolved, refused if it leads outside the workspace."""
+    root = workspace.resolve()
+    target = (root / path).resolve()  # follows symbolic links, so a link out of the workspace is refused too
+    if not target.is_relative_to(root):
+        raise PermissionDenied(f"{path!r} is outside this process's workspace folder; use a path inside it")
+    return target
+
+
+@tool
+def read_file(path: str, ctx: ToolContext) -> str:
+    """Read a text file from your workspace folder.
+
+    Args:
+        path: the file's path relative to the workspace folder
+    """
+    target = inside(ctx.workspace_path, path)
+    if not target.is_file():
+        raise FileNotFoundError(f"no file {path!r} in the workspace")
+    with target.open("rb") as handle:
+        return handle.read(MAX_READ_BYTES).decode(errors="replace")
+
+
+@tool
+def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) -> str:
+    """Write a text file in your workspace folder (its folders are created as needed).
+
+    Args:
+        path: the file's path relative to the workspace folder
+        content: the text to write
+        append: add to the end of the file instead of replacing it
+    """
+    target = inside(ctx.workspace_path, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a" if append else "w", encoding="utf-8") as handle:
+        handle.write(content)
+    return f"wrote {len(content)} characters to {path}"
+
+
+@tool
+def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
+    """List the files and folders (ending in "/") in a folder of your workspace.
+
+    Args:
+        path: the folder, relative to the workspace folder
+    """
+    folder = inside(ctx.workspace_path, path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {path!r} in the workspace")
+    return sorted(f"{child.name}/" if child.is_dir() else child.name for child in folder.iterdir())
+
+
+# -- Python, in the sandbox -----------------------------------------------------------------------------
+run_python = Tool(sandbox_worker.run_python, trusted=False, timeout=30, limits=Limits(cpu_s=10, memory_mb=256))
+
+BUILTIN_TOOLS = (calculator, current_time, read_file, write_file, list_files, run_python)
+
+
+@hookimpl
+def register_tools(register: Callable[..., Any]) -> None:
+    for builtin in BUILTIN_TOOLS:
+        register(builtin)  # trusted, as built-ins are, except run_python, which says it is not
