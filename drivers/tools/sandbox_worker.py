@@ -26,9 +26,12 @@ from typing import Any
 def load(request: dict[str, Any]) -> Any:
     module_name, file = request["module"], request.get("file")
     try:
-        if module_name == "__main__":  # a script's own tools: only its file can say where they are
+        if file and os.path.realpath(file) == os.path.realpath(__file__):  # run_python: no package to import
+            module = sys.modules[__name__]
+        elif module_name == "__main__":  # a script's own tools: only its file can say where they are
             raise ImportError(module_name)
-        module = importlib.import_module(module_name)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError:
         if not file:
             raise
