@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from llmos.drivers.grammar import Grammars
 from llmos.drivers.kv_cache import PrefixCache, SlotCache
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
 from llmos.drivers.text import advance
@@ -25,12 +27,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class JobState:
+    """What the engine keeps on a job (`job.driver_state`) across preemptions."""
+
+    generator: torch.Generator | None = None  # its own RNG, when it samples
+    matcher: Any = None  # its grammar's state, when its output is constrained
+
+
+@dataclass
 class _Seq:
     job: GenerationJob
     row: int
     computed: int  # tokens whose K/V are in the row
     streamed: int  # characters of job.text already emitted
-    generator: torch.Generator | None
+
+    @property
+    def state(self) -> JobState:
+        return self.job.driver_state
 
     @property
     def tokens(self) -> list[int]:
@@ -62,10 +75,12 @@ class Engine:
         self.cache = self.runner.cache
         block_bytes = self.cache.bytes_per_token() * 32
         self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
+        self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
         self.seqs: dict[int, _Seq] = {}  # job id -> live sequence
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
 
     # -- the step ------------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         self._sync(running)
         ordered = self._arrange()
@@ -103,16 +118,20 @@ class Engine:
         self.cache.write_prefix(row, blocks, hit)
         self.prefix.hits += hit
         self.prefix.misses += len(tokens) - hit
-        self.seqs[job.id] = _Seq(job=job, row=row, computed=hit, streamed=len(job.text),
-                                 generator=self._generator(job))
+        self.init_state(job)
+        self.seqs[job.id] = _Seq(job=job, row=row, computed=hit, streamed=len(job.text))
 
-    def _generator(self, job: GenerationJob) -> torch.Generator | None:
-        if job.sampling.temperature == 0:
-            return None
-        if job.driver_state is None:  # one RNG per job, kept across preemptions
-            job.driver_state = torch.Generator(device=self.device)
-            job.driver_state.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
-        return job.driver_state
+    def init_state(self, job: GenerationJob) -> None:
+        """Give a job its RNG and grammar matcher, once: they live on across preemptions."""
+        if job.driver_state is not None:
+            return
+        state = JobState()
+        if job.sampling.temperature > 0:
+            state.generator = torch.Generator(device=self.device)
+            state.generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
+        if job.sampling.json_schema is not None:
+            state.matcher = self.grammars.json_matcher(job.sampling.json_schema)
+        job.driver_state = state
 
     def _release(self, seq: _Seq) -> None:
         if seq.computed >= 32:
@@ -141,7 +160,8 @@ class Engine:
 
     # -- passes ----------------------------------------------------------------------------------
     def _decode(self, seqs: list[_Seq]) -> list[tuple[GenerationJob, str]]:
-        tokens = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)
+        tokens = torch.tensor([[s.job.token_ids[-1] if s.job.token_ids else s.job.prompt_ids[-1]] for s in seqs],
+                              device=self.device)
         starts = torch.tensor([s.computed for s in seqs], device=self.device)
         logits = self.runner.forward(Batch(first=0, tokens=tokens, starts=starts,
                                            lengths=torch.ones_like(starts)))
@@ -174,10 +194,14 @@ class Engine:
         return self._sample_and_commit([chunks[i][0] for i in done], logits[done]) if done else []
 
     def _sample_and_commit(self, seqs: list[_Seq], logits: torch.Tensor) -> list[tuple[GenerationJob, str]]:
+        for i, s in enumerate(seqs):
+            if s.state.matcher is not None:  # what the grammar forbids cannot be chosen
+                logits[i].masked_fill_(~self.grammars.allowed(s.state.matcher), float("-inf"))
         chosen = logits.argmax(dim=-1)
         for i, s in enumerate(seqs):
-            if s.generator is not None:
-                chosen[i] = sample_top_p(logits[i], s.job.sampling.temperature, s.job.sampling.top_p, s.generator)
+            if s.state.generator is not None:
+                chosen[i] = sample_top_p(logits[i], s.job.sampling.temperature, s.job.sampling.top_p,
+                                         s.state.generator)
         return [piece for s, token in zip(seqs, chosen.tolist(), strict=True) if (piece := self._commit(s, token))]
 
     def _commit(self, seq: _Seq, token: int) -> tuple[GenerationJob, str] | None:
@@ -190,16 +214,27 @@ class Engine:
         if not eos:
             job.token_ids.append(token)
             self.tokens_out += 1
+        complete = self._grammar_done(seq, token, eos)
         total = len(job.prompt_ids) + len(job.token_ids)
-        final = eos or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
+        final = eos or complete or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
         piece, stopped = advance(job, self.tokenizer.decode(job.token_ids, skip_special_tokens=True),
                                  seq.streamed, final)
         seq.streamed += len(piece)
-        if eos or stopped:
+        if eos or stopped or complete:
             job.finish_reason = "stop"
         elif final:
             job.finish_reason = "length"
         return (job, piece) if piece else None
+
+    @staticmethod
+    def _grammar_done(seq: _Seq, token: int, eos: bool) -> bool:
+        """Feed the token to the sequence's grammar; True once the grammar is complete."""
+        matcher = seq.state.matcher
+        if matcher is None or eos:
+            return False
+        if not matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused a token it allowed: {matcher.get_error()}")
+        return matcher.is_stopped()
 
     def statistics(self) -> dict[str, int]:
         return {"sequences": len(self.seqs), "steps": self.steps, "tokens_computed": self.tokens_in,

@@ -64,6 +64,7 @@ class TransformersDriver:
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; {self.name}'s context window "
                                   f"is {self.context_length}, leaving no room for a reply")
+        self.engine.init_state(job)  # a bad json_schema fails here, before the job is queued
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))

@@ -36,6 +36,9 @@ class SamplingParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: tuple[str, ...] = Field(default=(), max_length=16)
+    # Constrain the reply to JSON that follows this schema: it always parses, unless
+    # max_tokens cuts it short (finish_reason "length").
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)

@@ -77,3 +77,21 @@ async def test_killing_a_process_cancels_its_generation_and_others_go_on(smollm2
     assert killed.state is ProcState.KILLED and killed.reason == "test kill"
     assert not kernel.generation.tickets
     assert ok.state is ProcState.EXITED and "Paris" in ok.result
+
+
+async def test_structured_output_through_sys_chat(smollm2):
+    import json
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 60},
+                                               "confidence": {"enum": ["low", "medium", "high"]}},
+              "required": ["answer", "confidence"], "additionalProperties": False}
+
+    async def structured(sys: Sys, question: str) -> dict:
+        reply = await sys.chat(question, json_schema=schema, max_tokens=60)
+        return json.loads(reply.text)
+
+    async with llmos.boot(smollm2) as kernel:
+        procs = [await kernel.spawn(structured, q) for q in QUESTIONS]
+        results = [(await kernel.wait(p.pid)).result for p in procs]
+    assert all(set(r) == {"answer", "confidence"} and r["confidence"] in ("low", "medium", "high") for r in results)
+    assert "Paris" in results[0]["answer"]
