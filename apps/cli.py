@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 import llmos
-from llmos.apps import demo, registry, runner
+from llmos import plugins
+from llmos.apps import demo, registry, runner, tools
 from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
 
 app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
@@ -84,6 +85,41 @@ def apps_cmd() -> None:
     runner.stdout_console().print(table)
 
 
+@app.command("tools")
+def tools_cmd(cap: Annotated[Optional[list[str]], typer.Option("--cap", help="List only what these capabilities "
+                                                                "grant (default: every tool).")] = None) -> None:
+    """The tools processes can call: built-in, from plugins, and from MCP servers (LLMOS_HOME/mcp.json)."""
+    caps = frozenset(cap) if cap else frozenset({"tool.*"})
+    status = _guard(lambda: anyio.run(lambda: runner.run_app("llmos.apps.tools:list_tools", [], model=None,
+                                                              policy="fifo", caps=caps, quotas={})))
+    if not status.ok:
+        raise typer.Exit(runner.report(status, runner.stdout_console(), err))
+    runner.stdout_console().print(tools.tools_table(status.result))
+
+
+@app.command("plugins")
+def plugins_cmd() -> None:
+    """The plugins loaded (built-in and installed), where each comes from, and its hooks.
+    LLMOS_PLUGINS=name,name loads only those installed plugins."""
+    runner.stdout_console().print(tools.plugins_table(plugins.plugins()))
+
+
+mcp_app = typer.Typer(help="The Model Context Protocol: serve llmos's tools to other agent systems.",
+                      no_args_is_help=True)
+app.add_typer(mcp_app, name="mcp")
+
+
+@mcp_app.command("serve")
+def mcp_serve(cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Serve only the tools these "
+                                                               "capabilities grant (default: the built-in ones).")]
+              = None) -> None:
+    """Serve the tools over MCP on stdin/stdout (add it to an MCP client as a stdio server)."""
+    caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
+    status = _guard(lambda: anyio.run(lambda: runner.run_app("llmos.apps.mcp_serve:main", [], model=None,
+                                                              policy="fifo", caps=caps, quotas={})))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err))
+
+
 def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line
     try:
         return action()
@@ -92,6 +128,9 @@ def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line
         if os.environ.get("LLMOS_DEBUG"):
             raise
         raise typer.Exit(1) from None
+
+
+plugins.register_commands(app)  # installed plugins add their own subcommands
 
 
 def main() -> None:
