@@ -139,7 +139,8 @@ class Sys:
 
     async def call_tool(self, name: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
         """Call tool `name` with keyword `arguments`, validated against its schema first;
-        returns its JSON-able result. `timeout` (seconds) may shorten the tool's own."""
+        returns its JSON-able result. `timeout` (seconds) may shorten the tool's own. (A tool
+        argument named `timeout`: `sys.syscall(CallTool(name=..., arguments={...}))`.)"""
         return await self._call("call_tool", name=name, arguments=arguments, timeout=timeout)
 
     @property
