@@ -103,6 +103,7 @@ BUILTIN = (
     ("codegen", "llmos.apps.seed.codegen:main", "write code for a description; prints only the code"),
     ("qa", "llmos.apps.seed.qa:main", "answer a question from documents: qa --docs FOLDER QUESTION"),
     ("workflow", "llmos.apps.workflows.spec:main", "run a multi-agent workflow described in a TOML or YAML file"),
+    ("react", "llmos.apps.react:main", "answer a question by calling tools in a loop (--tools a,b --steps N)"),
 )
 
 

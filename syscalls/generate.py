@@ -6,9 +6,10 @@ produces it and holds the `Reply` once it is exhausted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,7 +20,8 @@ from llmos.kernel.generation import GenerationService, Ticket
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ChatMessage, FinishReason, GenerationJob, SamplingParams
 from llmos.kernel.process import Process
-from llmos.syscalls import context
+from llmos.syscalls import context, toolchat
+from llmos.syscalls.toolchat import ToolCall
 
 
 class Reply(BaseModel):
@@ -34,6 +36,7 @@ class Reply(BaseModel):
     model: str
     elapsed_s: float
     first_token_s: float | None  # time to first token, None if none came
+    tool_calls: tuple[ToolCall, ...] = ()  # with `tools=`: the calls the model chose (then text is "")
 
 
 class _Sampling(Request, SamplingParams):
@@ -55,11 +58,14 @@ class Chat(_Sampling):
     message: str | None = None  # appended to the process's conversation, as is the reply
     messages: tuple[ChatMessage, ...] | None = None  # the whole conversation; the process's is untouched
     system: str | None = None  # a system prompt placed first
+    tools: tuple[str, ...] | None = None  # tools the model may call instead of answering (not with stream)
 
     @model_validator(mode="after")
     def _one_source(self) -> Chat:
         if (self.message is None) == (self.messages is None):
             raise ValueError("give exactly one of 'message' or 'messages'")
+        if self.tools is not None and (not self.tools or self.stream or self.json_schema is not None):
+            raise ValueError("'tools' must name at least one tool, and goes with neither 'stream' nor 'json_schema'")
         if self.messages is not None and not self.messages:
             raise ValueError("'messages' must not be empty")
         return self
@@ -132,6 +138,10 @@ async def _serve(service: GenerationService, ticket: Ticket, stream: bool,
 
 async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
     service = _service(kernel)
+    if req.tools is not None:
+        call = await _choose_tool(kernel, service, caller, req)
+        if call is not None:
+            return call
     system = (ChatMessage(role="system", content=req.system),) if req.system else ()
     if req.messages is not None:
         ticket = await service.submit(caller, req.sampling(), messages=system + req.messages)
@@ -146,6 +156,39 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
             window.commit(message, reply.text)
 
     return await _serve(service, ticket, req.stream, remember)
+
+
+async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Process, req: Chat) -> Reply | None:
+    """A reply holding the tool call the model chose, or None when it chose to answer."""
+    specs = toolchat.offered_tools(kernel, caller, req.tools or ())
+    message = req.message if req.message is not None else (req.messages or ())[-1].content
+    choice = await _json_turn(service, caller, req, toolchat.choice_prompt(specs, message),
+                              toolchat.choice_schema(specs))
+    if choice.data["tool"] == toolchat.NO_TOOL:
+        return None
+    spec = next(spec for spec in specs if spec.name == choice.data["tool"])
+    arguments = await _json_turn(service, caller, req, toolchat.arguments_prompt(spec, message),
+                                 toolchat.arguments_schema(spec))
+    call = ToolCall(name=spec.name, arguments=arguments.data)
+    if req.message is not None:
+        context.window(kernel, caller).commit(req.message, json.dumps({"tool": call.name, "arguments": call.arguments}))
+    return arguments.reply.model_copy(update={
+        "text": "", "tool_calls": (call,), "prompt_tokens": choice.reply.prompt_tokens + arguments.reply.prompt_tokens,
+        "completion_tokens": choice.reply.completion_tokens + arguments.reply.completion_tokens,
+        "elapsed_s": choice.reply.elapsed_s + arguments.reply.elapsed_s})
+
+
+class _JsonTurn(BaseModel):
+    reply: Reply
+    data: Any
+
+
+async def _json_turn(service: GenerationService, caller: Process, req: Chat, prompt: str,
+                     schema: dict) -> _JsonTurn:
+    sampling = req.sampling().model_copy(update={"json_schema": schema})
+    ticket = await service.submit(caller, sampling, messages=(ChatMessage(role="user", content=prompt),))
+    reply = await _serve(service, ticket, stream=False)
+    return _JsonTurn(reply=reply, data=toolchat.parse_json(reply.text))
 
 
 async def sys_generate(kernel: Kernel, caller: Process, req: Generate) -> Reply | TextStream:

@@ -53,7 +53,9 @@ class Sys:
                    system: str | None = None, stream: bool = False, **sampling: Any) -> Reply | TextStream:
         """Say `message` in this process's conversation and get the model's reply (which
         joins the conversation), or chat statelessly over explicit `messages`.
-        Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop."""
+        Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop.
+        `json_schema=`: the reply is JSON following it. `tools=[names]`: the model may call
+        one of those tools instead of answering; the calls are in `reply.tool_calls`."""
         return await self._call("chat", message=message, messages=messages, system=system, stream=stream,
                                 **sampling)
 
