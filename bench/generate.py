@@ -14,7 +14,7 @@ FIFO and round-robin. (a) and (d) serve one request at a time, so their rate doe
 depend on N: they run --sequential requests, and N requests arriving together are given
 those requests' measured times back to back.
 
-    .venv/bin/python bench/generate.py [--quick] [--threads 2]
+    .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64]
 """
 
 from __future__ import annotations
@@ -282,21 +282,50 @@ def short_behind_long(model: llmos.Model) -> dict[str, Any]:
     return out
 
 
+def constrained_vs_free(model: llmos.Model, n: int = 16) -> dict[str, Any]:
+    """The grammar's cost per generated token: the same batch decoded free and under a JSON schema."""
+    schema = {"type": "object", "properties": {"topic": {"type": "string"}, "facts": {"type": "array",
+              "items": {"type": "string"}}}, "required": ["topic", "facts"], "additionalProperties": False}
+    runs = {}
+    for label, extra in (("free", {}), ("json_schema", {"json_schema": schema})):
+        jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=NEW_TOKENS, **extra),
+                              messages=(ChatMessage(role="user", content=q),)) for i, q in enumerate(questions(n))]
+        for job in jobs:
+            model.driver.prepare(job)
+        started = time.perf_counter()
+        while any(not j.finished for j in jobs):
+            model.driver.step([j for j in jobs if not j.finished], lambda batch: None)
+        wall = time.perf_counter() - started
+        tokens = sum(len(j.token_ids) for j in jobs)
+        runs[label] = {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "ms_per_token": wall / tokens * 1e3}
+    cost = runs["json_schema"]["ms_per_token"] - runs["free"]["ms_per_token"]
+    print(f"\ngrammar cost at batch {n}: free {runs['free']['tokens_per_s']:.1f} tok/s, constrained "
+          f"{runs['json_schema']['tokens_per_s']:.1f} tok/s ({cost:+.2f} ms per generated token)")
+    return {"batch": n, **runs, "grammar_ms_per_token": cost}
+
+
+EXTRA_RUNS: dict[str, Callable[[llmos.Model], dict[str, Any]]] = {
+    "staggered": staggered, "shared_prefix": shared_prefix, "short_behind_long": short_behind_long,
+    "constrained_vs_free": constrained_vs_free,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 1, 4 only, and no extra runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sequential", type=int, default=4, help="requests the one-at-a-time baselines run")
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 64], help="agent counts to measure")
+    parser.add_argument("--runs", nargs="+", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
+                        help="the runs after the throughput table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = llmos.load_model("smollm2")
-    ns = [1, 4] if args.quick else [1, 4, 16, 64]
+    ns = [1, 4] if args.quick else args.ns
     results: dict[str, Any] = {"threads": args.threads, "dtype": str(model.driver.model.dtype),
                                "new_tokens": NEW_TOKENS, "throughput": throughput(model, ns, args)}
-    if not args.quick:
-        results["staggered"] = staggered(model)
-        results["shared_prefix"] = shared_prefix(model)
-        results["short_behind_long"] = short_behind_long(model)
+    for name in [] if args.quick else args.runs:
+        results[name] = EXTRA_RUNS[name](model)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nsaved {RESULTS}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from llmos.drivers.grammar import Grammars
-from llmos.drivers.kv_cache import PrefixCache, SlotCache
+from llmos.drivers.kv_cache import BLOCK, PrefixCache, SlotCache
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
 from llmos.drivers.text import advance
 from llmos.kernel.model import EmitFn, GenerationJob
@@ -73,7 +73,7 @@ class Engine:
             layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length),
             flash=flash_attention_available(device))
         self.cache = self.runner.cache
-        block_bytes = self.cache.bytes_per_token() * 32
+        block_bytes = self.cache.bytes_per_token() * BLOCK
         self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
         self.seqs: dict[int, _Seq] = {}  # job id -> live sequence
@@ -113,13 +113,24 @@ class Engine:
         tokens = job.prompt_ids + job.token_ids
         self.cache.ensure_capacity(min(len(tokens) + job.max_new_tokens, self.context_length),
                                    {s.row: s.computed for s in self.seqs.values()})
-        blocks = self.prefix.lookup(tokens)
-        hit = min(len(blocks) * 32, len(tokens) - 1)
-        self.cache.write_prefix(row, blocks, hit)
-        self.prefix.hits += hit
-        self.prefix.misses += len(tokens) - hit
+        self.prefix.misses += len(tokens)
         self.init_state(job)
-        self.seqs[job.id] = _Seq(job=job, row=row, computed=hit, streamed=len(job.text))
+        self.seqs[job.id] = seq = _Seq(job=job, row=row, computed=0, streamed=len(job.text))
+        self._reuse_prefix(seq)
+
+    def _reuse_prefix(self, seq: _Seq) -> None:
+        """Copy in whatever the prefix cache holds beyond what the row has computed. Checked
+        again before every prefill chunk: agents that arrived together share a system
+        prompt, and the first one to compute a block publishes it for the others."""
+        tokens = seq.tokens
+        blocks = self.prefix.lookup(tokens)
+        hit = min(len(blocks) * BLOCK, len(tokens) - 1)
+        if hit > seq.computed:
+            start = seq.computed // BLOCK * BLOCK
+            self.cache.write_prefix(seq.row, blocks, hit, start=start)
+            self.prefix.hits += hit - seq.computed
+            self.prefix.misses -= hit - seq.computed
+            seq.computed = hit
 
     def init_state(self, job: GenerationJob) -> None:
         """Give a job its RNG and grammar matcher, once: they live on across preemptions."""
@@ -134,7 +145,7 @@ class Engine:
         job.driver_state = state
 
     def _release(self, seq: _Seq) -> None:
-        if seq.computed >= 32:
+        if seq.computed >= BLOCK:
             self.prefix.insert(seq.tokens[: seq.computed], self.cache, seq.row)
         del self.seqs[seq.job.id]
 
@@ -175,6 +186,7 @@ class Engine:
         for s in seqs:  # contiguous rows from first_row, while the budget lasts
             if budget <= 0:
                 break
+            self._reuse_prefix(s)
             n = min(s.to_feed, budget)
             chunks.append((s, s.tokens[s.computed: s.computed + n]))
             budget -= n
@@ -189,6 +201,7 @@ class Engine:
         self.tokens_in += int(lengths.sum())
         for i, (s, chunk) in enumerate(chunks):
             s.computed += len(chunk)
+            self.prefix.insert(s.tokens[: s.computed], self.cache, s.row)  # publish finished blocks at once
             if s.to_feed == 0:  # the whole prompt is in: its last logits give the first token
                 done.append(i)
         return self._sample_and_commit([chunks[i][0] for i in done], logits[done]) if done else []

@@ -75,15 +75,17 @@ class SlotCache:
         end = start + BLOCK
         return self.k[:, row, :, start:end].clone(), self.v[:, row, :, start:end].clone()
 
-    def write_prefix(self, row: int, blocks: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
-        """Copy cached blocks into a row's first `length` positions."""
-        for i, (k, v) in enumerate(blocks):
-            start = i * BLOCK
-            n = min(BLOCK, length - start)
+    def write_prefix(self, row: int, blocks: list[tuple[torch.Tensor, torch.Tensor]], length: int,
+                     start: int = 0) -> None:
+        """Copy cached blocks into a row's positions start..length-1 (start on a block boundary)."""
+        for i in range(start // BLOCK, len(blocks)):
+            k, v = blocks[i]
+            first = i * BLOCK
+            n = min(BLOCK, length - first)
             if n <= 0:
                 break
-            self.k[:, row, :, start:start + n] = k[:, :, :n]
-            self.v[:, row, :, start:start + n] = v[:, :, :n]
+            self.k[:, row, :, first:first + n] = k[:, :, :n]
+            self.v[:, row, :, first:first + n] = v[:, :, :n]
 
 
 def block_hashes(tokens: list[int]) -> list[int]:

@@ -14,11 +14,14 @@ import logging
 import math
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -79,13 +82,16 @@ class GenerationService:
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.steps = self.tokens = 0
+        # Every step runs on this one thread: torch gives each thread that calls it its own
+        # OpenMP team, and teams on different worker threads spin against each other.
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmos-{driver.name}")
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
                      messages: Sequence[ChatMessage] | None = None) -> Ticket:
         """Queue a generation for `proc`; fails fast if it cannot fit the context or quota."""
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
                             messages=tuple(messages) if messages is not None else None)
-        await anyio.to_thread.run_sync(self.driver.prepare, job)
+        await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only: no torch team needed
         job.sampling = self._fit_budget(proc, job)
         ticket = Ticket(job)
         self.tickets[job.id] = ticket
@@ -139,7 +145,8 @@ class GenerationService:
             self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
             try:
-                await anyio.to_thread.run_sync(self.driver.step, jobs, self._emit_from_thread)
+                await self._on_engine_thread(self.driver.step, jobs, partial(self._emit_from_thread,
+                                                                             anyio.lowlevel.current_token()))
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
                 for job in jobs:
@@ -186,8 +193,15 @@ class GenerationService:
         self.scheduler.remove(job.id)
         ticket._close()
 
-    def _emit_from_thread(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
-        anyio.from_thread.run_sync(self._deliver, pieces)
+    async def _on_engine_thread(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the engine's thread; a worker thread (no torch) waits for it."""
+        return await anyio.to_thread.run_sync(self._engine_thread.submit(fn, *args).result)
+
+    def close(self) -> None:
+        self._engine_thread.shutdown(wait=False)
+
+    def _emit_from_thread(self, token: Any, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+        anyio.from_thread.run_sync(self._deliver, pieces, token=token)
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
         for job, piece in pieces:

@@ -192,3 +192,14 @@ def test_the_cache_grows_for_a_long_request_and_keeps_running_ones(smollm2):
     alone = _job(3, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
     _run(driver, [alone])
     assert short.token_ids == alone.token_ids  # its K/V survived the move to the bigger cache
+
+
+def test_agents_arriving_together_share_a_system_prompt(smollm2):
+    driver = smollm2.driver
+    driver.engine.prefix.blocks.clear()
+    system = "You are one of many careful agents. " * 40  # ~320 tokens, longer than a prefill chunk
+    jobs = [_job(i, driver, question=q, system=system, max_tokens=4) for i, q in enumerate(QUESTIONS)]
+    hits_before = driver.engine.prefix.hits
+    _run(driver, jobs)
+    shared = len(driver.tokenizer.encode(system)) // 32 * 32
+    assert driver.engine.prefix.hits - hits_before >= (len(jobs) - 1) * (shared - 32)
