@@ -201,5 +201,6 @@ def test_agents_arriving_together_share_a_system_prompt(smollm2):
     jobs = [_job(i, driver, question=q, system=system, max_tokens=4) for i, q in enumerate(QUESTIONS)]
     hits_before = driver.engine.prefix.hits
     _run(driver, jobs)
-    shared = len(driver.tokenizer.encode(system)) // 32 * 32
-    assert driver.engine.prefix.hits - hits_before >= (len(jobs) - 1) * (shared - 32)
+    # The first prefill chunk (256 tokens) is computed by one agent and copied by the
+    # others; the rest of the prompt may be computed side by side in the next chunk.
+    assert driver.engine.prefix.hits - hits_before >= (len(jobs) - 1) * driver.engine.config.prefill_chunk
