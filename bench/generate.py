@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sequential", type=int, default=4, help="requests the one-at-a-time baselines run")
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 64], help="agent counts to measure")
-    parser.add_argument("--runs", nargs="+", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
+    parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

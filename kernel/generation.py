@@ -15,13 +15,10 @@ import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -145,8 +142,11 @@ class GenerationService:
             self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
             try:
-                await self._on_engine_thread(self.driver.step, jobs, partial(self._emit_from_thread,
-                                                                             anyio.lowlevel.current_token()))
+                pieces: list[tuple[GenerationJob, str]] = []
+                # The engine thread only appends: it never waits on the event loop, and the
+                # pieces of a step are delivered as soon as the step returns.
+                await self._on_engine_thread(self.driver.step, jobs, pieces.extend)
+                self._deliver(pieces)
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
                 for job in jobs:
@@ -199,9 +199,6 @@ class GenerationService:
 
     def close(self) -> None:
         self._engine_thread.shutdown(wait=False)
-
-    def _emit_from_thread(self, token: Any, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
-        anyio.from_thread.run_sync(self._deliver, pieces, token=token)
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
         for job, piece in pieces:
