@@ -181,6 +181,11 @@ async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None 
             "ttfts": [r[0] for r in results]}
 
 
+def cold(model: llmos.Model) -> None:
+    """Empty the prefix cache, so a run does not reuse the prompts an earlier run computed."""
+    model.driver.engine.prefix.blocks.clear()
+
+
 def _token_budgets(qs: list[str], max_tokens: int | list[int]) -> list[int]:
     return max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(qs)
 
@@ -215,8 +220,10 @@ def throughput(model: llmos.Model, ns: list[int], args: argparse.Namespace) -> d
                                "static_batch": static_batch_generate(hf, tok, qs),
                                "hf_generate_batch": hf_generate_batch(hf, tok, qs),
                                "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n)}
+        cold(model)
         row["llmos"] = anyio.run(lambda: llmos_agents(model, qs))
         row["llmos"].pop("ttfts")
+        cold(model)  # else the bare engine would find these very prompts in the prefix cache
         row["bare_engine"] = bare_engine(model.driver, qs)
         out[str(n)] = row
         report_throughput(n, row)
