@@ -66,9 +66,6 @@ class TransformersDriver:
                                   f"is {self.context_length}, leaving no room for a reply")
         self.engine.init_state(job)  # a bad json_schema fails here, before the job is queued
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
     # -- decoding --------------------------------------------------------------------------------
     def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """One engine step: every running job gains at most one token (see Engine.step)."""

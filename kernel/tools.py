@@ -9,8 +9,7 @@ validates the arguments against the tool's schema before the tool runs.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,43 +66,3 @@ class ToolProvider(Protocol):
     async def call(self, name: str, arguments: Mapping[str, Any], context: ToolContext) -> Any:
         """Validate `arguments` (InvalidToolArguments), run the tool and return its JSON-able
         result; a tool's failure is a ToolFailed, a sandbox limit a ToolLimitExceeded."""
-
-
-def tool_call_schema(tools: Iterable[ToolSpec], *, answer: bool = True) -> JsonSchema:
-    """A JSON schema for one model turn that either calls one of `tools` or answers in text:
-
-        {"tool": "<name>", "arguments": {...that tool's arguments...}}   or   {"answer": "..."}
-
-    One `anyOf` branch per tool (its name a `const`, so each branch carries exactly that
-    tool's argument schema), then the answer branch unless `answer=False`. The tools'
-    `$defs` are hoisted to the top, renamed `TOOL__NAME`, so every `$ref` still resolves.
-    """
-    branches: list[JsonSchema] = []
-    defs: JsonSchema = {}
-    for spec in tools:
-        arguments = copy.deepcopy(spec.parameters)
-        local = arguments.pop("$defs", {})
-        renames = {f"#/$defs/{key}": f"#/$defs/{spec.name}__{key}" for key in local}
-        defs.update({f"{spec.name}__{key}": _rename_refs(value, renames) for key, value in local.items()})
-        branches.append(_object({"tool": {"const": spec.name}, "arguments": _rename_refs(arguments, renames)}))
-    if answer:
-        branches.append(_object({"answer": {"type": "string"}}))
-    if not branches:
-        raise ValueError("tool_call_schema needs at least one tool, or answer=True")
-    schema: JsonSchema = {"anyOf": branches}
-    if defs:
-        schema["$defs"] = defs
-    return schema
-
-
-def _object(properties: JsonSchema) -> JsonSchema:
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
-
-
-def _rename_refs(node: Any, renames: Mapping[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {key: renames.get(value, value) if key == "$ref" and isinstance(value, str)
-                else _rename_refs(value, renames) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_rename_refs(item, renames) for item in node]
-    return node

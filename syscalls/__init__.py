@@ -19,7 +19,7 @@ from llmos.syscalls.console import AskUser, Write
 from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
 from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Suspend, Wait
 from llmos.syscalls.toolchat import ToolCall
-from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec, tool_call_schema
+from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec
 from llmos.syscalls.sys import Sys
 from llmos.syscalls.table import TABLE
 
@@ -30,5 +30,5 @@ __all__ = [
     "ContextAppend", "ContextClear", "ContextEntry", "ContextInfo", "ContextPin", "ContextRestore", "ContextSave",
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
     "AskUser", "Publish", "Subscribe", "Unsubscribe", "Write", "resolve_app",
-    "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec", "tool_call_schema",
+    "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -178,7 +178,7 @@ async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Proce
         "elapsed_s": choice.reply.elapsed_s + arguments.reply.elapsed_s})
 
 
-class _JsonTurn(BaseModel):
+class _JsonTurn(NamedTuple):
     reply: Reply
     data: Any
 

@@ -23,6 +23,9 @@ from llmos.kernel.tools import ToolSpec
 from llmos.syscalls.tools import may_call
 
 
+NO_TOOL = "none"  # the choice that means "answer without a tool"
+
+
 class ToolCall(BaseModel):
     """A call the model asked for; run it with `sys.call_tool(call.name, **call.arguments)`."""
 
@@ -38,6 +41,9 @@ def offered_tools(kernel: Kernel, caller: Process, names: Sequence[str]) -> list
         raise ToolUnavailable("this kernel has no tools to offer the model")
     specs = []
     for name in dict.fromkeys(names):
+        if name == NO_TOOL:
+            raise InvalidRequest(f"a tool named {NO_TOOL!r} cannot be offered: the model says {NO_TOOL!r} "
+                                 "when it chooses no tool")
         spec = kernel.tools.get(name)
         if spec is None:
             raise NoSuchTool(f"no tool named {name!r} to offer the model")
@@ -46,9 +52,6 @@ def offered_tools(kernel: Kernel, caller: Process, names: Sequence[str]) -> list
                                    f"'{capabilities.TOOL}.{name}', which process {caller.pid} does not hold")
         specs.append(spec)
     return specs
-
-
-NO_TOOL = "none"
 
 
 def choice_schema(specs: Sequence[ToolSpec]) -> dict[str, Any]:

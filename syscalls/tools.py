@@ -18,7 +18,7 @@ from llmos.kernel.abi import Request
 from llmos.kernel.errors import NoSuchTool, PermissionDenied, ToolTimeout, ToolUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
-from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec, tool_call_schema
+from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec
 
 
 class CallTool(Request):
@@ -74,4 +74,4 @@ async def sys_call_tool(kernel: Kernel, caller: Process, req: CallTool) -> Any:
 
 HANDLERS = {CallTool: sys_call_tool, ListTools: sys_list_tools}
 
-__all__ = ["CallTool", "HANDLERS", "ListTools", "ToolContext", "ToolSpec", "tool_call_schema"]
+__all__ = ["CallTool", "HANDLERS", "ListTools", "ToolContext", "ToolSpec"]

@@ -63,8 +63,9 @@ async def test_tool_errors() -> None:
         return [(await caught(sys.chat("x", tools=["nope"]))).code,
                 (await caught(sys.chat("x", tools=["read_file"]))).code,
                 (await caught(sys.chat("x", tools=["calculator"], stream=True))).code,
-                (await caught(sys.chat("x", tools=[]))).code]
+                (await caught(sys.chat("x", tools=[]))).code,
+                (await caught(sys.chat("x", tools=["none"]))).code]
 
     async with llmos.boot(FakeDriver()) as kernel:
         codes = result(await spawn_and_wait(kernel, main, caps=CAPS))
-    assert codes == [NoSuchTool.code, Errno.EPERM, Errno.EINVAL, Errno.EINVAL]
+    assert codes == [NoSuchTool.code, Errno.EPERM, Errno.EINVAL, Errno.EINVAL, Errno.EINVAL]
