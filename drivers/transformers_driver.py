@@ -6,16 +6,33 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
 from llmos.drivers.engine import Engine, EngineConfig
-from llmos.kernel.errors import ContextOverflow
+from llmos.kernel.errors import ConfigError, ContextOverflow
 from llmos.kernel.model import EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_ENV = "LLMOS_DTYPE"  # float32 | bfloat16 | auto (the default)
+_requested_dtype: ContextVar[str | None] = ContextVar("llmos_requested_dtype", default=None)
+
+
+@contextmanager
+def requested_dtype(name: str | None) -> Iterator[None]:
+    """Models loaded inside take this dtype on the CPU (None: LLMOS_DTYPE, else auto)."""
+    token = _requested_dtype.set(name)
+    try:
+        yield
+    finally:
+        _requested_dtype.reset(token)
 
 
 def pick_device_and_attention() -> tuple[str, str, torch.dtype]:
@@ -25,7 +42,36 @@ def pick_device_and_attention() -> tuple[str, str, torch.dtype]:
             return "cuda", "flash_attention_2", torch.bfloat16
         log.warning("CUDA is available but flash-attn is not installed; using sdpa")
         return "cuda", "sdpa", torch.bfloat16
-    return "cpu", "sdpa", torch.float32
+    return "cpu", "sdpa", cpu_dtype()
+
+
+def cpu_dtype() -> torch.dtype:
+    """bfloat16 where the CPU multiplies it natively (AVX-512 BF16 or AMX), else float32.
+
+    On such a CPU bfloat16 steps are about 1.5-2x faster and SmolLM2's perplexity moves
+    by 0.2% (bench/quality.py); without those instructions bfloat16 is emulated and slower.
+    `load_model(..., dtype=)` or LLMOS_DTYPE=float32|bfloat16 overrides the choice.
+    """
+    wanted = (_requested_dtype.get() or os.environ.get(DTYPE_ENV) or "auto").strip().lower() or "auto"
+    if wanted != "auto":
+        if wanted not in DTYPES:
+            raise ConfigError(f"dtype {wanted!r} (from load_model or {DTYPE_ENV}): expected one of auto, "
+                              f"{', '.join(DTYPES)}")
+        return DTYPES[wanted]
+    native = cpu_flags() & {"avx512_bf16", "amx_bf16"}
+    return torch.bfloat16 if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def default_threads() -> int:

@@ -78,11 +78,17 @@ class Model:
         return f"<llmos.Model {self.name} context={self.context_length}>"
 
 
-def load_model(name: str = DEFAULT_MODEL) -> Model:
+def load_model(name: str = DEFAULT_MODEL, *, dtype: str | None = None) -> Model:
     """Load a model by name (`llmos models` lists them) or a local Hugging Face folder by path.
 
-    Raises `UnknownModel` (listing the names that exist) or `ModelUnavailable`."""
-    return Model(load_driver(name, llmos_home()))  # type: ignore[arg-type]
+    `dtype` ("float32", "bfloat16" or "auto") sets the precision on the CPU; by default
+    LLMOS_DTYPE, else bfloat16 where the CPU multiplies it natively, else float32.
+    Raises `UnknownModel` (listing the names that exist), `ModelUnavailable`, or
+    `ConfigError` for a dtype that is not one of those."""
+    from llmos.drivers.transformers_driver import requested_dtype
+
+    with requested_dtype(dtype):
+        return Model(load_driver(name, llmos_home()))  # type: ignore[arg-type]
 
 
 class ModelListing(BaseModel):

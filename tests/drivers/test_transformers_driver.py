@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmos.kernel.errors import ContextOverflow
+import llmos
+from llmos.drivers import transformers_driver
+from llmos.drivers.transformers_driver import DTYPE_ENV, cpu_dtype, requested_dtype
+from llmos.kernel.errors import ConfigError, ContextOverflow
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 pytestmark = pytest.mark.model
@@ -40,33 +43,62 @@ def _reference(driver, job, n):
     return [t for t in out[0, ids.shape[1]:].tolist() if t not in driver.eos_ids]
 
 
-def test_greedy_output_equals_model_generate(smollm2):
-    driver = smollm2.driver
+def test_greedy_output_equals_model_generate(smollm2_f32):
+    driver = smollm2_f32.driver
     job = _job(1, driver, question="What is the capital of France?", max_tokens=24)
     _run(driver, [job])
     assert job.token_ids == _reference(driver, job, 24)[: len(job.token_ids)]
     assert "Paris" in job.text and job.finish_reason == "stop"
 
 
-def test_raw_prompt_greedy_equals_model_generate(smollm2):
-    driver = smollm2.driver
+def test_raw_prompt_greedy_equals_model_generate(smollm2_f32):
+    driver = smollm2_f32.driver
     job = _job(1, driver, prompt="The three largest cities in Europe are", max_tokens=20)
     _run(driver, [job])
     assert job.token_ids == _reference(driver, job, 20)
 
 
-def test_batched_greedy_matches_single_runs(smollm2):
+def test_default_dtype_prefill_is_bitwise_model_generates(smollm2):
+    """In the default dtype (bfloat16 on CPUs that do it natively) the prefill's logits are
+    bitwise HF's, so the first token always agrees; decoding attends with each K/V head's
+    query group folded together, whose rounding differs from HF's in the last bit and may
+    flip a near-tie later on."""
     driver = smollm2.driver
+    driver.engine.prefix.blocks.clear()
+    for i, question in enumerate(QUESTIONS):
+        job = _job(i, driver, question=question, max_tokens=1)
+        _run(driver, [job])
+        ids = torch.tensor([job.prompt_ids])
+        with torch.inference_mode():
+            expected = driver.model(ids).logits[0, -1].argmax().item()
+        assert job.token_ids == [expected] or (expected in driver.eos_ids and not job.token_ids)
+    job = _job(9, driver, question="What is the capital of France?", max_tokens=24)
+    _run(driver, [job])
+    assert job.token_ids == _reference(driver, job, 24)[: len(job.token_ids)]
+
+
+def _alone_and_together(driver, max_tokens):
     alone = []
     for i, q in enumerate(QUESTIONS):
-        job = _job(i, driver, question=q, max_tokens=16)
+        job = _job(i, driver, question=q, max_tokens=max_tokens)
         _run(driver, [job])
         alone.append(job.token_ids)
-    together = [_job(10 + i, driver, question=q, max_tokens=16) for i, q in enumerate(QUESTIONS)]
+    together = [_job(10 + i, driver, question=q, max_tokens=max_tokens) for i, q in enumerate(QUESTIONS)]
     _run(driver, together)
-    for single, batched in zip(alone, together, strict=True):
-        assert batched.token_ids[:8] == single[:8]  # float rounding of batching may only change late tokens
-    assert len({tuple(j.token_ids) for j in together}) == len(QUESTIONS)
+    assert len({tuple(j.token_ids) for j in together}) == len(QUESTIONS)  # no row got another's tokens
+    return alone, [j.token_ids for j in together]
+
+
+def test_batched_greedy_matches_single_runs(smollm2_f32):
+    for single, batched in zip(*_alone_and_together(smollm2_f32.driver, 16), strict=True):
+        assert batched[:8] == single[:8]  # float rounding of batching may only change late tokens
+
+
+def test_batched_greedy_starts_like_single_runs_in_the_default_dtype(smollm2):
+    # bfloat16 keeps 8 bits of mantissa: a batch blocks its matmuls differently from a
+    # single row, which may flip a near-tie after a few tokens.
+    for single, batched in zip(*_alone_and_together(smollm2.driver, 8), strict=True):
+        assert batched[:3] == single[:3]
 
 
 def test_sequences_join_and_leave_a_running_batch(smollm2):
@@ -204,3 +236,30 @@ def test_agents_arriving_together_share_a_system_prompt(smollm2):
     # The first prefill chunk (256 tokens) is computed by one agent and copied by the
     # others; the rest of the prompt may be computed side by side in the next chunk.
     assert driver.engine.prefix.hits - hits_before >= (len(jobs) - 1) * driver.engine.config.prefill_chunk
+
+
+def test_dtype_is_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch):
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    monkeypatch.setattr(transformers_driver, "cpu_flags", lambda: {"avx2", "fma"})
+    assert cpu_dtype() == torch.float32
+    monkeypatch.setattr(transformers_driver, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert cpu_dtype() == (torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32)
+
+
+def test_dtype_can_be_chosen_and_a_bad_choice_is_refused(monkeypatch):
+    monkeypatch.setenv(DTYPE_ENV, "float32")
+    assert cpu_dtype() == torch.float32
+    monkeypatch.setenv(DTYPE_ENV, "BFloat16")
+    assert cpu_dtype() == torch.bfloat16
+    with requested_dtype("float32"):  # what load_model(..., dtype=) sets: it wins over the variable
+        assert cpu_dtype() == torch.float32
+    monkeypatch.setenv(DTYPE_ENV, "float8")
+    with pytest.raises(ConfigError, match="float8"):
+        cpu_dtype()
+    with pytest.raises(ConfigError, match="int4"):
+        llmos.load_model("smollm2", dtype="int4")
+
+
+def test_default_model_runs_in_the_chosen_dtype(smollm2, smollm2_f32):
+    assert smollm2.driver.model.dtype == cpu_dtype()
+    assert smollm2_f32.driver.model.dtype == torch.float32

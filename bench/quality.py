@@ -1,0 +1,101 @@
+"""Does the engine's default dtype keep the model's quality? float32 against bfloat16.
+
+On the real SmolLM2-135M-Instruct:
+  - perplexity of README.md's first 2,048 tokens, model in float32 and in bfloat16;
+  - greedy replies to 16 questions through the llmos engine in each dtype, against
+    `model.generate` in float32: how many replies are identical, and the mean share of
+    each reply that agrees before the first differing token.
+
+    .venv/bin/python bench/quality.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import llmos
+from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
+
+RESULTS = Path(__file__).parent / "results" / "quality.json"
+TEXT = Path(__file__).parent.parent / "README.md"
+QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+2?", "Write one sentence about the sea.",
+             "Explain photosynthesis briefly.", "Give me a haiku about autumn.", "Who wrote Hamlet?",
+             "List two prime numbers.", "How do bees make honey?", "Translate 'good morning' to French.",
+             "Why is the sky blue?", "What is a noun?", "Suggest a name for a cat.", "How many legs does a spider have?",
+             "What does a compiler do?", "Describe a rainbow in one sentence."]
+NEW_TOKENS = 48
+
+
+def perplexity(model: llmos.Model, tokens: int = 2048) -> float:
+    hf, tok = model.driver.model, model.driver.tokenizer
+    ids = tok(TEXT.read_text(), return_tensors="pt").input_ids[:, :tokens]
+    with torch.inference_mode():
+        return float(torch.exp(hf(ids, labels=ids).loss.float()))
+
+
+def engine_replies(model: llmos.Model) -> list[list[int]]:
+    replies = []
+    for i, question in enumerate(QUESTIONS):
+        job = GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=NEW_TOKENS),
+                            messages=(ChatMessage(role="user", content=question),))
+        model.driver.prepare(job)
+        while not job.finished:
+            model.driver.step([job], lambda pieces: None)
+        model.driver.step([], lambda pieces: None)
+        replies.append(job.token_ids)
+    return replies
+
+
+def reference_replies(model: llmos.Model) -> list[list[int]]:
+    hf, tok, eos = model.driver.model, model.driver.tokenizer, model.driver.eos_ids
+    replies = []
+    for question in QUESTIONS:
+        ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                    tokenize=True, return_dict=True)["input_ids"]])
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False)
+        replies.append([t for t in out[0, ids.shape[1]:].tolist() if t not in eos])
+    return replies
+
+
+def agreement(replies: list[list[int]], reference: list[list[int]]) -> dict[str, float]:
+    def shared_share(a: list[int], b: list[int]) -> float:
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return n / max(len(a), len(b), 1)
+
+    return {"identical": sum(a == b for a, b in zip(replies, reference, strict=True)),
+            "of": len(reference),
+            "mean_agreeing_share": sum(map(shared_share, replies, reference)) / len(reference)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    models = {dtype: llmos.load_model("smollm2", dtype=dtype) for dtype in ("float32", "bfloat16")}
+    reference = reference_replies(models["float32"])
+    results: dict[str, Any] = {"threads": args.threads, "text": TEXT.name, "questions": len(QUESTIONS)}
+    for dtype, model in models.items():
+        own = reference_replies(model) if dtype != "float32" else reference
+        replies = engine_replies(model)
+        results[dtype] = {"perplexity": perplexity(model),
+                          "engine_vs_generate_float32": agreement(replies, reference),
+                          "engine_vs_generate_same_dtype": agreement(replies, own)}
+        r = results[dtype]
+        print(f"{dtype:9} perplexity {r['perplexity']:.2f}; engine replies identical to model.generate: "
+              f"float32 {r['engine_vs_generate_float32']['identical']}/{len(QUESTIONS)} "
+              f"(agreeing share {r['engine_vs_generate_float32']['mean_agreeing_share']:.2f}), "
+              f"{dtype} {r['engine_vs_generate_same_dtype']['identical']}/{len(QUESTIONS)} "
+              f"(agreeing share {r['engine_vs_generate_same_dtype']['mean_agreeing_share']:.2f})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
