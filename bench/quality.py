@@ -3,8 +3,9 @@
 On the real SmolLM2-135M-Instruct:
   - perplexity of README.md's first 2,048 tokens, model in float32 and in bfloat16;
   - greedy replies to 16 questions through the llmos engine in each dtype, against
-    `model.generate` in float32: how many replies are identical, and the mean share of
-    each reply that agrees before the first differing token.
+    `model.generate` in float32 and in the same dtype (and model.generate's own replies
+    in each dtype against float32's): how many replies are identical, and the mean share
+    of each reply that agrees before the first differing token.
 
     .venv/bin/python bench/quality.py [--threads 2]
 """
@@ -85,13 +86,15 @@ def main() -> None:
         replies = engine_replies(model)
         results[dtype] = {"perplexity": perplexity(model),
                           "engine_vs_generate_float32": agreement(replies, reference),
-                          "engine_vs_generate_same_dtype": agreement(replies, own)}
+                          "engine_vs_generate_same_dtype": agreement(replies, own),
+                          "generate_vs_generate_float32": agreement(own, reference)}
         r = results[dtype]
         print(f"{dtype:9} perplexity {r['perplexity']:.2f}; engine replies identical to model.generate: "
               f"float32 {r['engine_vs_generate_float32']['identical']}/{len(QUESTIONS)} "
               f"(agreeing share {r['engine_vs_generate_float32']['mean_agreeing_share']:.2f}), "
               f"{dtype} {r['engine_vs_generate_same_dtype']['identical']}/{len(QUESTIONS)} "
-              f"(agreeing share {r['engine_vs_generate_same_dtype']['mean_agreeing_share']:.2f})")
+              f"(agreeing share {r['engine_vs_generate_same_dtype']['mean_agreeing_share']:.2f}); model.generate "
+              f"itself vs float32: {r['generate_vs_generate_float32']['identical']}/{len(QUESTIONS)}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {RESULTS}")
