@@ -20,6 +20,7 @@ prefix caching; a short request behind 16 long ones under FIFO and round-robin. 
 measured times back to back.
 
     .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 3]
+"""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ import torch
 import llmos
 from llmos.drivers.engine import EngineConfig
 from llmos.drivers.transformers_driver import TransformersDriver
+from llmos.kernel import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
@@ -215,16 +217,18 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
 def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: argparse.Namespace) -> dict[str, Any]:
     hf, tok = baseline.driver.model, baseline.driver.tokenizer
     out: dict[str, Any] = {}
-    seq = sequential_generate(hf, tok, questions(args.sequential))
+    seq = compute.call(sequential_generate, hf, tok, questions(args.sequential))
     other_dtype = model.driver.model.dtype != hf.dtype
-    seq_same = sequential_generate(model.driver.model, tok, questions(args.sequential)) if other_dtype else None
-    cpp = llama_cpp_sequential(questions(args.sequential), args.threads)
+    seq_same = (compute.call(sequential_generate, model.driver.model, tok, questions(args.sequential)) if other_dtype
+                else None)
+    cpp = compute.call(llama_cpp_sequential, questions(args.sequential), args.threads)
     for n in ns:
         qs = questions(n)
         row: dict[str, Any] = {"sequential_generate": one_at_a_time(seq, n)}
         if seq_same is not None:
             row[f"sequential_generate_{dtype_name(model)}"] = one_at_a_time(seq_same, n)
-        row |= {"static_batch": static_batch_generate(hf, tok, qs), "hf_generate_batch": hf_generate_batch(hf, tok, qs),
+        row |= {"static_batch": compute.call(static_batch_generate, hf, tok, qs),
+                "hf_generate_batch": compute.call(hf_generate_batch, hf, tok, qs),
                 "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n)}
         runs: dict[str, list[dict[str, Any]]] = {"llmos": [], "bare_engine": []}
         for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits both
@@ -232,7 +236,7 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
             runs["llmos"].append(anyio.run(lambda: llmos_agents(model, qs)))
             runs["llmos"][-1].pop("ttfts")
             cold(model)  # else the bare engine would find these very prompts in the prefix cache
-            runs["bare_engine"].append(bare_engine(model.driver, qs))
+            runs["bare_engine"].append(compute.call(bare_engine, model.driver, qs))
         row |= {name: median_run(r) for name, r in runs.items()}
         out[str(n)] = row
         report_throughput(n, row)
@@ -285,8 +289,8 @@ def shared_prefix(model: llmos.Model) -> dict[str, Any]:
     qs = questions(16)
     runs = {}
     for label, mb in (("with_prefix_cache", 1024), ("without_prefix_cache", 0)):
-        driver = TransformersDriver("smollm2", model.driver.model, model.driver.tokenizer,
-                                    config=EngineConfig(prefix_cache_mb=mb))
+        driver = compute.call(TransformersDriver, "smollm2", model.driver.model, model.driver.tokenizer,
+                              config=EngineConfig(prefix_cache_mb=mb))  # packs weights: torch work
         runs[label] = anyio.run(lambda d=driver: llmos_agents(llmos.Model(d), qs, system=system, max_tokens=32))
         runs[label].pop("ttfts")
     speedup = runs["without_prefix_cache"]["wall_s"] / runs["with_prefix_cache"]["wall_s"]
@@ -321,16 +325,21 @@ def constrained_vs_free(model: llmos.Model, n: int = 16) -> dict[str, Any]:
                               messages=(ChatMessage(role="user", content=q),)) for i, q in enumerate(questions(n))]
         for job in jobs:
             model.driver.prepare(job)
-        started = time.perf_counter()
-        while any(not j.finished for j in jobs):
-            model.driver.step([j for j in jobs if not j.finished], lambda batch: None)
-        wall = time.perf_counter() - started
+        wall = compute.call(step_until_done, model.driver, jobs)
         tokens = sum(len(j.token_ids) for j in jobs)
         runs[label] = {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "ms_per_token": wall / tokens * 1e3}
     cost = runs["json_schema"]["ms_per_token"] - runs["free"]["ms_per_token"]
     print(f"\ngrammar cost at batch {n}: free {runs['free']['tokens_per_s']:.1f} tok/s, constrained "
           f"{runs['json_schema']['tokens_per_s']:.1f} tok/s ({cost:+.2f} ms per generated token)")
     return {"batch": n, **runs, "grammar_ms_per_token": cost}
+
+
+def step_until_done(driver: TransformersDriver, jobs: list[GenerationJob]) -> float:
+    """Step the engine directly until every job is finished; the seconds it took."""
+    started = time.perf_counter()
+    while any(not j.finished for j in jobs):
+        driver.step([j for j in jobs if not j.finished], lambda batch: None)
+    return time.perf_counter() - started
 
 
 EXTRA_RUNS: dict[str, Callable[[llmos.Model], dict[str, Any]]] = {
@@ -349,7 +358,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    compute.call(torch.set_num_threads, args.threads)  # OpenMP's thread count is per calling thread
     model = llmos.load_model("smollm2")
     baseline = llmos.load_model("smollm2", dtype="float32")
     ns = [1, 4] if args.quick else args.ns

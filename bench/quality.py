@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import llmos
+from llmos.kernel import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "quality.json"
@@ -77,14 +78,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    compute.call(torch.set_num_threads, args.threads)
     models = {dtype: llmos.load_model("smollm2", dtype=dtype) for dtype in ("float32", "bfloat16")}
-    reference = reference_replies(models["float32"])
+    reference = compute.call(reference_replies, models["float32"])
     results: dict[str, Any] = {"threads": args.threads, "text": TEXT.name, "questions": len(QUESTIONS)}
     for dtype, model in models.items():
-        own = reference_replies(model) if dtype != "float32" else reference
-        replies = engine_replies(model)
-        results[dtype] = {"perplexity": perplexity(model),
+        own = compute.call(reference_replies, model) if dtype != "float32" else reference
+        replies = compute.call(engine_replies, model)
+        results[dtype] = {"perplexity": compute.call(perplexity, model),
                           "engine_vs_generate_float32": agreement(replies, reference),
                           "engine_vs_generate_same_dtype": agreement(replies, own),
                           "generate_vs_generate_float32": agreement(own, reference)}

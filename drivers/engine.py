@@ -20,7 +20,7 @@ import torch
 from llmos.drivers.grammar import Grammars
 from llmos.drivers.kv_cache import BLOCK, PrefixCache, SlotCache
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
-from llmos.drivers.text import advance
+from llmos.drivers.text import IncrementalDecoder, advance
 from llmos.kernel.model import EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class JobState:
     """What the engine keeps on a job (`job.driver_state`) across preemptions."""
 
+    decoder: IncrementalDecoder  # its reply's text so far
     generator: torch.Generator | None = None  # its own RNG, when it samples
     matcher: Any = None  # its grammar's state, when its output is constrained
 
@@ -136,7 +137,7 @@ class Engine:
         """Give a job its RNG and grammar matcher, once: they live on across preemptions."""
         if job.driver_state is not None:
             return
-        state = JobState()
+        state = JobState(decoder=IncrementalDecoder(self.tokenizer))
         if job.sampling.temperature > 0:
             state.generator = torch.Generator(device=self.device)
             state.generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
@@ -230,8 +231,7 @@ class Engine:
         complete = self._grammar_done(seq, token, eos)
         total = len(job.prompt_ids) + len(job.token_ids)
         final = eos or complete or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
-        piece, stopped = advance(job, self.tokenizer.decode(job.token_ids, skip_special_tokens=True),
-                                 seq.streamed, final)
+        piece, stopped = advance(job, seq.state.decoder.update(job.token_ids, final), seq.streamed, final)
         seq.streamed += len(piece)
         if eos or stopped or complete:
             job.finish_reason = "stop"

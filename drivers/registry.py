@@ -10,6 +10,7 @@ from pathlib import Path
 
 from llmos.drivers.errors import UnknownModel
 from llmos.drivers.weights import GgufSource, is_cached
+from llmos.kernel import compute
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,14 @@ def find_model(name: str) -> ModelSpec:
 
 def load_driver(name: str, home: Path) -> object:
     """Load a model by registered name, or a local Hugging Face model folder by path."""
+    # Loading runs torch (de-quantizing, casting, packing weights): on the compute thread,
+    # like every later step of the model (see llmos.kernel.compute).
     if Path(name).expanduser().is_dir() and is_cached(Path(name).expanduser()):
         from llmos.drivers.smollm2 import load_transformers_folder
 
-        return load_transformers_folder(Path(name).expanduser())
+        return compute.call(load_transformers_folder, Path(name).expanduser())
     spec = find_model(name)
     started = time.perf_counter()
-    driver = spec.load(home)
+    driver = compute.call(spec.load, home)
     log.info("loaded %s in %.1f s", spec.name, time.perf_counter() - started)
     return driver

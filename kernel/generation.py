@@ -1,7 +1,7 @@
 """The generation service: the one place where processes' requests meet the model.
 
 Requests wait in the scheduler; a loop on the event loop asks it, step by step, which
-requests run, and has the driver advance them by one token in a worker thread,
+requests run, and has the driver advance them by one token on the compute thread,
 streaming text back as it comes.
 Invariant: a job is in `self.jobs` exactly while it is unfinished, and its owner is
 charged for it exactly once, when it leaves.
@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from llmos.kernel import params
+from llmos.kernel import compute, params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
 from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
@@ -79,9 +78,6 @@ class GenerationService:
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.steps = self.tokens = 0
-        # Every step runs on this one thread: torch gives each thread that calls it its own
-        # OpenMP team, and teams on different worker threads spin against each other.
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmos-{driver.name}")
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
                      messages: Sequence[ChatMessage] | None = None) -> Ticket:
@@ -143,9 +139,9 @@ class GenerationService:
             started = time.perf_counter()
             try:
                 pieces: list[tuple[GenerationJob, str]] = []
-                # The engine thread only appends: it never waits on the event loop, and the
+                # The compute thread only appends: it never waits on the event loop, and the
                 # pieces of a step are delivered as soon as the step returns.
-                await self._on_engine_thread(self.driver.step, jobs, pieces.extend)
+                await compute.run(self.driver.step, jobs, pieces.extend)
                 self._deliver(pieces)
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
@@ -192,13 +188,6 @@ class GenerationService:
         del self.tickets[job.id]
         self.scheduler.remove(job.id)
         ticket._close()
-
-    async def _on_engine_thread(self, fn: Any, *args: Any) -> Any:
-        """Run fn(*args) on the engine's thread; a worker thread (no torch) waits for it."""
-        return await anyio.to_thread.run_sync(self._engine_thread.submit(fn, *args).result)
-
-    def close(self) -> None:
-        self._engine_thread.shutdown(wait=False)
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
         for job, piece in pieces:

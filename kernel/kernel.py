@@ -73,8 +73,6 @@ class Kernel:
             await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
-            if self.generation is not None:
-                self.generation.close()
             if self.memory is not None:
                 with anyio.CancelScope(shield=True):
                     await self.memory.aclose()

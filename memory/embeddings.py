@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from llmos.kernel import params
+from llmos.kernel import compute, params
 from llmos.kernel.errors import MemoryUnavailable
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ SMALL_BATCH = 8  # texts up to which a forward pass runs on one core (see _embed
 
 _lock = threading.Lock()  # one load
 _embedder: MiniLM | None = None
-_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-embed")  # every forward pass runs here
 
 
 def model_folder() -> Path:
@@ -90,10 +88,9 @@ def embedder() -> MiniLM:
 def embed(texts: Sequence[str]) -> np.ndarray:
     """Embed texts, blocking: call it in a worker thread, never on the event loop.
 
-    The work runs on one dedicated thread whichever thread asks: torch gives every calling
-    thread its own OpenMP team, and teams left spinning on other threads make a small
-    forward pass several times slower on a machine with few cores."""
-    return _worker.submit(_embed_now, list(texts)).result()
+    The work runs on the process's compute thread whichever thread asks, as every tensor
+    computation of llmos does (see llmos.kernel.compute)."""
+    return compute.call(_embed_now, list(texts))
 
 
 def _embed_now(texts: list[str]) -> np.ndarray:

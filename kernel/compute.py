@@ -1,0 +1,51 @@
+"""The one thread on which every tensor computation of the process runs.
+
+PyTorch's CPU backend (OpenMP, libgomp) gives each thread that starts parallel work its
+own team of worker threads. Once two teams exist and together outnumber the cores,
+libgomp stops spinning at its barriers and every operator pays for a sleep and a
+wake-up, for as long as the process lives: on 2 cores, SmolLM2 decoding one sequence
+went from ~47 to ~30 tokens/s as soon as the model had been loaded on one thread and
+stepped on another. So llmos loads models, steps them and embeds text only here, and
+several models take turns. Code that runs torch on a thread of its own (a test calling
+`model.generate`) still works, only slower.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import anyio.to_thread
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_ident: list[int] = []  # the compute thread's id, once it has started
+
+
+def _started() -> None:
+    _ident.append(threading.get_ident())
+
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-compute", initializer=_started)
+
+
+def on_compute_thread() -> bool:
+    return threading.get_ident() in _ident
+
+
+def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run fn on the compute thread, in the caller's context variables, and wait for its
+    result (never from the event loop: use `run`)."""
+    if on_compute_thread():
+        return fn(*args, **kwargs)
+    return _executor.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+
+
+async def run(fn: Callable[..., T], *args: object) -> T:
+    """Run fn(*args) on the compute thread; the event loop goes on meanwhile."""
+    future = _executor.submit(contextvars.copy_context().run, fn, *args)
+    return await anyio.to_thread.run_sync(future.result)
