@@ -49,7 +49,7 @@ def cpu_dtype() -> torch.dtype:
     """bfloat16 where the CPU multiplies it natively (AVX-512 BF16 or AMX), else float32.
 
     On such a CPU bfloat16 steps are about 1.5-2x faster and SmolLM2's perplexity moves
-    by 0.2% (bench/quality.py); without those instructions bfloat16 is emulated and slower.
+    by 0.5% (bench/quality.py); without those instructions bfloat16 is emulated and slower.
     `load_model(..., dtype=)` or LLMOS_DTYPE=float32|bfloat16 overrides the choice.
     """
     wanted = (_requested_dtype.get() or os.environ.get(DTYPE_ENV) or "auto").strip().lower() or "auto"

@@ -12,6 +12,7 @@ several models take turns. Code that runs torch on a thread of its own (a test c
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from collections.abc import Callable
@@ -46,6 +47,18 @@ def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 async def run(fn: Callable[..., T], *args: object) -> T:
-    """Run fn(*args) on the compute thread; the event loop goes on meanwhile."""
+    """Run fn(*args) on the compute thread; the event loop goes on meanwhile. Once started
+    the work always completes: a cancellation of the caller takes effect after it."""
     future = _executor.submit(contextvars.copy_context().run, fn, *args)
-    return await anyio.to_thread.run_sync(future.result)
+    with anyio.CancelScope(shield=True):
+        if _on_asyncio():  # woken by the future itself: no thread hop
+            return await asyncio.wrap_future(future)
+        return await anyio.to_thread.run_sync(future.result)
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return False
+    return True

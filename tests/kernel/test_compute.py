@@ -58,3 +58,15 @@ def test_the_event_loop_goes_on_while_the_compute_thread_works():
 
     ident = anyio.run(main)
     assert ident == compute.call(threading.get_ident) and len(ticks) == 5
+
+
+def test_a_cancelled_caller_waits_for_the_work_to_finish():
+    # an engine step, once started, completes: the kernel's books must see its outcome
+    done = []
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.05):
+            await compute.run(lambda: (threading.Event().wait(0.2), done.append(1)))
+        return bool(done)
+
+    assert anyio.run(main)
