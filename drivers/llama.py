@@ -10,9 +10,11 @@ then run about twice as fast as through `F.linear`. The engine keeps that copy b
 the HF module's own weights, which `model.generate` still uses (elsewhere, e.g. on CUDA,
 the HF modules' weights become views into the fused ones, so nothing is held twice).
 Every operation keeps HF's order and precision (norms in float32, rotary and attention
-in the model's dtype), so greedy outputs match `model.generate`. Grouped-query attention
-is done by folding each K/V head's query group into the query length, so K/V are never
-repeated per head.
+in the model's dtype), so greedy outputs match `model.generate`: token for token in
+float32 (oneDNN's float32 sums differ from MKL's in the last bits only); in bfloat16 the
+prefill is bitwise HF's, and decoding may round differently (see `_attention`).
+K/V are never repeated per head: decoding folds each K/V head's query group into one
+attention call, prefilling lets sdpa broadcast K/V heads (`enable_gqa`).
 """
 
 from __future__ import annotations
