@@ -163,8 +163,8 @@ class LlamaRunner:
         hidden = self.model.model.embed_tokens(tokens)  # (B, Q, H)
         shared = self._prepare(batch, hidden)
         for index, layer in enumerate(self.layers):
-            hidden = hidden + self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
-            hidden = hidden + self._mlp(layer, self._norm(hidden, layer.mlp_norm))
+            hidden += self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
+            hidden += self._mlp(layer, self._norm(hidden, layer.mlp_norm))
         last = (batch.lengths - 1).clamp(min=0)
         final = self.model.model.norm(hidden[torch.arange(shared.bsz), last])  # (B, H)
         return self.lm_head(final).float()
@@ -198,10 +198,9 @@ class LlamaRunner:
         return allowed.unsqueeze(1)  # (B, 1, Q, T)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """LlamaRMSNorm, in its precision: statistics in float32, scaled in the model's dtype."""
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * h.to(x.dtype)
+        """LlamaRMSNorm in its precision: statistics in float32, scaled in the model's dtype
+        (F.rms_norm of the float32 upcast is bitwise HF's x * rsqrt(mean(x²) + eps))."""
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
         gate, up = layer.gate_up(x).chunk(2, dim=-1)
