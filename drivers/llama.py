@@ -143,7 +143,6 @@ class LlamaRunner:
         self.group = self.heads // self.kv_heads
         self.scale = self.head_dim**-0.5
         self.eps = cfg.rms_norm_eps
-        self.hidden = cfg.hidden_size
         self.packed = packing_available(str(model.device), model.dtype)
         self.layers = [_gather_layer(layer, self.packed) for layer in model.model.layers]
         self.lm_head = Projection([model.lm_head], pack=self.packed)

@@ -48,7 +48,7 @@ def pick_device_and_attention() -> tuple[str, str, torch.dtype]:
 def cpu_dtype() -> torch.dtype:
     """bfloat16 where the CPU multiplies it natively (AVX-512 BF16 or AMX), else float32.
 
-    On such a CPU bfloat16 steps are about 1.5-2x faster and SmolLM2's perplexity moves
+    On such a CPU bfloat16 steps are about 1.5x faster and SmolLM2's perplexity moves
     by 0.5% (bench/quality.py); without those instructions bfloat16 is emulated and slower.
     `load_model(..., dtype=)` or LLMOS_DTYPE=float32|bfloat16 overrides the choice.
     """

@@ -8,7 +8,7 @@ handed to `llmos.boot(model=...)`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -78,7 +78,10 @@ class Model:
         return f"<llmos.Model {self.name} context={self.context_length}>"
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: str | None = None) -> Model:
+Dtype = Literal["auto", "float32", "bfloat16"]
+
+
+def load_model(name: str = DEFAULT_MODEL, *, dtype: Dtype | None = None) -> Model:
     """Load a model by name (`llmos models` lists them) or a local Hugging Face folder by path.
 
     `dtype` ("float32", "bfloat16" or "auto") sets the precision on the CPU; by default
