@@ -174,6 +174,7 @@ async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None 
         return (first or time.perf_counter()) - arrived, time.perf_counter() - arrived, stream.reply.completion_tokens
 
     arrivals = arrivals or [0.0] * len(qs)
+    clock = StepClock(model.driver)
     async with llmos.boot(model, policy=policy, quantum=quantum, max_batch=max_batch) as kernel:
         started = time.perf_counter()
         pids = []
@@ -182,8 +183,36 @@ async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None 
             pids.append((await kernel.spawn(agent, q, tokens, time.perf_counter())).pid)
         results = [(await kernel.wait(pid)).result for pid in pids]
         wall = time.perf_counter() - started
+    clock.stop()
     return {**summarize([r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results), wall),
-            "ttfts": [r[0] for r in results]}
+            **clock.summary(), "ttfts": [r[0] for r in results]}
+
+
+class StepClock:
+    """Times the engine's steps during a kernel run: the time between one step's end and the
+    next one's start is what the kernel adds (scheduling, delivering text, waking threads),
+    measured directly rather than as a difference of two noisy runs."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver, self.spans = driver, []
+        step = driver.step
+
+        def timed(running: Any, emit: Any) -> None:
+            begun = time.perf_counter()
+            step(running, emit)
+            self.spans.append((begun, time.perf_counter()))
+
+        driver.step = timed
+
+    def stop(self) -> None:
+        del self.driver.step  # the class's own method again
+
+    def summary(self) -> dict[str, float]:
+        gaps = [b - a for (_, a), (b, _) in zip(self.spans, self.spans[1:], strict=False)]
+        inside = sum(end - begun for begun, end in self.spans)
+        return {"steps": len(self.spans), "step_ms_median": statistics.median(e - b for b, e in self.spans) * 1e3,
+                "gap_ms_median": statistics.median(gaps) * 1e3 if gaps else 0.0,
+                "gap_share": sum(gaps) / (inside + sum(gaps)) if gaps else 0.0}
 
 
 def cold(model: llmos.Model) -> None:
@@ -201,16 +230,20 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
                           messages=(ChatMessage(role="user", content=q),)) for i, q in enumerate(qs)]
     started = time.perf_counter()
     firsts: dict[int, float] = {}
+    steps = []
     for job in jobs:
         driver.prepare(job)
     while any(not j.finished for j in jobs):
+        begun = time.perf_counter()
         driver.step([j for j in jobs if not j.finished], lambda batch: None)
         now = time.perf_counter()
+        steps.append(now - begun)
         for j in jobs:
             if j.token_ids and j.id not in firsts:
                 firsts[j.id] = now - started
     wall = time.perf_counter() - started
-    return summarize(list(firsts.values()), [wall] * len(jobs), sum(len(j.token_ids) for j in jobs), wall)
+    return {**summarize(list(firsts.values()), [wall] * len(jobs), sum(len(j.token_ids) for j in jobs), wall),
+            "step_ms_median": statistics.median(steps) * 1e3}
 
 
 # -- the runs ------------------------------------------------------------------------------------------
@@ -269,6 +302,9 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
     same = next((r for name, r in row.items() if name.startswith("sequential_generate_")), None)
     if same is not None:
         print(f"  llmos vs sequential generate in its own dtype: x{row['llmos']['tokens_per_s'] / same['tokens_per_s']:.2f}")
+    print(f"  kernel time between engine steps: {row['llmos']['gap_ms_median']:.2f} ms median, "
+          f"{row['llmos']['gap_share'] * 100:.1f}% of the run; engine step {row['llmos']['step_ms_median']:.1f} ms "
+          f"under the kernel, {row['bare_engine']['step_ms_median']:.1f} ms bare (medians)")
     print(f"  kernel overhead (llmos vs bare engine, medians of {len(row['llmos']['tokens_per_s_runs'])}): "
           f"{(row['bare_engine']['tokens_per_s'] / row['llmos']['tokens_per_s'] - 1) * 100:+.1f}%")
 
