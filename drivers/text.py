@@ -18,16 +18,14 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters to keep back: a possible start of a stop string, or
-    an incomplete multi-byte character (decoded as U+FFFD) that the next token may fix."""
+    """How many trailing characters to keep back: a possible start of a stop string.
+    (An incomplete multi-byte character never reaches here: IncrementalDecoder keeps it.)"""
     keep = 0
     for stop in stops:
         for k in range(min(len(stop) - 1, len(text)), keep, -1):
             if text.endswith(stop[:k]):
                 keep = k
                 break
-    while keep < len(text) and text[len(text) - 1 - keep] == "\ufffd":
-        keep += 1
     return keep
 
 
