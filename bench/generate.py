@@ -37,7 +37,7 @@ import torch
 import llmos
 from llmos.drivers.engine import EngineConfig
 from llmos.drivers.transformers_driver import TransformersDriver
-from llmos.kernel import compute
+from llmos.drivers import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
@@ -235,7 +235,7 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
         driver.prepare(job)
     while any(not j.finished for j in jobs):
         begun = time.perf_counter()
-        driver.step([j for j in jobs if not j.finished], lambda batch: None)
+        driver.engine.step([j for j in jobs if not j.finished], lambda batch: None)
         now = time.perf_counter()
         steps.append(now - begun)
         for j in jobs:
@@ -374,7 +374,7 @@ def step_until_done(driver: TransformersDriver, jobs: list[GenerationJob]) -> fl
     """Step the engine directly until every job is finished; the seconds it took."""
     started = time.perf_counter()
     while any(not j.finished for j in jobs):
-        driver.step([j for j in jobs if not j.finished], lambda batch: None)
+        driver.engine.step([j for j in jobs if not j.finished], lambda batch: None)
     return time.perf_counter() - started
 
 

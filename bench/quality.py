@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import llmos
-from llmos.kernel import compute
+from llmos.drivers import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "quality.json"
@@ -47,8 +47,8 @@ def engine_replies(model: llmos.Model) -> list[list[int]]:
                             messages=(ChatMessage(role="user", content=question),))
         model.driver.prepare(job)
         while not job.finished:
-            model.driver.step([job], lambda pieces: None)
-        model.driver.step([], lambda pieces: None)
+            model.driver.engine.step([job], lambda pieces: None)
+        model.driver.engine.step([], lambda pieces: None)
         replies.append(job.token_ids)
     return replies
 

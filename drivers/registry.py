@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmos.drivers.errors import UnknownModel
 from llmos.drivers.weights import GgufSource, is_cached
-from llmos.kernel import compute
+from llmos.drivers import compute
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from llmos.drivers import compute
 from llmos.drivers.engine import Engine, EngineConfig
 from llmos.kernel.errors import ConfigError, ContextOverflow
 from llmos.kernel.model import EmitFn, GenerationJob
@@ -113,9 +114,10 @@ class TransformersDriver:
         self.engine.init_state(job)  # a bad json_schema fails here, before the job is queued
 
     # -- decoding --------------------------------------------------------------------------------
-    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
-        """One engine step: every running job gains at most one token (see Engine.step)."""
-        self.engine.step(running, emit)
+    async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+        """One engine step on the compute thread: every running job gains at most one token
+        (see Engine.step). Once started it completes, even if the caller is cancelled."""
+        await compute.run(self.engine.step, running, emit)
 
     def statistics(self) -> dict[str, int]:
         return self.engine.statistics()

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from llmos.kernel import compute, params
+from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
 from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
@@ -139,9 +139,9 @@ class GenerationService:
             started = time.perf_counter()
             try:
                 pieces: list[tuple[GenerationJob, str]] = []
-                # The compute thread only appends: it never waits on the event loop, and the
+                # The driver's thread only appends: it never waits on the event loop, and the
                 # pieces of a step are delivered as soon as the step returns.
-                await compute.run(self.driver.step, jobs, pieces.extend)
+                await self.driver.step(jobs, pieces.extend)
                 self._deliver(pieces)
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")

@@ -1,8 +1,9 @@
 """What the kernel needs from a model driver, and the generation job they share.
 
 The kernel never imports torch: a driver (in llmos.drivers) implements `ModelDriver`
-and the composition root plugs it in. `step` is synchronous and is called in a worker
-thread, so a driver may block on tensor work without stalling the event loop.
+and the composition root plugs it in. `step` is awaited on the event loop; the driver
+runs its tensor work on a thread of its own choosing (llmos.drivers.compute), so the
+kernel stays responsive and holds no threading policy.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class GenerationJob:
         return self.sampling.max_tokens - len(self.token_ids)
 
 
-# Called by the driver (from its worker thread) with the text each job gained in a step.
+# Called by the driver (from its compute thread) with the text each job gained in a step.
 EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
 
 
@@ -84,7 +85,7 @@ class ModelDriver(Protocol):
     def prepare(self, job: GenerationJob) -> None:
         """Tokenize the job's prompt into `job.prompt_ids`; raise ContextOverflow if it cannot fit."""
 
-    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+    async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """Advance every job in `running` by at most one token, together, and set each
         finished job's `finish_reason`. Jobs it holds that are not in `running` are let go
         (preempted, cancelled); a job that comes back resumes where it stopped. Newcomers

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from llmos.drivers.text import advance
 from llmos.kernel import Kernel
@@ -94,13 +95,16 @@ class FakeDriver:
             job.driver_state = _FakeState(words=_WORDS.findall(answer))
         return job.driver_state
 
-    def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+    async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         self.batches.append([job.id for job in running])
         self.jobs += [job for job in running if job not in self.jobs]
         if self.fail_with is not None:
             raise self.fail_with
         if self.step_delay_s:
-            time.sleep(self.step_delay_s)
+            with anyio.CancelScope(shield=True):  # a started step completes, as a real driver's does
+                await anyio.sleep(self.step_delay_s)
+        else:
+            await anyio.lowlevel.checkpoint()
         emit([piece for job in running if not job.finished and (piece := self._step(job))])
 
     def _step(self, job: GenerationJob) -> tuple[GenerationJob, str] | None:

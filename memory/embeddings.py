@@ -18,7 +18,8 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from llmos.kernel import compute, params
+from llmos.drivers import compute
+from llmos.kernel import params
 from llmos.kernel.errors import MemoryUnavailable
 
 if TYPE_CHECKING:

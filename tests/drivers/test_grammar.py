@@ -27,7 +27,7 @@ def _job(job_id: int, driver, question: str, **sampling) -> GenerationJob:
 
 def _run(driver, jobs):
     while any(not j.finished for j in jobs):
-        driver.step([j for j in jobs if not j.finished], lambda batch: None)
+        driver.engine.step([j for j in jobs if not j.finished], lambda batch: None)
 
 
 def test_constrained_reply_parses_and_follows_the_schema(smollm2):
@@ -59,8 +59,8 @@ def test_grammar_state_survives_preemption(smollm2):
     _run(driver, [whole])
     split = _job(2, driver, "Give the largest city of Italy and its population.", json_schema=CITY, max_tokens=60)
     for _ in range(5):
-        driver.step([split], lambda batch: None)
-    driver.step([], lambda batch: None)  # preempted mid-object
+        driver.engine.step([split], lambda batch: None)
+    driver.engine.step([], lambda batch: None)  # preempted mid-object
     _run(driver, [split])
     assert split.text == whole.text and json.loads(split.text)
 

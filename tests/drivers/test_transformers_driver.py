@@ -32,8 +32,8 @@ def _run(driver, jobs, pieces=None):
     """Step until every job finishes, as the kernel would; collect streamed pieces."""
     sink = [] if pieces is None else pieces
     while any(not j.finished for j in jobs):
-        driver.step([j for j in jobs if not j.finished], lambda batch: sink.extend(batch))
-    driver.step([], lambda batch: None)
+        driver.engine.step([j for j in jobs if not j.finished], lambda batch: sink.extend(batch))
+    driver.engine.step([], lambda batch: None)
     return sink
 
 
@@ -104,8 +104,8 @@ def test_batched_greedy_starts_like_single_runs_in_the_default_dtype(smollm2):
 def test_sequences_join_and_leave_a_running_batch(smollm2):
     driver = smollm2.driver
     first = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=20)
-    driver.step([first], lambda batch: None)
-    driver.step([first], lambda batch: None)
+    driver.engine.step([first], lambda batch: None)
+    driver.engine.step([first], lambda batch: None)
     late = _job(2, driver, question="What is the capital of France?", max_tokens=12)
     _run(driver, [first, late])
     alone = _job(3, driver, question="What is the capital of France?", max_tokens=12)
@@ -154,8 +154,8 @@ def test_a_preempted_sequence_resumes_with_the_same_greedy_text(smollm2):
     driver.engine.prefix.blocks.clear()
     split = _job(2, driver, prompt=prompt, max_tokens=40)
     for _ in range(25):
-        driver.step([split], lambda batch: None)
-    driver.step([], lambda batch: None)  # preempted: the engine lets it go
+        driver.engine.step([split], lambda batch: None)
+    driver.engine.step([], lambda batch: None)  # preempted: the engine lets it go
     assert not driver.engine.seqs and len(split.token_ids) == 25  # prefill also yields the first token
     assert len(split.prompt_ids) + 24 >= 32 and driver.engine.prefix.blocks
     hits_before = driver.engine.prefix.hits
@@ -182,12 +182,12 @@ def test_a_shared_prefix_is_computed_once(smollm2):
 def test_long_prompts_are_prefilled_in_chunks_while_others_decode(smollm2):
     driver = smollm2.driver
     runner = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=30)
-    driver.step([runner], lambda batch: None)
+    driver.engine.step([runner], lambda batch: None)
     long_prompt = _job(2, driver, prompt="word " * 600, max_tokens=2)
     steps_before_first_token = 0
     while not long_prompt.token_ids and not long_prompt.finished:
         before = len(runner.token_ids)
-        driver.step([runner, long_prompt], lambda batch: None)
+        driver.engine.step([runner, long_prompt], lambda batch: None)
         assert len(runner.token_ids) == before + 1 or runner.finished  # decoding never paused
         steps_before_first_token += 1
     assert steps_before_first_token == -(-600 // driver.engine.config.prefill_chunk)
@@ -196,9 +196,9 @@ def test_long_prompts_are_prefilled_in_chunks_while_others_decode(smollm2):
 
 def test_cancelled_job_stops(smollm2):
     job = _job(1, smollm2.driver, prompt="Count: 1, 2, 3,", max_tokens=50)
-    smollm2.driver.step([job], lambda batch: None)
+    smollm2.driver.engine.step([job], lambda batch: None)
     job.cancelled = True
-    smollm2.driver.step([job], lambda batch: None)
+    smollm2.driver.engine.step([job], lambda batch: None)
     assert job.finish_reason == "cancelled" and len(job.token_ids) == 1
     assert not smollm2.driver.engine.seqs
 
@@ -216,7 +216,7 @@ def test_reports_real_context_length(smollm2):
 def test_the_cache_grows_for_a_long_request_and_keeps_running_ones(smollm2):
     driver = smollm2.driver
     short = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
-    driver.step([short], lambda batch: None)
+    driver.engine.step([short], lambda batch: None)
     capacity = driver.engine.cache.capacity
     long = _job(2, driver, prompt="word " * (capacity + 50), max_tokens=4)
     _run(driver, [short, long])

@@ -8,7 +8,7 @@ import threading
 import anyio
 import pytest
 
-from llmos.kernel import compute
+from llmos.drivers import compute
 
 REQUEST = contextvars.ContextVar("request", default="unset")
 
