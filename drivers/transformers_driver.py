@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +80,23 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def load_transformers_folder(folder: Path, name: str | None = None) -> TransformersDriver:
+    """Any local Hugging Face causal-LM folder (config.json + safetensors), as a driver.
+    Run it on the compute thread (llmos.drivers.registry.load_driver does)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmos.drivers.weights import quiet_hf_progress
+
+    torch.set_num_threads(default_threads())
+    device, attn, dtype = pick_device_and_attention()
+    with quiet_hf_progress():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
+    model = model.to(device).eval()
+    log.info("%s: %s attention, %s on %s, %d threads", name or folder.name, attn, dtype, device,
+             torch.get_num_threads())
+    return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device)
+
+
 class TransformersDriver:
     def __init__(self, name: str, model: Any, tokenizer: Any, *, device: str = "cpu",
                  config: EngineConfig | None = None) -> None:
@@ -101,17 +119,20 @@ class TransformersDriver:
 
     # -- prompts -----------------------------------------------------------------------------
     def prepare(self, job: GenerationJob) -> None:
-        if job.messages is not None:
-            messages = [m.model_dump() for m in job.messages]
-            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=True)
-            job.prompt_ids = list(encoded["input_ids"])
-        else:
-            job.prompt_ids = self.tokenizer.encode(job.prompt or "", add_special_tokens=False)
+        if not job.prompt_ids:  # else tokenized by this driver already (a context window's exact count)
+            job.prompt_ids = self._tokenize(job)
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; {self.name}'s context window "
                                   f"is {self.context_length}, leaving no room for a reply")
         self.engine.init_state(job)  # a bad json_schema fails here, before the job is queued
+
+    def _tokenize(self, job: GenerationJob) -> list[int]:
+        if job.messages is None:
+            return self.tokenizer.encode(job.prompt or "", add_special_tokens=False)
+        messages = [m.model_dump() for m in job.messages]
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)
+        return list(encoded["input_ids"])
 
     # -- decoding --------------------------------------------------------------------------------
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:

@@ -1,18 +1,35 @@
-"""The shape every syscall request has. The concrete requests live in llmos.syscalls."""
+"""The shape every syscall request has. The concrete requests live in llmos.syscalls.
+
+A request class is the one definition of its syscall: its fields (validated by pydantic),
+its name (`call`), whether it may block, the capabilities it needs (computed from its
+arguments by `needs`), its result type (`Request[ResultType]`), and how a `Sys` method
+takes its arguments (`positional`, `variadic`, `keywords`). The dispatcher checks what
+`needs` yields; nothing else checks capabilities. The same frozen object is what a process
+awaits locally and what a remote caller sends as JSON ({"call": name, **fields}).
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from llmos.kernel.capabilities import Need
 
-class Request(BaseModel):
+if TYPE_CHECKING:
+    from llmos.kernel.process import Process
+
+R = TypeVar("R")
+
+
+class Request(BaseModel, Generic[R]):
     """A syscall request: a frozen message a process hands the kernel and awaits.
 
-    Subclasses set `call` (the name used in traces and in dict form), `capability`
-    (what the caller must hold, or None) and `blocking` (whether the caller may wait
-    on it, which shows the process as BLOCKED meanwhile).
+    Subclasses set `call` (the name in traces, in dict form and of the `Sys` method; a
+    dotted name "group.name" becomes `sys.group.name`), `capability` (what every call
+    needs, or None), override `needs` when what is needed depends on the arguments, and
+    set `blocking` when the caller may wait on it (it shows as BLOCKED meanwhile).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -20,3 +37,25 @@ class Request(BaseModel):
     call: ClassVar[str] = ""
     capability: ClassVar[str | None] = None
     blocking: ClassVar[bool] = False
+    # How the generated `Sys` method takes arguments: these fields by position, then the
+    # field `variadic` collects the remaining positional ones (*args) and the field
+    # `keywords` the keyword arguments that name no field (**kwargs; the positional fields
+    # are then positional-only, so a keyword of the same name goes to `keywords` too). The
+    # rest by keyword.
+    positional: ClassVar[tuple[str, ...]] = ()
+    variadic: ClassVar[str | None] = None
+    keywords: ClassVar[str | None] = None
+
+    def needs(self, caller: Process) -> Iterator[Need]:
+        """The capabilities this call needs from `caller` (the dispatcher checks each)."""
+        if self.capability is not None:
+            yield self.capability
+
+    @classmethod
+    def result_type(cls) -> Any:
+        """What the call returns, from `class X(Request[ResultType])`."""
+        for base in cls.__mro__:
+            meta = getattr(base, "__pydantic_generic_metadata__", None)
+            if meta and meta["origin"] is Request and meta["args"]:
+                return meta["args"][0]
+        return Any

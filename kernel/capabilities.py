@@ -7,6 +7,7 @@ and "*" grants everything. A child's capabilities are always a subset of its par
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 ALL = "*"
 PROC_SPAWN = "proc.spawn"  # create child processes
@@ -26,11 +27,22 @@ TOOL = "tool"
 DEFAULT_TOOLS = frozenset(f"{TOOL}.{name}" for name in (
     "calculator", "current_time", "read_file", "write_file", "list_files", "run_python"))
 
-# What `llmos run` and the shell grant an app unless told otherwise.
-DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE, CONSOLE})
+# What `llmos run` and the shell grant an app unless told otherwise: apps keep their own
+# memories and may call the built-in tools.
+DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE, CONSOLE, MEMORY}) | DEFAULT_TOOLS
 
-DEFAULT_APP = DEFAULT_APP | {MEMORY}  # apps keep their own memories by default
-DEFAULT_APP = DEFAULT_APP | DEFAULT_TOOLS
+
+class Control(NamedTuple):
+    """Needed to act on process `pid`: held by the process itself and its ancestors, and by
+    whoever holds PROC_ADMIN. The dispatcher resolves it against the process table: a pid
+    it does not know is ESRCH, or with `gone_ok` (the call reads what outlives a process,
+    its trace) needs PROC_ADMIN."""
+
+    pid: int
+    gone_ok: bool = False
+
+
+Need = str | Control  # what a request may need: a capability name, or control of a process
 
 
 def grants(granted: Iterable[str], wanted: str) -> bool:

@@ -1,8 +1,9 @@
 """Syscall dispatch: one table from request type to handler, and one short path through it.
 
 The path, for every call: resolve the request to a known type (EINVAL/ENOSYS if not),
-check the capability (EPERM), charge the syscall quota (EDQUOT), honour a suspension,
-run the handler, then account its time and append one trace event.
+check every capability it needs (EPERM), charge the syscall quota (EDQUOT), honour a
+suspension, run the handler, then account its time and append one trace event. This is
+the only place that checks capabilities: handlers trust the request they are given.
 """
 
 from __future__ import annotations
@@ -10,35 +11,31 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
 from pydantic import ValidationError
 
 from llmos.kernel import params
 from llmos.kernel.abi import Request
-from llmos.kernel.capabilities import grants
+from llmos.kernel.capabilities import PROC_ADMIN, Control, Need, grants
 from llmos.kernel.errors import InvalidRequest, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall
 from llmos.kernel.process import Process, ProcState
+from llmos.kernel.stats import TraceEvent
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
 
 Handler = Callable[["Kernel", Process, Any], Awaitable[Any]]
-
-
-class TraceEvent(NamedTuple):
-    at: float  # wall-clock time the call began
-    pid: int
-    call: str
-    duration_s: float
-    outcome: str  # "ok" or the errno name
+T = TypeVar("T")
 
 
 class SyscallTable:
     def __init__(self, handlers: Mapping[type[Request], Handler]) -> None:
         self.handlers = dict(handlers)
         self.by_name = {cls.call: cls for cls in self.handlers}
+        if len(self.by_name) != len(self.handlers):
+            raise ValueError("two request types share a call name")
 
     def resolve(self, request: Any) -> Request:
         """A request object as is; a dict {"call": name, **args} validated into its type."""
@@ -73,11 +70,13 @@ class Dispatcher:
         self.kernel = kernel
         self.table = table
         self.trace: deque[TraceEvent] = deque(maxlen=params.TRACE_SIZE)
+        self.calls = 0  # syscalls dispatched so far, by every process
         self._last_yield = time.perf_counter()
 
     async def dispatch(self, proc: Process, request: Any) -> Any:
         began, wall = time.perf_counter(), time.time()
         call, outcome = _call_name(request), "ok"
+        self.calls += 1
         try:
             req = self.table.resolve(request)
             call = req.call
@@ -95,15 +94,62 @@ class Dispatcher:
             self.trace.append(TraceEvent(wall, proc.pid, call, elapsed, outcome))
 
     def _admit(self, proc: Process, req: Request) -> None:
-        if req.capability is not None and not grants(proc.capabilities, req.capability):
-            raise PermissionDenied(f"{req.call!r} needs capability {req.capability!r}, which process "
-                                   f"{proc.pid} ({proc.name}) does not hold")
+        try:
+            for need in req.needs(proc):
+                self.require(proc, need, req.call)
+        except PermissionDenied:
+            raise  # refused before it began: not charged
+        except SyscallError:
+            proc.stats.syscalls += 1  # made, and failed on its target (ESRCH): charged like any call
+            raise
         proc.stats.syscalls += 1
         limit = proc.quotas.max_syscalls
         if limit is not None and proc.stats.syscalls > limit:
             if proc.stats.syscalls > limit + params.QUOTA_GRACE_SYSCALLS:
                 self.kernel.kill(proc.pid, f"syscall quota of {limit} exceeded and calls went on")
             raise QuotaExceeded(f"process {proc.pid} has used its quota of {limit} syscalls")
+
+    # -- capabilities ------------------------------------------------------------------------
+    def require(self, proc: Process, need: Need, call: str) -> None:
+        """Raise PermissionDenied unless `proc` holds `need` (ESRCH first for a missing target)."""
+        if isinstance(need, Control):
+            if not self._controls(proc, need):
+                raise PermissionDenied(f"{call!r}: process {proc.pid} ({proc.name}) may not act on process "
+                                       f"{need.pid}: it is neither itself nor a descendant, and "
+                                       f"{PROC_ADMIN!r} is not held")
+        elif not grants(proc.capabilities, need):
+            raise PermissionDenied(f"{call!r} needs capability {need!r}, which process {proc.pid} ({proc.name}) "
+                                   "does not hold")
+
+    def permits(self, proc: Process, need: Need) -> bool:
+        """Whether `proc` holds `need`: for calls that show only what the caller may use."""
+        try:
+            self.require(proc, need, "?")
+        except PermissionDenied:
+            return False
+        return True
+
+    def _controls(self, proc: Process, need: Control) -> bool:
+        if grants(proc.capabilities, PROC_ADMIN):
+            return True
+        if not (need.gone_ok and not self.kernel.procs.exists(need.pid)):
+            self.kernel.procs.get(need.pid)  # ESRCH before EPERM: say first that it does not exist
+        return self.kernel.procs.is_descendant(need.pid, proc.pid)
+
+    async def on_behalf(self, proc: Process, call: str, need: Need, work: Callable[[], Awaitable[T]]) -> T:
+        """Work the kernel does for `proc` without a request of its own (the pager's summary
+        generation): checked against `need`, accounted and traced as `call`, like a syscall."""
+        began, wall, outcome = time.perf_counter(), time.time(), "ok"
+        try:
+            self.require(proc, need, call)
+            return await work()
+        except SyscallError as exc:
+            outcome = exc.code.name
+            raise
+        finally:
+            elapsed = time.perf_counter() - began
+            proc.stats.syscall_time_s += elapsed
+            self.trace.append(TraceEvent(wall, proc.pid, call, elapsed, outcome))
 
     async def _run(self, proc: Process, req: Request) -> Any:
         handler = self.table.handlers[type(req)]

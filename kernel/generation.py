@@ -1,8 +1,8 @@
 """The generation service: the one place where processes' requests meet the model.
 
 Requests wait in the scheduler; a loop on the event loop asks it, step by step, which
-requests run, and has the driver advance them by one token on the compute thread,
-streaming text back as it comes.
+requests run, and has the driver advance them by one token, streaming text back as it
+comes. One record travels the whole way: the `GenerationJob` a process gets from `submit`.
 Invariant: a job is in `self.jobs` exactly while it is unfinished, and its owner is
 charged for it exactly once, when it leaves.
 """
@@ -15,7 +15,6 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -25,74 +24,73 @@ from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
 from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
-from llmos.kernel.scheduler import SchedRequest, Scheduler, StepOutput
+from llmos.kernel.scheduler import Scheduler, StepOutput
+from llmos.kernel.stats import GenerationStatistics
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0  # tokens/s in statistics() is averaged over this many seconds
 
 
-class Ticket:
-    """A process's claim on one generation: stream its text, or await the finished job."""
+class Outbox:
+    """A job's channel to its owner: text pieces as they come, and the moment it ends.
+    Unbounded, so the serve loop never blocks on a slow reader."""
 
-    def __init__(self, job: GenerationJob) -> None:
-        self.job = job
+    def __init__(self) -> None:
         self.done = anyio.Event()
-        self.started_at = time.perf_counter()
-        self.first_token_at: float | None = None
-        self._send: MemoryObjectSendStream[str]
-        self._recv: MemoryObjectReceiveStream[str]
-        # Unbounded: the model thread must never block on a slow reader.
-        self._send, self._recv = anyio.create_memory_object_stream[str](math.inf)
+        self.send: MemoryObjectSendStream[str]
+        self.receive: MemoryObjectReceiveStream[str]
+        self.send, self.receive = anyio.create_memory_object_stream[str](math.inf)
 
-    async def result(self) -> GenerationJob:
-        await self.done.wait()
-        if self.job.finish_reason == "error":
-            raise ModelError(f"the model failed on this request: {self.job.error}")
-        return self.job
 
-    async def pieces(self) -> AsyncIterator[str]:
-        async with self._recv:
-            async for piece in self._recv:
-                yield piece
-        await self.result()  # surfaces a model error at the end of the stream
+async def result(job: GenerationJob) -> GenerationJob:
+    """Wait for a submitted job to end; a model failure is a ModelError."""
+    await job.outbox.done.wait()
+    if job.finish_reason == "error":
+        raise ModelError(f"the model failed on this request: {job.error}")
+    return job
 
-    def _push(self, piece: str) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self._send.send_nowait(piece)
 
-    def _close(self) -> None:
-        self._send.close()
-        self.done.set()
+async def pieces(job: GenerationJob) -> AsyncIterator[str]:
+    """A submitted job's text as it is generated; a model failure surfaces at the end."""
+    async with job.outbox.receive:
+        async for piece in job.outbox.receive:
+            yield piece
+    await result(job)
 
 
 class GenerationService:
     def __init__(self, driver: ModelDriver, scheduler: Scheduler) -> None:
         self.driver = driver
         self.scheduler = scheduler
-        self.tickets: dict[int, Ticket] = {}
+        self.jobs: dict[int, GenerationJob] = {}
         self._owners: dict[int, Process] = {}
         self._ids = itertools.count(1)
         self._wakeup = anyio.Event()
+        scheduler.on_change = self._wake  # any change the scheduler sees may give the loop work
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.steps = self.tokens = 0
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
-                     messages: Sequence[ChatMessage] | None = None) -> Ticket:
-        """Queue a generation for `proc`; fails fast if it cannot fit the context or quota."""
+                     messages: Sequence[ChatMessage] | None = None,
+                     prompt_ids: Sequence[int] | None = None) -> GenerationJob:
+        """Queue a generation for `proc`; fails fast if it cannot fit the context or quota.
+        `prompt_ids`: the messages' token ids when the caller has them already (a context
+        window counts its prompt exactly), so the chat template is applied once per turn."""
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
-                            messages=tuple(messages) if messages is not None else None)
-        await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only: no torch team needed
+                            messages=tuple(messages) if messages is not None else None, priority=proc.priority,
+                            prompt_ids=list(prompt_ids or ()))
+        await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only
         job.sampling = self._fit_budget(proc, job)
-        ticket = Ticket(job)
-        self.tickets[job.id] = ticket
+        job.submitted_at, job.outbox = time.perf_counter(), Outbox()
+        self.jobs[job.id] = job
         self._owners[job.id] = proc
-        self.scheduler.add(SchedRequest(id=job.id, pid=proc.pid, priority=proc.priority,
-                                        max_tokens=job.sampling.max_tokens))
+        self.scheduler.add(job)
+        return job
+
+    def _wake(self) -> None:
         self._wakeup.set()
-        return ticket
 
     def _fit_budget(self, proc: Process, job: GenerationJob) -> SamplingParams:
         """Cap the reply to what the context window and the token quota leave."""
@@ -110,19 +108,18 @@ class GenerationService:
             cap = min(cap, left)
         return job.sampling.model_copy(update={"max_tokens": cap})
 
-    def cancel(self, ticket: Ticket) -> None:
+    def cancel(self, job: GenerationJob) -> None:
         """Stop a generation: at once if it waits, at the driver's next step if it runs."""
-        job = ticket.job
-        if job.id not in self.tickets:
+        if job.id not in self.jobs:
             return
         job.cancelled = True
         if job.id not in self._running_ids:
-            self._finish(ticket, "cancelled")
+            self._finish(job, "cancelled")
 
     def cancel_owner(self, pid: int) -> None:
         """Cancel every generation of a process (it was killed or ended)."""
-        for ticket in [t for t in self.tickets.values() if t.job.pid == pid]:
-            self.cancel(ticket)
+        for job in [j for j in self.jobs.values() if j.pid == pid]:
+            self.cancel(job)
 
     async def serve(self) -> None:
         """The loop: schedule, step the driver off the event loop, account. Runs until cancelled."""
@@ -133,7 +130,7 @@ class GenerationService:
                 await anyio.sleep(params.BATCH_GATHER_S)
                 continue
             plan = self.scheduler.schedule()
-            jobs = [self.tickets[i].job for i in plan.running]
+            jobs = [self.jobs[i] for i in plan.running]
             before = [len(job.token_ids) for job in jobs]
             self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
@@ -165,8 +162,8 @@ class GenerationService:
             owner = self._owners.get(job.id)
             if owner is not None:
                 owner.stats.generation_time_s += share
-            if job.id in finished and job.id in self.tickets:
-                self._finish(self.tickets[job.id], job.finish_reason or "cancelled")
+            if job.id in finished and job.id in self.jobs:
+                self._finish(job, job.finish_reason or "cancelled")
 
     def _count(self, tokens: int) -> None:
         now = time.perf_counter()
@@ -175,26 +172,27 @@ class GenerationService:
         while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
             self._recent.popleft()
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> GenerationStatistics:
         """What `top` shows of the model: queue, batch, throughput, and the driver's own figures."""
         window = [n for t, n in self._recent if t >= time.perf_counter() - RATE_WINDOW_S]
         driver_stats = getattr(self.driver, "statistics", None)
-        return {**self.scheduler.statistics(), "model": self.driver.name, "steps": self.steps,
-                "tokens": self.tokens, "tokens_per_s": sum(window) / RATE_WINDOW_S,
-                "driver": driver_stats() if callable(driver_stats) else {}}
+        return GenerationStatistics(model=self.driver.name, scheduler=self.scheduler.statistics(), steps=self.steps,
+                                    tokens=self.tokens, tokens_per_s=sum(window) / RATE_WINDOW_S,
+                                    driver=driver_stats() if callable(driver_stats) else {})
 
-    def _finish(self, ticket: Ticket, reason: str) -> None:
-        job = ticket.job
+    def _finish(self, job: GenerationJob, reason: str) -> None:
         job.finish_reason = job.finish_reason or reason  # type: ignore[assignment]
         owner = self._owners.pop(job.id)
         owner.stats.prompt_tokens += len(job.prompt_ids)
         owner.stats.completion_tokens += len(job.token_ids)
-        del self.tickets[job.id]
+        del self.jobs[job.id]
         self.scheduler.remove(job.id)
-        ticket._close()
+        job.outbox.send.close()
+        job.outbox.done.set()
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
         for job, piece in pieces:
-            ticket = self.tickets.get(job.id)
-            if ticket is not None and piece:
-                ticket._push(piece)
+            if piece and job.id in self.jobs:
+                if job.first_token_at is None:
+                    job.first_token_at = time.perf_counter()
+                job.outbox.send.send_nowait(piece)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -27,10 +28,12 @@ from llmos.kernel.ipc import Message
 from llmos.kernel.loader import resolve_app
 from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import ModelDriver
+from llmos.kernel.ports import KernelModelPort
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
 from llmos.kernel.proctable import ProcessTable
 from llmos.kernel.scheduler import Scheduler
-from llmos.kernel.tools import ToolProvider
+from llmos.kernel.stats import KernelStatistics, TraceEvent
+from llmos.kernel.tools import ToolChoicePolicy, ToolProvider
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,11 @@ class Kernel:
         self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
+        if memory is not None:
+            memory.attach(KernelModelPort(driver, self.generation, self.dispatcher))
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
+        self.tool_choice: ToolChoicePolicy | None = None  # how chat(tools=...) asks the model, by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
@@ -78,8 +84,14 @@ class Kernel:
                     await self.memory.aclose()
 
     @property
-    def trace(self):  # noqa: ANN201 - a deque of TraceEvent
+    def trace(self) -> deque[TraceEvent]:
+        """The most recent syscalls, oldest first (a ring of params.TRACE_SIZE events)."""
         return self.dispatcher.trace
+
+    def statistics(self) -> KernelStatistics:
+        return KernelStatistics(booted_at=self.booted_at, live_processes=len(self.procs.live),
+                                syscalls=self.dispatcher.calls, scheduler=self.scheduler.statistics(),
+                                generation=None if self.generation is None else self.generation.statistics())
 
     # -- processes --------------------------------------------------------------------------
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,

@@ -11,14 +11,13 @@ process's conversation as the model sees it, counted in the model's own tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmos.kernel.model import ChatMessage, Role
+from llmos.kernel.model import ChatMessage, Role, SamplingParams
 
 if TYPE_CHECKING:
-    from llmos.kernel.kernel import Kernel
     from llmos.kernel.process import Process
 
 Scalar = str | int | float | bool
@@ -102,14 +101,21 @@ class ContextStats(BaseModel):
     last_prompt_tokens: int  # the exact size of the last prompt sent
 
 
+class ChatPrompt(NamedTuple):
+    """A prompt the window assembled, with its token ids (the chat template applied once)."""
+
+    messages: tuple[ChatMessage, ...]
+    token_ids: tuple[int, ...]
+
+
 class ContextWindow(Protocol):
     """A process's conversation as the model sees it. Pinned entries are never evicted;
     when the others would overflow the budget, the oldest go to the archive."""
 
-    async def prompt(self, message: str, system: str | None = None) -> tuple[ChatMessage, ...]:
-        """The messages to generate from for `message` (which is not yet committed):
-        pinned entries, summary, recalled items and recent entries, within the budget.
-        Raises ContextOverflow if even the pinned entries and `message` cannot fit."""
+    async def prompt(self, message: str, system: str | None = None) -> ChatPrompt:
+        """The prompt to generate from for `message` (which is not yet committed): pinned
+        entries, summary, recalled items and recent entries, within the budget, and its
+        token ids. Raises ContextOverflow if even the pinned entries and `message` cannot fit."""
 
     def commit(self, message: str, reply: str) -> None:
         """A completed turn joins the window."""
@@ -128,16 +134,41 @@ class ContextWindow(Protocol):
     async def stats(self) -> ContextStats: ...
 
 
+class ModelPort(Protocol):
+    """What the memory system may ask of the kernel, and nothing more: the model's size,
+    token counts, and a generation on a process's behalf (the kernel implements it in
+    llmos.kernel.ports and hands it over with `MemorySystem.attach`)."""
+
+    @property
+    def context_length(self) -> int:
+        """The model's context length; ModelError for a kernel without a model."""
+
+    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The chat prompt's token ids, the model's template applied (blocking: long texts
+        belong in a worker thread). A prompt too long for the model is tokenized whole."""
+
+    def can_generate(self, proc: Process) -> bool:
+        """Whether the kernel has a model and `proc` may use it."""
+
+    async def generate(self, proc: Process, messages: Sequence[ChatMessage], sampling: SamplingParams, *,
+                       call: str) -> str:
+        """The reply to `messages`, generated on `proc`'s behalf: checked against its
+        capabilities, accounted to it and traced as `call`, like a syscall of its own."""
+
+
 class MemorySystem(Protocol):
     """The kernel's memory: the store (opened on first use) and each process's window."""
+
+    def attach(self, port: ModelPort) -> None:
+        """Called once by the kernel that owns this memory system, before any window is made."""
 
     async def store(self) -> MemoryStore:
         """The store; raises MemoryUnavailable (or StoreLocked) if there is none to open."""
 
-    def window(self, kernel: Kernel, proc: Process) -> ContextWindow:
+    def window(self, proc: Process) -> ContextWindow:
         """The process's window, made on first use."""
 
-    def note_remembered(self, kernel: Kernel, proc: Process) -> None:
+    def note_remembered(self, proc: Process) -> None:
         """The process stored an item in its own namespace: its prompts may now recall."""
 
     async def aclose(self) -> None: ...

@@ -44,10 +44,12 @@ class SamplingParams(BaseModel):
 
 @dataclass(eq=False)
 class GenerationJob:
-    """One generation request as it moves through the scheduler and the driver.
+    """One generation request: the one record the generation service, the scheduler and
+    the driver share, from submission until it finishes.
 
-    The driver fills in the progress fields; only the generation service reads them
-    back on the event loop, after `run` has returned.
+    Each part has its owner: the driver writes the progress fields during a step (on its
+    compute thread); the scheduler the scheduling fields and the service the delivery
+    fields, both on the event loop and never during a step.
     """
 
     id: int
@@ -62,7 +64,16 @@ class GenerationJob:
     finish_reason: FinishReason | None = None
     error: str | None = None
     cancelled: bool = False  # set by the kernel; the driver drops the job at its next step
-    driver_state: Any = None  # a driver's own per-job state (e.g. its RNG), kept across runs
+    driver_state: Any = None  # a driver's own per-job state (its slot, RNG...), kept across runs
+    # Scheduling, written by the scheduler.
+    priority: int = 0  # the owner's nice value: lower is served first under the priority policy
+    arrival: int = 0  # order of arrival
+    last_turn: int = -1  # round-robin: when it was last preempted (-1: never ran)
+    turn_tokens: int = 0  # tokens decoded since it was last admitted
+    # Delivery, written by the generation service.
+    submitted_at: float = 0.0  # time.perf_counter() at submission
+    first_token_at: float | None = None
+    outbox: Any = None  # the service's channel to the owner: text pieces as they come, and the end
 
     @property
     def finished(self) -> bool:
@@ -71,7 +82,6 @@ class GenerationJob:
     @property
     def max_new_tokens(self) -> int:
         return self.sampling.max_tokens - len(self.token_ids)
-
 
 # Called by the driver (from its compute thread) with the text each job gained in a step.
 EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
@@ -83,7 +93,9 @@ class ModelDriver(Protocol):
     max_batch: int  # sequences it can hold at once; the scheduler never runs more
 
     def prepare(self, job: GenerationJob) -> None:
-        """Tokenize the job's prompt into `job.prompt_ids`; raise ContextOverflow if it cannot fit."""
+        """Tokenize the job's prompt into `job.prompt_ids` (unless they are set already: the
+        caller rendered it with this driver before); check the job (ContextOverflow if it
+        cannot fit, InvalidRequest for a bad json_schema). Blocking, and thread-safe."""
 
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """Advance every job in `running` by at most one token, together, and set each

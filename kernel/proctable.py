@@ -31,6 +31,10 @@ class ProcessTable:
             raise NoSuchProcess(f"no process with pid {pid}")
         return proc
 
+    def exists(self, pid: int) -> bool:
+        """Whether `pid` is live, or ended and not yet reaped."""
+        return pid in self.live or pid in self.ended
+
     def get_live(self, pid: int) -> Process:
         proc = self.live.get(pid)
         if proc is None:

@@ -1,7 +1,9 @@
 """Decides whose generation requests the model serves, step by step. Pure: no torch, no I/O.
 
 Step-shaped like vLLM's scheduler: `add` requests, `schedule()` returns the set the engine
-runs for the next token, `update_from_output` records what that step produced. Invariant:
+runs for the next token, `update_from_output` records what that step produced. The
+scheduler owns admission: the engine runs exactly the requests it names. It works on the
+one request record (`GenerationJob`) and writes only its scheduling fields. Invariant:
 every request is in exactly one of `waiting` or `running` until it finishes or is
 removed; `running` never exceeds `max_batch`; a suspended owner's requests never run.
 """
@@ -9,29 +11,14 @@ removed; `running` never exceeds `max_batch`; a suspended owner's requests never
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from llmos.kernel import params
 from llmos.kernel.errors import ConfigError
-
-
-@dataclass
-class SchedRequest:
-    """The scheduler's view of one generation request."""
-
-    id: int
-    pid: int
-    priority: int  # nice value: lower is served first under the priority policy
-    max_tokens: int
-    done_tokens: int = 0
-    arrival: int = 0  # set by the scheduler: order of arrival
-    last_turn: int = -1  # round-robin: when it was last preempted (-1: never ran)
-    turn_tokens: int = 0  # tokens decoded since it was last admitted
-
-    @property
-    def remaining(self) -> int:
-        return self.max_tokens - self.done_tokens
+from llmos.kernel.model import GenerationJob
+from llmos.kernel.stats import SchedulerStatistics
 
 
 @dataclass(frozen=True)
@@ -54,13 +41,13 @@ class Policy(Protocol):
     name: str
     preemption: Preemption
 
-    def key(self, req: SchedRequest) -> tuple[int, ...]: ...
+    def key(self, req: GenerationJob) -> tuple[int, ...]: ...
 
 
 class Fifo:
     name, preemption = "fifo", "never"
 
-    def key(self, req: SchedRequest) -> tuple[int, ...]:
+    def key(self, req: GenerationJob) -> tuple[int, ...]:
         return (req.arrival,)
 
 
@@ -69,7 +56,7 @@ class PriorityPolicy:
 
     name, preemption = "priority", "priority"
 
-    def key(self, req: SchedRequest) -> tuple[int, ...]:
+    def key(self, req: GenerationJob) -> tuple[int, ...]:
         return (req.priority, req.arrival)
 
 
@@ -78,7 +65,7 @@ class RoundRobin:
 
     name, preemption = "rr", "quantum"
 
-    def key(self, req: SchedRequest) -> tuple[int, ...]:
+    def key(self, req: GenerationJob) -> tuple[int, ...]:
         return (req.last_turn, req.arrival)  # never-run first, then least recently preempted
 
 
@@ -105,19 +92,23 @@ class Scheduler:
         self.policy = make_policy(policy)
         self.max_batch = max_batch
         self.quantum = quantum
-        self.waiting: dict[int, SchedRequest] = {}
-        self.running: dict[int, SchedRequest] = {}
+        self.waiting: dict[int, GenerationJob] = {}
+        self.running: dict[int, GenerationJob] = {}
         self.preemptions = 0
         self._suspended: set[int] = set()
         self._arrivals = itertools.count()
         self._turns = itertools.count()
+        # Called after every change that may give a step work (a request added, an owner
+        # resumed or re-prioritised): the generation service wakes its idle loop with it.
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- requests in and out ------------------------------------------------------------
-    def add(self, req: SchedRequest) -> None:
+    def add(self, req: GenerationJob) -> None:
         if req.id in self.waiting or req.id in self.running:
             raise ValueError(f"request {req.id} is already scheduled")
         req.arrival = next(self._arrivals)
         self.waiting[req.id] = req
+        self.on_change()
 
     def remove(self, req_id: int) -> None:
         """Forget a request (finished elsewhere, or its process was killed)."""
@@ -133,17 +124,24 @@ class Scheduler:
     # -- process control ------------------------------------------------------------------
     def suspend(self, pid: int) -> None:
         self._suspended.add(pid)
+        self.on_change()
 
     def resume(self, pid: int) -> None:
         self._suspended.discard(pid)
+        self.on_change()
 
     def set_priority(self, pid: int, priority: int) -> None:
         for req in (*self.waiting.values(), *self.running.values()):
             if req.pid == pid:
                 req.priority = priority
+        self.on_change()
+
+    @property
+    def suspended(self) -> frozenset[int]:
+        return frozenset(self._suspended)
 
     # -- the step ---------------------------------------------------------------------------
-    def _eligible(self) -> list[SchedRequest]:
+    def _eligible(self) -> list[GenerationJob]:
         return sorted((r for r in self.waiting.values() if r.pid not in self._suspended), key=self.policy.key)
 
     def has_work(self) -> bool:
@@ -184,11 +182,10 @@ class Scheduler:
         for req_id, n in output.tokens.items():
             req = self.running.get(req_id)
             if req is not None:
-                req.done_tokens += n
                 req.turn_tokens += n
         for req_id in output.finished:
             self.remove(req_id)
 
-    def statistics(self) -> dict[str, int | str]:
-        return {"policy": self.policy.name, "waiting": len(self.waiting), "running": len(self.running),
-                "preemptions": self.preemptions, "suspended_owners": len(self._suspended)}
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(policy=self.policy.name, waiting=len(self.waiting), running=len(self.running),
+                                   preemptions=self.preemptions, suspended_owners=len(self._suspended))

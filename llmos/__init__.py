@@ -7,24 +7,89 @@
     async with llmos.boot() as kernel:
         proc = await kernel.spawn(main, "What is the capital of France?")
         status = await kernel.wait(proc.pid)
+
+`import llmos` only defines names: each is imported from its layer when it is first used
+(`llmos.Sys` loads the syscall ABI, `llmos.load_model` the model library, and so on), and
+plugins load when something needs what they register (`boot()`, `load_model()`, the `llmos`
+command), not on import.
 """
 
-from llmos.boot import boot
-from llmos.drivers import ModelUnavailable, UnknownModel, model_names
-from llmos.kernel import ExitStatus, Kernel, ProcessInfo, ProcState, Quotas
-from llmos.kernel.errors import ConfigError
-from llmos.model import Model, ModelListing, available_models, load_model
-from llmos.runtime import LLMOS
-from llmos.syscalls import Reply, Sys, SyscallError, TextStream
+from __future__ import annotations
 
-from llmos.drivers.tools import Tool, tool
-from llmos import plugins
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-plugins.load()  # built-in and installed plugins register their models, tools and apps
+
+# Each public name, and the module it comes from.
+_NAMES = {
+    "boot": "llmos.boot",
+    "LLMOS": "llmos.runtime",
+    "Model": "llmos.runtime",
+    "ModelListing": "llmos.model",
+    "available_models": "llmos.model",
+    "load_model": "llmos.model",
+    "model_names": "llmos.model",
+    "ModelUnavailable": "llmos.drivers.errors",
+    "UnknownModel": "llmos.drivers.errors",
+    "ConfigError": "llmos.kernel.errors",
+    "ExitStatus": "llmos.kernel",
+    "Kernel": "llmos.kernel",
+    "ProcState": "llmos.kernel",
+    "ProcessInfo": "llmos.kernel",
+    "Quotas": "llmos.kernel",
+    "Reply": "llmos.syscalls",
+    "Sys": "llmos.syscalls",
+    "SyscallError": "llmos.syscalls",
+    "TextStream": "llmos.syscalls",
+    "Tool": "llmos.drivers.tools",
+    "tool": "llmos.drivers.tools",
+}
+# Submodules reachable as attributes of `llmos` without an import of their own, as when
+# `import llmos` imported them.
+_SUBMODULES = ("hookspecs", "home", "model", "plugins", "runtime", "testing")
 
 __all__ = [
-    "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable", "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys",
-    "SyscallError", "TextStream", "UnknownModel", "boot", "load_model", "model_names",
-    "Tool", "tool",
+    "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable",
+    "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys", "SyscallError", "TextStream", "UnknownModel", "boot",
+    "load_model", "model_names", "Tool", "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value  # the next lookup is an ordinary one
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})
+
+
+class _Package(types.ModuleType):
+    """Keeps a public name from being shadowed by the submodule of the same name: importing
+    llmos.boot would otherwise bind the module `llmos.boot` over the function `llmos.boot`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _NAMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports these
+    from llmos.boot import boot
+    from llmos.drivers.errors import ModelUnavailable, UnknownModel
+    from llmos.drivers.tools import Tool, tool
+    from llmos.kernel.errors import ConfigError
+    from llmos.kernel import ExitStatus, Kernel, ProcessInfo, ProcState, Quotas
+    from llmos.model import ModelListing, available_models, load_model, model_names
+    from llmos.runtime import LLMOS, Model
+    from llmos.syscalls import Reply, Sys, SyscallError, TextStream

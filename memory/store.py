@@ -1,7 +1,8 @@
 """The vector store: chromadb, embedded (PersistentClient) or a `chroma run` server (HttpClient).
 
 One chromadb collection per namespace. Embeddings are computed here, batched, in a worker
-thread, and handed to chromadb with the texts; the collections are still created with
+thread, by the `Embedder` the store is given (the composition root gives it the drivers'
+MiniLM), and handed to chromadb with the texts; the collections are still created with
 llmos's registered embedding function, so nothing ever falls back to chromadb's default.
 
 An embedded store has one writer process: a file lock in its folder, held from open to
@@ -25,7 +26,8 @@ from filelock import FileLock, Timeout
 
 from llmos.kernel.errors import InvalidRequest, MemoryUnavailable, StoreLocked
 from llmos.kernel.memory import MemoryItem, Metadata
-from llmos.memory.embeddings import LlmosEmbeddingFunction, embed
+from llmos.memory.embedder import Embedder
+from llmos.memory.embeddings import LlmosEmbeddingFunction
 
 LOCK_FILE = "llmos-writer.lock"
 SETTINGS = dict(anonymized_telemetry=False)  # a store never phones home
@@ -38,11 +40,13 @@ def collection_name(namespace: str) -> str:
 
 
 class ChromaStore:
-    """`MemoryStore` on a chromadb client. Every call runs in a worker thread."""
+    """`MemoryStore` on a chromadb client, embedding with `embedder`. Every call runs in a
+    worker thread."""
 
-    def __init__(self, client: Any, location: str, lock: FileLock | None = None) -> None:
+    def __init__(self, client: Any, location: str, lock: FileLock | None = None, *, embedder: Embedder) -> None:
         self.client = client
         self.location = location
+        self.embedder = embedder
         self._lock = lock
         self._collections: dict[str, Any] = {}
         self._guard = threading.Lock()
@@ -50,7 +54,7 @@ class ChromaStore:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def open_folder(cls, folder: Path) -> ChromaStore:
+    def open_folder(cls, folder: Path, embedder: Embedder) -> ChromaStore:
         """The embedded store in `folder`, as its one writer (blocking; call it in a thread)."""
         folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder / LOCK_FILE, timeout=0)
@@ -61,13 +65,14 @@ class ChromaStore:
                               f"{folder / LOCK_FILE} is held); stop that process, use another LLMOS_HOME, or share "
                               f"a `chroma run` server with memory='http://host:port'") from None
         try:
-            return cls(chromadb.PersistentClient(path=str(folder), settings=Settings(**SETTINGS)), str(folder), lock)
+            return cls(chromadb.PersistentClient(path=str(folder), settings=Settings(**SETTINGS)), str(folder), lock,
+                       embedder=embedder)
         except Exception:
             lock.release()
             raise
 
     @classmethod
-    def open_server(cls, url: str) -> ChromaStore:
+    def open_server(cls, url: str, embedder: Embedder) -> ChromaStore:
         """A `chroma run` server, e.g. http://127.0.0.1:8000 (blocking)."""
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -78,7 +83,7 @@ class ChromaStore:
             client.heartbeat()
         except Exception as exc:
             raise MemoryUnavailable(f"cannot reach the chroma server at {url}: {exc}") from None
-        return cls(client, url)
+        return cls(client, url, embedder=embedder)
 
     # -- MemoryStore --------------------------------------------------------------------------
     async def add(self, namespace: str, texts: Sequence[str], metadatas: Sequence[Metadata],
@@ -107,12 +112,12 @@ class ChromaStore:
             if namespace not in self._collections:
                 self._collections[namespace] = self.client.get_or_create_collection(
                     collection_name(namespace), metadata={"llmos_namespace": namespace},
-                    configuration={"hnsw": {"space": "cosine"}}, embedding_function=LlmosEmbeddingFunction())
+                    configuration={"hnsw": {"space": "cosine"}}, embedding_function=LlmosEmbeddingFunction(self.embedder))
             return self._collections[namespace]
 
     def _add(self, namespace: str, texts: list[str], metadatas: list[Metadata], ids: list[str]) -> None:
         collection = self._collection(namespace)
-        vectors = embed(texts)
+        vectors = self.embedder.embed(texts)
         for i in range(0, len(texts), self._max_batch):
             part = slice(i, i + self._max_batch)
             collection.upsert(ids=ids[part], documents=texts[part], metadatas=metadatas[part],
@@ -120,7 +125,7 @@ class ChromaStore:
 
     def _query(self, namespace: str, text: str, k: int, where: Metadata | None) -> list[MemoryItem]:
         collection = self._collection(namespace)
-        vector = embed([text])
+        vector = self.embedder.embed([text])
         try:
             found = collection.query(query_embeddings=vector, n_results=k, where=where or None,
                                      include=["documents", "metadatas", "distances"])
@@ -145,9 +150,9 @@ class ChromaStore:
                 self._lock = None
 
 
-def open_store(spec: str | Path) -> ChromaStore:
+def open_store(spec: str | Path, embedder: Embedder) -> ChromaStore:
     """`spec` is a folder, or http(s)://host:port of a `chroma run` server (blocking)."""
     text = str(spec)
     if text.startswith(("http://", "https://")):
-        return ChromaStore.open_server(text)
-    return ChromaStore.open_folder(Path(text).expanduser())
+        return ChromaStore.open_server(text, embedder)
+    return ChromaStore.open_folder(Path(text).expanduser(), embedder)

@@ -1,7 +1,7 @@
-"""Counting messages in the model's own tokens, through the driver's `prepare`.
+"""Counting messages in the model's own tokens, through the kernel's `ModelPort.tokenize`.
 
-`prepare` renders a job with the model's chat template and tokenizes it, so the counts
-include the template's framing. A message's count is what it adds to a prompt that
+`tokenize` renders messages with the model's chat template, so the counts include the
+template's framing. A message's count is what it adds to a prompt that
 already holds a system message, which is exact for templates that frame each message on
 its own (ChatML, Llama's, ...); the pager checks every prompt's exact total anyway.
 Blocking: call these in a worker thread.
@@ -9,30 +9,22 @@ Blocking: call these in a worker thread.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from functools import cached_property
 
-from llmos.kernel.errors import ContextOverflow
-from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.memory import ModelPort
+from llmos.kernel.model import ChatMessage
 
 _ANCHOR = ChatMessage(role="system", content="x")
-_ids = itertools.count(-1, -1)  # negative ids: these jobs are never generated
 
 
 class TokenCounter:
-    def __init__(self, driver: ModelDriver) -> None:
-        self.driver = driver
+    def __init__(self, port: ModelPort) -> None:
+        self.port = port
 
     def prompt(self, messages: Sequence[ChatMessage]) -> int:
-        """Exact tokens of a chat prompt, the generation prompt included. A prompt too long
-        for the model counts as at least its context length."""
-        job = GenerationJob(id=next(_ids), pid=0, sampling=SamplingParams(), messages=tuple(messages))
-        try:
-            self.driver.prepare(job)
-        except ContextOverflow:
-            return max(len(job.prompt_ids), self.driver.context_length)
-        return len(job.prompt_ids)
+        """Exact tokens of a chat prompt, the generation prompt included."""
+        return len(self.port.tokenize(messages))
 
     def message(self, message: ChatMessage) -> int:
         """What `message` adds to a prompt."""

@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
-from llmos.kernel import capabilities, params
-from llmos.kernel.dispatch import TraceEvent
+from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, InvalidRequest, MemoryUnavailable, SyscallError
-from llmos.kernel.memory import ContextEntry, ContextSnapshot, ContextStats, MemoryItem
+from llmos.kernel.memory import ChatPrompt, ContextEntry, ContextSnapshot, ContextStats, MemoryItem, ModelPort
 from llmos.kernel.model import ChatMessage, SamplingParams
 
 if TYPE_CHECKING:
-    from llmos.kernel.kernel import Kernel
     from llmos.kernel.process import Process
     from llmos.memory.manager import MemoryManager
     from llmos.memory.tokens import TokenCounter
@@ -52,8 +50,8 @@ def chunks(text: str, words: int = params.ARCHIVE_CHUNK_WORDS) -> list[str]:
 
 
 class Window:
-    def __init__(self, kernel: Kernel, proc: Process, manager: MemoryManager) -> None:
-        self.kernel, self.proc, self.manager = kernel, proc, manager
+    def __init__(self, port: ModelPort, proc: Process, manager: MemoryManager) -> None:
+        self.port, self.proc, self.manager = port, proc, manager
         self.policy = manager.policy
         self.uid = uuid.uuid4().hex[:12]  # names this window's items in the archive
         self.entries: list[ContextEntry] = []
@@ -71,11 +69,11 @@ class Window:
 
     @property
     def context_length(self) -> int:
-        return self.manager.driver(self.kernel).context_length
+        return self.port.context_length
 
     @property
     def budget(self) -> int:
-        return self.manager.budget(self.manager.driver(self.kernel))
+        return self.manager.budget(self.port.context_length)
 
     def _tokens(self, entries: Sequence[ContextEntry]) -> int:
         return sum(e.tokens or 0 for e in entries)
@@ -88,7 +86,7 @@ class Window:
         return await anyio.to_thread.run_sync(fn)
 
     def _counter(self) -> TokenCounter:
-        counter = self.manager.counter(self.kernel)
+        counter = self.manager.counter
         counter.base, counter.no_system_surcharge  # noqa: B018 - its fixed costs, measured once, on tiny prompts
         return counter
 
@@ -105,7 +103,7 @@ class Window:
                 self.entries[i] = self.entries[i].model_copy(update={"tokens": n})
 
     # -- the prompt ----------------------------------------------------------------------------
-    async def prompt(self, message: str, system: str | None = None) -> tuple[ChatMessage, ...]:
+    async def prompt(self, message: str, system: str | None = None) -> ChatPrompt:
         async with self._lock:
             await self._count_missing()
             head = (ChatMessage(role="system", content=system),) if system else ()
@@ -114,20 +112,20 @@ class Window:
             await self._make_room(fixed, leading_system=bool(head))
             recalled = await self._recall(message)
             messages = self._assemble(head, recalled, new)
-            exact = await self._exact(messages)
-            while exact > self.budget and (recalled or self._evictable()):
+            ids = await self._exact(messages)
+            while len(ids) > self.budget and (recalled or self._evictable()):
                 # Shed the older history first, then recalled items (the least relevant
                 # first), and the newest turn last: it is what the message answers.
                 if self._evictable(keep_last_turn=True) or not recalled:
-                    await self._evict(exact - self.budget)
+                    await self._evict(len(ids) - self.budget)
                 else:
                     recalled = recalled[:-1]
                 messages = self._assemble(head, recalled, new)
-                exact = await self._exact(messages)
-            if exact >= self.context_length:
-                raise self._overflow(exact, "the pinned messages and this message")
-            self._stats.update(recalled=len(recalled), last_prompt_tokens=exact)
-            return messages
+                ids = await self._exact(messages)
+            if len(ids) >= self.context_length:
+                raise self._overflow(len(ids), "the pinned messages and this message")
+            self._stats.update(recalled=len(recalled), last_prompt_tokens=len(ids))
+            return ChatPrompt(messages=messages, token_ids=tuple(ids))
 
     def commit(self, message: str, reply: str) -> None:
         self.entries += [ContextEntry(role="user", content=message), ContextEntry(role="assistant", content=reply)]
@@ -143,9 +141,9 @@ class Window:
             extra.append(ChatMessage(role="system", content="\n- ".join([RECALL_HEADER, *(i.text for i in recalled)])))
         return (*head, *pinned, *extra, *recent, new)
 
-    async def _exact(self, messages: Sequence[ChatMessage]) -> int:
-        counter = self._counter()
-        return await self._blocking(lambda: counter.prompt(messages), sum(len(m.content) for m in messages))
+    async def _exact(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt's token ids, the chat template applied."""
+        return await self._blocking(lambda: self.port.tokenize(messages), sum(len(m.content) for m in messages))
 
     def _overflow(self, tokens: int, what: str) -> ContextOverflow:
         return ContextOverflow(f"{what} need {tokens} tokens, but the context window is {self.context_length} tokens "
@@ -213,34 +211,26 @@ class Window:
         """Fold the evicted entries into the running summary, by a generation on the process's
         behalf (accounted to it, traced as context.summarize). If it fails, the old summary
         stays: the evicted text is archived all the same."""
-        service = self.kernel.generation
-        if service is None or not capabilities.grants(self.proc.capabilities, capabilities.MODEL_GENERATE):
+        if not self.port.can_generate(self.proc):
             return
         limit = self.policy.summary_budget(self.budget)
         instructions = ChatMessage(role="system", content=SUMMARIZER.format(words=max(8, limit * 2 // 3)))
         head = f"Summary so far: {self.summary or '(nothing yet)'}\n\nNew messages:\n"
-        room = self.context_length - 1 - limit - await self._exact((instructions, ChatMessage(role="user", content=head)))
-        transcript = self._transcript(evicted, room)
+        framing = len(await self._exact((instructions, ChatMessage(role="user", content=head))))
+        transcript = self._transcript(evicted, self.context_length - 1 - limit - framing)
         if not transcript:
             self._stats["summary_failures"] += 1  # the model's context cannot hold even the instructions
             return
         request = (instructions, ChatMessage(role="user", content=head + transcript))
-        began, wall, outcome = time.perf_counter(), time.time(), "ok"
         try:
-            ticket = await service.submit(self.proc, SamplingParams(max_tokens=limit), messages=request)
-            try:
-                job = await ticket.result()
-            finally:
-                service.cancel(ticket)
-            self.summary = job.text.strip()
-            self._stats["summaries"] += 1
+            text = await self.port.generate(self.proc, request, SamplingParams(max_tokens=limit),
+                                            call="context.summarize")
         except SyscallError as exc:
-            outcome = exc.code.name
             self._stats["summary_failures"] += 1
             log.warning("pid %d: the context summary failed (%s); the evicted text is archived", self.proc.pid, exc)
-        finally:
-            self.kernel.trace.append(TraceEvent(wall, self.proc.pid, "context.summarize",
-                                                time.perf_counter() - began, outcome))
+            return
+        self.summary = text.strip()
+        self._stats["summaries"] += 1
 
     @staticmethod
     def _transcript(entries: Sequence[ContextEntry], room: int) -> str:
@@ -305,7 +295,7 @@ class Window:
             return self.entries[index]
 
     def _check_pinned_fit(self, extra: int) -> None:
-        total = self.manager.counter(self.kernel).base + self._tokens([e for e in self.entries if e.pinned]) + extra
+        total = self.manager.counter.base + self._tokens([e for e in self.entries if e.pinned]) + extra
         if total >= self.context_length:
             raise self._overflow(total, "the pinned messages")
 

@@ -17,8 +17,10 @@ from llmos.syscalls.context import ContextAppend, ContextClear, ContextInfo, Con
 from llmos.syscalls.memory import Forget, Recall, Remember
 from llmos.syscalls.console import AskUser, Write
 from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
-from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Suspend, Wait
-from llmos.syscalls.toolchat import ToolCall
+from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Stats, Suspend, Trace, Wait
+from llmos.syscalls.generate import ToolCall
+from llmos.kernel.abi import Request
+from llmos.kernel.stats import GenerationStatistics, KernelStatistics, SchedulerStatistics, TraceEvent
 from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec
 from llmos.syscalls.sys import Sys
 from llmos.syscalls.table import TABLE
@@ -31,4 +33,5 @@ __all__ = [
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
     "AskUser", "Publish", "Subscribe", "Unsubscribe", "Write", "resolve_app",
     "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec",
+    "Request", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
 ]

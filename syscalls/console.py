@@ -18,17 +18,23 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
 
 
-class Write(Request):
+class Write(Request[None]):
+    """Show text to the user (the terminal of `llmos run` or the shell); no newline is added."""
+
     call: ClassVar[str] = "write"
     capability: ClassVar[str | None] = capabilities.CONSOLE
+    positional: ClassVar[tuple[str, ...]] = ("text",)
 
     text: str
 
 
-class AskUser(Request):
+class AskUser(Request[str]):
+    """Ask the user a question and wait for the answer (a human-in-the-loop step)."""
+
     call: ClassVar[str] = "ask_user"
     capability: ClassVar[str | None] = capabilities.CONSOLE
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("question",)
 
     question: str = Field(min_length=1)
     timeout: float | None = Field(default=None, gt=0)

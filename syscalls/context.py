@@ -6,7 +6,7 @@ summary of what was evicted, and recent entries, counted in the model's tokens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from llmos.kernel.abi import Request
 from llmos.kernel.errors import MemoryUnavailable
@@ -15,31 +15,30 @@ from llmos.kernel.memory import ContextEntry, ContextSnapshot, ContextStats, Con
 from llmos.kernel.model import Role
 from llmos.kernel.process import Process
 
-if TYPE_CHECKING:
-    from llmos.syscalls.sys import Sys
 
-
-class ContextAppend(Request):
+class ContextAppend(Request[ContextStats]):
     """Add a message to the window (evicting the oldest if it overflows)."""
 
     call: ClassVar[str] = "context.append"
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("content",)
 
     content: str
     role: Role = "user"
     pin: bool = False
 
 
-class ContextPin(Request):
+class ContextPin(Request[ContextEntry]):
     """Pin (or unpin) the entry at `index` (negative counts from the end)."""
 
     call: ClassVar[str] = "context.pin"
+    positional: ClassVar[tuple[str, ...]] = ("index", "pinned")
 
     index: int
     pinned: bool = True
 
 
-class ContextClear(Request):
+class ContextClear(Request[ContextStats]):
     """Archive the window's unpinned entries and its summary, and empty it of them."""
 
     call: ClassVar[str] = "context.clear"
@@ -48,25 +47,32 @@ class ContextClear(Request):
     keep_pinned: bool = True
 
 
-class ContextSave(Request):
+class ContextSave(Request[ContextSnapshot]):
+    """The window's contents, JSON-able, to `restore` later."""
+
     call: ClassVar[str] = "context.snapshot"
 
 
-class ContextRestore(Request):
+class ContextRestore(Request[ContextStats]):
+    """Replace the window's contents with a snapshot."""
+
     call: ClassVar[str] = "context.restore"
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("snapshot",)
 
     snapshot: ContextSnapshot
 
 
-class ContextInfo(Request):
+class ContextInfo(Request[ContextStats]):
+    """The window's token accounting."""
+
     call: ClassVar[str] = "context.stats"
 
 
 def window(kernel: Kernel, caller: Process) -> ContextWindow:
     if kernel.memory is None:
         raise MemoryUnavailable("this kernel has no memory system, so no context windows")
-    return kernel.memory.window(kernel, caller)
+    return kernel.memory.window(caller)
 
 
 async def sys_context_append(kernel: Kernel, caller: Process, req: ContextAppend) -> ContextStats:
@@ -97,30 +103,3 @@ HANDLERS = {
     ContextAppend: sys_context_append, ContextPin: sys_context_pin, ContextClear: sys_context_clear,
     ContextSave: sys_context_snapshot, ContextRestore: sys_context_restore, ContextInfo: sys_context_stats,
 }
-
-
-class ContextHandle:
-    """`sys.context`: the process's context window, one syscall per method."""
-
-    __slots__ = ("_sys",)
-
-    def __init__(self, sys: Sys) -> None:
-        self._sys = sys
-
-    async def append(self, content: str, *, role: Role = "user", pin: bool = False) -> ContextStats:
-        return await self._sys._call("context.append", content=content, role=role, pin=pin)
-
-    async def pin(self, index: int, pinned: bool = True) -> ContextEntry:
-        return await self._sys._call("context.pin", index=index, pinned=pinned)
-
-    async def clear(self, *, keep_pinned: bool = True) -> ContextStats:
-        return await self._sys._call("context.clear", keep_pinned=keep_pinned)
-
-    async def snapshot(self) -> ContextSnapshot:
-        return await self._sys._call("context.snapshot")
-
-    async def restore(self, snapshot: ContextSnapshot | dict) -> ContextStats:
-        return await self._sys._call("context.restore", snapshot=snapshot)
-
-    async def stats(self) -> ContextStats:
-        return await self._sys._call("context.stats")

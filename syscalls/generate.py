@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmos.kernel import capabilities
+from llmos.kernel import capabilities, generation
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import ModelError
-from llmos.kernel.generation import GenerationService, Ticket
+from llmos.kernel.capabilities import Need
+from llmos.kernel.errors import InvalidRequest, ModelError, NoSuchTool, ToolUnavailable
+from llmos.kernel.generation import GenerationService
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ChatMessage, FinishReason, GenerationJob, SamplingParams
 from llmos.kernel.process import Process
-from llmos.syscalls import context, toolchat
-from llmos.syscalls.toolchat import ToolCall
+from llmos.kernel.tools import JsonTurn, ToolSpec
+from llmos.syscalls import context
+from llmos.syscalls.tools import tool_capability
+
+
+class ToolCall(BaseModel):
+    """A call the model asked for; run it with `sys.call_tool(call.name, **call.arguments)`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    arguments: dict[str, Any]
 
 
 class Reply(BaseModel):
@@ -39,7 +50,34 @@ class Reply(BaseModel):
     tool_calls: tuple[ToolCall, ...] = ()  # with `tools=`: the calls the model chose (then text is "")
 
 
-class _Sampling(Request, SamplingParams):
+class TextStream:
+    """Text pieces as they are generated; `reply` is set once the stream is exhausted.
+    Leaving it early (break, aclose) cancels the generation."""
+
+    def __init__(self, job: GenerationJob, service: GenerationService, finish: Callable[[GenerationJob], Reply]) -> None:
+        self._job, self._service, self._finish = job, service, finish
+        self.reply: Reply | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            async for piece in generation.pieces(self._job):
+                yield piece
+            self.reply = self._finish(await generation.result(self._job))
+        finally:
+            self._service.cancel(self._job)
+
+    async def text(self) -> str:
+        """Drain the stream and return the whole text."""
+        return "".join([piece async for piece in self])
+
+    async def aclose(self) -> None:
+        self._service.cancel(self._job)
+
+
+class _Sampling(SamplingParams):
     """Decoding settings shared by chat and generate (fields of SamplingParams), and `stream`."""
 
     stream: bool = False
@@ -48,12 +86,18 @@ class _Sampling(Request, SamplingParams):
         return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
 
 
-class Chat(_Sampling):
-    """One turn of the process's conversation, or a stateless chat over explicit `messages`."""
+class Chat(_Sampling, Request[Reply | TextStream]):
+    """Say `message` in this process's conversation and get the model's reply (which joins
+    the conversation), or chat statelessly over explicit `messages`.
+    Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop.
+    `json_schema=`: the reply is JSON following it. `tools=[names]`: the model may call
+    one of those tools instead of answering; the calls are in `reply.tool_calls`.
+    `stream=True`: a `TextStream` of the text as it comes."""
 
     call: ClassVar[str] = "chat"
     capability: ClassVar[str | None] = capabilities.MODEL_GENERATE
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("message",)
 
     message: str | None = None  # appended to the process's conversation, as is the reply
     messages: tuple[ChatMessage, ...] | None = None  # the whole conversation; the process's is untouched
@@ -70,42 +114,21 @@ class Chat(_Sampling):
             raise ValueError("'messages' must not be empty")
         return self
 
+    def needs(self, caller: Process) -> Iterator[Need]:
+        yield from super().needs(caller)
+        for name in dict.fromkeys(self.tools or ()):  # offering a tool to the model needs its capability
+            yield tool_capability(name)
 
-class Generate(_Sampling):
+
+class Generate(_Sampling, Request[Reply | TextStream]):
     """Continue `prompt` as plain text, with no chat template."""
 
     call: ClassVar[str] = "generate"
     capability: ClassVar[str | None] = capabilities.MODEL_GENERATE
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("prompt",)
 
     prompt: str = Field(min_length=1)
-
-
-class TextStream:
-    """Text pieces as they are generated; `reply` is set once the stream is exhausted.
-    Leaving it early (break, aclose) cancels the generation."""
-
-    def __init__(self, ticket: Ticket, service: GenerationService, finish: Callable[[GenerationJob], Reply]) -> None:
-        self._ticket, self._service, self._finish = ticket, service, finish
-        self.reply: Reply | None = None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        try:
-            async for piece in self._ticket.pieces():
-                yield piece
-            self.reply = self._finish(await self._ticket.result())
-        finally:
-            self._service.cancel(self._ticket)
-
-    async def text(self) -> str:
-        """Drain the stream and return the whole text."""
-        return "".join([piece async for piece in self])
-
-    async def aclose(self) -> None:
-        self._service.cancel(self._ticket)
 
 
 def _service(kernel: Kernel) -> GenerationService:
@@ -114,26 +137,26 @@ def _service(kernel: Kernel) -> GenerationService:
     return kernel.generation
 
 
-def _reply(service: GenerationService, ticket: Ticket, job: GenerationJob) -> Reply:
-    first = None if ticket.first_token_at is None else ticket.first_token_at - ticket.started_at
+def _reply(service: GenerationService, job: GenerationJob) -> Reply:
+    first = None if job.first_token_at is None else job.first_token_at - job.submitted_at
     return Reply(text=job.text, finish_reason=job.finish_reason or "cancelled", prompt_tokens=len(job.prompt_ids),
                  completion_tokens=len(job.token_ids), model=service.driver.name,
-                 elapsed_s=time.perf_counter() - ticket.started_at, first_token_s=first)
+                 elapsed_s=time.perf_counter() - job.submitted_at, first_token_s=first)
 
 
-async def _serve(service: GenerationService, ticket: Ticket, stream: bool,
+async def _serve(service: GenerationService, job: GenerationJob, stream: bool,
                  on_reply: Callable[[Reply], None] = lambda reply: None) -> Reply | TextStream:
-    def finish(job: GenerationJob) -> Reply:
-        reply = _reply(service, ticket, job)
+    def finish(done: GenerationJob) -> Reply:
+        reply = _reply(service, done)
         on_reply(reply)
         return reply
 
     if stream:
-        return TextStream(ticket, service, finish)
+        return TextStream(job, service, finish)
     try:
-        return finish(await ticket.result())
+        return finish(await generation.result(job))
     finally:
-        service.cancel(ticket)  # no-op once finished; frees the model if we were cancelled
+        service.cancel(job)  # no-op once finished; frees the model if we were cancelled
 
 
 async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
@@ -144,31 +167,45 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
             return call
     system = (ChatMessage(role="system", content=req.system),) if req.system else ()
     if req.messages is not None:
-        ticket = await service.submit(caller, req.sampling(), messages=system + req.messages)
-        return await _serve(service, ticket, req.stream)
+        job = await service.submit(caller, req.sampling(), messages=system + req.messages)
+        return await _serve(service, job, req.stream)
     window = context.window(kernel, caller)
     message = req.message or ""
     prompt = await window.prompt(message, system=req.system)  # may page out, recall, or raise E2BIG
-    ticket = await service.submit(caller, req.sampling(), messages=prompt)
+    job = await service.submit(caller, req.sampling(), messages=prompt.messages, prompt_ids=prompt.token_ids)
 
     def remember(reply: Reply) -> None:  # the conversation grows only by completed turns
         if reply.finish_reason in ("stop", "length"):
             window.commit(message, reply.text)
 
-    return await _serve(service, ticket, req.stream, remember)
+    return await _serve(service, job, req.stream, remember)
+
+
+def _offered(kernel: Kernel, names: tuple[str, ...]) -> list[ToolSpec]:
+    """The specs of the tools named (the caller's right to each is checked by `Chat.needs`)."""
+    if kernel.tools is None or kernel.tool_choice is None:
+        raise ToolUnavailable("this kernel has no tools (or no tool-choice policy) to offer the model")
+    specs = []
+    for name in dict.fromkeys(names):
+        spec = kernel.tools.get(name)
+        if spec is None:
+            raise NoSuchTool(f"no tool named {name!r} to offer the model")
+        specs.append(spec)
+    return specs
 
 
 async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Process, req: Chat) -> Reply | None:
-    """A reply holding the tool call the model chose, or None when it chose to answer."""
-    specs = toolchat.offered_tools(kernel, caller, req.tools or ())
+    """A reply holding the tool call the model chose, or None when it chose to answer.
+    The turns are the kernel's tool-choice policy's (kernel.tool_choice)."""
+    specs = _offered(kernel, req.tools or ())
+    policy = kernel.tool_choice
+    assert policy is not None
     message = req.message if req.message is not None else (req.messages or ())[-1].content
-    choice = await _json_turn(service, caller, req, toolchat.choice_prompt(specs, message),
-                              toolchat.choice_schema(specs))
-    if choice.data["tool"] == toolchat.NO_TOOL:
+    choice = await _json_turn(service, caller, req, policy.choice(specs, message))
+    spec = policy.chosen(specs, choice.data)
+    if spec is None:
         return None
-    spec = next(spec for spec in specs if spec.name == choice.data["tool"])
-    arguments = await _json_turn(service, caller, req, toolchat.arguments_prompt(spec, message),
-                                 toolchat.arguments_schema(spec))
+    arguments = await _json_turn(service, caller, req, policy.arguments(spec, message))
     call = ToolCall(name=spec.name, arguments=arguments.data)
     if req.message is not None:
         context.window(kernel, caller).commit(req.message, json.dumps({"tool": call.name, "arguments": call.arguments}))
@@ -178,23 +215,26 @@ async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Proce
         "elapsed_s": choice.reply.elapsed_s + arguments.reply.elapsed_s})
 
 
-class _JsonTurn(NamedTuple):
+class _Answer(NamedTuple):
     reply: Reply
     data: Any
 
 
-async def _json_turn(service: GenerationService, caller: Process, req: Chat, prompt: str,
-                     schema: dict) -> _JsonTurn:
-    sampling = req.sampling().model_copy(update={"json_schema": schema})
-    ticket = await service.submit(caller, sampling, messages=(ChatMessage(role="user", content=prompt),))
-    reply = await _serve(service, ticket, stream=False)
-    return _JsonTurn(reply=reply, data=toolchat.parse_json(reply.text))
+async def _json_turn(service: GenerationService, caller: Process, req: Chat, turn: JsonTurn) -> _Answer:
+    sampling = req.sampling().model_copy(update={"json_schema": turn.schema})
+    job = await service.submit(caller, sampling, messages=(ChatMessage(role="user", content=turn.prompt),))
+    reply = await _serve(service, job, stream=False)
+    assert isinstance(reply, Reply)
+    try:
+        return _Answer(reply=reply, data=json.loads(reply.text))
+    except json.JSONDecodeError:  # a constrained reply: only max_tokens can leave it unfinished
+        raise InvalidRequest("the model's tool turn was cut short by max_tokens; raise max_tokens") from None
 
 
 async def sys_generate(kernel: Kernel, caller: Process, req: Generate) -> Reply | TextStream:
     service = _service(kernel)
-    ticket = await service.submit(caller, req.sampling(), prompt=req.prompt)
-    return await _serve(service, ticket, req.stream)
+    job = await service.submit(caller, req.sampling(), prompt=req.prompt)
+    return await _serve(service, job, req.stream)
 
 
 HANDLERS = {Chat: sys_chat, Generate: sys_generate}

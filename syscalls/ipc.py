@@ -13,18 +13,24 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
 
 
-class Send(Request):
+class Send(Request[Message]):
+    """Deliver a copy of `payload` to one process's mailbox, without blocking."""
+
     call: ClassVar[str] = "send"
     capability: ClassVar[str | None] = capabilities.IPC
+    positional: ClassVar[tuple[str, ...]] = ("to", "payload")
 
     to: int | str  # a pid, or the name of exactly one live process
     payload: Any  # anything JSON-serializable; the receiver gets its own copy
 
 
-class Recv(Request):
+class Recv(Request[Message]):
+    """The next message in the mailbox, waiting at most `timeout` seconds for one."""
+
     call: ClassVar[str] = "recv"
     capability: ClassVar[str | None] = capabilities.IPC
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("timeout",)
 
     timeout: float | None = Field(default=None, ge=0)
 
@@ -32,23 +38,30 @@ class Recv(Request):
 TopicName = Field(min_length=1, max_length=128)
 
 
-class Subscribe(Request):
+class Subscribe(Request[None]):
+    """Receive (with `recv`) every message later published to `topic`."""
+
     call: ClassVar[str] = "subscribe"
     capability: ClassVar[str | None] = capabilities.IPC
+    positional: ClassVar[tuple[str, ...]] = ("topic",)
 
     topic: str = TopicName
 
 
-class Unsubscribe(Request):
+class Unsubscribe(Request[None]):
     call: ClassVar[str] = "unsubscribe"
     capability: ClassVar[str | None] = capabilities.IPC
+    positional: ClassVar[tuple[str, ...]] = ("topic",)
 
     topic: str = TopicName
 
 
-class Publish(Request):
+class Publish(Request[int]):
+    """Send a copy to every subscriber of `topic`; returns how many received it."""
+
     call: ClassVar[str] = "publish"
     capability: ClassVar[str | None] = capabilities.IPC
+    positional: ClassVar[tuple[str, ...]] = ("topic", "payload")
 
     topic: str = TopicName
     payload: Any  # each subscriber gets its own copy, as a Message whose `topic` is set

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import MemoryUnavailable, NoSuchMemory, PermissionDenied
+from llmos.kernel.capabilities import Need
+from llmos.kernel.errors import MemoryUnavailable, NoSuchMemory
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.memory import MemoryItem, MemoryStore, Metadata
 from llmos.kernel.process import Process
@@ -23,45 +25,56 @@ from llmos.kernel.process import Process
 Namespace = Field(default=None, min_length=1, max_length=200)
 
 
-class Remember(Request):
+def _in_namespace(request: Any, caller: Process, access: str) -> Iterator[Need]:
+    """`memory`, and for a namespace other than the caller's own `access`.NAMESPACE."""
+    yield capabilities.MEMORY
+    if request.namespace is not None and request.namespace != caller.name:
+        yield f"{access}.{request.namespace}"
+
+
+class Remember(Request[str]):
+    """Store `text` (with optional scalar metadata) in this process's namespace; returns its id."""
+
     call: ClassVar[str] = "remember"
-    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("text", "metadata")
 
     text: str = Field(min_length=1)
-    metadata: Metadata = Field(default_factory=dict)  # str, int, float or bool values, to filter `recall` by
+    metadata: Metadata | None = None  # str, int, float or bool values, to filter `recall` by
     namespace: str | None = Namespace
 
+    def needs(self, caller: Process) -> Iterator[Need]:
+        return _in_namespace(self, caller, capabilities.MEMORY_WRITE)
 
-class Recall(Request):
+
+class Recall(Request[list[MemoryItem]]):
+    """The `k` stored items closest in meaning to `query`, best first, each with its score."""
+
     call: ClassVar[str] = "recall"
-    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("query", "k")
 
     query: str = Field(min_length=1)
     k: int = Field(default=5, ge=1, le=params.MAX_RECALL_K)
     where: dict[str, Any] | None = None  # a chromadb metadata filter: {"topic": "work"}, {"n": {"$gt": 3}}
     namespace: str | None = Namespace
 
+    def needs(self, caller: Process) -> Iterator[Need]:
+        return _in_namespace(self, caller, capabilities.MEMORY_READ)
 
-class Forget(Request):
+
+class Forget(Request[None]):
+    """Delete the item `id` from the namespace (ENOENT if it is not there)."""
+
     call: ClassVar[str] = "forget"
-    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("id",)
 
     id: str = Field(min_length=1)
     namespace: str | None = Namespace
 
-
-def namespace(caller: Process, asked: str | None, access: str) -> str:
-    """The namespace a call works in: the caller's own, or one its capabilities grant."""
-    if asked is None or asked == caller.name:
-        return caller.name
-    wanted = f"{access}.{asked}"
-    if not capabilities.grants(caller.capabilities, wanted):
-        raise PermissionDenied(f"namespace {asked!r} is not process {caller.pid}'s own ({caller.name!r}); using it "
-                               f"needs capability {wanted!r}")
-    return asked
+    def needs(self, caller: Process) -> Iterator[Need]:
+        return _in_namespace(self, caller, capabilities.MEMORY_WRITE)
 
 
 async def _store(kernel: Kernel) -> MemoryStore:
@@ -71,23 +84,22 @@ async def _store(kernel: Kernel) -> MemoryStore:
 
 
 async def sys_remember(kernel: Kernel, caller: Process, req: Remember) -> str:
-    ns = namespace(caller, req.namespace, capabilities.MEMORY_WRITE)
+    ns = req.namespace or caller.name
     store = await _store(kernel)
     item_id = uuid.uuid4().hex
-    meta: Metadata = {"kind": "note", "pid": caller.pid, "at": time.time(), **req.metadata}
+    meta: Metadata = {"kind": "note", "pid": caller.pid, "at": time.time(), **(req.metadata or {})}
     await store.add(ns, [req.text], [meta], [item_id])
     if ns == caller.name and kernel.memory is not None:
-        kernel.memory.note_remembered(kernel, caller)
+        kernel.memory.note_remembered(caller)
     return item_id
 
 
 async def sys_recall(kernel: Kernel, caller: Process, req: Recall) -> list[MemoryItem]:
-    ns = namespace(caller, req.namespace, capabilities.MEMORY_READ)
-    return await (await _store(kernel)).query(ns, req.query, req.k, req.where)
+    return await (await _store(kernel)).query(req.namespace or caller.name, req.query, req.k, req.where)
 
 
 async def sys_forget(kernel: Kernel, caller: Process, req: Forget) -> None:
-    ns = namespace(caller, req.namespace, capabilities.MEMORY_WRITE)
+    ns = req.namespace or caller.name
     store = await _store(kernel)
     if not await store.get(ns, [req.id]):
         raise NoSuchMemory(f"no memory {req.id!r} in namespace {ns!r}")

@@ -1,11 +1,14 @@
-"""Process syscalls: spawn, wait, kill, suspend, resume, nice, ps, getpid, sleep.
+"""Process syscalls: spawn, wait, kill, suspend, resume, nice, ps, getpid, sleep, and the
+kernel's own figures (stats) and syscall trace.
 
-Handlers are thin: check the caller's rights and the arguments, then call the kernel.
-A process may control itself and its descendants; anyone else needs `proc.admin`.
+A process may control itself and its descendants; anyone else needs `proc.admin`, as does
+raising a priority above the caller's own. Each request says so in `needs`; the
+dispatcher checks it. Handlers check arguments, then call the kernel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import anyio
@@ -13,93 +16,148 @@ from pydantic import Field
 
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import InvalidRequest, PermissionDenied
+from llmos.kernel.capabilities import Control, Need
+from llmos.kernel.errors import InvalidRequest
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
+from llmos.kernel.stats import KernelStatistics, TraceEvent
 
 Priority = Field(ge=params.NICE_MIN, le=params.NICE_MAX)
+OptionalPriority = Field(default=None, ge=params.NICE_MIN, le=params.NICE_MAX)
 
 
-class Spawn(Request):
+def _raising(caller: Process, priority: int | None) -> Iterator[Need]:
+    """Asking for a priority above the caller's own (a lower nice value) needs proc.admin."""
+    if priority is not None and priority < caller.priority:
+        yield capabilities.PROC_ADMIN
+
+
+def _on_pid(request: Any, caller: Process) -> Iterator[Need]:
+    """The `needs` of a call that acts on process `request.pid`: the caller must control it."""
+    yield Control(request.pid)
+
+
+class Spawn(Request[ProcessInfo]):
+    """Start `app(sys, *args)` as a child process; returns its snapshot (with its pid)."""
+
     call: ClassVar[str] = "spawn"
     capability: ClassVar[str | None] = capabilities.PROC_SPAWN
+    positional: ClassVar[tuple[str, ...]] = ("app",)
+    variadic: ClassVar[str | None] = "args"
 
     app: Any  # a coroutine function, a class with one as `main`, or "module:attr" / "file.py:attr"
     args: tuple[Any, ...] = ()
     name: str | None = Field(default=None, min_length=1, max_length=128)
-    priority: int | None = Priority
+    priority: int | None = OptionalPriority  # the caller's own by default
     caps: frozenset[str] | None = None  # narrows what the child may do; never widens
     quotas: Quotas | None = None
 
+    def needs(self, caller: Process) -> Iterator[Need]:
+        yield from super().needs(caller)
+        yield from _raising(caller, self.priority)
 
-class Wait(Request):
+
+class Wait(Request[ExitStatus]):
+    """Wait for a process to end (at most `timeout` seconds), reap it, and say how it ended."""
+
     call: ClassVar[str] = "wait"
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("pid", "timeout")
+    needs = _on_pid
 
     pid: int
     timeout: float | None = Field(default=None, ge=0)
 
 
-class Kill(Request):
+class Kill(Request[None]):
+    """End a process now; its in-flight generation is cancelled."""
+
     call: ClassVar[str] = "kill"
+    positional: ClassVar[tuple[str, ...]] = ("pid", "reason")
+    needs = _on_pid
 
     pid: int
     reason: str = "killed"
 
 
-class Suspend(Request):
+class Suspend(Request[None]):
+    """Stop a process at its next syscall; its generation leaves the batch."""
+
     call: ClassVar[str] = "suspend"
+    positional: ClassVar[tuple[str, ...]] = ("pid",)
+    needs = _on_pid
 
     pid: int
 
 
-class Resume(Request):
+class Resume(Request[None]):
+    """Let a suspended process go on."""
+
     call: ClassVar[str] = "resume"
+    positional: ClassVar[tuple[str, ...]] = ("pid",)
+    needs = _on_pid
 
     pid: int
 
 
-class Nice(Request):
+class Nice(Request[None]):
+    """Set the priority (nice value, -20..19, lower first) of a process, by default the caller."""
+
     call: ClassVar[str] = "nice"
+    positional: ClassVar[tuple[str, ...]] = ("priority", "pid")
 
-    pid: int
     priority: int = Priority
+    pid: int | None = None
+
+    def needs(self, caller: Process) -> Iterator[Need]:
+        if self.pid is not None:
+            yield Control(self.pid)
+        yield from _raising(caller, self.priority)
 
 
-class Ps(Request):
+class Ps(Request[list[ProcessInfo]]):
+    """The live processes (and, with `include_ended`, the ended ones not yet reaped)."""
+
     call: ClassVar[str] = "ps"
+    positional: ClassVar[tuple[str, ...]] = ("include_ended",)
 
     include_ended: bool = False
 
 
-class GetPid(Request):
+class GetPid(Request[int]):
     call: ClassVar[str] = "getpid"
 
 
-class Sleep(Request):
+class Sleep(Request[None]):
     call: ClassVar[str] = "sleep"
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("seconds",)
 
     seconds: float = Field(ge=0)
 
 
-def _require_control(kernel: Kernel, caller: Process, pid: int) -> None:
-    kernel.procs.get(pid)  # ESRCH before EPERM: say first that it does not exist
-    if kernel.procs.is_descendant(pid, caller.pid) or capabilities.grants(caller.capabilities, capabilities.PROC_ADMIN):
-        return
-    raise PermissionDenied(f"process {caller.pid} may not control process {pid}: it is neither itself nor "
-                           f"a descendant, and {capabilities.PROC_ADMIN!r} is not held")
+class Stats(Request[KernelStatistics]):
+    """The kernel's figures: its processes, and the model engine's queue, batch and rate."""
+
+    call: ClassVar[str] = "stats"
 
 
-def _require_priority(caller: Process, priority: int) -> None:
-    if priority < caller.priority and not capabilities.grants(caller.capabilities, capabilities.PROC_ADMIN):
-        raise PermissionDenied(f"raising priority above the caller's own ({caller.priority}) needs "
-                               f"{capabilities.PROC_ADMIN!r}")
+class Trace(Request[list[TraceEvent]]):
+    """The most recent syscalls (at most `limit`), oldest first: of process `pid` (which the
+    caller must control), or of every process (which needs proc.admin)."""
+
+    call: ClassVar[str] = "trace"
+    positional: ClassVar[tuple[str, ...]] = ("pid",)
+
+    pid: int | None = None
+    limit: int = Field(default=1000, ge=1, le=params.TRACE_SIZE)
+
+    def needs(self, caller: Process) -> Iterator[Need]:
+        yield capabilities.PROC_ADMIN if self.pid is None else Control(self.pid, gone_ok=True)
 
 
 async def sys_spawn(kernel: Kernel, caller: Process, req: Spawn) -> ProcessInfo:
     priority = caller.priority if req.priority is None else req.priority
-    _require_priority(caller, priority)
     proc = kernel.spawn_nowait(req.app, *req.args, name=req.name, priority=priority, caps=req.caps,
                                quotas=req.quotas, parent=caller)
     return proc.info()
@@ -108,31 +166,25 @@ async def sys_spawn(kernel: Kernel, caller: Process, req: Spawn) -> ProcessInfo:
 async def sys_wait(kernel: Kernel, caller: Process, req: Wait) -> ExitStatus:
     if req.pid == caller.pid:
         raise InvalidRequest("a process cannot wait for itself")
-    _require_control(kernel, caller, req.pid)
     return await kernel.wait(req.pid, req.timeout)
 
 
 async def sys_kill(kernel: Kernel, caller: Process, req: Kill) -> None:
-    _require_control(kernel, caller, req.pid)
     kernel.kill(req.pid, req.reason)
 
 
 async def sys_suspend(kernel: Kernel, caller: Process, req: Suspend) -> None:
     if req.pid == caller.pid:
         raise InvalidRequest("a process cannot suspend itself (nobody would be left to resume it); sleep instead")
-    _require_control(kernel, caller, req.pid)
     kernel.suspend(req.pid)
 
 
 async def sys_resume(kernel: Kernel, caller: Process, req: Resume) -> None:
-    _require_control(kernel, caller, req.pid)
     kernel.resume(req.pid)
 
 
 async def sys_nice(kernel: Kernel, caller: Process, req: Nice) -> None:
-    _require_control(kernel, caller, req.pid)
-    _require_priority(caller, req.priority)
-    kernel.nice(req.pid, req.priority)
+    kernel.nice(caller.pid if req.pid is None else req.pid, req.priority)
 
 
 async def sys_ps(kernel: Kernel, caller: Process, req: Ps) -> list[ProcessInfo]:
@@ -147,7 +199,16 @@ async def sys_sleep(kernel: Kernel, caller: Process, req: Sleep) -> None:
     await anyio.sleep(req.seconds)
 
 
+async def sys_stats(kernel: Kernel, caller: Process, req: Stats) -> KernelStatistics:
+    return kernel.statistics()
+
+
+async def sys_trace(kernel: Kernel, caller: Process, req: Trace) -> list[TraceEvent]:
+    events = [e for e in kernel.trace if req.pid is None or e.pid == req.pid]
+    return events[-req.limit:]
+
+
 HANDLERS = {
     Spawn: sys_spawn, Wait: sys_wait, Kill: sys_kill, Suspend: sys_suspend, Resume: sys_resume,
-    Nice: sys_nice, Ps: sys_ps, GetPid: sys_getpid, Sleep: sys_sleep,
+    Nice: sys_nice, Ps: sys_ps, GetPid: sys_getpid, Sleep: sys_sleep, Stats: sys_stats, Trace: sys_trace,
 }

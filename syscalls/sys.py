@@ -1,24 +1,37 @@
-"""`Sys`: the handle an app receives. Every method is one syscall through the kernel."""
+"""`Sys`: the handle an app receives. Every method is one syscall through the kernel.
+
+The methods are made from the syscall table, one per request class, so a syscall is
+defined once (its request class): `sys.spawn(app, *args, name=...)` builds a `Spawn`
+request (validated once, by pydantic) and hands the object to the dispatcher. How a method
+takes its arguments comes from the request class (`positional`, `variadic`, `keywords`);
+a dotted call name "context.append" becomes `sys.context.append`. Each method carries
+the signature, annotations and docstring of its request, for `help()` and editors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, overload
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from llmos.kernel.ipc import Message
-from llmos.kernel.model import ChatMessage
-from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
-from llmos.kernel.memory import MemoryItem, Metadata
-from llmos.syscalls.context import ContextHandle
-from llmos.syscalls.generate import Reply, TextStream
-from llmos.syscalls.tools import ToolSpec
+from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
+
+from llmos.kernel.abi import Request
+from llmos.kernel.dispatch import SyscallTable
+from llmos.syscalls.table import TABLE
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
+    from llmos.kernel.process import Process
+
+R = TypeVar("R")
+Method = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class Sys:
-    """What a process can do. Errors are `llmos.syscalls.errors.SyscallError` subclasses."""
+    """What a process can do. Errors are `llmos.syscalls.errors.SyscallError` subclasses.
+    Every syscall of `llmos.syscalls.TABLE` is a method (see `dir(sys)`)."""
 
     __slots__ = ("_kernel", "_proc")
 
@@ -34,118 +47,106 @@ class Sys:
     def name(self) -> str:
         return self._proc.name
 
+    @overload
+    async def syscall(self, request: Request[R]) -> R: ...
+    @overload
+    async def syscall(self, request: Mapping[str, Any]) -> Any: ...
+
     async def syscall(self, request: Any) -> Any:
         """Issue any syscall: a request object, or a dict {"call": name, **arguments}."""
         return await self._kernel.syscall(self._proc, request)
 
-    async def _call(self, call: str, **arguments: Any) -> Any:
-        arguments["call"] = call
-        return await self._kernel.syscall(self._proc, arguments)
+    async def _issue(self, cls: type[Request[Any]], fields: dict[str, Any]) -> Any:
+        try:
+            request = cls(**fields)
+        except ValidationError:
+            # The dict form validates again and fails as a traced EINVAL naming the field.
+            return await self._kernel.syscall(self._proc, {"call": cls.call, **fields})
+        return await self._kernel.syscall(self._proc, request)
 
-    # -- the model ----------------------------------------------------------------------------
-    @overload
-    async def chat(self, message: str | None = None, *, stream: Literal[False] = False,
-                   **options: Any) -> Reply: ...
-    @overload
-    async def chat(self, message: str | None = None, *, stream: Literal[True], **options: Any) -> TextStream: ...
 
-    async def chat(self, message: str | None = None, *, messages: Sequence[ChatMessage | dict[str, str]] | None = None,
-                   system: str | None = None, stream: bool = False, **sampling: Any) -> Reply | TextStream:
-        """Say `message` in this process's conversation and get the model's reply (which
-        joins the conversation), or chat statelessly over explicit `messages`.
-        Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop.
-        `json_schema=`: the reply is JSON following it. `tools=[names]`: the model may call
-        one of those tools instead of answering; the calls are in `reply.tool_calls`."""
-        return await self._call("chat", message=message, messages=messages, system=system, stream=stream,
-                                **sampling)
+class _Group:
+    """The methods of a dotted family of calls ("context.*" as `sys.context`)."""
 
-    async def generate(self, prompt: str, *, stream: bool = False, **sampling: Any) -> Reply | TextStream:
-        """Continue `prompt` as plain text (no chat template)."""
-        return await self._call("generate", prompt=prompt, stream=stream, **sampling)
+    __slots__ = ("_sys",)
 
-    # -- processes ------------------------------------------------------------------------------
-    async def spawn(self, app: Any, *args: Any, name: str | None = None, priority: int | None = None,
-                    caps: Iterable[str] | None = None, quotas: Quotas | dict[str, Any] | None = None) -> ProcessInfo:
-        return await self._call("spawn", app=app, args=args, name=name, priority=priority,
-                                caps=None if caps is None else frozenset(caps), quotas=quotas)
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
 
-    async def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
-        return await self._call("wait", pid=pid, timeout=timeout)
+    async def _issue(self, cls: type[Request[Any]], fields: dict[str, Any]) -> Any:
+        return await self._sys._issue(cls, fields)
 
-    async def kill(self, pid: int, reason: str = "killed") -> None:
-        await self._call("kill", pid=pid, reason=reason)
 
-    async def suspend(self, pid: int) -> None:
-        await self._call("suspend", pid=pid)
+def _bind_arguments(cls: type[Request[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request's fields from a method call's arguments, as its class says to take them."""
+    fields = dict(zip(cls.positional, args))
+    if len(args) > len(cls.positional):
+        if cls.variadic is None:
+            raise TypeError(f"{cls.call}() takes at most {len(cls.positional)} positional arguments "
+                            f"({len(args)} given)")
+        fields[cls.variadic] = args[len(cls.positional):]
+    if cls.keywords is not None:  # then the positional fields are positional-only, as in `f(name, /, **kw)`
+        loose = [k for k in kwargs if k not in cls.model_fields or k in cls.positional]
+        extra = {key: kwargs.pop(key) for key in loose}
+        if extra:
+            fields[cls.keywords] = extra
+    for key in kwargs:
+        if key in fields:
+            raise TypeError(f"{cls.call}() got multiple values for argument {key!r}")
+    fields.update(kwargs)
+    return fields
 
-    async def resume(self, pid: int) -> None:
-        await self._call("resume", pid=pid)
 
-    async def nice(self, priority: int, pid: int | None = None) -> None:
-        """Set the priority (nice value, -20..19, lower first) of a process, by default this one."""
-        await self._call("nice", pid=self.pid if pid is None else pid, priority=priority)
+def _method(cls: type[Request[Any]]) -> Method:
+    positional = cls.positional
+    if not positional and cls.variadic is None and cls.keywords is None:
+        async def method(self: Sys | _Group, **kwargs: Any) -> Any:  # the common case, kept cheap
+            return await self._issue(cls, kwargs)
+    else:
+        async def method(self: Sys | _Group, *args: Any, **kwargs: Any) -> Any:
+            return await self._issue(cls, _bind_arguments(cls, args, kwargs))
+    method.__name__ = method.__qualname__ = cls.call.rpartition(".")[2]
+    method.__doc__ = cls.__doc__
+    method.__signature__ = _signature(cls)  # type: ignore[attr-defined]
+    return method
 
-    async def ps(self, include_ended: bool = False) -> list[ProcessInfo]:
-        return await self._call("ps", include_ended=include_ended)
 
-    async def getpid(self) -> int:
-        return await self._call("getpid")
+def _signature(cls: type[Request[Any]]) -> inspect.Signature:
+    def parameter(name: str, kind: inspect._ParameterKind) -> inspect.Parameter:
+        field = cls.model_fields[name]
+        default = field.get_default(call_default_factory=False)
+        default = inspect.Parameter.empty if default is PydanticUndefined or field.default_factory else default
+        return inspect.Parameter(name, kind, default=default, annotation=field.annotation)
 
-    async def sleep(self, seconds: float) -> None:
-        await self._call("sleep", seconds=seconds)
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+    by_position = inspect.Parameter.POSITIONAL_ONLY if cls.keywords else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params += [parameter(name, by_position) for name in cls.positional]
+    if cls.variadic is not None:
+        params.append(inspect.Parameter(cls.variadic, inspect.Parameter.VAR_POSITIONAL))
+    taken = {*cls.positional, cls.variadic, cls.keywords}
+    params += [parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in cls.model_fields if name not in taken]
+    if cls.keywords is not None:
+        params.append(inspect.Parameter(cls.keywords, inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(params, return_annotation=cls.result_type())
 
-    # -- messages -----------------------------------------------------------------------------
-    async def send(self, to: int | str, payload: Any) -> Message:
-        return await self._call("send", to=to, payload=payload)
 
-    async def recv(self, timeout: float | None = None) -> Message:
-        return await self._call("recv", timeout=timeout)
+def _group_property(group: type[_Group]) -> property:
+    return property(lambda self: group(self), doc=group.__doc__)
 
-    async def subscribe(self, topic: str) -> None:
-        """Receive (with `recv`) every message later published to `topic`."""
-        await self._call("subscribe", topic=topic)
 
-    async def unsubscribe(self, topic: str) -> None:
-        await self._call("unsubscribe", topic=topic)
+def install(table: SyscallTable) -> None:
+    """Give `Sys` one method per request type of `table`, and a sub-handle per dotted family."""
+    groups: dict[str, type[_Group]] = {}
+    for cls in table.handlers:
+        family, _, name = cls.call.rpartition(".")
+        if not family:
+            setattr(Sys, name, _method(cls))
+            continue
+        if family not in groups:
+            groups[family] = type(f"{family.title()}Calls", (_Group,), {
+                "__slots__": (), "__doc__": f"The {family}.* syscalls: one method each."})
+            setattr(Sys, family, _group_property(groups[family]))
+        setattr(groups[family], name, _method(cls))
 
-    async def publish(self, topic: str, payload: Any) -> int:
-        """Send a copy to every subscriber of `topic`; returns how many received it."""
-        return await self._call("publish", topic=topic, payload=payload)
 
-    # -- the user -------------------------------------------------------------------------------
-    async def write(self, text: str) -> None:
-        """Show text to the user (the terminal of `llmos run` or the shell); no newline is added."""
-        await self._call("write", text=text)
-
-    async def ask_user(self, question: str, *, timeout: float | None = None) -> str:
-        """Ask the user a question and wait for the answer (a human-in-the-loop step)."""
-        return await self._call("ask_user", question=question, timeout=timeout)
-
-    # -- memory -------------------------------------------------------------------------------
-    async def remember(self, text: str, metadata: Metadata | None = None, *, namespace: str | None = None) -> str:
-        """Store `text` (with optional scalar metadata) in this process's namespace; returns its id."""
-        return await self._call("remember", text=text, metadata=metadata or {}, namespace=namespace)
-
-    async def recall(self, query: str, k: int = 5, *, where: dict[str, Any] | None = None,
-                     namespace: str | None = None) -> list[MemoryItem]:
-        """The `k` stored items closest in meaning to `query`, best first, each with its score."""
-        return await self._call("recall", query=query, k=k, where=where, namespace=namespace)
-
-    async def forget(self, id: str, *, namespace: str | None = None) -> None:  # noqa: A002 - the item's id
-        await self._call("forget", id=id, namespace=namespace)
-
-    # -- tools ----------------------------------------------------------------------------------
-    async def list_tools(self) -> list[ToolSpec]:
-        """The tools this process may call (its capabilities grant "tool.NAME"), by name."""
-        return await self._call("list_tools")
-
-    async def call_tool(self, name: str, /, *, timeout: float | None = None, **arguments: Any) -> Any:
-        """Call tool `name` with keyword `arguments`, validated against its schema first;
-        returns its JSON-able result. `timeout` (seconds) may shorten the tool's own. (A tool
-        argument named `timeout`: `sys.syscall(CallTool(name=..., arguments={...}))`.)"""
-        return await self._call("call_tool", name=name, arguments=arguments, timeout=timeout)
-
-    @property
-    def context(self) -> ContextHandle:
-        """This process's context window: append, pin, clear, snapshot, restore, stats."""
-        return ContextHandle(self)
+install(TABLE)

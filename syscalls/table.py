@@ -1,9 +1,10 @@
-"""The one table from request type to handler (xv6's syscalls[]), built from each family."""
+"""The one table from request type to handler (xv6's syscalls[]), built from each family.
+
+Adding a syscall: its request class and its handler in the family's module, and the pair
+in that module's HANDLERS. `Sys` gets its method from here (llmos.syscalls.sys)."""
 
 from llmos.kernel.dispatch import SyscallTable
-from llmos.syscalls import context, memory
-from llmos.syscalls import console, generate, ipc, proc
-from llmos.syscalls import tools
+from llmos.syscalls import console, context, generate, ipc, memory, proc, tools
 
-TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS, **console.HANDLERS,
-                      **tools.HANDLERS})
+TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **memory.HANDLERS, **context.HANDLERS,
+                      **console.HANDLERS, **tools.HANDLERS})

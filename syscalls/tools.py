@@ -8,6 +8,7 @@ the caller asks for. The tool's time is accounted to the caller (`stats.tool_tim
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import anyio
@@ -15,57 +16,67 @@ from pydantic import Field
 
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import NoSuchTool, PermissionDenied, ToolTimeout, ToolUnavailable
+from llmos.kernel.capabilities import Need
+from llmos.kernel.errors import NoSuchTool, ToolTimeout, ToolUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
 from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec
 
 
-class CallTool(Request):
+def tool_capability(name: str) -> str:
+    return f"{capabilities.TOOL}.{name}"
+
+
+class CallTool(Request[Any]):
+    """Call tool `name` with keyword `arguments`, validated against its schema first;
+    returns its JSON-able result. `timeout` (seconds) may shorten the tool's own. (A tool
+    argument named `timeout`: `sys.syscall(CallTool(name=..., arguments={...}))`.)"""
+
     call: ClassVar[str] = "call_tool"
     blocking: ClassVar[bool] = True
+    positional: ClassVar[tuple[str, ...]] = ("name",)
+    keywords: ClassVar[str | None] = "arguments"
 
     name: str = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0, le=params.MAX_TOOL_TIMEOUT_S)  # at most the tool's own
 
+    def needs(self, caller: Process) -> Iterator[Need]:
+        yield tool_capability(self.name)
 
-class ListTools(Request):
+
+class ListTools(Request[list[ToolSpec]]):
+    """The tools this process may call (its capabilities grant "tool.NAME"), by name."""
+
     call: ClassVar[str] = "list_tools"
 
 
-def may_call(caller: Process, name: str) -> bool:
-    return capabilities.grants(caller.capabilities, f"{capabilities.TOOL}.{name}")
-
-
-def _provider(kernel: Kernel) -> ToolProvider:
+def provider(kernel: Kernel) -> ToolProvider:
     if kernel.tools is None:
         raise ToolUnavailable("this kernel has no tools; boot it with llmos.boot() to get the built-in ones")
     return kernel.tools
 
 
-def _allowed(kernel: Kernel, caller: Process) -> list[ToolSpec]:
-    return [spec for spec in _provider(kernel).specs() if may_call(caller, spec.name)]
+def allowed(kernel: Kernel, caller: Process) -> list[ToolSpec]:
+    return [spec for spec in provider(kernel).specs()
+            if kernel.dispatcher.permits(caller, tool_capability(spec.name))]
 
 
 async def sys_list_tools(kernel: Kernel, caller: Process, req: ListTools) -> list[ToolSpec]:
-    return _allowed(kernel, caller)
+    return allowed(kernel, caller)
 
 
 async def sys_call_tool(kernel: Kernel, caller: Process, req: CallTool) -> Any:
-    provider = _provider(kernel)
-    spec = provider.get(req.name)
+    tools = provider(kernel)
+    spec = tools.get(req.name)
     if spec is None:
-        names = ", ".join(spec.name for spec in _allowed(kernel, caller)) or "none"
+        names = ", ".join(spec.name for spec in allowed(kernel, caller)) or "none"
         raise NoSuchTool(f"no tool named {req.name!r}; the tools process {caller.pid} may call: {names}")
-    if not may_call(caller, spec.name):
-        raise PermissionDenied(f"calling tool {spec.name!r} needs capability '{capabilities.TOOL}.{spec.name}', "
-                               f"which process {caller.pid} ({caller.name}) does not hold")
     timeout = spec.timeout_s if req.timeout is None else min(req.timeout, spec.timeout_s)
     began = time.perf_counter()
     try:
         with anyio.move_on_after(timeout):
-            return await provider.call(spec.name, req.arguments, ToolContext(pid=caller.pid, process=caller.name))
+            return await tools.call(spec.name, req.arguments, ToolContext(pid=caller.pid, process=caller.name))
         raise ToolTimeout(f"tool {spec.name!r} did not finish within {timeout:g} s and was stopped")
     finally:
         caller.stats.tool_calls += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.live import Live
@@ -11,7 +11,10 @@ from rich.table import Table
 import llmos
 from llmos.apps import registry
 from llmos.apps.shell import views
-from llmos.apps.shell.session import Command, Shell, ShellError
+from llmos.apps.shell.errors import ShellError
+
+if TYPE_CHECKING:  # the session imports the commands
+    from llmos.apps.shell.session import Command, Shell
 
 TOP_REFRESH_S = 0.5
 MEMORY_CAPS = frozenset({"memory", "memory.read.*", "memory.write.*", "console"})  # the user reads every namespace
@@ -24,11 +27,11 @@ async def run(shell: Shell, words: list[str]) -> None:
     if not words:
         raise ShellError("usage: run APP [ARGS...] [&]   (`apps` lists the apps)")
     command = " ".join(["run", *words])
-    job = await shell.start(words[0], words[1:], background=background, command=command)
     if background:
+        job = await shell.start(words[0], words[1:], background=True, command=command)
         shell.out.print(f"[{job.number}] {job.pid}", highlight=False)
-    else:
-        await shell.foreground(job)
+        return
+    await shell.run_in_foreground(words[0], words[1:], command=command)
 
 
 async def chat(shell: Shell, words: list[str]) -> None:
@@ -57,7 +60,7 @@ async def fg(shell: Shell, words: list[str]) -> None:
 
 async def ps(shell: Shell, words: list[str]) -> None:
     """ps [-a]: processes (pid, parent, name, state, priority, tokens, syscalls, time); -a adds ended ones."""
-    shell.out.print(views.ps_table(shell.kernel.ps(include_ended="-a" in words)))
+    shell.out.print(views.ps_table(await shell.sys.ps(include_ended="-a" in words)))
 
 
 async def top(shell: Shell, words: list[str]) -> None:
@@ -65,45 +68,42 @@ async def top(shell: Shell, words: list[str]) -> None:
     count = int(words[words.index("-n") + 1]) if "-n" in words else None
     meter = views.Meter()
 
-    def view() -> Any:
-        kernel = shell.kernel
-        engine = kernel.generation.statistics() if kernel.generation is not None else kernel.scheduler.statistics()
-        rate = engine.get("tokens_per_s")
-        if rate is None:
-            rate = meter.rate(kernel.ps(include_ended=True))
-        return views.top_view(kernel.ps(), engine, rate, shell.model or "-")
+    async def view() -> Any:
+        stats, procs = await shell.sys.stats(), await shell.sys.ps(include_ended=True)
+        rate = stats.generation.tokens_per_s if stats.generation is not None else meter.rate(procs)
+        return views.top_view(procs, stats, rate, shell.model or "-")
 
-    with shell.interruptible() as interrupted, Live(view(), console=shell.out, auto_refresh=False) as live:
+    with shell.interruptible() as interrupted, Live(await view(), console=shell.out, auto_refresh=False) as live:
         shown = 1
         while not interrupted.is_set() and (count is None or shown < count):
             with anyio.move_on_after(TOP_REFRESH_S):
                 await interrupted.wait()
-            live.update(view(), refresh=True)
+            live.update(await view(), refresh=True)
             shown += 1
 
 
 async def kill(shell: Shell, words: list[str]) -> None:
     """kill PID|%N [REASON]: end a process now."""
     pid = _pid(shell, words)
-    shell.kernel.kill(pid, " ".join(words[1:]) or "killed from the shell")
+    await shell.sys.kill(pid, " ".join(words[1:]) or "killed from the shell")
     shell.out.print(f"killed {pid}")
 
 
 async def suspend(shell: Shell, words: list[str]) -> None:
     """suspend PID|%N: stop a process at its next syscall; its generation leaves the batch."""
-    shell.kernel.suspend(_pid(shell, words))
+    await shell.sys.suspend(_pid(shell, words))
 
 
 async def resume(shell: Shell, words: list[str]) -> None:
     """resume PID|%N: let a suspended process go on."""
-    shell.kernel.resume(_pid(shell, words))
+    await shell.sys.resume(_pid(shell, words))
 
 
 async def nice(shell: Shell, words: list[str]) -> None:
     """nice PID|%N PRIORITY: set a priority, -20 (first) .. 19 (last)."""
     if len(words) != 2:
         raise ShellError("usage: nice PID|%N PRIORITY")
-    shell.kernel.nice(_pid(shell, words), int(words[1]))
+    await shell.sys.nice(int(words[1]), _pid(shell, words))
 
 
 async def wait(shell: Shell, words: list[str]) -> None:
@@ -124,7 +124,7 @@ async def wait(shell: Shell, words: list[str]) -> None:
 async def trace(shell: Shell, words: list[str]) -> None:
     """trace PID|%N: the syscalls a process made, with their timings and outcomes."""
     pid = _pid(shell, words)
-    shell.out.print(views.trace_table(list(shell.kernel.trace), pid))
+    shell.out.print(views.trace_table(await shell.sys.trace(pid), pid))
 
 
 async def models(shell: Shell, words: list[str]) -> None:
@@ -154,16 +154,14 @@ async def mem(shell: Shell, words: list[str]) -> None:
                          "use mem search QUERY --ns NAMESPACE")
     if action not in ("search", "add") or not args:
         raise ShellError("usage: mem search QUERY [--ns NAMESPACE] | mem add TEXT [--ns NAMESPACE]")
-    job = await shell.start(f"llmos.apps.shell.programs:{action}", [*args, *_ns(options)], background=False,
-                            command=" ".join(["mem", *words]), caps=MEMORY_CAPS)
-    await shell.foreground(job)
+    await shell.run_in_foreground(f"llmos.apps.shell.programs:{action}", [*args, *_ns(options)],
+                                  command=" ".join(["mem", *words]), caps=MEMORY_CAPS)
 
 
 async def tools(shell: Shell, words: list[str]) -> None:
     """tools: the tools processes may call."""
-    job = await shell.start("llmos.apps.shell.programs:tools", [], background=False, command="tools",
-                            caps=frozenset({"tool.*", "console"}))
-    await shell.foreground(job)
+    await shell.run_in_foreground("llmos.apps.shell.programs:tools", [], command="tools",
+                                  caps=frozenset({"tool.*", "console"}))
 
 
 async def help_(shell: Shell, words: list[str]) -> None:

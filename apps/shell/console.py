@@ -13,10 +13,28 @@ Ask = Callable[[str], Awaitable[str]]  # puts a question on the terminal, return
 
 
 class ShellConsole:
-    def __init__(self, job_of: Callable[[int], Job | None], ask: Ask, notice: Callable[[str], None]) -> None:
-        self._job_of = job_of
+    """`jobs`: the shell's jobs by pid (this console adds their descendants as it meets
+    them). `process_tree`: pid -> parent pid of every process, given by whoever attaches
+    the terminal to the kernel, so output from a job's children reaches the job."""
+
+    def __init__(self, jobs: dict[int, Job], process_tree: Callable[[], dict[int, int]], ask: Ask,
+                 notice: Callable[[str], None]) -> None:
+        self._jobs = jobs
+        self._tree = process_tree
         self._ask = ask
         self._notice = notice
+
+    def _job_of(self, pid: int) -> Job | None:
+        """The job a process belongs to: the one it is, or the one its ancestor is."""
+        if pid in self._jobs:
+            return self._jobs[pid]
+        parents, seen = self._tree(), pid
+        while seen in parents and seen not in self._jobs:
+            seen = parents[seen]
+        job = self._jobs.get(seen)
+        if job is not None:
+            self._jobs[pid] = job
+        return job
 
     def write(self, pid: int, text: str) -> None:
         job = self._job_of(pid)

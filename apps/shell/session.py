@@ -1,7 +1,11 @@
-"""The shell session: one kernel for its whole life, a prompt, jobs in the fore- and background.
+"""The shell session: a privileged process on one kernel for its whole life, a prompt, jobs
+in the fore- and background.
 
-Ctrl-C at the prompt clears the line; during a foreground job it kills that job (the shell
-goes on). Ctrl-D (or `exit`) ends the session, and with it every process.
+The shell acts only through its own syscalls (`self.sys`): what it spawns, kills or
+searches is checked against its capabilities (SHELL_CAPS) and shows in `trace`. The
+launcher (`main`) boots the kernel, attaches the terminal as the kernel's console, and
+spawns the shell. Ctrl-C at the prompt clears the line; during a foreground job it kills
+that job (the shell goes on). Ctrl-D (or `exit`) ends the session, and with it every process.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -25,43 +29,69 @@ import llmos
 from llmos.apps import registry
 from llmos.apps.shell.completion import ShellCompleter
 from llmos.apps.shell.console import ShellConsole
+from llmos.apps.shell.errors import ShellError
 from llmos.apps.shell.jobs import Job, JobTable
 from llmos.home import llmos_home
-from llmos.syscalls import DEFAULT_APP_CAPS, NoConsole
+from llmos.syscalls import DEFAULT_APP_CAPS, NoConsole, Sys
 
 PROMPT = "llmos> "
 Command = Callable[["Shell", list[str]], Awaitable[None]]
-
-
-class ShellError(Exception):
-    """A command could not be done; its message is the one line the user sees."""
+# The shell's rights: what any app has, and control of every process, every memory
+# namespace and every tool, which its commands hand on (narrowed) to what it starts.
+SHELL_CAPS = DEFAULT_APP_CAPS | {"proc.admin", "memory.read.*", "memory.write.*", "tool.*"}
 
 
 class Shell:
-    def __init__(self, kernel: llmos.Kernel, model: str | None, out: Console | None = None) -> None:
+    def __init__(self, model: str | None, out: Console | None = None) -> None:
         from llmos.apps.shell.commands import COMMANDS  # the commands take a Shell
 
-        self.kernel, self.model = kernel, model
+        self.model = model
         self.commands: dict[str, tuple[Command, str]] = COMMANDS
         self.out = out or Console(file=sys.stdout, soft_wrap=True)
         self.jobs = JobTable()
         self.notices: list[str] = []
         self.interrupted = anyio.Event()  # set by Ctrl-C while something runs in the foreground
+        self._guarded = False  # a Ctrl-C handler is installed (inside `interruptible`)
+        self._sys: Sys | None = None
         self._tg: TaskGroup | None = None
-        self._pid_jobs: dict[int, Job] = {}
+        self.pid_jobs: dict[int, Job] = {}  # each job's process (and, once seen, its descendants)
+        self._pids: list[int] = []  # live pids at the last prompt, for completion
         history = FileHistory(str(llmos_home() / "shell_history"))
         self.prompt = PromptSession(history=history, completer=ShellCompleter(
             lambda: self.commands, lambda: registry.APPS, self._pid_words, self._model_names))
         self.answers: PromptSession[str] = PromptSession()  # questions from processes: no shared history
-        kernel.console = ShellConsole(self.job_of, self._ask, self.notices.append)
+
+    @property
+    def sys(self) -> Sys:
+        """The shell process's syscall handle (while the session runs)."""
+        if self._sys is None:
+            raise ShellError("the shell is not running as a process")
+        return self._sys
+
+    @asynccontextmanager
+    async def session(self, sys: Sys) -> AsyncIterator[Shell]:
+        """Run as the process `sys` belongs to: its task group holds the jobs' reapers."""
+        self._sys = sys
+        try:
+            async with anyio.create_task_group() as self._tg:
+                yield self
+                self._tg.cancel_scope.cancel()
+        finally:
+            self._sys = self._tg = None
+
+    def console(self, process_tree: Callable[[], dict[int, int]]) -> ShellConsole:
+        """The terminal as the kernel's console: a job's output goes to the screen or is kept."""
+        return ShellConsole(self.pid_jobs, process_tree, self._ask, self.notices.append)
 
     # -- the loop -----------------------------------------------------------------------------
-    async def run(self) -> None:
-        async with anyio.create_task_group() as self._tg:
+    async def run(self, sys: Sys) -> None:
+        """The shell process's main: the prompt loop, until Ctrl-D or `exit`."""
+        async with self.session(sys):
             self.out.print(f"[bold]llmos shell[/] on {self.model or 'no model'}. "
                            "`help` lists the commands; Ctrl-D leaves.")
             while True:
                 self.report_finished()
+                self._pids = [p.pid for p in await self.sys.ps()]
                 try:
                     line = await self.prompt.prompt_async(PROMPT)
                 except KeyboardInterrupt:
@@ -71,7 +101,6 @@ class Shell:
                 if not await self.execute(line):
                     break
             self.out.print("bye")
-            self._tg.cancel_scope.cancel()
 
     async def execute(self, line: str) -> bool:
         """Run one command line; False when the session should end."""
@@ -105,9 +134,9 @@ class Shell:
         args, options = registry.parse_argv(argv)
         main = registry.bind(app, args, options)
         name = app if app in registry.APPS else None
-        info = await self.kernel.spawn(main, *args, name=name, caps=caps)
+        info = await self.sys.spawn(main, *args, name=name, caps=caps)
         job = self.jobs.add(info.pid, command, background)
-        self._pid_jobs[info.pid] = job
+        self.pid_jobs[info.pid] = job
         if not background:
             job.foreground.set()
         assert self._tg is not None
@@ -115,8 +144,15 @@ class Shell:
         return job
 
     async def _reap(self, job: Job) -> None:
-        job.status = await self.kernel.wait(job.pid)
+        job.status = await self.sys.wait(job.pid)
         job.done.set()
+
+    async def run_in_foreground(self, app: str, argv: list[str], *, command: str,
+                                caps: frozenset[str] = DEFAULT_APP_CAPS) -> None:
+        """Start a job and give it the terminal; Ctrl-C kills it from the moment it starts
+        (its first output may well prompt one)."""
+        with self.interruptible():
+            await self.foreground(await self.start(app, argv, background=False, command=command, caps=caps))
 
     async def foreground(self, job: Job) -> None:
         """Give `job` the terminal until it ends; Ctrl-C kills it."""
@@ -127,7 +163,7 @@ class Shell:
             async with anyio.create_task_group() as tg:
                 async def on_interrupt() -> None:
                     await interrupted.wait()
-                    self.kernel.kill(job.pid, "interrupted (Ctrl-C)")
+                    await self.sys.kill(job.pid, "interrupted (Ctrl-C)")
 
                 tg.start_soon(on_interrupt)
                 await job.done.wait()
@@ -163,31 +199,21 @@ class Shell:
             self.report(job, background=True)
         self.jobs.forget_reported()
 
-    def job_of(self, pid: int) -> Job | None:
-        """The job a process belongs to: the one it is, or the one its ancestor is."""
-        if pid in self._pid_jobs:
-            return self._pid_jobs[pid]
-        parents = {p.pid: p.ppid for p in self.kernel.ps(include_ended=True)}
-        seen = pid
-        while seen in parents and seen not in self._pid_jobs:
-            seen = parents[seen]
-        job = self._pid_jobs.get(seen)
-        if job is not None:
-            self._pid_jobs[pid] = job
-        return job
-
     @contextmanager
     def interruptible(self) -> Any:
-        """While inside, Ctrl-C sets (a fresh) `self.interrupted` instead of ending the shell."""
-        self.interrupted = anyio.Event()
+        """While inside, Ctrl-C sets (a fresh) `self.interrupted` instead of ending the shell.
+        Nested uses share the outer one's event and handler."""
         loop = _running_loop()
-        if loop is None:
+        if self._guarded or loop is None:
             yield self.interrupted
             return
+        self.interrupted = anyio.Event()
         loop.add_signal_handler(signal.SIGINT, self.interrupted.set)
+        self._guarded = True
         try:
             yield self.interrupted
         finally:
+            self._guarded = False
             loop.remove_signal_handler(signal.SIGINT)
 
     async def _ask(self, question: str) -> str:
@@ -199,7 +225,7 @@ class Shell:
 
     # -- completion sources ------------------------------------------------------------------
     def _pid_words(self) -> list[str]:
-        return [str(p.pid) for p in self.kernel.ps()] + [f"%{n}" for n in self.jobs.jobs]
+        return [str(pid) for pid in self._pids] + [f"%{n}" for n in self.jobs.jobs]
 
     @staticmethod
     def _model_names() -> list[str]:
@@ -226,7 +252,12 @@ def _running_loop() -> Any:
 
 
 async def main(model: str | None = "smollm2", policy: str = "fifo") -> int:
-    """`llmos shell`: boot one kernel and run the session on it."""
+    """`llmos shell`: boot one kernel, attach the terminal, and run the shell as its process."""
     async with llmos.boot(model, policy=policy) as kernel:
-        await Shell(kernel, model).run()
-    return 0
+        shell = Shell(model)
+        kernel.console = shell.console(lambda: {p.pid: p.ppid for p in kernel.ps(include_ended=True)})
+        info = await kernel.spawn(shell.run, name="shell", caps=SHELL_CAPS)
+        status = await kernel.wait(info.pid)
+    if not status.ok:
+        print(f"llmos shell: {status.state.name}: {status.reason}", file=sys.stderr)
+    return 0 if status.ok else 1

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from llmos.apps.shell.jobs import Job
-from llmos.syscalls import ProcessInfo
+from llmos.syscalls import KernelStatistics, ProcessInfo, TraceEvent
 
 STATE_STYLES = {"RUNNING": "green", "BLOCKED": "yellow", "SUSPENDED": "magenta", "FAILED": "red", "KILLED": "red"}
 
@@ -33,7 +32,7 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
     return table
 
 
-def trace_table(events: Iterable[Any], pid: int) -> Table:
+def trace_table(events: Iterable[TraceEvent], pid: int) -> Table:
     table = Table("time", "call", "ms", "outcome", title=f"syscalls of pid {pid}", title_justify="left")
     for e in events:
         if e.pid == pid:
@@ -57,16 +56,17 @@ class Meter:
         return max(0.0, (total - last[1]) / (now - last[0]))
 
 
-def top_view(procs: list[ProcessInfo], engine: Mapping[str, Any], tokens_per_s: float, model: str) -> Group:
+def top_view(procs: list[ProcessInfo], stats: KernelStatistics, tokens_per_s: float, model: str) -> Group:
     live = [p for p in procs if not p.state.terminal]
+    sched, engine = stats.scheduler, stats.generation
     header = Text.assemble(
         ("llmos top", "bold"), f"  model {model}  processes {len(live)}  ",
-        f"batch {engine.get('running', 0)}  queue {engine.get('waiting', 0)}  ",
-        (f"{tokens_per_s:.1f} tokens/s", "bold green"), f"  policy {engine.get('policy', '-')}",
+        f"batch {sched.running}  queue {sched.waiting}  ",
+        (f"{tokens_per_s:.1f} tokens/s", "bold green"), f"  policy {sched.policy}",
         ("   (Ctrl-C to leave)", "dim"))
-    cache = engine.get("driver", {})
-    footer = Text(f"steps {engine.get('steps', 0)}  tokens {engine.get('tokens', 0)}  "
-                  f"preemptions {engine.get('preemptions', 0)}  "
-                  f"prefix-cache hit tokens {cache.get('prefix_hit_tokens', '-')}", style="dim")
+    driver = engine.driver if engine is not None else {}
+    footer = Text(f"steps {engine.steps if engine else 0}  tokens {engine.tokens if engine else 0}  "
+                  f"preemptions {sched.preemptions}  "
+                  f"prefix-cache hit tokens {driver.get('prefix_hit_tokens', '-')}", style="dim")
     busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
     return Group(header, footer, ps_table(busiest))

@@ -11,8 +11,8 @@ from mcp import Client, StdioServerParameters
 LLMOS = str(Path(sys.executable).with_name("llmos"))
 
 
-async def test_an_mcp_client_lists_and_calls_the_served_tools(tmp_path):
-    env = {"PATH": os.environ["PATH"], "LLMOS_HOME": str(tmp_path)}
+async def test_an_mcp_client_lists_and_calls_the_served_tools(llmos_home):
+    env = {"PATH": os.environ["PATH"], "LLMOS_HOME": str(llmos_home)}  # the SDK passes no other variable
     server = StdioServerParameters(command=LLMOS, args=["mcp", "serve", "--cap", "tool.calculator",
                                                         "--cap", "tool.write_file"], env=env)
     async with Client(server, read_timeout_seconds=60) as client:
@@ -26,4 +26,4 @@ async def test_an_mcp_client_lists_and_calls_the_served_tools(tmp_path):
     assert bad.is_error and "calculator cannot evaluate" in bad.content[0].text
     assert refused.is_error and "EPERM" in refused.content[0].text
     assert not wrote.is_error
-    assert [p.read_text() for p in (tmp_path / "workspaces").rglob("a.txt")] == ["hi"]
+    assert [p.read_text() for p in (llmos_home / "workspaces").rglob("a.txt")] == ["hi"]

@@ -7,6 +7,7 @@ import pytest
 
 import llmos
 from llmos.syscalls import ProcState, Sys
+from llmos.testing import until
 
 pytestmark = pytest.mark.model
 
@@ -66,16 +67,17 @@ async def test_killing_a_process_cancels_its_generation_and_others_go_on(smollm2
     async with llmos.boot(smollm2, policy="rr", quantum=8) as kernel:
         victim = await kernel.spawn(long_story)
         survivor = await kernel.spawn(ask, "What is the capital of France?")
-        await anyio.sleep(1.0)
-        [ticket] = [t for t in kernel.generation.tickets.values() if t.job.pid == victim.pid]
+        await until(lambda: any(j.pid == victim.pid and len(j.token_ids) >= 8  # mid-story
+                                for j in kernel.generation.jobs.values()), timeout=120)
+        [job] = [j for j in kernel.generation.jobs.values() if j.pid == victim.pid]
         kernel.kill(victim.pid, "test kill")
         killed = await kernel.wait(victim.pid, timeout=30)
         with anyio.fail_after(10):  # the driver drops it at its next step
-            await ticket.done.wait()
+            await job.outbox.done.wait()
         ok = await kernel.wait(survivor.pid, timeout=60)
-    assert ticket.job.finish_reason == "cancelled" and len(ticket.job.token_ids) < 2000
+    assert job.finish_reason == "cancelled" and len(job.token_ids) < 2000
     assert killed.state is ProcState.KILLED and killed.reason == "test kill"
-    assert not kernel.generation.tickets
+    assert not kernel.generation.jobs
     assert ok.state is ProcState.EXITED and "Paris" in ok.result
 
 

@@ -25,7 +25,7 @@ from llmos.syscalls import (
     Quotas,
     Timeout,
 )
-from llmos.testing import FakeDriver, result, spawn_and_wait, until
+from llmos.testing import FakeDriver, process_info, result, spawn_and_wait, until, until_state
 
 
 
@@ -271,10 +271,10 @@ async def test_killing_a_process_whose_request_waits_removes_it_from_the_queue()
         first = await kernel.spawn(talker, "first")
         await until(lambda: len(driver.jobs) == 1)
         second = await kernel.spawn(talker, "second")
-        await until(lambda: kernel.scheduler.statistics()["waiting"] == 1)
+        await until(lambda: kernel.scheduler.statistics().waiting == 1)
         kernel.kill(second.pid)
         killed = await kernel.wait(second.pid, timeout=1)
-        assert kernel.scheduler.statistics()["waiting"] == 0
+        assert kernel.scheduler.statistics().waiting == 0
         done = result(await kernel.wait(first.pid, timeout=2))
     assert killed.state.terminal
     assert done.completion_tokens == 40
@@ -293,7 +293,7 @@ async def test_killing_a_process_while_its_request_waits_ends_it_killed() -> Non
         first = await kernel.spawn(talker, "first")
         await until(lambda: len(driver.batches) == 1)
         second = await kernel.spawn(talker, "second")
-        await until(lambda: kernel.scheduler.statistics()["waiting"] == 1)
+        await until(lambda: kernel.scheduler.statistics().waiting == 1)
         kernel.kill(second.pid, "no longer needed")
         killed = await kernel.wait(second.pid, timeout=1)
         await kernel.wait(first.pid, timeout=2)
@@ -396,26 +396,37 @@ async def test_token_quota_caps_the_reply_then_refuses() -> None:
 # -- suspend, resume, nice ---------------------------------------------------------------------
 async def test_a_suspended_process_stops_at_its_next_syscall_and_resumes_after() -> None:
     progress: list[int] = []
+    clock: list[int] = []
 
     async def main(sys):  # noqa: ANN001
         for i in range(1000):
             await sys.sleep(0.002)
             progress.append(i)
 
+    async def ticker(sys):  # noqa: ANN001 - runs on meanwhile: the test's measure of time passing
+        for i in range(10_000):
+            await sys.sleep(0.002)
+            clock.append(i)
+
     async with llmos.boot(FakeDriver()) as kernel:
         info = await kernel.spawn(main)
+        tick = await kernel.spawn(ticker)
         await until(lambda: len(progress) >= 3)
+        calls = process_info(kernel, info.pid).stats.syscalls
         kernel.suspend(info.pid)
         assert state_of(kernel, info.pid) is ProcState.SUSPENDED
-        await anyio.sleep(0.02)  # let an in-flight syscall finish
-        frozen = len(progress)
-        await anyio.sleep(0.1)
+        # the sleep in flight ends; the next call is issued (counted) but does not run
+        await until(lambda: process_info(kernel, info.pid).stats.syscalls == calls + 1)
+        frozen, seen = len(progress), len(clock)
+        await until(lambda: len(clock) >= seen + 20)  # the time of twenty of its sleeps
         assert len(progress) == frozen
+        assert process_info(kernel, info.pid).stats.syscalls == calls + 1
         assert state_of(kernel, info.pid) is ProcState.SUSPENDED
         kernel.resume(info.pid)
         assert state_of(kernel, info.pid) in (ProcState.RUNNING, ProcState.BLOCKED)
         await until(lambda: len(progress) >= frozen + 3)
         kernel.kill(info.pid)
+        kernel.kill(tick.pid)
 
 
 async def test_resume_errors() -> None:
@@ -455,7 +466,7 @@ async def test_suspend_errors() -> None:
         with pytest.raises(NoSuchProcess, match="EXITED"):
             kernel.suspend(ended.pid)
         with pytest.raises(NoSuchProcess):
-            kernel.resume(999)
+            kernel.suspend(999)
 
 
 async def test_killing_a_suspended_process() -> None:
@@ -465,9 +476,10 @@ async def test_killing_a_suspended_process() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         info = await kernel.spawn(main)
-        await anyio.sleep(0.01)
+        await until(lambda: process_info(kernel, info.pid).stats.syscalls >= 3)
+        calls = process_info(kernel, info.pid).stats.syscalls
         kernel.suspend(info.pid)
-        await anyio.sleep(0.01)
+        await until(lambda: process_info(kernel, info.pid).stats.syscalls == calls + 1)  # stopped at its next call
         kernel.kill(info.pid, "while suspended")
         status = await kernel.wait(info.pid, timeout=1)
     assert (status.state, status.reason) == (ProcState.KILLED, "while suspended")
@@ -477,18 +489,49 @@ async def test_a_suspended_process_generation_waits_until_resume() -> None:
     driver = FakeDriver()
 
     async def main(sys):  # noqa: ANN001
-        await sys.sleep(0.05)  # suspended meanwhile; the chat below must wait for resume
+        await sys.recv()  # suspended meanwhile; the chat below must wait for resume
         return await sys.chat("hello")
 
     async with llmos.boot(driver) as kernel:
         info = await kernel.spawn(main)
-        await until(lambda: state_of(kernel, info.pid) is ProcState.BLOCKED)
+        await until_state(kernel, info.pid, ProcState.BLOCKED)
         kernel.suspend(info.pid)
-        await anyio.sleep(0.15)
+        kernel.send(info.pid, "go on")  # the recv in flight returns; the chat is issued and stops
+        await until(lambda: process_info(kernel, info.pid).stats.syscalls == 2)
         assert driver.jobs == []
+        assert state_of(kernel, info.pid) is ProcState.SUSPENDED
         kernel.resume(info.pid)
         reply = result(await kernel.wait(info.pid, timeout=2))
     assert reply.text == "echo: hello"
+
+
+async def test_suspending_a_process_mid_generation_takes_its_generation_out_of_the_batch() -> None:
+    driver = FakeDriver(step_delay_s=0.005)
+    story = " ".join(f"w{i}" for i in range(60))
+    driver.enqueue(story, story)
+
+    async def talker(sys):  # noqa: ANN001
+        return await sys.chat("tell me a story")
+
+    async with llmos.boot(driver) as kernel:
+        a = await kernel.spawn(talker, name="a")
+        b = await kernel.spawn(talker, name="b")
+        await until(lambda: len(driver.jobs) == 2 and all(len(job.token_ids) >= 3 for job in driver.jobs))
+        job_a, job_b = sorted(driver.jobs, key=lambda job: job.pid != a.pid)
+        assert sorted(driver.batches[-1]) == sorted([job_a.id, job_b.id])  # decoded together
+        kernel.suspend(a.pid)
+        assert state_of(kernel, a.pid) is ProcState.SUSPENDED
+        await until(lambda: driver.batches[-1] == [job_b.id])  # out at the step after the one in flight
+        left, frozen = len(driver.batches) - 1, len(job_a.token_ids)
+        await until(lambda: len(driver.batches) >= left + 10)  # b goes on alone
+        assert all(job_a.id not in batch for batch in driver.batches[left:])
+        assert len(job_a.token_ids) == frozen and not job_a.finished and not job_a.cancelled
+        assert state_of(kernel, a.pid) is ProcState.SUSPENDED
+        kernel.resume(a.pid)
+        reply_a = result(await kernel.wait(a.pid, timeout=5))
+        reply_b = result(await kernel.wait(b.pid, timeout=5))
+    assert reply_a.text == reply_b.text == story  # a picked up where it stopped
+    assert any(job_a.id in batch for batch in driver.batches[left + 10:])
 
 
 async def test_nice_changes_priority_and_checks_the_range() -> None:
@@ -526,7 +569,8 @@ async def test_kernel_shutdown_kills_the_processes_left() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         pids = [(await kernel.spawn(main)).pid for _ in range(3)]
-        await anyio.sleep(0.01)
+        for pid in pids:
+            await until_state(kernel, pid, ProcState.BLOCKED)
         began = time.perf_counter()
     assert time.perf_counter() - began < 1
     ended = {p.pid: p for p in kernel.ps(include_ended=True)}

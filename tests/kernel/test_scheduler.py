@@ -5,17 +5,27 @@ from __future__ import annotations
 import pytest
 
 from llmos.kernel.errors import ConfigError
-from llmos.kernel.scheduler import POLICIES, SchedRequest, Scheduler, StepOutput
+from llmos.kernel.model import GenerationJob, SamplingParams
+from llmos.kernel.scheduler import POLICIES, Scheduler, StepOutput
+from llmos.kernel.stats import SchedulerStatistics
 
 
-def req(i: int, pid: int | None = None, priority: int = 0, max_tokens: int = 10) -> SchedRequest:
-    return SchedRequest(id=i, pid=i if pid is None else pid, priority=priority, max_tokens=max_tokens)
+def req(i: int, pid: int | None = None, priority: int = 0, max_tokens: int = 10) -> GenerationJob:
+    return GenerationJob(id=i, pid=i if pid is None else pid, sampling=SamplingParams(max_tokens=max_tokens),
+                         priority=priority)
+
+
+def decode(s: Scheduler, running: tuple[int, ...], finished: frozenset[int] = frozenset()) -> None:
+    """What the engine does to the running requests in a step: a token each."""
+    for i in running:
+        s.running[i].token_ids.append(0)
+    s.update_from_output(StepOutput(tokens={i: 1 for i in running}, finished=finished))
 
 
 def step(s: Scheduler, finished: tuple[int, ...] = ()) -> tuple[int, ...]:
     """One engine step: schedule, every running request decodes a token, some finish."""
     plan = s.schedule()
-    s.update_from_output(StepOutput(tokens={i: 1 for i in plan.running}, finished=frozenset(finished)))
+    decode(s, plan.running, frozenset(finished))
     return plan.running
 
 
@@ -25,8 +35,8 @@ def run_to_end(s: Scheduler, limit: int = 1000) -> list[tuple[int, ...]]:
     while s.has_work() and len(steps) < limit:
         plan = s.schedule()
         steps.append(plan.running)
-        done = [i for i in plan.running if s.running[i].remaining == 1]
-        s.update_from_output(StepOutput(tokens={i: 1 for i in plan.running}, finished=frozenset(done)))
+        done = [i for i in plan.running if s.running[i].max_new_tokens == 1]
+        decode(s, plan.running, frozenset(done))
     return steps
 
 
@@ -209,7 +219,7 @@ def test_update_from_output_accounts_tokens_and_drops_finished() -> None:
     s.add(req(2))
     s.schedule()
     s.update_from_output(StepOutput(tokens={1: 3, 2: 1, 99: 4}, finished=frozenset({2})))
-    assert s.running[1].done_tokens == 3 and s.running[1].turn_tokens == 3
+    assert s.running[1].turn_tokens == 3
     assert 2 not in s.running and 2 not in s.waiting
 
 
@@ -219,4 +229,4 @@ def test_statistics() -> None:
     s.add(req(2))
     step(s)
     s.schedule()
-    assert s.statistics() == {"policy": "rr", "waiting": 1, "running": 1, "preemptions": 1, "suspended_owners": 0}
+    assert s.statistics() == SchedulerStatistics(policy="rr", waiting=1, running=1, preemptions=1, suspended_owners=0)

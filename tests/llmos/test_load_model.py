@@ -31,6 +31,9 @@ def test_unknown_model_lists_the_names_that_exist():
 
 
 def test_aliases_resolve():
+    from llmos import plugins
     from llmos.drivers import find_model
 
+    plugins.load()  # the built-in models join the library through the plugin hooks
     assert find_model("SmolLM2-135M-Instruct").name == "smollm2"
+    assert "smollm2" in llmos.model_names()

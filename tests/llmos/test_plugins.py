@@ -38,33 +38,33 @@ def llmos(site: Path, home: Path, *args: str, **env: str) -> subprocess.Complete
     return subprocess.run([LLMOS, *args], capture_output=True, text=True, env=environ, timeout=120)
 
 
-def test_the_installed_plugin_is_listed_with_where_it_comes_from(site, tmp_path):
-    out = llmos(site, tmp_path, "plugins").stdout
+def test_the_installed_plugin_is_listed_with_where_it_comes_from(site, llmos_home):
+    out = llmos(site, llmos_home, "plugins").stdout
     assert "hello" in out and "llmos-hello 0.1.0" in out and "register_commands" in out
     assert "broken" in out and "failed" in out and "ModuleNotFoundError" in out  # reported, not fatal
     assert "llmos.tools" in out and "built in" in out
 
 
-def test_its_app_calls_its_tool_in_the_sandbox(site, tmp_path):
-    run = llmos(site, tmp_path, "run", "--no-model", "--cap", "tool.word_count", "shout", "hello", "plugin", "world")
+def test_its_app_calls_its_tool_in_the_sandbox(site, llmos_home):
+    run = llmos(site, llmos_home, "run", "--no-model", "--cap", "tool.word_count", "shout", "hello", "plugin", "world")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "HELLO PLUGIN WORLD! (3 words)"
-    tools = llmos(site, tmp_path, "tools").stdout
+    tools = llmos(site, llmos_home, "tools").stdout
     assert "word_count" in tools and "sandbox" in tools.split("word_count")[1].split("\n")[0]
 
 
-def test_apps_do_not_get_plugin_tools_by_default(site, tmp_path):
-    run = llmos(site, tmp_path, "run", "--no-model", "shout", "hi")
+def test_apps_do_not_get_plugin_tools_by_default(site, llmos_home):
+    run = llmos(site, llmos_home, "run", "--no-model", "shout", "hi")
     assert run.returncode == 1 and "tool.word_count" in run.stderr
 
 
-def test_its_command_joins_the_cli(site, tmp_path):
-    assert llmos(site, tmp_path, "hello", "--name", "you").stdout.strip() == "hello, you"
+def test_its_command_joins_the_cli(site, llmos_home):
+    assert llmos(site, llmos_home, "hello", "--name", "you").stdout.strip() == "hello, you"
 
 
-def test_llmos_plugins_env_restricts_which_load(site, tmp_path):
-    none = llmos(site, tmp_path, "plugins", LLMOS_PLUGINS="").stdout
-    only = llmos(site, tmp_path, "plugins", LLMOS_PLUGINS="hello").stdout
+def test_llmos_plugins_env_restricts_which_load(site, llmos_home):
+    none = llmos(site, llmos_home, "plugins", LLMOS_PLUGINS="").stdout
+    only = llmos(site, llmos_home, "plugins", LLMOS_PLUGINS="hello").stdout
     assert "hello" not in none and "broken" not in none and "llmos.apps" in none
     assert "hello" in only and "broken" not in only
 

@@ -1,36 +1,25 @@
-"""The packaged MiniLM embedder and its chromadb registration."""
+"""llmos's chromadb embedding function: registered, and holding the store's embedder."""
 
 from __future__ import annotations
 
-import numpy as np
+import pytest
 from chromadb.utils.embedding_functions import known_embedding_functions
 
-from llmos.memory import embeddings
-from llmos.memory.embeddings import DIMENSIONS, LlmosEmbeddingFunction, embed
+from llmos.drivers.embeddings import DIMENSIONS, MINILM
+from llmos.kernel.errors import MemoryUnavailable
+from llmos.memory.embeddings import LlmosEmbeddingFunction
 
 
-def test_vectors_are_unit_length_and_meaningful() -> None:
-    v = embed(["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."])
-    assert v.shape == (3, DIMENSIONS) and v.dtype == np.float32
-    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
-    assert v[0] @ v[1] > 0.8 > 0.2 > v[0] @ v[2]
-
-
-def test_batched_and_one_by_one_agree_and_order_is_kept() -> None:
-    texts = ["short", "a much longer sentence about the weather in the mountains today", "mid length text"]
-    batched = embed(texts)
-    single = np.stack([embed([t])[0] for t in texts])
-    assert np.allclose(batched, single, atol=1e-5)
-
-
-def test_the_model_is_loaded_once() -> None:
-    first = embeddings.embedder()
-    assert embeddings.embedder() is first
-
-
-def test_registered_with_chromadb_and_rebuilt_from_config() -> None:
+def test_registered_with_chromadb_and_embeds_with_its_embedder() -> None:
     assert known_embedding_functions[LlmosEmbeddingFunction.name()] is LlmosEmbeddingFunction
-    fn = LlmosEmbeddingFunction.build_from_config(LlmosEmbeddingFunction().get_config())
+    fn = LlmosEmbeddingFunction(MINILM)
     [vector] = fn(["hello"])
     assert len(vector) == DIMENSIONS
     assert fn.default_space() == "cosine" and not fn.is_legacy()
+
+
+def test_rebuilt_from_config_it_has_no_model_and_says_so() -> None:
+    fn = LlmosEmbeddingFunction.build_from_config(LlmosEmbeddingFunction(MINILM).get_config())
+    assert fn.default_space() == "cosine"
+    with pytest.raises(MemoryUnavailable, match="no embedding model"):
+        fn(["hello"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from llmos.drivers.embeddings import MINILM
 from llmos.kernel.errors import InvalidRequest, MemoryUnavailable, StoreLocked
 from llmos.memory.store import ChromaStore, collection_name, open_store
 from llmos.testing import chroma_server
@@ -21,12 +22,12 @@ _names = itertools.count()
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaStore]:
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "embedded":
-        opened = open_store(folder)
+        opened = open_store(folder, MINILM)
         yield opened
         anyio.run(opened.aclose)
     else:
         with chroma_server(folder) as url:
-            opened = open_store(url)
+            opened = open_store(url, MINILM)
             yield opened
             anyio.run(opened.aclose)
 
@@ -105,15 +106,15 @@ def test_collection_names_are_valid_and_distinct() -> None:
 
 
 async def test_a_second_writer_on_a_folder_gets_a_clear_error(tmp_path: Path) -> None:
-    first = ChromaStore.open_folder(tmp_path)
+    first = ChromaStore.open_folder(tmp_path, MINILM)
     try:
         with pytest.raises(StoreLocked) as caught:
-            ChromaStore.open_folder(tmp_path)
+            ChromaStore.open_folder(tmp_path, MINILM)
         assert str(tmp_path) in caught.value.message and "another llmos process" in caught.value.message
         assert caught.value.code.name == "EBUSY" and isinstance(caught.value, MemoryUnavailable)
     finally:
         await first.aclose()
-    second = ChromaStore.open_folder(tmp_path)  # released on close
+    second = ChromaStore.open_folder(tmp_path, MINILM)  # released on close
     await second.aclose()
 
 
@@ -122,9 +123,10 @@ async def test_a_second_writer_in_another_process_is_refused(tmp_path: Path) -> 
     import sys
 
     code = ("import sys; from llmos.memory.store import ChromaStore\n"
-            "try:\n    ChromaStore.open_folder(__import__('pathlib').Path(sys.argv[1]))\n"
+            "from llmos.drivers.embeddings import MINILM\n"
+            "try:\n    ChromaStore.open_folder(__import__('pathlib').Path(sys.argv[1]), MINILM)\n"
             "except Exception as e:\n    print(type(e).__name__)\n")
-    first = ChromaStore.open_folder(tmp_path)
+    first = ChromaStore.open_folder(tmp_path, MINILM)
     try:
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     finally:
@@ -134,6 +136,6 @@ async def test_a_second_writer_in_another_process_is_refused(tmp_path: Path) -> 
 
 def test_an_unreachable_server_is_enodev() -> None:
     with pytest.raises(MemoryUnavailable, match="cannot reach the chroma server"):
-        open_store("http://127.0.0.1:9")  # the discard port: nothing listens
+        open_store("http://127.0.0.1:9", MINILM)  # the discard port: nothing listens
     with pytest.raises(InvalidRequest):
-        ChromaStore.open_server("ftp://x")
+        ChromaStore.open_server("ftp://x", MINILM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-import anyio
 import pytest
 
 import llmos
@@ -24,17 +23,12 @@ from llmos.syscalls import (
     SyscallError,
     UnknownSyscall,
 )
-from llmos.testing import FakeDriver, caught, result, spawn_and_wait
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait, until_state
 
 
 async def finished_info(kernel: llmos.Kernel, pid: int):  # noqa: ANN201
     """The ended process's snapshot, read before anyone reaps it."""
-    with anyio.fail_after(5):
-        while True:
-            info = {p.pid: p for p in kernel.ps(include_ended=True)}[pid]
-            if info.state.terminal:
-                return info
-            await anyio.sleep(0.002)
+    return await until_state(kernel, pid, timeout=5)
 
 
 class NotInTheTable(Request):

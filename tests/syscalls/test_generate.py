@@ -220,7 +220,7 @@ async def test_leaving_a_stream_early_cancels_the_generation() -> None:
             if len(got) == 3:
                 break
         await stream.aclose()
-        await sys.sleep(0.05)
+        await until(lambda: driver.jobs[0].finish_reason == "cancelled")  # dropped at the engine's next step
         after = await sys.chat("hi")
         return got, stream.reply, after.text
 
@@ -475,7 +475,7 @@ async def test_nice_reorders_a_waiting_generation() -> None:
         await until(lambda: len(driver.batches) >= 1)
         a = await kernel.spawn(main, "a")
         b = await kernel.spawn(main, "b")
-        await until(lambda: kernel.scheduler.statistics()["waiting"] == 2)
+        await until(lambda: kernel.scheduler.statistics().waiting == 2)
         kernel.nice(b.pid, -5)
         for info in (blocker, a, b):
             result(await kernel.wait(info.pid))
@@ -493,6 +493,6 @@ async def test_generation_statistics_count_steps_tokens_and_queue() -> None:
         for info in [await kernel.spawn(main, n) for n in range(3)]:
             result(await kernel.wait(info.pid))
         stats = kernel.generation.statistics()
-    assert stats["steps"] == 2 and stats["tokens"] == 6  # "echo: qN" is two words
-    assert stats["running"] == 0 and stats["waiting"] == 0 and stats["model"] == "fake"
-    assert stats["tokens_per_s"] == pytest.approx(6 / 5.0)
+    assert stats.steps == 2 and stats.tokens == 6  # "echo: qN" is two words
+    assert stats.scheduler.running == 0 and stats.scheduler.waiting == 0 and stats.model == "fake"
+    assert stats.tokens_per_s == pytest.approx(6 / 5.0)

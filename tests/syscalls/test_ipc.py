@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 import pytest
 
 import llmos
@@ -22,7 +21,7 @@ from llmos.syscalls import (
     ProcState,
     Timeout,
 )
-from llmos.testing import FakeDriver, caught, result, spawn_and_wait
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait, until_state
 
 
 async def receiver(sys, n=1, timeout=2):  # noqa: ANN001, ANN201
@@ -97,8 +96,7 @@ async def test_send_to_a_missing_name_or_pid_is_esrch() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         ended = await kernel.spawn(quick)
-        while kernel.ps():
-            await anyio.sleep(0.002)
+        await until_state(kernel, ended.pid)
         by_name, by_pid, to_ended = result(await spawn_and_wait(kernel, sender, ended.pid))
     for err in (by_name, by_pid, to_ended):
         assert type(err) is NoSuchProcess
@@ -156,8 +154,7 @@ async def test_recv_with_zero_timeout_polls_a_waiting_message() -> None:
 async def test_a_waiting_receiver_shows_blocked_and_wakes_on_a_message() -> None:
     async with llmos.boot(FakeDriver()) as kernel:
         r = await kernel.spawn(receiver, 1, None)
-        await anyio.sleep(0.02)
-        state = {p.pid: p.state for p in kernel.ps()}[r.pid]
+        state = (await until_state(kernel, r.pid, ProcState.BLOCKED)).state
         message = kernel.send(r.pid, ["from", "the", "kernel"])
         [got] = result(await kernel.wait(r.pid, timeout=1))
     assert state is ProcState.BLOCKED

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 import pytest
 
 import llmos
@@ -25,7 +24,7 @@ from llmos.syscalls import (
     TooManyProcesses,
 )
 from llmos.kernel import params
-from llmos.testing import FakeDriver, caught, result, spawn_and_wait
+from llmos.testing import FakeDriver, caught, result, spawn_and_wait, until
 
 
 
@@ -151,7 +150,7 @@ async def test_spawning_at_a_higher_priority_than_your_own_is_eperm() -> None:
     async with llmos.boot(FakeDriver()) as kernel:
         err, priority = result(await spawn_and_wait(kernel, parent, caps=DEFAULT_APP_CAPS))
         admin = result(await spawn_and_wait(kernel, parent_with_admin))
-    assert type(err) is PermissionDenied and "raising priority" in err.message
+    assert type(err) is PermissionDenied and "'proc.admin'" in err.message
     assert priority == 5
     assert admin == -10
 
@@ -218,7 +217,7 @@ async def test_a_process_waiting_shows_blocked() -> None:
 
     async with llmos.boot(FakeDriver()) as kernel:
         info = await kernel.spawn(parent)
-        await anyio.sleep(0.02)
+        await until(lambda: len(kernel.ps()) == 2 and all(p.state is ProcState.BLOCKED for p in kernel.ps()))
         states = {p.name: p.state for p in kernel.ps()}
         kernel.kill(next(p.pid for p in kernel.ps() if p.name == "sleepy"))
         status = result(await kernel.wait(info.pid))
@@ -339,22 +338,26 @@ async def test_suspend_and_resume_a_child() -> None:
 
     async def parent(sys):  # noqa: ANN001
         child = await sys.spawn(ticker)
-        await sys.sleep(0.02)
+        while len(ticks) < 3:
+            await sys.sleep(0.002)
+        before = len(ticks)  # read with no yield before the suspension takes effect
         await sys.suspend(child.pid)
         state = [p.state for p in await sys.ps() if p.pid == child.pid]
-        await sys.sleep(0.01)
+        while len(ticks) == before:  # the child's sleep in flight ends; its next call is held
+            await sys.sleep(0.002)
         frozen = len(ticks)
-        await sys.sleep(0.05)
+        await sys.sleep(0.05)  # the parent's own time: twenty-five of the child's ticks
         still = len(ticks)
         await sys.resume(child.pid)
-        await sys.sleep(0.05)
+        while len(ticks) == still:
+            await sys.sleep(0.002)
         await sys.kill(child.pid)
-        return state, frozen, still, len(ticks)
+        return state, frozen - before, still - before, len(ticks) - before
 
     async with llmos.boot(FakeDriver()) as kernel:
         state, frozen, still, after = result(await spawn_and_wait(kernel, parent))
     assert state == [ProcState.SUSPENDED]
-    assert frozen == still
+    assert frozen == still == 1  # only the call in flight when it was suspended completed
     assert after > still
 
 

@@ -67,5 +67,6 @@ async def test_tool_errors() -> None:
                 (await caught(sys.chat("x", tools=["none"]))).code]
 
     async with llmos.boot(FakeDriver()) as kernel:
-        codes = result(await spawn_and_wait(kernel, main, caps=CAPS))
-    assert codes == [NoSuchTool.code, Errno.EPERM, Errno.EINVAL, Errno.EINVAL, Errno.EINVAL]
+        codes = result(await spawn_and_wait(kernel, main, caps=CAPS | {"tool.nope", "tool.none"}))
+    # Offering a tool needs its capability (EPERM), checked before whether it exists.
+    assert codes == [NoSuchTool.code, Errno.EPERM, Errno.EINVAL, Errno.EINVAL, NoSuchTool.code]

@@ -17,7 +17,7 @@ from llmos.syscalls import (
     ToolTimeout,
     ToolUnavailable,
 )
-from llmos.testing import caught, result, spawn_and_wait
+from llmos.testing import caught, result, spawn_and_wait, until_state
 
 
 @llmos.tool
@@ -50,8 +50,7 @@ TOOLS = [add, slow, async_slow, broken]
 
 
 @pytest.fixture
-async def kernel(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+async def kernel():
     async with llmos.boot(None, memory=None, tools=TOOLS, mcp_servers=None) as kernel:
         yield kernel
 
@@ -113,8 +112,17 @@ async def test_an_unknown_tool_lists_the_callable_ones(kernel):
     async def main(sys):
         return await caught(sys.call_tool("nope"))
 
-    error = result(await spawn_and_wait(kernel, main, caps={"tool.add"}))
+    error = result(await spawn_and_wait(kernel, main, caps={"tool.*"}))
     assert isinstance(error, NoSuchTool) and error.code == 2 and "add" in str(error)
+
+
+async def test_calling_a_tool_not_granted_is_eperm_whether_or_not_it_exists(kernel):
+    async def main(sys):
+        return [await caught(sys.call_tool(name)) for name in ("nope", "calculator")]
+
+    errors = result(await spawn_and_wait(kernel, main, caps={"tool.add"}))
+    assert [type(e) for e in errors] == [PermissionDenied, PermissionDenied]
+    assert "'tool.nope'" in errors[0].message and "'tool.calculator'" in errors[1].message
 
 
 async def test_a_raising_tool_fails_the_call_not_the_process(kernel):
@@ -173,7 +181,7 @@ async def test_a_killed_process_stops_waiting_for_its_tool(kernel):
         return await sys.call_tool("async_slow", seconds=10)
 
     info = await kernel.spawn(main, caps={"tool.*"})
-    await anyio.sleep(0.05)
+    await until_state(kernel, info.pid, ProcState.BLOCKED)  # waiting for the tool
     kernel.kill(info.pid)
     status = await kernel.wait(info.pid, timeout=2)
     assert status.state is ProcState.KILLED

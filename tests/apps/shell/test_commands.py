@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+from contextlib import asynccontextmanager
 
+import anyio
 import pytest
 from rich.console import Console
 
 import llmos
-from llmos.apps.shell.session import Shell
+from llmos.apps.shell import views
+from llmos.apps.shell.session import SHELL_CAPS, Shell
 from llmos.testing import FakeDriver, until
 
 
@@ -18,29 +21,32 @@ async def sleeper(sys, seconds="30"):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-async def shell(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+async def shell():
     async with llmos.boot(FakeDriver(), memory=None) as kernel:
-        sh = Shell(kernel, "fake", out=Console(file=io.StringIO(), width=200))
-        async with _running(sh):
+        async with running_shell(kernel) as sh:
             yield sh
 
 
-class _running:
-    """Gives the shell its task group without the prompt loop."""
+@asynccontextmanager
+async def running_shell(kernel, caps=SHELL_CAPS):  # noqa: ANN001, ANN201
+    """The shell as the process it is (pid 1 on a fresh kernel), without the prompt loop:
+    the test drives `execute` on the shell process's syscall handle."""
+    sh = Shell("fake", out=Console(file=io.StringIO(), width=200))
+    kernel.console = sh.console(lambda: {p.pid: p.ppid for p in kernel.ps(include_ended=True)})
+    started, stop = anyio.Event(), anyio.Event()
 
-    def __init__(self, sh: Shell) -> None:
-        import anyio
+    async def serve(sys):  # noqa: ANN001
+        async with sh.session(sys):
+            started.set()
+            await stop.wait()
 
-        self.sh, self.tg = sh, anyio.create_task_group()
-
-    async def __aenter__(self) -> Shell:
-        self.sh._tg = await self.tg.__aenter__()
-        return self.sh
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.tg.cancel_scope.cancel()
-        await self.tg.__aexit__(None, None, None)
+    info = await kernel.spawn(serve, name="shell", caps=caps)
+    await started.wait()
+    try:
+        yield sh
+    finally:
+        stop.set()
+        await kernel.wait(info.pid, timeout=5)
 
 
 def said(sh: Shell) -> str:
@@ -65,13 +71,13 @@ async def test_a_result_is_printed_when_nothing_was_written(shell):
 
 async def test_background_job_ps_kill_and_its_notice(shell):
     await shell.execute(f"run {SLEEPER} 30 &")
-    assert said(shell).strip() == "[1] 1"
+    assert said(shell).strip() == "[1] 2"  # pid 1 is the shell
     await shell.execute("ps")
     assert "sleeper" in said(shell)
     await shell.execute("jobs")
     assert "Running" in said(shell)
     await shell.execute("kill %1")
-    assert said(shell) == "killed 1\n"
+    assert said(shell) == "killed 2\n"
     await until(lambda: shell.jobs.jobs[1].status is not None)
     shell.report_finished()
     assert "[1]  Killed" in said(shell) and shell.jobs.jobs == {}
@@ -79,16 +85,47 @@ async def test_background_job_ps_kill_and_its_notice(shell):
 
 async def test_suspend_resume_nice_wait_and_trace(shell):
     await shell.execute(f"run {SLEEPER} 0.2 &")
-    await shell.execute("suspend 1")
-    assert shell.kernel.ps()[0].state.name == "SUSPENDED"
-    await shell.execute("nice 1 5")
+    await shell.execute("suspend 2")
+    assert await job_state(shell, 2) == ("SUSPENDED", 0)
+    await shell.execute("nice 2 5")
     await shell.execute("resume %1")
-    assert shell.kernel.ps()[0].priority == 5
+    assert await job_state(shell, 2) == ("RUNNING", 5)
     said(shell)
     await shell.execute("wait %1")
     assert "[1]  Done" in said(shell)
-    await shell.execute("trace 1")
+    await shell.execute("trace 2")
     assert "sleep" in said(shell)
+
+
+async def job_state(sh: Shell, pid: int) -> tuple[str, int]:
+    [proc] = [p for p in await sh.sys.ps() if p.pid == pid]
+    return proc.state.name if proc.state.name != "BLOCKED" else "RUNNING", proc.priority
+
+
+async def test_what_the_shell_does_is_its_own_syscalls_in_the_trace(shell):
+    await shell.execute(f"run {SLEEPER} 30 &")
+    await shell.execute("ps")
+    await shell.execute("kill 2")
+    said(shell)
+    await shell.execute("trace 1")
+    calls = said(shell)
+    assert all(call in calls for call in ("spawn", "ps", "kill"))
+
+
+async def test_the_shell_acts_only_within_its_capabilities():
+    async def stranger(sys):  # noqa: ANN001
+        await sys.sleep(30)
+
+    async with llmos.boot(FakeDriver(), memory=None) as kernel:
+        other = await kernel.spawn(stranger)  # not the shell's child
+        async with running_shell(kernel, caps=SHELL_CAPS - {"proc.admin"}) as sh:
+            await sh.execute(f"kill {other.pid}")
+            assert said(sh).startswith("error: [EPERM]")
+            await sh.execute(f"run {SLEEPER} 30 &")
+            said(sh)
+            await sh.execute("kill %1")  # its own job: no admin needed
+            assert said(sh).startswith("killed")
+        kernel.kill(other.pid)
 
 
 async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
@@ -121,7 +158,7 @@ async def test_errors_are_one_line(shell, line, message):
 
 
 async def test_an_unexpected_error_is_one_line_too(shell, monkeypatch):
-    monkeypatch.setattr(shell.kernel, "ps", lambda **kw: 1 / 0)
+    monkeypatch.setattr(views, "ps_table", lambda *args: 1 / 0)
     await shell.execute("ps")
     assert said(shell) == "error: ZeroDivisionError: division by zero (LLMOS_DEBUG=1 shows the traceback)\n"
 
@@ -140,8 +177,7 @@ async def test_help_apps_models_top_and_exit(shell):
 
 async def test_mem_add_then_search_through_the_memory_syscalls(tmp_path, capsys):
     async with llmos.boot(FakeDriver(), memory=tmp_path / "store") as kernel:
-        sh = Shell(kernel, "fake", out=Console(file=io.StringIO(), width=200))
-        async with _running(sh):
+        async with running_shell(kernel) as sh:
             await sh.execute("mem add 'The ficus is watered on Mondays.'")
             await sh.execute("mem search 'when is the plant watered?'")
     out = capsys.readouterr().out

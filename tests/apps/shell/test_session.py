@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
 
@@ -29,7 +28,9 @@ def command(shell: pexpect.spawn, line: str) -> str:
 
 
 def leave(shell: pexpect.spawn) -> None:
-    time.sleep(0.3)  # the prompt must be reading before a control key means end of input
+    # A control key means end of input only once the prompt reads the terminal raw: the
+    # prompt text is written first, then the terminal leaves cooked mode (echo goes off).
+    assert shell.waitnoecho(timeout=30), "the prompt never took the terminal"
     shell.sendcontrol("d")
     shell.expect("bye")
     shell.expect(pexpect.EOF)

@@ -32,8 +32,7 @@ async def test_the_calculator_refuses_what_is_not_arithmetic(expression):
 
 
 @pytest.fixture
-async def kernel(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+async def kernel():  # its workspaces are under the test's own LLMOS_HOME (`llmos_home`)
     async with llmos.boot(None, memory=None, mcp_servers=None) as kernel:
         yield kernel
 
@@ -52,7 +51,7 @@ async def test_current_time_in_a_time_zone(kernel):
     assert isinstance(error, InvalidToolArguments)
 
 
-async def test_files_live_in_the_process_workspace(kernel, tmp_path):
+async def test_files_live_in_the_process_workspace(kernel, llmos_home):
     async def main(sys):
         await sys.call_tool("write_file", path="notes/a.txt", content="hello")
         await sys.call_tool("write_file", path="notes/a.txt", content=" world", append=True)
@@ -60,23 +59,23 @@ async def test_files_live_in_the_process_workspace(kernel, tmp_path):
                 await sys.call_tool("list_files", path="notes"))
 
     assert await run(kernel, main) == ("hello world", ["notes/"], ["a.txt"])
-    assert (tmp_path / "workspaces" / "agent" / "notes" / "a.txt").read_text() == "hello world"
+    assert (llmos_home / "workspaces" / "agent" / "notes" / "a.txt").read_text() == "hello world"
 
 
-async def test_paths_that_escape_the_workspace_are_refused(kernel, tmp_path):
-    (tmp_path / "secret.txt").write_text("top secret")
-    (tmp_path / "workspaces" / "agent").mkdir(parents=True)
-    os.symlink(tmp_path / "secret.txt", tmp_path / "workspaces" / "agent" / "link.txt")
+async def test_paths_that_escape_the_workspace_are_refused(kernel, llmos_home):
+    (llmos_home / "secret.txt").write_text("top secret")
+    (llmos_home / "workspaces" / "agent").mkdir(parents=True, exist_ok=True)
+    os.symlink(llmos_home / "secret.txt", llmos_home / "workspaces" / "agent" / "link.txt")
 
     async def main(sys):
         return [await caught(sys.call_tool("read_file", path=path))
-                for path in ("../../secret.txt", str(tmp_path / "secret.txt"), "link.txt", "../other/x")] + [
+                for path in ("../../secret.txt", str(llmos_home / "secret.txt"), "link.txt", "../other/x")] + [
             await caught(sys.call_tool("write_file", path="../escape.txt", content="x")),
             await caught(sys.call_tool("list_files", path=".."))]
 
     errors = await run(kernel, main)
     assert all(isinstance(e, PermissionDenied) for e in errors), errors
-    assert not (tmp_path / "workspaces" / "escape.txt").exists()
+    assert not (llmos_home / "workspaces" / "escape.txt").exists()
 
 
 async def test_processes_have_separate_workspaces(kernel):

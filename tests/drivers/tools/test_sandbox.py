@@ -21,8 +21,7 @@ ALL = [tools.hog, tools.spin, tools.read_env, tools.where, tools.sleepy, tools.a
 
 
 @pytest.fixture
-async def kernel(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+async def kernel():  # its workspaces are under the test's own LLMOS_HOME (`llmos_home`)
     async with llmos.boot(None, memory=None, tools=ALL, mcp_servers=None) as kernel:
         yield kernel
 

@@ -1,0 +1,430 @@
+"""The continuous-batching engine on a tiny random Llama (llmos.testing.tiny_engine), in
+milliseconds: greedy outputs against HF's own `generate`, continuous batching, the prefix
+cache, slots, preemption, sampling and stop conditions. The same behaviours on the real
+SmolLM2 model are in test_transformers_driver.py and test_grammar.py."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from llmos.drivers.engine import EngineConfig, sample_top_p
+from llmos.drivers.kv_cache import BLOCK, PrefixCache
+from llmos.kernel.model import GenerationJob, SamplingParams
+from llmos.testing import TINY_VOCAB, tiny_engine
+
+EOS = TINY_VOCAB - 1
+COLORS = {"type": "object", "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                                      "minItems": 2, "maxItems": 3},
+                                           "ok": {"type": "boolean"}},
+          "required": ["colors", "ok"], "additionalProperties": False}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A model this small gains nothing from more threads, and on a busy machine every
+    operator would wait at OpenMP's barrier for a worker whose core is taken."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def engine():
+    return tiny_engine()
+
+
+def _prompt(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(EOS) for _ in range(n)]
+
+
+def _job(job_id: int, prompt_ids: list[int], **sampling) -> GenerationJob:
+    return GenerationJob(id=job_id, pid=1, sampling=SamplingParams(**sampling), prompt_ids=list(prompt_ids))
+
+
+def _run(engine, jobs, pieces=None):
+    """Step until every job finishes, as the kernel would, then let them go; return the
+    streamed (job, piece) pairs."""
+    sink = [] if pieces is None else pieces
+    while any(not j.finished for j in jobs):
+        engine.step([j for j in jobs if not j.finished], sink.extend)
+    engine.step([], sink.extend)
+    return sink
+
+
+def _steps(engine, jobs, n: int, pieces=None) -> None:
+    for _ in range(n):
+        engine.step([j for j in jobs if not j.finished], (pieces if pieces is not None else []).extend)
+
+
+def _reference(engine, prompt: list[int], n: int) -> list[int]:
+    """HF's greedy continuation (`model.generate`, its own forward and KV cache), up to eos."""
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = engine.runner.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                           do_sample=False)
+    tokens = out[0, len(prompt):].tolist()
+    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+
+
+def _text(engine, tokens: list[int]) -> str:
+    return engine.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _watch_passes(engine) -> list[tuple[int, int, int, int]]:
+    """Record each forward pass as (step, first row, rows, live sequences), checking during
+    every pass that the live sequences fill rows 0..n-1."""
+    passes = []
+    forward = engine.runner.forward
+
+    def watched(batch):
+        rows = sorted(s.row for s in engine.seqs.values())
+        assert rows == list(range(len(rows))), f"live rows {rows} are not compact"
+        passes.append((engine.steps, batch.first, batch.tokens.shape[0], len(rows)))
+        return forward(batch)
+
+    engine.runner.forward = watched
+    return passes
+
+
+# -- greedy decoding equals the model's own ----------------------------------------------------------
+def test_greedy_decoding_equals_hf_generate(engine):
+    prompt = _prompt(20, seed=1)
+    job = _job(1, prompt, max_tokens=24)
+    _run(engine, [job])
+    assert job.token_ids == _reference(engine, prompt, 24)
+    assert job.finish_reason == "length" and job.text == _text(engine, job.token_ids)
+
+
+def test_statistics_count_steps_and_tokens(engine):
+    job = _job(1, _prompt(20, seed=1), max_tokens=5)
+    _run(engine, [job])
+    # two prefill chunks (16 + 4 tokens, the second yields the first token), then 4 decodes
+    assert engine.statistics() == {"sequences": 0, "steps": 2 + 4 + 1, "tokens_computed": 20 + 4,
+                                   "tokens_generated": 5, "cache_capacity": 512, "prefix_blocks": 0,
+                                   "prefix_hit_tokens": 0, "prefix_miss_tokens": 20}
+
+
+def test_jobs_batched_together_decode_as_if_alone(engine):
+    """Prompts of 1 to 75 tokens, two of them joining while the others decode, prefilled in
+    16-token chunks beside the running decodes: every job still equals its reference."""
+    lengths, max_tokens = (1, 17, 40, 75), (20, 12, 25, 16)
+    jobs = [_job(i, _prompt(n, seed=10 + i), max_tokens=m) for i, (n, m) in enumerate(zip(lengths, max_tokens))]
+    passes, pieces = _watch_passes(engine), []
+    _steps(engine, jobs[:2], 3, pieces)
+    _run(engine, jobs, pieces)
+    for job in jobs:
+        assert job.token_ids == _reference(engine, job.prompt_ids, job.sampling.max_tokens)
+        assert "".join(piece for owner, piece in pieces if owner is job) == job.text
+    steps = [s for s, *_ in passes]
+    assert any(steps.count(s) == 2 for s in steps)  # decodes and a prefill chunk shared steps
+    assert max(live for *_, live in passes) == 4
+
+
+def test_a_prompt_filling_the_context_ends_with_length(engine):
+    prompt = _prompt(engine.context_length - 7, seed=3)
+    job = _job(1, prompt, max_tokens=50)
+    _run(engine, [job])
+    assert job.finish_reason == "length" and len(job.token_ids) == 7
+    assert job.token_ids == _reference(engine, prompt, 7)
+
+
+# -- the prefix cache -------------------------------------------------------------------------------
+def test_a_shared_prefix_is_copied_not_recomputed(engine):
+    base = _prompt(70, seed=4)
+    first = _job(1, base + [5, 6, 7], max_tokens=6)
+    _run(engine, [first])
+    assert engine.statistics()["prefix_blocks"] >= 2
+    before = engine.statistics()
+    second = _job(2, base[:2 * BLOCK] + _prompt(10, seed=5), max_tokens=6)  # shares two blocks
+    _run(engine, [second])
+    after = engine.statistics()
+    assert after["prefix_hit_tokens"] - before["prefix_hit_tokens"] == 2 * BLOCK
+    assert after["prefix_miss_tokens"] - before["prefix_miss_tokens"] == 10
+    assert after["tokens_computed"] - before["tokens_computed"] == 10 + 5  # its own tail, then 5 decodes
+    assert second.token_ids == _reference(engine, second.prompt_ids, 6)
+
+
+def test_a_fully_cached_prompt_recomputes_only_its_last_token(engine):
+    prompt = _prompt(2 * BLOCK, seed=6)
+    first = _job(1, prompt, max_tokens=4)
+    _run(engine, [first])
+    hits = engine.prefix.hits
+    again = _job(2, prompt, max_tokens=4)
+    _run(engine, [again])
+    assert engine.prefix.hits - hits == 2 * BLOCK - 1  # the last token's logits are needed
+    assert again.token_ids == first.token_ids == _reference(engine, prompt, 4)
+
+
+def test_the_least_recently_used_prefix_is_evicted_and_recomputed_identically(engine):
+    engine.prefix = PrefixCache(max_blocks=2)
+    a, b, c = (_prompt(40, seed=s) for s in (7, 8, 9))  # one full block each
+
+    def run(job_id, prompt):
+        hits = engine.prefix.hits
+        job = _job(job_id, prompt, max_tokens=4)
+        _run(engine, [job])
+        return job.token_ids, engine.prefix.hits - hits
+
+    first_a, _ = run(1, a)
+    first_b, _ = run(2, b)
+    assert run(3, a) == (first_a, BLOCK)  # a is now the most recently used
+    run(4, c)  # evicts b
+    assert len(engine.prefix.blocks) == 2
+    assert run(5, a)[1] == BLOCK
+    assert run(6, b) == (first_b, 0)  # recomputed, to the same tokens
+    assert first_b == _reference(engine, b, 4)
+
+
+def test_no_prefix_cache_recomputes_everything():
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=0))
+    prompt = _prompt(70, seed=4)
+    for job_id in (1, 2):
+        job = _job(job_id, prompt, max_tokens=4)
+        _run(engine, [job])
+        assert job.token_ids == _reference(engine, prompt, 4)
+    assert engine.statistics()["prefix_blocks"] == 0 and engine.prefix.hits == 0
+
+
+# -- slots ------------------------------------------------------------------------------------------
+def test_finished_jobs_free_their_slots_and_live_rows_stay_compact():
+    engine = tiny_engine(EngineConfig(max_batch=3, prefill_chunk=16, prefix_cache_mb=1))
+    passes = _watch_passes(engine)
+    specs = [(5, 3), (20, 14), (40, 6), (9, 10), (33, 4), (50, 8)]  # (prompt length, max_tokens)
+    queue = [_job(i, _prompt(n, seed=20 + i), max_tokens=m) for i, (n, m) in enumerate(specs)]
+    jobs, running, peak = list(queue), [], 0
+    while queue or running:  # as the kernel's scheduler: at most max_batch at once, refilled as jobs end
+        running = [j for j in running if not j.finished]
+        while queue and len(running) < 3:
+            running.append(queue.pop(0))
+        if running:
+            engine.step(running, lambda batch: None)
+            assert set(engine.seqs) == {j.id for j in running if not j.finished}  # finished: let go at once
+            peak = max(peak, len(engine.seqs))
+    assert peak == 3 and not engine.seqs
+    for step in {s for s, *_ in passes}:  # each step's passes cover rows 0.. contiguously
+        firsts = [(first, rows) for s, first, rows, _ in passes if s == step]
+        assert firsts[0][0] == 0 and all(f == p + r for (p, r), (f, _) in zip(firsts, firsts[1:]))
+    for job in jobs:
+        assert job.token_ids == _reference(engine, job.prompt_ids, job.sampling.max_tokens)
+
+
+def test_admitting_more_jobs_than_slots_is_refused():
+    engine = tiny_engine(EngineConfig(max_batch=2, prefill_chunk=16, prefix_cache_mb=1))
+    jobs = [_job(i, _prompt(5, seed=i), max_tokens=4) for i in range(3)]
+    with pytest.raises(RuntimeError, match="2 sequences"):
+        engine.step(jobs, lambda batch: None)
+
+
+def test_a_cancelled_job_is_dropped_and_the_others_go_on(engine):
+    keep, cancel = _job(1, _prompt(12, seed=30), max_tokens=10), _job(2, _prompt(25, seed=31), max_tokens=10)
+    never = _job(3, _prompt(8, seed=32), max_tokens=10)
+    never.cancelled = True
+    _steps(engine, [keep, cancel, never], 3)
+    assert never.finish_reason == "cancelled" and not never.token_ids and 3 not in engine.seqs
+    generated = list(cancel.token_ids)
+    assert generated  # it was decoding
+    cancel.cancelled = True
+    _steps(engine, [keep, cancel], 1)
+    assert cancel.finish_reason == "cancelled" and cancel.token_ids == generated
+    assert set(engine.seqs) == {1}
+    _run(engine, [keep])
+    assert keep.token_ids == _reference(engine, keep.prompt_ids, 10)
+
+
+# -- preemption -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prefix_cache_mb", [1, 0])
+def test_a_preempted_job_resumes_where_it_stopped(prefix_cache_mb):
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=prefix_cache_mb))
+    job = _job(1, _prompt(40, seed=40), max_tokens=30)
+    _steps(engine, [job], 10)
+    done = list(job.token_ids)
+    other = _job(2, _prompt(20, seed=41), max_tokens=8)
+    _steps(engine, [other], 4)  # the job is out; another sequence takes its row
+    assert set(engine.seqs) == {2} and job.token_ids == done
+    hits = engine.prefix.hits
+    _run(engine, [job, other])
+    assert job.token_ids == _reference(engine, job.prompt_ids, 30)
+    assert other.token_ids == _reference(engine, other.prompt_ids, 8)
+    assert engine.prefix.hits - hits == (BLOCK if prefix_cache_mb else 0)  # resumed from the prefix cache
+
+
+def test_a_job_preempted_mid_prefill_resumes(engine):
+    job = _job(1, _prompt(75, seed=42), max_tokens=10)
+    _steps(engine, [job], 2)  # 32 of its 75 prompt tokens
+    assert not job.token_ids
+    engine.step([], lambda batch: None)
+    assert not engine.seqs
+    _run(engine, [job])
+    assert job.token_ids == _reference(engine, job.prompt_ids, 10)
+    assert engine.prefix.hits == BLOCK
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+def _draws(logits, temperature, top_p, n, seed=0) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return [sample_top_p(logits, temperature, top_p, generator) for _ in range(n)]
+
+
+def _frequencies(draws: list[int], size: int) -> torch.Tensor:
+    return torch.bincount(torch.tensor(draws), minlength=size).float() / len(draws)
+
+
+def test_a_small_top_p_keeps_only_the_argmax():
+    logits = torch.tensor([0.5, 2.0, 1.9, -1.0, 0.0])
+    assert set(_draws(logits, 5.0, 0.01, 200)) == {1}
+
+
+def test_top_p_samples_the_nucleus_in_proportion():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    draws = _draws(logits, 1.0, 0.7, 4000)  # nucleus: the first two (0.5 + 0.3 reaches 0.7)
+    assert set(draws) == {0, 1}
+    assert abs(_frequencies(draws, 4)[0].item() - 0.5 / 0.8) < 0.03
+
+
+def test_top_p_one_samples_every_token_by_its_probability():
+    logits = torch.linspace(0.0, 2.0, 8)
+    draws = _draws(logits, 1.0, 1.0, 4000)
+    assert set(draws) == set(range(8))
+    assert torch.allclose(_frequencies(draws, 8), torch.softmax(logits, -1), atol=0.03)
+
+
+def test_temperature_sharpens_or_flattens_the_distribution():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    seen = {t: _frequencies(_draws(logits, t, 1.0, 3000), 3) for t in (0.25, 1.0, 4.0)}
+    for temperature, frequencies in seen.items():
+        assert torch.allclose(frequencies, torch.softmax(logits / temperature, -1), atol=0.03)
+    assert seen[0.25][0] > 0.95 and seen[4.0][0] < 0.5
+
+
+def test_the_same_seed_draws_the_same_sequence():
+    logits = torch.zeros(50)
+    assert _draws(logits, 1.0, 1.0, 100, seed=3) == _draws(logits, 1.0, 1.0, 100, seed=3)
+    assert _draws(logits, 1.0, 1.0, 100, seed=3) != _draws(logits, 1.0, 1.0, 100, seed=4)
+
+
+def test_a_seeded_sampling_job_is_reproducible_batched_and_preempted(engine):
+    prompt = _prompt(30, seed=50)
+    alone = _job(1, prompt, max_tokens=20, temperature=1.0, top_p=0.9, seed=7)
+    _run(engine, [alone])
+    other_engine = tiny_engine()
+    greedy = _job(2, _prompt(12, seed=51), max_tokens=20)
+    again = _job(3, prompt, max_tokens=20, temperature=1.0, top_p=0.9, seed=7)
+    _steps(other_engine, [greedy, again], 6)
+    _steps(other_engine, [greedy], 3)  # `again` is preempted for a while
+    _run(other_engine, [greedy, again])
+    assert again.token_ids == alone.token_ids
+    assert greedy.token_ids == _reference(engine, greedy.prompt_ids, 20)
+    reseeded = _job(4, prompt, max_tokens=20, temperature=1.0, top_p=0.9, seed=8)
+    _run(engine, [reseeded])
+    assert reseeded.token_ids != alone.token_ids
+    assert alone.token_ids != _reference(engine, prompt, 20)  # it did sample
+
+
+# -- stop conditions --------------------------------------------------------------------------------
+def test_max_tokens_ends_with_length(engine):
+    job = _job(1, _prompt(10, seed=60), max_tokens=5)
+    _run(engine, [job])
+    assert job.finish_reason == "length" and len(job.token_ids) == 5
+
+
+def test_an_eos_token_ends_with_stop_and_is_not_kept(engine):
+    prompt = _prompt(10, seed=61)
+    expected = _reference(engine, prompt, 20)
+    k = next(i for i in range(3, 20) if expected[i] not in expected[:i])
+    engine = tiny_engine(eos_ids=frozenset({expected[k]}))
+    job = _job(1, prompt, max_tokens=20)
+    _run(engine, [job])
+    assert job.finish_reason == "stop" and job.token_ids == expected[:k]
+    assert engine.statistics()["tokens_generated"] == k
+
+
+def test_a_stop_string_cuts_the_reply_and_the_stream(engine):
+    prompt = _prompt(10, seed=62)
+    full = _text(engine, _reference(engine, prompt, 40))
+    start = next(i for i in range(3, len(full)) if full[i:i + 2].isascii() and full[i:i + 2].isprintable())
+    stop = full[start:start + 2]
+    job = _job(1, prompt, max_tokens=40, stop=(stop,))
+    pieces = _run(engine, [job])
+    assert job.finish_reason == "stop" and len(job.token_ids) < 40
+    assert job.text == full[: full.index(stop)]
+    assert "".join(p for _, p in pieces) == job.text
+
+
+# -- constrained decoding ---------------------------------------------------------------------------
+def test_constrained_and_free_jobs_share_a_batch(engine):
+    constrained = _job(1, _prompt(8, seed=70), max_tokens=60, json_schema=COLORS)
+    sampled = _job(2, _prompt(20, seed=71), max_tokens=60, json_schema=COLORS, temperature=1.0, seed=1)
+    free = _job(3, _prompt(15, seed=72), max_tokens=20)
+    for job in (constrained, sampled):
+        engine.init_state(job)  # as the driver's prepare does
+    _run(engine, [constrained, sampled, free])
+    for job in (constrained, sampled):
+        data = json.loads(job.text)
+        assert job.finish_reason == "stop" and set(data) == {"colors", "ok"}
+        assert 2 <= len(data["colors"]) <= 3 and set(data["colors"]) <= {"red", "green", "blue"}
+    assert free.token_ids == _reference(engine, free.prompt_ids, 20)
+
+
+def test_grammar_state_survives_preemption(engine):
+    prompt = _prompt(8, seed=73)
+    whole = _job(1, prompt, max_tokens=60, json_schema=COLORS)
+    engine.init_state(whole)
+    _run(engine, [whole])
+    split = _job(2, prompt, max_tokens=60, json_schema=COLORS)
+    engine.init_state(split)
+    _steps(engine, [split], 6)
+    engine.step([], lambda batch: None)  # preempted mid-object
+    assert split.token_ids and not split.finished
+    _run(engine, [split])
+    assert split.text == whole.text and json.loads(split.text)
+
+
+# -- known defects, kept visible ----------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="Engine._admit restarts `streamed` at len(job.text): text held back "
+                   "for a possible stop string when the job was preempted is never streamed")
+def test_text_held_back_for_a_stop_string_is_streamed_after_a_preemption(engine):
+    prompt = _prompt(12, seed=82)
+    probe = _job(1, prompt, max_tokens=30)
+    texts = []
+    while not probe.finished:
+        engine.step([probe], lambda batch: None)
+        texts.append(probe.text)
+    engine.step([], lambda batch: None)
+    k = next(i for i, t in enumerate(texts) if len(t) > 2 and t[-2:].isascii() and t[-2:].isprintable())
+    stop = texts[k][-2:] + "\x00"  # never completed, but its start is held back at step k
+    assert "\x00" not in probe.text
+    job = _job(2, prompt, max_tokens=30, stop=(stop,))
+    pieces = []
+    _steps(engine, [job], k + 1, pieces)
+    engine.step([], pieces.extend)  # preempted while holding back two characters
+    _run(engine, [job], pieces)
+    assert job.text == probe.text
+    assert "".join(p for _, p in pieces) == job.text
+
+
+@pytest.mark.xfail(strict=True, reason="Engine.init_state seeds an unseeded sampler with torch.seed(), which "
+                   "reseeds the process's global RNG")
+def test_an_unseeded_sampler_leaves_the_global_rng_alone(engine):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        engine.init_state(_job(1, [1, 2, 3], temperature=1.0))
+        assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.xfail(strict=True, reason="SlotCache is torch.empty and attention masks never-written positions "
+                   "only by score: NaN/inf left there by the allocator poisons every row shorter than the pass")
+def test_never_written_cache_positions_do_not_reach_the_outputs(engine):
+    engine.cache.k.fill_(float("nan"))  # what reused heap (or CUDA caching-allocator) memory may hold
+    engine.cache.v.fill_(float("nan"))
+    short, long = _job(1, _prompt(5, seed=90), max_tokens=6), _job(2, _prompt(9, seed=91), max_tokens=6)
+    _run(engine, [short, long])
+    assert long.token_ids == _reference(engine, long.prompt_ids, 6)  # the longest row sees no unwritten key
+    assert short.token_ids == _reference(engine, short.prompt_ids, 6)
