@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class JobState:
     """Everything the engine keeps for a job, on `job.driver_state`. The decoder, RNG and
-    grammar state live on across preemptions; row, computed and streamed describe the job
-    as a live sequence and are set afresh each time it is admitted."""
+    grammar state and what was streamed live on across preemptions; row and computed
+    describe the job as a live sequence and are set afresh each time it is admitted."""
 
     job: GenerationJob = field(repr=False)
     decoder: IncrementalDecoder  # its reply's text so far
@@ -111,7 +111,7 @@ class Engine:
         self.prefix.misses += len(tokens)
         self.init_state(job)
         seq = self.seqs[job.id] = job.driver_state
-        seq.row, seq.computed, seq.streamed = row, 0, len(job.text)
+        seq.row, seq.computed = row, 0  # `streamed` carries over: text held back for a stop string is still owed
         self._reuse_prefix(seq)
 
     def _reuse_prefix(self, seq: JobState) -> None:
@@ -135,7 +135,10 @@ class Engine:
         state = JobState(job=job, decoder=IncrementalDecoder(self.tokenizer))
         if job.sampling.temperature > 0:
             state.generator = torch.Generator(device=self.device)
-            state.generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
+            if job.sampling.seed is None:
+                state.generator.seed()  # its own fresh seed; the process's global RNG is left alone
+            else:
+                state.generator.manual_seed(job.sampling.seed)
         if job.sampling.json_schema is not None:
             state.matcher = self.grammars.json_matcher(job.sampling.json_schema)
         job.driver_state = state

@@ -1,9 +1,11 @@
 """Preallocated KV memory for the engine, and the prefix cache.
 
 `SlotCache` holds K and V for up to `slots` sequences of up to `capacity` tokens each,
-allocated once (pages are committed by the OS only as they are written). Invariant:
+allocated once (pages are committed by the OS only as they are written). Invariants:
 the live sequences occupy rows 0..n-1 with the decoding ones first, so the K/V a batch
-attends over is a view, never a copy.
+attends over is a view, never a copy; and every position a pass reads was written at
+least once (`scrub`), since masked positions get weight 0 and 0 x NaN, which unwritten
+memory may hold, is NaN.
 
 `PrefixCache` keeps K/V of token blocks keyed by a hash of the whole prefix up to and
 including the block, so a prompt prefix computed once (a shared system prompt, earlier
@@ -27,6 +29,7 @@ class SlotCache:
         shape = (layers, slots, kv_heads, self.capacity, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, S, Hkv, T, D)
         self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.written = [0] * slots  # per row: positions below this hold K/V written at least once
 
     def ensure_capacity(self, tokens: int, live: dict[int, int]) -> None:
         """Grow (by doubling, up to max_capacity) so every row can hold `tokens` tokens.
@@ -46,6 +49,16 @@ class SlotCache:
                 grown[:, row, :, :length] = old[:, row, :, :length]
             setattr(self, name, grown)
         self.capacity = new
+        self.written = [live.get(row, 0) for row in range(self.slots)]
+
+    def scrub(self, first: int, count: int, length: int) -> None:
+        """Zero what rows first..first+count-1 hold below `length` but never had written,
+        before a pass reads them (once per row and position: later passes find it clean)."""
+        for row in range(first, first + count):
+            if self.written[row] < length:
+                self.k[:, row, :, self.written[row]:length] = 0
+                self.v[:, row, :, self.written[row]:length] = 0
+                self.written[row] = length
 
     def bytes_per_token(self) -> int:
         layers, _, heads, _, dim = self.k.shape
@@ -64,12 +77,20 @@ class SlotCache:
     def move(self, src: int, dst: int, length: int) -> None:
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        self.written[dst] = self._after_copy(self.written[dst], self.written[src], length)
 
     def swap(self, a: int, b: int, length: int) -> None:
         for t in (self.k, self.v):
             held = t[:, a, :, :length].clone()
             t[:, a, :, :length] = t[:, b, :, :length]
             t[:, b, :, :length] = held
+        wa, wb = self.written[a], self.written[b]
+        self.written[a], self.written[b] = self._after_copy(wa, wb, length), self._after_copy(wb, wa, length)
+
+    @staticmethod
+    def _after_copy(own: int, copied: int, length: int) -> int:
+        """A row's written mark once positions below `length` came from a row marked `copied`."""
+        return copied if copied < length else max(own, length)
 
     def read_block(self, row: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + BLOCK
@@ -86,6 +107,8 @@ class SlotCache:
                 break
             self.k[:, row, :, first:first + n] = k[:, :, :n]
             self.v[:, row, :, first:first + n] = v[:, :, :n]
+        if self.written[row] >= start:  # a contiguous written stretch grows
+            self.written[row] = max(self.written[row], length)
 
 
 def block_hashes(tokens: list[int]) -> list[int]:

@@ -174,6 +174,7 @@ class LlamaRunner:
         positions = batch.starts[:, None] + offsets[None, :]  # (B, Q)
         valid = offsets[None, :] < batch.lengths[:, None]  # (B, Q)
         total = int((batch.starts + batch.lengths).max())
+        self.cache.scrub(batch.first, bsz, total)  # padding positions must hold finite K/V
         cos, sin = self.model.model.rotary_emb(hidden, positions)  # (B, Q, D)
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)

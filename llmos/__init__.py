@@ -17,15 +17,13 @@ command), not on import.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 # Each public name, and the module it comes from.
 _NAMES = {
-    "boot": "llmos.boot",
+    "boot": "llmos.booting",
     "LLMOS": "llmos.runtime",
     "Model": "llmos.runtime",
     "ModelListing": "llmos.model",
@@ -72,20 +70,8 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__, *_SUBMODULES})
 
 
-class _Package(types.ModuleType):
-    """Keeps a public name from being shadowed by the submodule of the same name: importing
-    llmos.boot would otherwise bind the module `llmos.boot` over the function `llmos.boot`."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _NAMES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports these
-    from llmos.boot import boot
+    from llmos.booting import boot
     from llmos.drivers.errors import ModelUnavailable, UnknownModel
     from llmos.drivers.tools import Tool, tool
     from llmos.kernel.errors import ConfigError

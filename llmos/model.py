@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from llmos import plugins
-from llmos.boot import load_driver
+from llmos.booting import load_driver
 from llmos.drivers import DEFAULT_MODEL, registry
 from llmos.drivers.weights import is_cached
 from llmos.home import llmos_home

@@ -24,7 +24,7 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from llmos import plugins
-from llmos.boot import boot, load_driver
+from llmos.booting import boot, load_driver
 from llmos.drivers import DEFAULT_MODEL
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel

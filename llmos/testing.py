@@ -162,7 +162,7 @@ async def run_app(app: Any, *args: Any, driver: Any = None, console: Any = None,
     --name value words) on a fresh kernel with `driver` (a FakeDriver by default) and
     `memory` (a store folder; None: no memory store)."""
     from llmos.apps import registry  # user space, loaded only by the tests that run apps
-    from llmos.boot import boot
+    from llmos.booting import boot
 
     async with boot(driver if driver is not None else FakeDriver(), memory=memory) as kernel:
         kernel.console = console
@@ -300,12 +300,8 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
     """An `Engine` (llmos.drivers.engine) on `tiny_model(seed)` and `tiny_tokenizer()`, for
     engine tests that run in milliseconds. `config` is an EngineConfig (default: 4 slots,
     16-token prefill chunks, a 64-block prefix cache); `eos_ids` defaults to the
-    tokenizer's eos. The HF model is `engine.runner.model`.
-
-    Its slot cache starts zeroed, as the real model's does in practice (a cache that large
-    is mapped from fresh, zeroed pages): this one is small enough to come from reused heap
-    memory, whose garbage (NaN, inf) masked attention does not keep out of the outputs
-    (see test_engine.py's test_never_written_cache_positions_do_not_reach_the_outputs)."""
+    tokenizer's eos. The HF model is `engine.runner.model`. Its slot cache is small enough
+    to come from reused heap memory, garbage and all, as a real engine's may."""
     import torch
 
     from llmos.drivers.engine import Engine, EngineConfig
@@ -316,6 +312,4 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
                     context_length=model.config.max_position_embeddings,
                     config=config or EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=1),
                     dtype=torch.float32, device="cpu")
-    engine.cache.k.zero_()
-    engine.cache.v.zero_()
     return engine

@@ -24,6 +24,7 @@ import llmos
 MODEL_CACHE = Path(os.environ.get("LLMOS_TEST_MODEL_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "models")
 USER_HOME = Path.home() / ".llmos"  # read once, before any test can change HOME
 _USER_HOME_BEFORE = pytest.StashKey["dict[str, tuple[int, int]] | None"]()
+_USER_HOME_TOUCHED = pytest.StashKey[str]()
 
 
 def make_home(folder: Path) -> Path:
@@ -95,15 +96,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if after == before:
         return
     if before is None:
-        change = "was created"
+        change = "it was created"
+    elif after is None:
+        change = "it was removed"
     else:
-        after = after or {}
-        changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
-        change = (f"changed: added {sorted(after.keys() - before.keys())}, removed {sorted(before.keys() - after.keys())}, "
-                  f"modified {changed}")
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"the test suite touched the user's {USER_HOME}: it {change}; every test must use its own LLMOS_HOME"
-    if reporter is not None:
-        reporter.write_line(f"ERROR: {message}", red=True, bold=True)
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        kinds = {"added": sorted(after.keys() - before.keys()), "removed": sorted(before.keys() - after.keys()),
+                 "modified": sorted(k for k in before.keys() & after.keys() if before[k] != after[k])}
+        change = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items() if names)
+    session.config.stash[_USER_HOME_TOUCHED] = (f"the test suite touched the user's {USER_HOME} ({change}); "
+                                                "every test must use its own LLMOS_HOME")
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    message = config.stash.get(_USER_HOME_TOUCHED, None)
+    if message is not None:
+        terminalreporter.section("~/.llmos guard", red=True, bold=True)
+        terminalreporter.write_line(f"FAILED: {message}", red=True, bold=True)
 

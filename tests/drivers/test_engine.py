@@ -385,9 +385,7 @@ def test_grammar_state_survives_preemption(engine):
     assert split.text == whole.text and json.loads(split.text)
 
 
-# -- known defects, kept visible ----------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="Engine._admit restarts `streamed` at len(job.text): text held back "
-                   "for a possible stop string when the job was preempted is never streamed")
+# -- defects these tests found (fixed) ----------------------------------------------------------------
 def test_text_held_back_for_a_stop_string_is_streamed_after_a_preemption(engine):
     prompt = _prompt(12, seed=82)
     probe = _job(1, prompt, max_tokens=30)
@@ -408,8 +406,6 @@ def test_text_held_back_for_a_stop_string_is_streamed_after_a_preemption(engine)
     assert "".join(p for _, p in pieces) == job.text
 
 
-@pytest.mark.xfail(strict=True, reason="Engine.init_state seeds an unseeded sampler with torch.seed(), which "
-                   "reseeds the process's global RNG")
 def test_an_unseeded_sampler_leaves_the_global_rng_alone(engine):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -419,8 +415,6 @@ def test_an_unseeded_sampler_leaves_the_global_rng_alone(engine):
         assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="SlotCache is torch.empty and attention masks never-written positions "
-                   "only by score: NaN/inf left there by the allocator poisons every row shorter than the pass")
 def test_never_written_cache_positions_do_not_reach_the_outputs(engine):
     engine.cache.k.fill_(float("nan"))  # what reused heap (or CUDA caching-allocator) memory may hold
     engine.cache.v.fill_(float("nan"))
