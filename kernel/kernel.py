@@ -102,7 +102,7 @@ class Kernel:
         main = resolve_app(app)
         if not params.NICE_MIN <= priority <= params.NICE_MAX:
             raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
-        granted = capabilities.narrow(parent.capabilities, caps) if parent else frozenset(caps or {capabilities.ALL})
+        granted = capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
                        capabilities=granted, quotas=quotas or Quotas())

@@ -134,18 +134,20 @@ def _group_property(group: type[_Group]) -> property:
     return property(lambda self: group(self), doc=group.__doc__)
 
 
-def install(table: SyscallTable) -> None:
-    """Give `Sys` one method per request type of `table`, and a sub-handle per dotted family."""
+def install(table: SyscallTable, handle: type[Sys] = Sys) -> None:
+    """Give `handle` one method per request type of `table`, and a sub-handle per dotted
+    family. Done for `Sys` and the kernel's TABLE at import; a kernel built on a table of
+    its own gives its processes a subclass of `Sys` installed from that table."""
     groups: dict[str, type[_Group]] = {}
     for cls in table.handlers:
         family, _, name = cls.call.rpartition(".")
         if not family:
-            setattr(Sys, name, _method(cls))
+            setattr(handle, name, _method(cls))
             continue
         if family not in groups:
             groups[family] = type(f"{family.title()}Calls", (_Group,), {
                 "__slots__": (), "__doc__": f"The {family}.* syscalls: one method each."})
-            setattr(Sys, family, _group_property(groups[family]))
+            setattr(handle, family, _group_property(groups[family]))
         setattr(groups[family], name, _method(cls))
 
 
