@@ -55,7 +55,7 @@ def find_model(name: str) -> ModelSpec:
 def load_driver(name: str, home: Path) -> object:
     """Load a model by registered name, or a local Hugging Face model folder by path."""
     # Loading runs torch (de-quantizing, casting, packing weights): on the compute thread,
-    # like every later step of the model (see llmos.kernel.compute).
+    # like every later step of the model (see llmos.drivers.compute).
     if Path(name).expanduser().is_dir() and is_cached(Path(name).expanduser()):
         from llmos.drivers.transformers_driver import load_transformers_folder  # torch loads here
 

@@ -1,8 +1,9 @@
 """The kernel: owns the process table, runs each process in its own task, and routes
 every syscall through the dispatcher.
 
-Its public methods act as the kernel itself (pid 0): they check no capabilities. The
-syscall handlers in llmos.syscalls check the caller's rights, then call these.
+Its public methods act as the kernel itself (pid 0): they check no capabilities, and are
+for the code that boots a kernel. A process reaches them only through a syscall, whose
+rights the dispatcher has checked before the handler (llmos.syscalls) calls them.
 """
 
 from __future__ import annotations

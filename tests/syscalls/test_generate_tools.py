@@ -1,4 +1,4 @@
-"""sys.chat(tools=...) on the FakeDriver: the two constrained steps, and their errors."""
+"""sys.chat(tools=...) on the FakeDriver: the two constrained turns of the kernel's tool-choice policy, and their errors."""
 
 from __future__ import annotations
 
