@@ -17,7 +17,7 @@ import torch
 from llmos.drivers import compute
 from llmos.drivers.engine import Engine, EngineConfig
 from llmos.kernel.errors import ConfigError, ContextOverflow
-from llmos.kernel.model import EmitFn, GenerationJob
+from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,11 @@ class TransformersDriver:
         return frozenset(i for i in ids if i is not None)
 
     # -- prompts -----------------------------------------------------------------------------
+    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
+
     def prepare(self, job: GenerationJob) -> None:
         if not job.prompt_ids:  # else tokenized by this driver already (a context window's exact count)
             job.prompt_ids = self._tokenize(job)
@@ -129,10 +134,7 @@ class TransformersDriver:
     def _tokenize(self, job: GenerationJob) -> list[int]:
         if job.messages is None:
             return self.tokenizer.encode(job.prompt or "", add_special_tokens=False)
-        messages = [m.model_dump() for m in job.messages]
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)
-        return list(encoded["input_ids"])
+        return self.tokenize(job.messages)
 
     # -- decoding --------------------------------------------------------------------------------
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:

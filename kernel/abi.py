@@ -1,11 +1,12 @@
 """The shape every syscall request has. The concrete requests live in llmos.syscalls.
 
 A request class is the one definition of its syscall: its fields (validated by pydantic),
-its name (`call`), whether it may block, the capabilities it needs (computed from its
-arguments by `needs`), its result type (`Request[ResultType]`), and how a `Sys` method
-takes its arguments (`positional`, `variadic`, `keywords`). The dispatcher checks what
-`needs` yields; nothing else checks capabilities. The same frozen object is what a process
-awaits locally and what a remote caller sends as JSON ({"call": name, **fields}).
+its name (`call`), whether it may block, the capabilities it needs (`capability`, plus what
+`needs` computes from its arguments), its result type (`Request[ResultType]`), and how a
+`Sys` method takes its arguments (`positional`, `variadic`, `keywords`). The dispatcher
+checks them; nothing else checks capabilities. A process hands the kernel the object; a
+remote caller sends the same fields as JSON ({"call": name, **fields}), which the same
+class validates.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class Request(BaseModel, Generic[R]):
 
     Subclasses set `call` (the name in traces, in dict form and of the `Sys` method; a
     dotted name "group.name" becomes `sys.group.name`), `capability` (what every call
-    needs, or None), override `needs` when what is needed depends on the arguments, and
-    set `blocking` when the caller may wait on it (it shows as BLOCKED meanwhile).
+    needs, or None), override `needs` for what more the arguments call for, and set
+    `blocking` when the caller may wait on it (it shows as BLOCKED meanwhile).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -47,9 +48,8 @@ class Request(BaseModel, Generic[R]):
     keywords: ClassVar[str | None] = None
 
     def needs(self, caller: Process) -> Iterator[Need]:
-        """The capabilities this call needs from `caller` (the dispatcher checks each)."""
-        if self.capability is not None:
-            yield self.capability
+        """What this call needs from `caller` besides `capability`, given its arguments."""
+        return iter(())
 
     @classmethod
     def result_type(cls) -> Any:

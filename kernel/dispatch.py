@@ -8,6 +8,7 @@ the only place that checks capabilities: handlers trust the request they are giv
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +21,7 @@ from llmos.kernel import params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import PROC_ADMIN, Control, Need, grants
 from llmos.kernel.errors import InvalidRequest, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall
-from llmos.kernel.process import Process, ProcState
+from llmos.kernel.process import Process
 from llmos.kernel.stats import TraceEvent
 
 if TYPE_CHECKING:
@@ -30,12 +31,21 @@ Handler = Callable[["Kernel", Process, Any], Awaitable[Any]]
 T = TypeVar("T")
 
 
+CALL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")  # "spawn", "context.append"
+
+
 class SyscallTable:
     def __init__(self, handlers: Mapping[type[Request], Handler]) -> None:
         self.handlers = dict(handlers)
         self.by_name = {cls.call: cls for cls in self.handlers}
         if len(self.by_name) != len(self.handlers):
             raise ValueError("two request types share a call name")
+        bad = [name for name in self.by_name if not CALL_NAME.fullmatch(name)]
+        families = {name.partition(".")[0] for name in self.by_name if "." in name}
+        bad += sorted(families & set(self.by_name))  # `sys.context` cannot be a call and a family
+        if bad:
+            raise ValueError(f"bad call names {bad}: a call is 'name' or 'family.name', lowercase, and no "
+                             "family shares a call's name")
 
     def resolve(self, request: Any) -> Request:
         """A request object as is; a dict {"call": name, **args} validated into its type."""
@@ -95,6 +105,8 @@ class Dispatcher:
 
     def _admit(self, proc: Process, req: Request) -> None:
         try:
+            if req.capability is not None:
+                self.require(proc, req.capability, req.call)
             for need in req.needs(proc):
                 self.require(proc, need, req.call)
         except PermissionDenied:
@@ -137,8 +149,9 @@ class Dispatcher:
         return self.kernel.procs.is_descendant(need.pid, proc.pid)
 
     async def on_behalf(self, proc: Process, call: str, need: Need, work: Callable[[], Awaitable[T]]) -> T:
-        """Work the kernel does for `proc` without a request of its own (the pager's summary
-        generation): checked against `need`, accounted and traced as `call`, like a syscall."""
+        """Work the kernel does for `proc` inside one of its syscalls (the pager's summary
+        generation): checked against `need` and traced as `call`. Its time is already part
+        of the enclosing syscall's, so it is not added again."""
         began, wall, outcome = time.perf_counter(), time.time(), "ok"
         try:
             self.require(proc, need, call)
@@ -147,9 +160,7 @@ class Dispatcher:
             outcome = exc.code.name
             raise
         finally:
-            elapsed = time.perf_counter() - began
-            proc.stats.syscall_time_s += elapsed
-            self.trace.append(TraceEvent(wall, proc.pid, call, elapsed, outcome))
+            self.trace.append(TraceEvent(wall, proc.pid, call, time.perf_counter() - began, outcome))
 
     async def _run(self, proc: Process, req: Request) -> Any:
         handler = self.table.handlers[type(req)]
@@ -157,11 +168,11 @@ class Dispatcher:
             result = await handler(self.kernel, proc, req)
             await self._maybe_yield()
             return result
-        self.kernel.set_activity(proc, ProcState.BLOCKED)
+        self.kernel.begin_wait(proc)
         try:
             return await handler(self.kernel, proc, req)
         finally:
-            self.kernel.set_activity(proc, ProcState.RUNNING)
+            self.kernel.end_wait(proc)
 
     async def _maybe_yield(self) -> None:
         # Cheap calls yield only now and then, so a loop of them costs microseconds

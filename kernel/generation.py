@@ -77,12 +77,13 @@ class GenerationService:
                      prompt_ids: Sequence[int] | None = None) -> GenerationJob:
         """Queue a generation for `proc`; fails fast if it cannot fit the context or quota.
         `prompt_ids`: the messages' token ids when the caller has them already (a context
-        window counts its prompt exactly), so the chat template is applied once per turn."""
+        window tokenizes its final prompt to check its size), so the driver need not again."""
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
-                            messages=tuple(messages) if messages is not None else None, priority=proc.priority,
+                            messages=tuple(messages) if messages is not None else None,
                             prompt_ids=list(prompt_ids or ()))
         await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only
         job.sampling = self._fit_budget(proc, job)
+        job.priority = proc.priority  # as it is now: a `nice` may have come while it was tokenized
         job.submitted_at, job.outbox = time.perf_counter(), Outbox()
         self.jobs[job.id] = job
         self._owners[job.id] = proc

@@ -49,6 +49,8 @@ class Kernel:
         self.dispatcher = Dispatcher(self, table)
         self.driver = driver
         self.scheduler = scheduler or Scheduler()
+        if driver is not None:  # the scheduler admits no more than the driver holds
+            self.scheduler.max_batch = min(self.scheduler.max_batch, driver.max_batch)
         self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
@@ -218,6 +220,16 @@ class Kernel:
         if include_ended:
             procs += list(self.procs.ended.values())
         return [p.info() for p in sorted(procs, key=lambda p: p.pid)]
+
+    def begin_wait(self, proc: Process) -> None:
+        """A blocking syscall of `proc` begins: it shows BLOCKED until its last one ends."""
+        proc.waits += 1
+        self.set_activity(proc, ProcState.BLOCKED)
+
+    def end_wait(self, proc: Process) -> None:
+        proc.waits -= 1
+        if proc.waits == 0:
+            self.set_activity(proc, ProcState.RUNNING)
 
     def set_activity(self, proc: Process, state: ProcState) -> None:
         """RUNNING or BLOCKED as the process enters or leaves a wait; a suspension sticks."""

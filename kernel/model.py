@@ -49,7 +49,7 @@ class GenerationJob:
 
     Each part has its owner: the driver writes the progress fields during a step (on its
     compute thread); the scheduler the scheduling fields and the service the delivery
-    fields, both on the event loop and never during a step.
+    fields, both on the event loop (the driver never reads those two).
     """
 
     id: int
@@ -91,6 +91,10 @@ class ModelDriver(Protocol):
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together
     max_batch: int  # sequences it can hold at once; the scheduler never runs more
+
+    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """A chat prompt's token ids, the model's chat template and generation prompt
+        applied; no checks. Blocking, and thread-safe."""
 
     def prepare(self, job: GenerationJob) -> None:
         """Tokenize the job's prompt into `job.prompt_ids` (unless they are set already: the

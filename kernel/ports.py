@@ -8,12 +8,10 @@ from collections.abc import Sequence
 
 from llmos.kernel.capabilities import MODEL_GENERATE
 from llmos.kernel.dispatch import Dispatcher
-from llmos.kernel.errors import ContextOverflow, ModelError
+from llmos.kernel.errors import ModelError
 from llmos.kernel.generation import GenerationService, result
-from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.model import ChatMessage, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
-
-COUNTING_JOB_ID = -1  # jobs made only to count tokens are never queued
 
 
 class KernelModelPort:
@@ -28,12 +26,7 @@ class KernelModelPort:
         return self._model().context_length
 
     def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
-        job = GenerationJob(id=COUNTING_JOB_ID, pid=0, sampling=SamplingParams(), messages=tuple(messages))
-        try:
-            self._model().prepare(job)
-        except ContextOverflow:
-            pass  # the ids are there; the caller compares their count with context_length
-        return job.prompt_ids
+        return self._model().tokenize(messages)
 
     def can_generate(self, proc: Process) -> bool:
         return self._generation is not None and self._dispatcher.permits(proc, MODEL_GENERATE)

@@ -121,6 +121,7 @@ class Process:
     mailbox_recv: Any = None
     context: Any = None  # its context window (kernel.memory makes it on first use)
     state_before_suspend: ProcState | None = None
+    waits: int = 0  # its blocking syscalls in flight (its tasks may issue several at once)
 
     def __post_init__(self) -> None:
         self.runnable.set()

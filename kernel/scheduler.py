@@ -136,10 +136,6 @@ class Scheduler:
                 req.priority = priority
         self.on_change()
 
-    @property
-    def suspended(self) -> frozenset[int]:
-        return frozenset(self._suspended)
-
     # -- the step ---------------------------------------------------------------------------
     def _eligible(self) -> list[GenerationJob]:
         return sorted((r for r in self.waiting.values() if r.pid not in self._suspended), key=self.policy.key)

@@ -2,9 +2,10 @@
 
 The kernel runs no tool itself. llmos.drivers.tools implements `ToolProvider` (Python
 functions in-process or in a sandboxed subprocess, and the tools of MCP servers) and the
-composition root plugs it in as `kernel.tools`. The `call_tool` syscall checks the
-caller's capability and enforces the timeout around `ToolProvider.call`; the provider
-validates the arguments against the tool's schema before the tool runs.
+composition root plugs it in as `kernel.tools`. The dispatcher checks the caller's
+capability ("tool.NAME", from `CallTool.needs`), the `call_tool` handler enforces the
+timeout around `ToolProvider.call`, and the provider validates the arguments against the
+tool's schema before the tool runs.
 """
 
 from __future__ import annotations

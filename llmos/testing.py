@@ -26,7 +26,7 @@ import anyio.lowlevel
 from llmos.drivers.text import advance
 from llmos.kernel import Kernel
 from llmos.kernel.errors import ContextOverflow, NoConsole, SyscallError
-from llmos.kernel.model import EmitFn, GenerationJob
+from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
 from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState
 
 _WORDS = re.compile(r"\S+\s*|\s+")
@@ -69,9 +69,14 @@ class FakeDriver:
 
     @staticmethod
     def render(job: GenerationJob) -> str:
-        if job.messages is None:
-            return job.prompt or ""
-        return "".join(f"<{m.role}>{m.content}\n" for m in job.messages) + "<assistant>"
+        return job.prompt or "" if job.messages is None else FakeDriver.render_chat(job.messages)
+
+    @staticmethod
+    def render_chat(messages: Sequence[ChatMessage]) -> str:
+        return "".join(f"<{m.role}>{m.content}\n" for m in messages) + "<assistant>"
+
+    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return [ord(c) for c in self.render_chat(messages)]
 
     def prepare(self, job: GenerationJob) -> None:
         text = self.render(job)

@@ -39,7 +39,6 @@ class MemoryManager:
         self._embedder = embedder
         self._owned = False  # whether aclose() closes the store (only one we opened)
         self._opening = anyio.Lock()
-        self._counters: dict[int, TokenCounter] = {}
 
     async def store(self) -> MemoryStore:
         if self._store is not None:

@@ -115,7 +115,6 @@ class Chat(_Sampling, Request[Reply | TextStream]):
         return self
 
     def needs(self, caller: Process) -> Iterator[Need]:
-        yield from super().needs(caller)
         for name in dict.fromkeys(self.tools or ()):  # offering a tool to the model needs its capability
             yield tool_capability(name)
 

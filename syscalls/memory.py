@@ -26,8 +26,7 @@ Namespace = Field(default=None, min_length=1, max_length=200)
 
 
 def _in_namespace(request: Any, caller: Process, access: str) -> Iterator[Need]:
-    """`memory`, and for a namespace other than the caller's own `access`.NAMESPACE."""
-    yield capabilities.MEMORY
+    """For a namespace other than the caller's own: `access`.NAMESPACE (besides `memory`)."""
     if request.namespace is not None and request.namespace != caller.name:
         yield f"{access}.{request.namespace}"
 
@@ -36,6 +35,7 @@ class Remember(Request[str]):
     """Store `text` (with optional scalar metadata) in this process's namespace; returns its id."""
 
     call: ClassVar[str] = "remember"
+    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
     positional: ClassVar[tuple[str, ...]] = ("text", "metadata")
 
@@ -51,6 +51,7 @@ class Recall(Request[list[MemoryItem]]):
     """The `k` stored items closest in meaning to `query`, best first, each with its score."""
 
     call: ClassVar[str] = "recall"
+    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
     positional: ClassVar[tuple[str, ...]] = ("query", "k")
 
@@ -67,6 +68,7 @@ class Forget(Request[None]):
     """Delete the item `id` from the namespace (ENOENT if it is not there)."""
 
     call: ClassVar[str] = "forget"
+    capability: ClassVar[str | None] = capabilities.MEMORY
     blocking: ClassVar[bool] = True
     positional: ClassVar[tuple[str, ...]] = ("id",)
 

@@ -53,8 +53,7 @@ class Spawn(Request[ProcessInfo]):
     quotas: Quotas | None = None
 
     def needs(self, caller: Process) -> Iterator[Need]:
-        yield from super().needs(caller)
-        yield from _raising(caller, self.priority)
+        return _raising(caller, self.priority)
 
 
 class Wait(Request[ExitStatus]):

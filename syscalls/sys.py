@@ -61,7 +61,7 @@ class Sys:
             request = cls(**fields)
         except ValidationError:
             # The dict form validates again and fails as a traced EINVAL naming the field.
-            return await self._kernel.syscall(self._proc, {"call": cls.call, **fields})
+            return await self._kernel.syscall(self._proc, {**fields, "call": cls.call})
         return await self._kernel.syscall(self._proc, request)
 
 
@@ -134,10 +134,16 @@ def _group_property(group: type[_Group]) -> property:
     return property(lambda self: group(self), doc=group.__doc__)
 
 
+_OWN = frozenset(name for name in dir(Sys) if not name.startswith("__"))  # pid, name, syscall, _issue
+
+
 def install(table: SyscallTable, handle: type[Sys] = Sys) -> None:
     """Give `handle` one method per request type of `table`, and a sub-handle per dotted
     family. Done for `Sys` and the kernel's TABLE at import; a kernel built on a table of
     its own gives its processes a subclass of `Sys` installed from that table."""
+    clashes = sorted({cls.call.partition(".")[0] for cls in table.handlers} & _OWN)
+    if clashes:
+        raise ValueError(f"syscalls named {clashes} would hide Sys's own attributes of those names")
     groups: dict[str, type[_Group]] = {}
     for cls in table.handlers:
         family, _, name = cls.call.rpartition(".")

@@ -10,6 +10,7 @@ that job (the shell goes on). Ctrl-D (or `exit`) ends the session, and with it e
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -132,13 +133,14 @@ class Shell:
     async def start(self, app: str, argv: list[str], *, background: bool, command: str,
                     caps: frozenset[str] = DEFAULT_APP_CAPS) -> Job:
         args, options = registry.parse_argv(argv)
-        main = registry.bind(app, args, options)
+        main, registered = _held(registry.bind(app, args, options))
         name = app if app in registry.APPS else None
         info = await self.sys.spawn(main, *args, name=name, caps=caps)
         job = self.jobs.add(info.pid, command, background)
         self.pid_jobs[info.pid] = job
         if not background:
             job.foreground.set()
+        registered.set()  # only now may it write or ask: the console knows whose job it is
         assert self._tg is not None
         self._tg.start_soon(self._reap, job)
         return job
@@ -230,6 +232,19 @@ class Shell:
     @staticmethod
     def _model_names() -> list[str]:
         return [m.name for m in llmos.available_models()]
+
+
+def _held(main: Callable[..., Awaitable[Any]]) -> tuple[Callable[..., Awaitable[Any]], anyio.Event]:
+    """`main`, starting only once the returned event is set (the spawn syscall may yield
+    before the shell has recorded the new process as a job)."""
+    registered = anyio.Event()
+
+    @functools.wraps(main)
+    async def held(sys: Sys, *args: Any) -> Any:
+        await registered.wait()
+        return await main(sys, *args)
+
+    return held, registered
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,6 +3,8 @@ serve loop that wakes on every change the scheduler sees."""
 
 from __future__ import annotations
 
+import anyio
+
 import llmos
 from llmos.kernel.process import ProcState
 from llmos.testing import FakeDriver, result, until
@@ -25,6 +27,7 @@ async def test_a_process_suspended_mid_generation_alone_continues_after_resume()
         await until(lambda: kernel.scheduler.statistics().running == 0)
         steps = len(driver.batches)
         assert kernel.procs.get(info.pid).state is ProcState.SUSPENDED
+        await anyio.sleep(0.05)  # ten steps' time
         assert len(driver.batches) == steps  # nothing runs while it is suspended
         kernel.resume(info.pid)
         status = await kernel.wait(info.pid, timeout=5)

@@ -740,3 +740,25 @@ async def test_default_caps_of_a_kernel_spawned_process_and_explicit_caps() -> N
         assert b.capabilities == frozenset({"ipc"})
         await kernel.wait(a.pid)
         await kernel.wait(b.pid)
+
+
+async def test_a_process_is_blocked_while_any_of_its_blocking_calls_is() -> None:
+    # A process whose tasks wait on two things at once is RUNNING only when both are done.
+    async def napper(sys, seconds):  # noqa: ANN001
+        await sys.sleep(seconds)
+
+    async def two_waits(sys):  # noqa: ANN001
+        short = await sys.spawn(napper, 0.01)
+        long = await sys.spawn(napper, 30)
+        states = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sys.wait, long.pid)
+            await sys.wait(short.pid)  # the first wait to end leaves the other in flight
+            states.append([p.state for p in await sys.ps() if p.pid == sys.pid][0])
+            await sys.kill(long.pid)
+        states.append([p.state for p in await sys.ps() if p.pid == sys.pid][0])
+        return states
+
+    async with llmos.boot(FakeDriver(), memory=None) as kernel:
+        states = result(await spawn_and_wait(kernel, two_waits))
+    assert states == [ProcState.BLOCKED, ProcState.RUNNING]

@@ -10,7 +10,7 @@ import pytest
 import llmos
 import llmos.kernel.errors as kernel_errors
 from llmos.kernel.abi import Request
-from llmos.kernel.dispatch import TraceEvent
+from llmos.kernel.stats import TraceEvent
 from llmos.syscalls import (
     TABLE,
     Errno,

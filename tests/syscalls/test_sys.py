@@ -141,3 +141,19 @@ async def test_a_new_syscall_is_three_places_and_gets_everything_else() -> None:
     assert type(refused) is PermissionDenied and "'echo'" in refused.message
     assert calls.count("echo") == 4
     assert not hasattr(Sys, "echo")  # the kernel's own Sys is untouched
+
+
+@pytest.mark.parametrize("call", ["", "Spawn", "two.dots.here", "pid", "syscall"])
+def test_a_call_name_that_cannot_be_a_method_is_refused(call: str) -> None:
+    bad = type("Bad", (Request[None],), {"__annotations__": {"call": ClassVar[str]}, "call": call})
+
+    async def handler(kernel: Kernel, caller: Process, req: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="call name|hide Sys"):
+        install(SyscallTable({**TABLE.handlers, bad: handler}), EchoSys)
+
+
+def test_a_call_cannot_share_its_name_with_a_family() -> None:
+    clash = type("Clash", (Request[None],), {"__annotations__": {"call": ClassVar[str]}, "call": "context"})
+    with pytest.raises(ValueError, match="family"):
+        SyscallTable({**TABLE.handlers, clash: sys_echo})

@@ -20,6 +20,11 @@ async def sleeper(sys, seconds="30"):  # noqa: ANN001, ANN201
     return "rested"
 
 
+async def eager(sys):  # noqa: ANN001, ANN201
+    await sys.write("at once\n")  # its very first act, before the shell's spawn call has returned
+    return await sys.ask_user("and?")
+
+
 @pytest.fixture
 async def shell():
     async with llmos.boot(FakeDriver(), memory=None) as kernel:
@@ -126,6 +131,14 @@ async def test_the_shell_acts_only_within_its_capabilities():
             await sh.execute("kill %1")  # its own job: no admin needed
             assert said(sh).startswith("killed")
         kernel.kill(other.pid)
+
+
+async def test_a_job_s_first_write_and_question_already_belong_to_the_job(shell, capsys):
+    await shell.execute(f"run {__file__}:eager &")
+    job = shell.jobs.jobs[1]
+    await until(lambda: bool(shell.notices))  # it asked from the background: the shell says so
+    assert job.output == ["at once\n"] and capsys.readouterr().out == ""
+    assert "is waiting for input" in shell.notices[0]
 
 
 async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
