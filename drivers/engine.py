@@ -147,6 +147,8 @@ class Engine:
         if seq.computed >= BLOCK:
             self.prefix.insert(seq.tokens[: seq.computed], self.cache, seq.row)
         del self.seqs[seq.job.id]
+        if seq.job.finished or seq.job.cancelled:  # for good: drop the job <-> state cycle
+            seq.job.driver_state = None
 
     def _arrange(self) -> list[JobState]:
         """Put decoding sequences in rows 0..d-1 and prefilling ones after them, so each
