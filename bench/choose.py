@@ -13,9 +13,10 @@ the most frequent confusions, the predicted-label distribution, and the median /
 time per decision; every item's prediction is kept in bench/results/choose.json.
 
 Methods (METHODS below; each is one function per eval, so another plugs in beside them):
-  generate  today's way.
-            tool:  `sys.chat(prompt, tools=[the six], max_tokens=...)`, i.e. the kernel's
-                   two grammar-constrained turns (drivers/toolchoice.py): {"tool": <enum>},
+  generate  the earlier way, for comparison.
+            tool:  `sys.chat(prompt, tools=[the six], max_tokens=...)` with the kernel's
+                   decision policy set to `GeneratedDecisions` (drivers/decisions.py): two
+                   grammar-constrained turns, {"tool": <enum>},
                    then the chosen tool's arguments, or an ordinary answer for "none". The
                    pick is `reply.tool_calls[0].name`, or "none". Its time is the whole
                    call's (both turns: the choice turn and then the arguments, or the
@@ -25,13 +26,21 @@ Methods (METHODS below; each is one function per eval, so another plugs in besid
                    its own submission to the next one's). When the arguments turn is cut
                    short by max_tokens, the call fails with EINVAL; the choice is then read
                    from the choice turn's JSON (counted in `cut_short`).
-            route: the supervisor's router as `supervisor.route` runs it: its ROUTER agent
-                   (prompt listing the specialists, ROUTE_TOKENS of free text) and its
-                   `choose(reply, specialists, task)` (the first name the reply mentions,
-                   else the best word overlap with the descriptions: `named` says which).
+            route: the supervisor's router as it was: a router agent (prompt listing the
+                   specialists, ROUTE_TOKENS of free text) and `old_choose(reply, ...)` (the
+                   first name the reply mentions, else the best word overlap with the
+                   descriptions: `named` says which).
+  likelihood  the `choose` syscall without its similarity signal (no embedder).
+  choose    llmos's way now: the `choose` syscall.
+            tool:  the default policy's pick (`LikelihoodDecisions.pick_tool`) through the
+                   process's own `choose` (the arguments turn that follows in
+                   `chat(tools=...)` is not timed).
+            route: `supervisor.route` for the one task.
+Then the cost: per prompt, alternating, a tool choice by `choose` and 8 tokens generated
+from the same prompt, and the ratio of their medians.
 
     .venv/bin/python bench/choose.py [--limit N] [--threads 2] [--evals tool,route]
-                                     [--methods generate] [--max-tokens 64]
+                                     [--methods generate,choose] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -55,8 +65,9 @@ import torch
 
 import llmos
 from llmos.apps.workflows.agent import Agent, agent
-from llmos.apps.workflows.supervisor import ROUTE_TOKENS, ROUTER, choose
+from llmos.apps.workflows.supervisor import ROUTER, route
 from llmos.drivers import compute
+from llmos.drivers.decisions import GeneratedDecisions, LikelihoodDecisions
 from llmos.drivers.transformers_driver import cpu_flags
 from llmos.kernel.kernel import Kernel
 from llmos.syscalls import InvalidRequest, Sys
@@ -134,6 +145,7 @@ class JobLog:
 
 # -- method "generate": today's way -------------------------------------------------------------------
 async def generate_tool(bench: Bench, prompt: str) -> Decision:
+    bench.kernel.decisions = GeneratedDecisions()
     pid_box: list[int] = []
 
     async def main(sys: Sys, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -170,28 +182,121 @@ async def generate_tool(bench: Bench, prompt: str) -> Decision:
     return Decision(pick=pick, seconds=out["seconds"], detail=detail)
 
 
+# The supervisor's router before `choose`: an agent generates a specialist's name, parsed.
+OLD_ROUTER = Agent(name="router", system="You route tasks to the right specialist.",
+                   prompt="Specialists:\n{specialists}\n\nTask: {input}\n\nWhich specialist should do this task? "
+                          "Answer with the specialist's name only.")
+ROUTE_TOKENS = 12
+
+
+def old_choose(reply: str, specialists: list[Agent], task: str) -> Agent:
+    """The specialist the router's reply names first; failing that, the one whose
+    description shares most words with the task; failing that, the first."""
+    named = [(reply.lower().find(s.name.lower()), i) for i, s in enumerate(specialists)]
+    found = sorted((at, i) for at, i in named if at >= 0)
+    if found:
+        return specialists[found[0][1]]
+    words = set(re.findall(r"\w+", task.lower()))
+    overlap = [len(words & set(re.findall(r"\w+", f"{s.name} {s.description}".lower()))) for s in specialists]
+    return specialists[overlap.index(max(overlap))]
+
+
 async def generate_route(bench: Bench, task: str) -> Decision:
     team = bench.specialists
-    # As supervisor.route builds the router's prompt from its ROUTER agent:
     listing = "\n".join(f"- {s.name}: {s.description}" for s in team)
-    spec = ROUTER.model_copy(update={"prompt": ROUTER.prompt.replace("{specialists}", listing)})
+    spec = OLD_ROUTER.model_copy(update={"prompt": OLD_ROUTER.prompt.replace("{specialists}", listing)})
 
     async def main(sys: Sys, task: str) -> dict[str, Any]:
         started = time.perf_counter()
-        reply = await agent(sys, spec.model_dump(), task, "bench-choose", ROUTE_TOKENS)  # route's agent, unspawned
+        reply = await agent(sys, spec.model_dump(), task, "bench-choose", ROUTE_TOKENS)  # the router, unspawned
         return {"seconds": time.perf_counter() - started, "reply": reply}
 
     out = await bench.run(main, task, caps={"model.generate", "ipc"})
-    pick = choose(out["reply"], team, task).name
+    pick = old_choose(out["reply"], team, task).name
     named = any(s.name.lower() in out["reply"].lower() for s in team)
     return Decision(pick=pick, seconds=out["seconds"], detail={"reply": out["reply"], "named": named})
 
 
+# -- method "choose": options ranked by likelihood -----------------------------------------------------
+class SysModel:
+    """`ModelAccess` over a process's own `choose` syscall, keeping each Choice."""
+
+    def __init__(self, sys: Sys) -> None:
+        self.sys, self.choices = sys, []
+
+    async def json(self, turn: Any) -> Any:
+        raise AssertionError("the likelihood policy picks without a JSON turn")
+
+    async def choose(self, question: str, options: Any, descriptions: Any = None, system: Any = None) -> int:
+        choice = await self.sys.choose(question, list(options), descriptions=descriptions, system=system)
+        self.choices.append(choice)
+        return choice.index
+
+
+async def choose_tool(bench: Bench, prompt: str) -> Decision:
+    """The kernel's default policy picks, through the `choose` syscall (the arguments turn
+    that `chat(tools=...)` would run next is left out: only the pick is timed)."""
+    async def main(sys: Sys, prompt: str) -> dict[str, Any]:
+        specs = [spec for spec in await sys.list_tools() if spec.name in TOOLS]
+        model = SysModel(sys)
+        started = time.perf_counter()
+        spec = await LikelihoodDecisions().pick_tool(specs, prompt, model)
+        return {"seconds": time.perf_counter() - started, "pick": spec.name if spec else NONE,
+                "choice": model.choices[0].model_dump()}
+
+    out = await bench.run(main, prompt, caps={"model.generate", "tool.*"})
+    return Decision(pick=out["pick"], seconds=out["seconds"], detail={"choice": out["choice"]})
+
+
+async def choose_route(bench: Bench, task: str) -> Decision:
+    async def main(sys: Sys, task: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        [picked] = await route(sys, ROUTER, bench.specialists, [task], "bench-choose")
+        return {"seconds": time.perf_counter() - started, "pick": picked.name}
+
+    out = await bench.run(main, task, caps={"model.generate", "ipc"})
+    return Decision(pick=out["pick"], seconds=out["seconds"], detail={})
+
+
+# -- cost: a choice against generating 8 tokens from the same prompt --------------------------------
+async def cost(bench: Bench, prompts: list[str]) -> dict[str, Any]:
+    """Alternating, per prompt: a tool choice by `choose` (the default policy's pick: the
+    likelihood pass and the similarity), and 8 tokens generated from the very prompt the
+    choice scores its options after. Medians, and their ratio."""
+    async def main(sys: Sys, prompt: str) -> dict[str, Any]:
+        specs = [spec for spec in await sys.list_tools() if spec.name in TOOLS]
+        policy = LikelihoodDecisions()
+        started = time.perf_counter()
+        await policy.pick_tool(specs, prompt, SysModel(sys))
+        chose = time.perf_counter() - started
+        messages = policy.choice_messages(prompt, [s.name for s in specs] + [NONE],
+                                          None, "Which tool should handle the user's request? Pick one of the options.")
+        started = time.perf_counter()
+        reply = await sys.chat(messages=[m.model_dump() for m in messages], max_tokens=8)
+        return {"choose_s": chose, "generate8_s": time.perf_counter() - started, "tokens": reply.completion_tokens}
+
+    runs = [await bench.run(main, p, caps={"model.generate", "tool.*"}) for p in prompts]
+    med = {k: statistics.median(r[k] for r in runs) for k in ("choose_s", "generate8_s")}
+    return {"n": len(runs), **med, "ratio": med["choose_s"] / med["generate8_s"],
+            "generated_tokens": statistics.median(r["tokens"] for r in runs), "options": len(TOOLS) + 1}
+
+
 METHODS: dict[str, Method] = {
     "generate": Method(generate_tool, generate_route,
-                       "sys.chat(tools=...) two constrained turns / the supervisor's ROUTER generation + choose()"),
-    # "choose": Method(choose_tool, choose_route, "the choose syscall: options ranked by log-likelihood"),
+                       "the earlier way: the choice generated as a JSON enum / a router agent generating a name"),
+    "choose": Method(choose_tool, choose_route, "the choose syscall: likelihood and meaning (llmos's default)"),
+    "likelihood": Method(lambda bench, text: _without_meaning(bench, choose_tool, text),
+                         lambda bench, text: _without_meaning(bench, choose_route, text),
+                         "the choose syscall on a kernel without an embedder: the model's likelihood alone"),
 }
+
+
+async def _without_meaning(bench: Bench, decide: Callable[[Bench, str], Awaitable[Decision]], text: str) -> Decision:
+    embedder, bench.kernel.embedder = bench.kernel.embedder, None
+    try:
+        return await decide(bench, text)
+    finally:
+        bench.kernel.embedder = embedder
 
 
 # -- evals ----------------------------------------------------------------------------------------------
@@ -308,6 +413,9 @@ async def run_all(model: llmos.Model, evals: list[Eval], methods: list[str], spe
             results[name] = {"about": method.about}
             for ev in evals:
                 results[name][ev.name] = await run_eval(bench, ev, name, method)
+        tool_eval = next((ev for ev in evals if ev.name == "tool"), None)
+        if "choose" in methods and tool_eval is not None:
+            results["cost"] = await cost(bench, [text for text, _ in tool_eval.items[:20]])
         return results
 
 
@@ -333,6 +441,8 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\n{'method':10} {'eval':6} {'n':>4} {'accuracy':>9} {'none-rec':>9} {'tool-acc':>9} "
           f"{'median s':>9} {'p90 s':>7} {'choice-turn med/p90 s':>22}")
     for name, by_eval in results.items():
+        if name == "cost":
+            continue
         for ev_name, res in by_eval.items():
             if ev_name == "about":
                 continue
@@ -343,6 +453,11 @@ def print_table(results: dict[str, Any]) -> None:
                   f"{fmt(s.get('tool_accuracy')):>9} {fmt(s['time_s']['median'], '.2f'):>9} "
                   f"{fmt(s['time_s']['p90'], '.2f'):>7} {turn_text:>22}")
     for name, by_eval in results.items():
+        if name == "cost":
+            c = by_eval
+            print(f"\ncost: a choice among {c['options']} options {c['choose_s']:.3f} s, 8 tokens generated from "
+                  f"the same prompt {c['generate8_s']:.3f} s (median of {c['n']}; x{c['ratio']:.2f})")
+            continue
         for ev_name, res in by_eval.items():
             if ev_name == "about":
                 continue

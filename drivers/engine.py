@@ -6,6 +6,11 @@ the engine makes its set of live sequences match: it releases the ones no longer
 resumes almost for free), admits newcomers (copying any cached prefix), then runs one
 decode pass for every sequence that has a token to feed and one chunked prefill pass for
 the newcomers, within a token budget so running decodes never stall for long.
+
+A job with `options` is scored rather than generated (the `choose` syscall): its prompt is
+prefilled like any other; the logits at the prompt's last token give every option's first
+token; each option of several tokens then takes one pass of its own in that row, its
+tokens fed after the prompt (overwriting the previous option's), beside the others' work.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class JobState:
     row: int = -1  # its row of the slot cache, while it is live
     computed: int = 0  # tokens whose K/V are in the row
     streamed: int = 0  # characters of job.text already emitted
+    pending: list[int] | None = None  # a scored job's options of several tokens left to score, once the prompt is in
 
     @property
     def tokens(self) -> list[int]:
@@ -47,6 +53,13 @@ class JobState:
     @property
     def to_feed(self) -> int:
         return len(self.job.prompt_ids) + len(self.job.token_ids) - self.computed
+
+    @property
+    def option_chunk(self) -> list[int] | None:
+        """The tokens to feed after the prompt to score the next option (all but its last)."""
+        if self.pending and self.to_feed == 0:
+            return self.job.option_ids[self.pending[0]][:-1]
+        return None
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ class Engine:
         self._sync(running)
         ordered = self._arrange()
         decode = [s for s in ordered if s.to_feed == 1]
-        prefill = [s for s in ordered if s.to_feed > 1]
+        prefill = [s for s in ordered if s.to_feed != 1]  # prompts, and options being scored
         pieces: list[tuple[GenerationJob, str]] = []
         if decode:
             pieces += self._decode(decode)
@@ -153,7 +166,7 @@ class Engine:
     def _arrange(self) -> list[JobState]:
         """Put decoding sequences in rows 0..d-1 and prefilling ones after them, so each
         pass attends over a contiguous view of the cache. Returns them in row order."""
-        ordered = sorted(self.seqs.values(), key=lambda s: (s.to_feed > 1, s.row))
+        ordered = sorted(self.seqs.values(), key=lambda s: (s.to_feed != 1, s.row))
         occupant = {s.row: s for s in ordered}
         for target, seq in enumerate(ordered):  # rows below `target` are settled
             if seq.row == target:
@@ -183,31 +196,59 @@ class Engine:
         return self._sample_and_commit(seqs, logits)
 
     def _prefill(self, seqs: list[JobState], first_row: int) -> list[tuple[GenerationJob, str]]:
-        budget, chunks = self.config.prefill_chunk, []
-        for s in seqs:  # contiguous rows from first_row, while the budget lasts
-            if budget <= 0:
-                break
-            self._reuse_prefix(s)
-            n = min(s.to_feed, budget)
-            chunks.append((s, s.tokens[s.computed: s.computed + n]))
-            budget -= n
+        chunks = self._chunks(seqs)
         width = max(len(c) for _, c in chunks)
         tokens = torch.zeros((len(chunks), width), dtype=torch.long, device=self.device)
         for i, (_, chunk) in enumerate(chunks):
             tokens[i, : len(chunk)] = torch.tensor(chunk)
         starts = torch.tensor([s.computed for s, _ in chunks], device=self.device)
         lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
-        logits = self.runner.forward(Batch(first=first_row, tokens=tokens, starts=starts, lengths=lengths))
-        done = []
+        scored = [i for i, (s, _) in enumerate(chunks) if s.option_chunk is not None]
+        logits, spans = self.runner.forward_spans(Batch(first=first_row, tokens=tokens, starts=starts,
+                                                        lengths=lengths), [(i, len(chunks[i][1])) for i in scored])
         self.tokens_in += int(lengths.sum())
-        for i, (s, chunk) in enumerate(chunks):
+        for i, span in zip(scored, spans, strict=True):
+            self._score_rest(chunks[i][0], span)
+        prompt_rows = [i for i in range(len(chunks)) if i not in scored]
+        return self._prompts_in([chunks[i] for i in prompt_rows], logits, prompt_rows)
+
+    def _chunks(self, seqs: list[JobState]) -> list[tuple[JobState, list[int]]]:
+        """What each row feeds this pass, contiguous rows from the first, within the budget:
+        the next piece of its prompt, or the option it scores."""
+        budget, chunks = self.config.prefill_chunk, []
+        for s in seqs:
+            if budget <= 0:
+                break
+            chunk = s.option_chunk
+            if chunk is None:
+                self._reuse_prefix(s)
+                chunk = s.tokens[s.computed: s.computed + min(s.to_feed, budget)]
+            chunks.append((s, chunk))
+            budget -= len(chunk)
+        return chunks
+
+    def _prompts_in(self, chunks: list[tuple[JobState, list[int]]], logits: torch.Tensor,
+                    rows: list[int]) -> list[tuple[GenerationJob, str]]:
+        """Account prompt chunks fed; the rows whose whole prompt is in take their first token."""
+        done = []
+        for i, (s, chunk) in zip(rows, chunks, strict=True):
             s.computed += len(chunk)
             self.prefix.insert(s.tokens[: s.computed], self.cache, s.row)  # publish finished blocks at once
             if s.to_feed == 0:  # the whole prompt is in: its last logits give the first token
-                done.append(i)
-        return self._sample_and_commit([chunks[i][0] for i in done], logits[done]) if done else []
+                done.append((i, s))
+        if not done:
+            return []
+        return self._sample_and_commit([s for _, s in done], logits[[i for i, _ in done]])
 
     def _sample_and_commit(self, seqs: list[JobState], logits: torch.Tensor) -> list[tuple[GenerationJob, str]]:
+        scored = [i for i, s in enumerate(seqs) if s.job.options is not None]
+        for i in scored:
+            self._score_first(seqs[i], logits[i])
+        if scored:  # the rest sample
+            kept = [i for i in range(len(seqs)) if i not in set(scored)]
+            if not kept:
+                return []
+            seqs, logits = [seqs[i] for i in kept], logits[kept]
         for i, s in enumerate(seqs):
             if s.matcher is not None:  # what the grammar forbids cannot be chosen
                 logits[i].masked_fill_(~self.grammars.allowed(s.matcher), float("-inf"))
@@ -237,6 +278,32 @@ class Engine:
         elif final:
             job.finish_reason = "length"
         return (job, piece) if piece else None
+
+    # -- scoring options ------------------------------------------------------------------------
+    def _score_first(self, seq: JobState, logits: torch.Tensor) -> None:
+        """The prompt is in: its last logits score every option's first token."""
+        if seq.pending is not None:  # scored before a preemption; the prompt was only recomputed
+            return
+        job = seq.job
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        job.option_logprobs = [[float(logprobs[ids[0]])] for ids in job.option_ids]
+        seq.pending = [j for j, ids in enumerate(job.option_ids) if len(ids) > 1]
+        self._scored_all(seq)
+
+    def _score_rest(self, seq: JobState, logits: torch.Tensor) -> None:
+        """An option's pass: its logits (n-1, vocab) score its tokens after the first."""
+        option = seq.pending.pop(0)
+        ids = seq.job.option_ids[option]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        seq.job.option_logprobs[option] += logprobs[torch.arange(len(ids) - 1), ids[1:]].tolist()
+        self._scored_all(seq)
+
+    @staticmethod
+    def _scored_all(seq: JobState) -> None:
+        if seq.job.cancelled:
+            seq.job.finish_reason = "cancelled"
+        elif not seq.pending:
+            seq.job.finish_reason = "stop"
 
     @staticmethod
     def _grammar_done(seq: JobState, token: int, eos: bool) -> bool:

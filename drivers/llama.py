@@ -20,6 +20,7 @@ attention call, prefilling lets sdpa broadcast K/V heads (`enable_gqa`).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,18 +156,24 @@ class LlamaRunner:
 
             self.flash_decode = flash_attn_with_kvcache
 
-    @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B, vocab) at each row's last valid input token; K/V of valid tokens cached."""
+        return self.forward_spans(batch, ())[0]
+
+    @torch.inference_mode()
+    def forward_spans(self, batch: Batch, spans: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`forward`'s logits, and for each span (row in the batch, n) the logits (n, vocab)
+        at that row's first n positions: what scoring a continuation needs."""
         tokens = batch.tokens
         hidden = self.model.model.embed_tokens(tokens)  # (B, Q, H)
         shared = self._prepare(batch, hidden)
         for index, layer in enumerate(self.layers):
             hidden += self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
             hidden += self._mlp(layer, self._norm(hidden, layer.mlp_norm))
+        spanned = [self.lm_head(self.model.model.norm(hidden[row, :n])).float() for row, n in spans]
         last = (batch.lengths - 1).clamp(min=0)
         final = self.model.model.norm(hidden[torch.arange(shared.bsz), last])  # (B, H)
-        return self.lm_head(final).float()
+        return self.lm_head(final).float(), spanned
 
     def _prepare(self, batch: Batch, hidden: torch.Tensor) -> _Pass:
         bsz, qlen = batch.tokens.shape

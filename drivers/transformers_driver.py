@@ -16,7 +16,7 @@ import torch
 
 from llmos.drivers import compute
 from llmos.drivers.engine import Engine, EngineConfig
-from llmos.kernel.errors import ConfigError, ContextOverflow
+from llmos.kernel.errors import ConfigError, ContextOverflow, InvalidRequest
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,10 @@ class TransformersDriver:
     def prepare(self, job: GenerationJob) -> None:
         if not job.prompt_ids:  # else tokenized by this driver already (a context window's exact count)
             job.prompt_ids = self._tokenize(job)
+        if job.options is not None:
+            job.option_ids = [self.tokenizer.encode(option, add_special_tokens=False) for option in job.options]
+            if not all(job.option_ids):
+                raise InvalidRequest("an option must be at least one token long")
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; {self.name}'s context window "
                                   f"is {self.context_length}, leaving no room for a reply")

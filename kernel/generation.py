@@ -73,16 +73,23 @@ class GenerationService:
         self.steps = self.tokens = 0
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
-                     messages: Sequence[ChatMessage] | None = None,
-                     prompt_ids: Sequence[int] | None = None) -> GenerationJob:
+                     messages: Sequence[ChatMessage] | None = None, prompt_ids: Sequence[int] | None = None,
+                     options: tuple[str, ...] | None = None) -> GenerationJob:
         """Queue a generation for `proc`; fails fast if it cannot fit the context or quota.
         `prompt_ids`: the messages' token ids when the caller has them already (a context
-        window tokenizes its final prompt to check its size), so the driver need not again."""
+        window tokenizes its final prompt to check its size), so the driver need not again.
+        `options`: score these as continuations instead of generating."""
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
                             messages=tuple(messages) if messages is not None else None,
-                            prompt_ids=list(prompt_ids or ()))
+                            prompt_ids=list(prompt_ids or ()), options=options)
         await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only
+        if options is not None:  # room for the longest option after the prompt
+            longest = max(map(len, job.option_ids))
+            job.sampling = job.sampling.model_copy(update={"max_tokens": longest})
         job.sampling = self._fit_budget(proc, job)
+        if options is not None and job.sampling.max_tokens < longest:
+            raise ContextOverflow(f"the prompt ({len(job.prompt_ids)} tokens) and the longest option ({longest}) "
+                                  f"do not fit the model's context window of {self.driver.context_length}")
         job.priority = proc.priority  # as it is now: a `nice` may have come while it was tokenized
         job.submitted_at, job.outbox = time.perf_counter(), Outbox()
         self.jobs[job.id] = job

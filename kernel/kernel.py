@@ -22,19 +22,20 @@ from anyio.abc import TaskGroup
 
 from llmos.kernel import capabilities, params
 from llmos.kernel.console import Console
+from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
 from llmos.kernel.errors import InvalidRequest, InvalidState, MailboxFull, NoSuchProcess, SyscallError, Timeout
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
 from llmos.kernel.loader import resolve_app
 from llmos.kernel.memory import MemorySystem
-from llmos.kernel.model import ModelDriver
+from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.ports import KernelModelPort
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
 from llmos.kernel.proctable import ProcessTable
 from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.stats import KernelStatistics, TraceEvent
-from llmos.kernel.tools import ToolChoicePolicy, ToolProvider
+from llmos.kernel.tools import ToolProvider
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class Kernel:
             memory.attach(KernelModelPort(driver, self.generation, self.dispatcher))
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
-        self.tool_choice: ToolChoicePolicy | None = None  # how chat(tools=...) asks the model, by llmos.boot
+        self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
+        self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,10 +57,15 @@ class GenerationJob:
     sampling: SamplingParams
     prompt: str | None = None  # raw completion...
     messages: tuple[ChatMessage, ...] | None = None  # ...or a chat, rendered by the driver
+    # Score these continuations of the prompt instead of generating (the `choose` syscall):
+    # the driver fills `option_logprobs`, one log-probability per token of each option.
+    options: tuple[str, ...] | None = None
     # Progress, written by the driver.
     prompt_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
+    option_ids: list[list[int]] = field(default_factory=list)  # each option's tokens, set by `prepare`
+    option_logprobs: list[list[float]] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     error: str | None = None
     cancelled: bool = False  # set by the kernel; the driver drops the job at its next step
@@ -83,6 +88,16 @@ class GenerationJob:
     def max_new_tokens(self) -> int:
         return self.sampling.max_tokens - len(self.token_ids)
 
+@runtime_checkable
+class Embedder(Protocol):
+    """A sentence-embedding model (llmos.drivers.embeddings.MINILM): what the memory store
+    searches with, and what `choose` measures meaning with."""
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """A (len(texts), dimensions) array of unit vectors, in the order of `texts`.
+        Blocking: call it in a worker thread, never on the event loop."""
+
+
 # Called by the driver (from its compute thread) with the text each job gained in a step.
 EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
 
@@ -98,11 +113,13 @@ class ModelDriver(Protocol):
 
     def prepare(self, job: GenerationJob) -> None:
         """Tokenize the job's prompt into `job.prompt_ids` (unless they are set already: the
-        caller rendered it with this driver before); check the job (ContextOverflow if it
-        cannot fit, InvalidRequest for a bad json_schema). Blocking, and thread-safe."""
+        caller rendered it with this driver before) and its `options` into `option_ids`;
+        check the job (ContextOverflow if it cannot fit, InvalidRequest for a bad
+        json_schema or an option of no tokens). Blocking, and thread-safe."""
 
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """Advance every job in `running` by at most one token, together, and set each
-        finished job's `finish_reason`. Jobs it holds that are not in `running` are let go
+        finished job's `finish_reason` (a job with `options` is scored instead: options of
+        one token with the prompt's last pass, each longer one in a pass of its own). Jobs it holds that are not in `running` are let go
         (preempted, cancelled); a job that comes back resumes where it stopped. Newcomers
         may spend several steps on their prompt before their first token."""

@@ -35,6 +35,15 @@ DEFAULT_POLICY = "fifo"
 MAX_BATCH = 64  # sequences decoded together (the driver may hold fewer)
 RR_QUANTUM_TOKENS = 32  # tokens a sequence decodes before round-robin lets a waiting one in
 DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
+MAX_CHOICES = 64  # options a `choose` call may score (each longer than a token costs a small pass)
+# `choose` ranks options by mean log-likelihood per token plus this many nats per unit of
+# cosine similarity (MiniLM) between the question and the option with its description.
+# Measured on bench/evals with SmolLM2-135M (bench/choose.py): the likelihood alone picks
+# the right tool 24% of the time and the right specialist 25%, the blend below 74% and 89%;
+# blends with less weight on the similarity were worse (20: 56%, 100: 74% of the tools, on
+# an earlier framing). So meaning decides and the likelihood breaks near-ties (0.01 of
+# cosine is worth 2 nats).
+CHOICE_MEANING_WEIGHT = 200.0
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01

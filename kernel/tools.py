@@ -10,9 +10,9 @@ tool's schema before the tool runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,25 +68,3 @@ class ToolProvider(Protocol):
         """Validate `arguments` (InvalidToolArguments), run the tool and return its JSON-able
         result; a tool's failure is a ToolFailed, a sandbox limit a ToolLimitExceeded."""
 
-
-class JsonTurn(NamedTuple):
-    """One constrained generation: a user message, and the JSON schema the reply follows."""
-
-    prompt: str
-    schema: JsonSchema
-
-
-class ToolChoicePolicy(Protocol):
-    """How a model is asked to pick a tool and fill its arguments (`chat(tools=...)`): the
-    syscall runs the turns, the policy (plugged in by the composition root; see
-    llmos.drivers.toolchoice) says what to ask and reads the answers."""
-
-    def choice(self, specs: Sequence[ToolSpec], message: str) -> JsonTurn:
-        """The turn that picks one of `specs`, or none (raise InvalidRequest for a spec it
-        cannot offer)."""
-
-    def chosen(self, specs: Sequence[ToolSpec], answer: Any) -> ToolSpec | None:
-        """The spec the parsed answer of the choice turn names, or None for no tool."""
-
-    def arguments(self, spec: ToolSpec, message: str) -> JsonTurn:
-        """The turn that fills the chosen tool's arguments (its answer is the arguments)."""

@@ -13,11 +13,11 @@ import anyio.to_thread
 from llmos import drivers, plugins
 from llmos.drivers import DEFAULT_MODEL
 from llmos.drivers.embeddings import MINILM
-from llmos.drivers.toolchoice import TwoStepChoice
+from llmos.drivers.decisions import LikelihoodDecisions
 from llmos.drivers.tools import REGISTERED, Tool, ToolBox, registration
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.model import ModelDriver
+from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
 from llmos.home import llmos_home
 from llmos.kernel.memory import MemoryStore
@@ -34,7 +34,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
                memory: str | Path | MemoryStore | None = "embedded",
                context_policy: str | Policy = params.DEFAULT_CONTEXT_POLICY,
                context_budget: int | None = None, tools: Iterable[Tool | Callable] = (),
-               mcp_servers: Mapping | str | Path | None = "config") -> AsyncIterator[Kernel]:
+               mcp_servers: Mapping | str | Path | None = "config",
+               embedder: Embedder | None = MINILM) -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
@@ -51,6 +52,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     `tools`: Python tools (functions or `@llmos.tool`s) offered besides the plugins' ones.
     `mcp_servers`: the MCP servers whose tools to offer: "config" (LLMOS_HOME/mcp.json, if
     there is one), another JSON file, a {"mcpServers": {...}} mapping, or None for none.
+    `embedder`: what `choose` measures meaning with (the packaged MiniLM by default; None:
+    by the model's likelihood alone).
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
     plugins.load()  # the plugins' models, tools and apps (once per process)
@@ -64,7 +67,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,
                                                         memory=memory_system))
         kernel.tools = toolbox
-        kernel.tool_choice = TwoStepChoice()
+        kernel.decisions = LikelihoodDecisions()
+        kernel.embedder = embedder
         yield kernel
 
 

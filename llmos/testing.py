@@ -47,6 +47,8 @@ class FakeDriver:
     token per character. `step_delay_s` makes each decoding step take time, so tests
     can kill or suspend a process mid-generation. `batches` records the job ids of
     every step, to assert what was served together; `jobs` keeps every job it was handed.
+    A job with `options` (the `choose` syscall) is scored in one step: the option its answer
+    names first scores highest (-0.1 a token, the others -3.0), else the first option.
     """
 
     def __init__(self, script: Callable[[str], str] | None = None, *, context_length: int = 4096,
@@ -81,6 +83,7 @@ class FakeDriver:
     def prepare(self, job: GenerationJob) -> None:
         text = self.render(job)
         job.prompt_ids = job.prompt_ids or [ord(c) for c in text]
+        job.option_ids = [[ord(c) for c in option] for option in job.options or ()]
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; the context window is "
                                   f"{self.context_length}")
@@ -100,6 +103,14 @@ class FakeDriver:
             job.driver_state = _FakeState(words=_WORDS.findall(answer))
         return job.driver_state
 
+    def _score(self, job: GenerationJob) -> None:
+        answer = "".join(self._answer(job).words).lower()
+        named = sorted((answer.find(option.lower()), i) for i, option in enumerate(job.options or ())
+                       if option.lower() in answer)
+        pick = named[0][1] if named else 0
+        job.option_logprobs = [[-0.1 if i == pick else -3.0] * len(ids) for i, ids in enumerate(job.option_ids)]
+        job.finish_reason = "stop"
+
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         self.batches.append([job.id for job in running])
         self.jobs += [job for job in running if job not in self.jobs]
@@ -115,6 +126,9 @@ class FakeDriver:
     def _step(self, job: GenerationJob) -> tuple[GenerationJob, str] | None:
         if job.cancelled:
             job.finish_reason = "cancelled"
+            return None
+        if job.options is not None:
+            self._score(job)
             return None
         state = self._answer(job)
         words, n = state.words, len(job.token_ids)
@@ -165,11 +179,12 @@ async def run_app(app: Any, *args: Any, driver: Any = None, console: Any = None,
                   memory: Any = None, **options: Any) -> ExitStatus:
     """Run an app as `llmos run` would (a registered name or a reference; `options` as its
     --name value words) on a fresh kernel with `driver` (a FakeDriver by default) and
-    `memory` (a store folder; None: no memory store)."""
+    `memory` (a store folder; None: no memory store). The kernel has no embedder, so the
+    driver alone decides `choose` (a FakeDriver by its script)."""
     from llmos.apps import registry  # user space, loaded only by the tests that run apps
     from llmos.booting import boot
 
-    async with boot(driver if driver is not None else FakeDriver(), memory=memory) as kernel:
+    async with boot(driver if driver is not None else FakeDriver(), memory=memory, embedder=None) as kernel:
         kernel.console = console
         main = registry.bind(app, list(args), options)
         return await spawn_and_wait(kernel, main, *args, timeout=timeout, name=app if isinstance(app, str) else None)

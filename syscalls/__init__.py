@@ -19,6 +19,7 @@ from llmos.syscalls.console import AskUser, Write
 from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
 from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Stats, Suspend, Trace, Wait
 from llmos.syscalls.generate import ToolCall
+from llmos.syscalls.choose import Choice, Choose
 from llmos.kernel.abi import Request
 from llmos.kernel.stats import GenerationStatistics, KernelStatistics, SchedulerStatistics, TraceEvent
 from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec
@@ -33,5 +34,5 @@ __all__ = [
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
     "AskUser", "Publish", "Subscribe", "Unsubscribe", "Write", "resolve_app",
     "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec",
-    "Request", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
+    "Choice", "Choose", "Request", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
 ]

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmos.kernel import capabilities, generation
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Need
-from llmos.kernel.errors import InvalidRequest, ModelError, NoSuchTool, ToolUnavailable
+from llmos.kernel.decisions import JsonTurn
+from llmos.kernel.errors import InvalidRequest, NoSuchTool, ToolUnavailable
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import ChatMessage, FinishReason, GenerationJob, SamplingParams
 from llmos.kernel.process import Process
-from llmos.kernel.tools import JsonTurn, ToolSpec
-from llmos.syscalls import context
+from llmos.kernel.tools import ToolSpec
+from llmos.syscalls import choose, context
 from llmos.syscalls.tools import tool_capability
 
 
@@ -130,12 +131,6 @@ class Generate(_Sampling, Request[Reply | TextStream]):
     prompt: str = Field(min_length=1)
 
 
-def _service(kernel: Kernel) -> GenerationService:
-    if kernel.generation is None:
-        raise ModelError("this kernel has no model loaded; boot it with a model to use chat or generate")
-    return kernel.generation
-
-
 def _reply(service: GenerationService, job: GenerationJob) -> Reply:
     first = None if job.first_token_at is None else job.first_token_at - job.submitted_at
     return Reply(text=job.text, finish_reason=job.finish_reason or "cancelled", prompt_tokens=len(job.prompt_ids),
@@ -159,7 +154,7 @@ async def _serve(service: GenerationService, job: GenerationJob, stream: bool,
 
 
 async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
-    service = _service(kernel)
+    service = choose.service(kernel)
     if req.tools is not None:
         call = await _choose_tool(kernel, service, caller, req)
         if call is not None:
@@ -182,8 +177,8 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
 
 def _offered(kernel: Kernel, names: tuple[str, ...]) -> list[ToolSpec]:
     """The specs of the tools named (the caller's right to each is checked by `Chat.needs`)."""
-    if kernel.tools is None or kernel.tool_choice is None:
-        raise ToolUnavailable("this kernel has no tools (or no tool-choice policy) to offer the model")
+    if kernel.tools is None:
+        raise ToolUnavailable("this kernel has no tools to offer the model")
     specs = []
     for name in dict.fromkeys(names):
         spec = kernel.tools.get(name)
@@ -195,43 +190,56 @@ def _offered(kernel: Kernel, names: tuple[str, ...]) -> list[ToolSpec]:
 
 async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Process, req: Chat) -> Reply | None:
     """A reply holding the tool call the model chose, or None when it chose to answer.
-    The turns are the kernel's tool-choice policy's (kernel.tool_choice)."""
-    specs = _offered(kernel, req.tools or ())
-    policy = kernel.tool_choice
-    assert policy is not None
+    What the model is asked is the kernel's decision policy's (kernel.decisions)."""
+    specs, decisions = _offered(kernel, req.tools or ()), choose.policy(kernel)
     message = req.message if req.message is not None else (req.messages or ())[-1].content
-    choice = await _json_turn(service, caller, req, policy.choice(specs, message))
-    spec = policy.chosen(specs, choice.data)
+    model = _OnBehalf(kernel, service, caller, req)
+    spec = await decisions.pick_tool(specs, message, model)
     if spec is None:
         return None
-    arguments = await _json_turn(service, caller, req, policy.arguments(spec, message))
-    call = ToolCall(name=spec.name, arguments=arguments.data)
+    arguments = await model.json(decisions.tool_arguments(spec, message))
+    call = ToolCall(name=spec.name, arguments=arguments)
     if req.message is not None:
         context.window(kernel, caller).commit(req.message, json.dumps({"tool": call.name, "arguments": call.arguments}))
-    return arguments.reply.model_copy(update={
-        "text": "", "tool_calls": (call,), "prompt_tokens": choice.reply.prompt_tokens + arguments.reply.prompt_tokens,
-        "completion_tokens": choice.reply.completion_tokens + arguments.reply.completion_tokens,
-        "elapsed_s": choice.reply.elapsed_s + arguments.reply.elapsed_s})
+    assert model.last is not None  # the arguments' turn
+    return model.last.model_copy(update={"text": "", "tool_calls": (call,), **model.costs})
 
 
-class _Answer(NamedTuple):
-    reply: Reply
-    data: Any
+class _OnBehalf:
+    """`llmos.kernel.decisions.ModelAccess` for the caller's decision: every turn is its
+    own generation, and what they cost adds up in its reply."""
 
+    def __init__(self, kernel: Kernel, service: GenerationService, caller: Process, req: Chat) -> None:
+        self.kernel, self.service, self.caller, self.req = kernel, service, caller, req
+        self.costs = {"prompt_tokens": 0, "completion_tokens": 0, "elapsed_s": 0.0}
+        self.last: Reply | None = None
 
-async def _json_turn(service: GenerationService, caller: Process, req: Chat, turn: JsonTurn) -> _Answer:
-    sampling = req.sampling().model_copy(update={"json_schema": turn.schema})
-    job = await service.submit(caller, sampling, messages=(ChatMessage(role="user", content=turn.prompt),))
-    reply = await _serve(service, job, stream=False)
-    assert isinstance(reply, Reply)
-    try:
-        return _Answer(reply=reply, data=json.loads(reply.text))
-    except json.JSONDecodeError:  # a constrained reply: only max_tokens can leave it unfinished
-        raise InvalidRequest("the model's tool turn was cut short by max_tokens; raise max_tokens") from None
+    async def json(self, turn: JsonTurn) -> Any:
+        sampling = self.req.sampling().model_copy(update={"json_schema": turn.schema})
+        job = await self.service.submit(self.caller, sampling, messages=(ChatMessage(role="user", content=turn.prompt),))
+        reply = await _serve(self.service, job, stream=False)
+        assert isinstance(reply, Reply)
+        self._add(reply.prompt_tokens, reply.completion_tokens, reply.elapsed_s)
+        self.last = reply
+        try:
+            return json.loads(reply.text)
+        except json.JSONDecodeError:  # a constrained reply: only max_tokens can leave it unfinished
+            raise InvalidRequest("the model's tool turn was cut short by max_tokens; raise max_tokens") from None
+
+    async def choose(self, question: str, options: Sequence[str], descriptions: Sequence[str] | None = None,
+                     system: str | None = None) -> int:
+        picked = await choose.decide(self.kernel, self.caller, question, options, descriptions, system)
+        self._add(picked.prompt_tokens, 0, picked.elapsed_s)
+        return picked.index
+
+    def _add(self, prompt_tokens: int, completion_tokens: int, elapsed_s: float) -> None:
+        self.costs["prompt_tokens"] += prompt_tokens
+        self.costs["completion_tokens"] += completion_tokens
+        self.costs["elapsed_s"] += elapsed_s
 
 
 async def sys_generate(kernel: Kernel, caller: Process, req: Generate) -> Reply | TextStream:
-    service = _service(kernel)
+    service = choose.service(kernel)
     job = await service.submit(caller, req.sampling(), prompt=req.prompt)
     return await _serve(service, job, req.stream)
 

@@ -1,34 +1,25 @@
-"""supervisor: a router agent hands each task to the specialist it names; the specialists
-work at once, and one may hand its task off to another ("HANDOFF: name")."""
+"""supervisor: each task goes to the specialist the model finds the likeliest fit (the
+`choose` syscall, over the specialists' names and descriptions); the specialists work at
+once, and one may hand its task off to another ("HANDOFF: name")."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import anyio
+
 from llmos.apps.workflows.agent import AGENT_TOKENS, TOPIC, Agent, WorkflowError, collect, start_agent
 from llmos.syscalls import Sys
 
-ROUTER = Agent(name="router", system="You route tasks to the right specialist.",
-               prompt="Specialists:\n{specialists}\n\nTask: {input}\n\nWhich specialist should do this task? "
-                      "Answer with the specialist's name only.")
+# The task itself is the question (its meaning is compared with each specialist's); what
+# is asked of it goes in the system prompt.
+ROUTER = Agent(name="router", system="You route tasks to the right specialist: which one should do this task?",
+               prompt="{input}")
 HANDOFF_NOTE = ("If another specialist ({others}) should do this task instead, reply only "
                 "'HANDOFF: <name>'.")
 MAX_HANDOFFS = 2  # hops per task, so two specialists cannot pass a task back and forth forever
-ROUTE_TOKENS = 12
 _HANDOFF = re.compile(r"^\s*HANDOFF:\s*([\w-]+)", re.IGNORECASE)
-
-
-def choose(reply: str, specialists: list[Agent], task: str) -> Agent:
-    """The specialist the router's reply names first; failing that, the one whose
-    description shares most words with the task; failing that, the first."""
-    named = [(reply.lower().find(s.name.lower()), i) for i, s in enumerate(specialists)]
-    found = sorted((at, i) for at, i in named if at >= 0)
-    if found:
-        return specialists[found[0][1]]
-    words = set(re.findall(r"\w+", task.lower()))
-    overlap = [len(words & set(re.findall(r"\w+", f"{s.name} {s.description}".lower()))) for s in specialists]
-    return specialists[overlap.index(max(overlap))]
 
 
 def handoff(output: str, specialists: list[Agent]) -> Agent | None:
@@ -71,11 +62,24 @@ async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[st
 
 
 async def route(sys: Sys, router: Agent, team: list[Agent], tasks: list[str], topic: str) -> list[Agent]:
-    """One router agent per task, all at once; each reply names a specialist."""
+    """The specialist for each task, chosen by likelihood; all tasks at once, so the engine
+    scores them together. The router's system prompt and its prompt ("{input}" is the task)
+    frame the question; the specialists are the options."""
+    if len(team) == 1:
+        return [team[0]] * len(tasks)
     listing = "\n".join(f"- {s.name}: {s.description}" for s in team)
-    spec = router.model_copy(update={"prompt": router.prompt.replace("{specialists}", listing)})
-    pids = [await start_agent(sys, spec, task, topic, ROUTE_TOKENS) for task in tasks]
-    return [choose(await collect(sys, pid), team, task) for pid, task in zip(pids, tasks)]
+    names, descriptions = [s.name for s in team], [s.description or s.name for s in team]
+    picks: list[Agent | None] = [None] * len(tasks)
+
+    async def pick(i: int) -> None:
+        question = router.task(tasks[i]).replace("{specialists}", listing)
+        choice = await sys.choose(question, names, descriptions=descriptions, system=router.system)
+        picks[i] = team[choice.index]
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(tasks)):
+            tg.start_soon(pick, i)
+    return [p for p in picks if p is not None]
 
 
 def _with_handoff_note(spec: Agent, team: list[Agent]) -> Agent:

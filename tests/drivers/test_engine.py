@@ -80,15 +80,15 @@ def _watch_passes(engine) -> list[tuple[int, int, int, int]]:
     """Record each forward pass as (step, first row, rows, live sequences), checking during
     every pass that the live sequences fill rows 0..n-1."""
     passes = []
-    forward = engine.runner.forward
+    forward = engine.runner.forward_spans  # every pass goes through it
 
-    def watched(batch):
+    def watched(batch, spans):
         rows = sorted(s.row for s in engine.seqs.values())
         assert rows == list(range(len(rows))), f"live rows {rows} are not compact"
         passes.append((engine.steps, batch.first, batch.tokens.shape[0], len(rows)))
-        return forward(batch)
+        return forward(batch, spans)
 
-    engine.runner.forward = watched
+    engine.runner.forward_spans = watched
     return passes
 
 
@@ -422,3 +422,64 @@ def test_never_written_cache_positions_do_not_reach_the_outputs(engine):
     _run(engine, [short, long])
     assert long.token_ids == _reference(engine, long.prompt_ids, 6)  # the longest row sees no unwritten key
     assert short.token_ids == _reference(engine, short.prompt_ids, 6)
+
+
+# -- scoring options (the `choose` syscall) ------------------------------------------------------------
+def _scoring(job_id: int, prompt_ids: list[int], options: list[list[int]]) -> GenerationJob:
+    job = _job(job_id, prompt_ids, max_tokens=max(map(len, options)))
+    job.options, job.option_ids = tuple(f"o{i}" for i in range(len(options))), [list(o) for o in options]
+    return job
+
+
+def _reference_logprobs(engine, prompt: list[int], option: list[int]) -> list[float]:
+    """log P(each option token | the prompt and the option's tokens before it), by HF's forward."""
+    ids = torch.tensor([prompt + option])
+    with torch.inference_mode():
+        logits = engine.runner.model(ids).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return [float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(option)]
+
+
+OPTIONS = [[7], [40, 41, 42], [99, 3], [7, 8]]  # one token, several, sharing a first token
+
+
+def test_scored_options_are_the_model_s_own_log_probabilities(engine):
+    prompt = _prompt(37, seed=120)
+    job = _scoring(1, prompt, OPTIONS)
+    _run(engine, [job])
+    assert job.finish_reason == "stop" and job.token_ids == [] and job.text == ""
+    for option, got in zip(OPTIONS, job.option_logprobs, strict=True):
+        assert got == pytest.approx(_reference_logprobs(engine, prompt, option), abs=1e-4)
+    # the prompt once, then one pass per option of several tokens: three passes after it
+    assert engine.statistics()["tokens_computed"] == len(prompt) + sum(len(o) - 1 for o in OPTIONS)
+
+
+def test_scoring_runs_beside_generation_without_changing_it(engine):
+    prompt, other = _prompt(20, seed=121), _prompt(9, seed=122)
+    reference = _reference(engine, other, 12)
+    alone = _scoring(1, prompt, OPTIONS)
+    _run(engine, [alone])
+    scored, generated = _scoring(2, prompt, OPTIONS), _job(3, other, max_tokens=12)
+    _run(engine, [scored, generated])
+    assert generated.token_ids == reference
+    for a, b in zip(alone.option_logprobs, scored.option_logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_scoring_job_preempted_between_options_resumes_where_it_was(engine):
+    prompt = _prompt(40, seed=123)
+    split = _scoring(2, prompt, OPTIONS)
+    _steps(engine, [split], 4)  # the prompt (16-token chunks: 3 steps) and its first option pass
+    engine.step([], lambda pieces: None)  # preempted
+    assert not split.finished and split.driver_state.pending == [2, 3]
+    _run(engine, [split])
+    for option, got in zip(OPTIONS, split.option_logprobs, strict=True):
+        assert got == pytest.approx(_reference_logprobs(engine, prompt, option), abs=1e-4)
+
+
+def test_a_cancelled_scoring_job_ends_cancelled(engine):
+    job = _scoring(1, _prompt(30, seed=124), OPTIONS)
+    _steps(engine, [job], 1)
+    job.cancelled = True
+    _run(engine, [job])
+    assert job.finish_reason == "cancelled" and not engine.seqs

@@ -1,11 +1,12 @@
-"""Model-driven tool calling on the real SmolLM2 model: 50 prompts across 3 tools."""
+"""Model-driven tool calling on the real SmolLM2 model: 50 prompts across 3 tools, chosen by
+`choose` (likelihood and meaning), arguments in a constrained turn."""
 
 from __future__ import annotations
 
 import pytest
 
 import llmos
-from llmos.syscalls import Sys, ToolCall
+from llmos.syscalls import InvalidRequest, Sys, ToolCall
 
 pytestmark = pytest.mark.model
 
@@ -28,7 +29,10 @@ PROMPTS = {
 
 
 async def choose(sys: Sys, prompt: str) -> tuple[str, tuple[ToolCall, ...]]:
-    reply = await sys.chat(prompt, tools=list(TOOLS), max_tokens=64)
+    try:
+        reply = await sys.chat(prompt, tools=list(TOOLS), max_tokens=64)
+    except InvalidRequest as err:  # the arguments' JSON did not finish within max_tokens
+        return f"cut short: {err.message}", ()
     return reply.text, reply.tool_calls
 
 
@@ -39,14 +43,16 @@ async def test_fifty_prompts_always_parse_and_mostly_pick_the_right_tool(smollm2
         pids = [(await kernel.spawn(choose, prompt, caps={"model.generate", "tool.*"})).pid for _, prompt in cases]
         statuses = [await kernel.wait(pid) for pid in pids]
     failed = [s.reason for s in statuses if not s.ok]
-    assert not failed, failed  # every turn parsed: a tool call or an answer, never broken JSON
+    assert not failed, failed  # every call ended in a tool call, an answer, or a typed cut-short error
     right = sum(1 for (tool, _), s in zip(cases, statuses, strict=True)
                 if s.result[1] and s.result[1][0].name == tool)
+    cut = sum(1 for s in statuses if s.result[0].startswith("cut short"))
     calls = [c for s in statuses for c in s.result[1]]
     assert all(c.name in TOOLS for c in calls)
     with capsys.disabled():
-        print(f"\ntool calling on SmolLM2: 50/50 parsed, {len(calls)} tool calls, right tool {right}/50")
-    assert right >= 20  # a 135M model; the figure goes in the closing note
+        print(f"\ntool calling on SmolLM2: {len(calls)} tool calls, right tool {right}/50, "
+              f"{cut} arguments cut short by max_tokens")
+    assert right >= 35 and cut <= 5  # 24/50 when the choice was generated; the figure goes in the note
 
 
 async def test_the_react_app_answers_through_the_calculator(smollm2):

@@ -429,7 +429,9 @@ async def test_a_suspended_process_stops_at_its_next_syscall_and_resumes_after()
         kernel.kill(tick.pid)
 
 
-async def test_resume_errors() -> None:
+@pytest.mark.parametrize(("act", "suspended_first", "complaint"),
+                         [("resume", False, "not suspended"), ("suspend", True, "already suspended")])
+async def test_suspend_and_resume_errors(act: str, suspended_first: bool, complaint: str) -> None:
     async def main(sys):  # noqa: ANN001
         await sys.sleep(5)
 
@@ -437,36 +439,19 @@ async def test_resume_errors() -> None:
         return None
 
     async with llmos.boot(FakeDriver()) as kernel:
+        call = getattr(kernel, act)
         info = await kernel.spawn(main)
-        with pytest.raises(InvalidState, match="not suspended") as err:
-            kernel.resume(info.pid)
+        if suspended_first:
+            kernel.suspend(info.pid)
+        with pytest.raises(InvalidState, match=complaint) as err:
+            call(info.pid)
         assert err.value.code is Errno.EINVAL
         ended = await kernel.spawn(quick)
         await until(lambda: state_of(kernel, ended.pid).terminal)
         with pytest.raises(NoSuchProcess, match="EXITED"):
-            kernel.resume(ended.pid)
+            call(ended.pid)
         with pytest.raises(NoSuchProcess):
-            kernel.resume(999)
-
-
-async def test_suspend_errors() -> None:
-    async def main(sys):  # noqa: ANN001
-        await sys.sleep(5)
-
-    async def quick(sys):  # noqa: ANN001
-        return None
-
-    async with llmos.boot(FakeDriver()) as kernel:
-        info = await kernel.spawn(main)
-        kernel.suspend(info.pid)
-        with pytest.raises(InvalidState, match="already suspended"):
-            kernel.suspend(info.pid)
-        ended = await kernel.spawn(quick)
-        await until(lambda: state_of(kernel, ended.pid).terminal)
-        with pytest.raises(NoSuchProcess, match="EXITED"):
-            kernel.suspend(ended.pid)
-        with pytest.raises(NoSuchProcess):
-            kernel.suspend(999)
+            call(999)
 
 
 async def test_killing_a_suspended_process() -> None:

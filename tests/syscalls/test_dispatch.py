@@ -69,13 +69,18 @@ async def test_a_request_type_without_a_handler_is_enosys() -> None:
     assert "'teleport'" in err.message
 
 
-@pytest.mark.parametrize("request_", [42, "getpid", None, ["getpid"], object(), GetPid])
-async def test_a_non_request_object_is_einval(request_: Any) -> None:
+async def error_of(request_: Any) -> Any:
+    """What a process gets back for issuing `request_`."""
     async def main(sys):  # noqa: ANN001
         return await caught(sys.syscall(request_))
 
     async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await spawn_and_wait(kernel, main))
+        return result(await spawn_and_wait(kernel, main))
+
+
+@pytest.mark.parametrize("request_", [42, "getpid", None, ["getpid"], object(), GetPid])
+async def test_a_non_request_object_is_einval(request_: Any) -> None:
+    err = await error_of(request_)
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert "a syscall is a request object or a dict" in err.message
@@ -91,11 +96,7 @@ async def test_a_non_request_object_is_einval(request_: Any) -> None:
     ({"call": "wait", "pid": 1.5}, "pid"),
 ])
 async def test_malformed_arguments_are_einval_and_name_the_field(request_: dict[str, Any], where: str) -> None:
-    async def main(sys):  # noqa: ANN001
-        return await caught(sys.syscall(request_))
-
-    async with llmos.boot(FakeDriver()) as kernel:
-        err = result(await spawn_and_wait(kernel, main))
+    err = await error_of(request_)
     assert type(err) is InvalidRequest
     assert err.code is Errno.EINVAL
     assert f"bad arguments to '{request_['call']}'" in err.message

@@ -1,4 +1,5 @@
-"""supervisor: routing by the router's reply, specialists at once, hand-offs followed."""
+"""supervisor: routing by `choose` (the FakeDriver scores highest the specialist its script
+names), specialists at once, hand-offs followed."""
 
 from __future__ import annotations
 
@@ -6,22 +7,12 @@ import pytest
 
 from llmos.apps.workflows import supervisor
 from llmos.apps.workflows.agent import Agent
-from llmos.apps.workflows.supervisor import choose, handoff
+from llmos.apps.workflows.supervisor import handoff
 from llmos.testing import FakeDriver, ScriptedConsole, result, run_app
 
 TEAM = [{"name": "math", "description": "arithmetic", "system": "calc"},
         {"name": "poet", "description": "poems and haiku", "system": "poet"}]
 AGENTS = [Agent.model_validate(s) for s in TEAM]
-
-
-@pytest.mark.parametrize(("reply", "task", "chosen"), [
-    ("poet", "x", "poet"),
-    ("The Math specialist, not the poet", "x", "math"),
-    ("??", "write a haiku", "poet"),
-    ("??", "nothing in common", "math"),
-])
-def test_choose(reply, task, chosen):
-    assert choose(reply, AGENTS, task).name == chosen
 
 
 def test_handoff():
@@ -31,8 +22,8 @@ def test_handoff():
 
 
 def script(prompt: str) -> str:
-    if "Which specialist" in prompt:
-        return "poet" if "haiku" in prompt.split("Task:")[1] else "math"
+    if "which one should do this task" in prompt:
+        return "poet" if "haiku" in prompt.split("<user>")[1].splitlines()[0] else "math"
     if prompt.startswith("<system>calc"):
         return "HANDOFF: poet" if "haiku" in prompt else "36"
     return "rain falls"
@@ -48,7 +39,7 @@ async def test_tasks_are_routed_and_handed_off():
 
 async def test_a_misrouted_task_is_handed_off():
     def misroute(prompt: str) -> str:
-        return "math" if "Which specialist" in prompt else script(prompt)
+        return "math" if "which one should do this task" in prompt else script(prompt)
 
     out = result(await run_app(supervisor, TEAM, ["a haiku"], None, True, driver=FakeDriver(misroute),
                                console=ScriptedConsole()))
