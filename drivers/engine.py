@@ -9,8 +9,9 @@ the newcomers, within a token budget so running decodes never stall for long.
 
 A job with `options` is scored rather than generated (the `choose` syscall): its prompt is
 prefilled like any other; the logits at the prompt's last token give every option's first
-token; each option of several tokens then takes one pass of its own in that row, its
-tokens fed after the prompt (overwriting the previous option's), beside the others' work.
+token; then the options of several tokens are fed side by side in one pass of that row,
+each seeing the prompt and its own earlier tokens only (a tree: `Batch.trees`), beside
+the others' work.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class JobState:
     row: int = -1  # its row of the slot cache, while it is live
     computed: int = 0  # tokens whose K/V are in the row
     streamed: int = 0  # characters of job.text already emitted
-    pending: list[int] | None = None  # a scored job's options of several tokens left to score, once the prompt is in
+    pending: list[int] | None = None  # a scored job's options of several tokens, once the prompt is in
 
     @property
     def tokens(self) -> list[int]:
@@ -56,10 +57,21 @@ class JobState:
 
     @property
     def option_chunk(self) -> list[int] | None:
-        """The tokens to feed after the prompt to score the next option (all but its last)."""
+        """What to feed after the prompt to score the options of several tokens: each one's
+        tokens but its last, side by side."""
         if self.pending and self.to_feed == 0:
-            return self.job.option_ids[self.pending[0]][:-1]
+            return [t for option in self.pending for t in self.job.option_ids[option][:-1]]
         return None
+
+    def option_tree(self, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """For `option_chunk`: each token's rotary position (right after the prompt, as if its
+        option were alone) and which chunk tokens it sees (its option's, up to itself)."""
+        spans = [len(self.job.option_ids[option]) - 1 for option in self.pending or ()]
+        positions = torch.cat([torch.arange(n, device=device) for n in spans]) + self.computed
+        owner = torch.repeat_interleave(torch.arange(len(spans), device=device), torch.tensor(spans, device=device))
+        index = torch.arange(len(owner), device=device)
+        sees = (owner[:, None] == owner[None, :]) & (index[None, :] <= index[:, None])
+        return positions, sees
 
 
 @dataclass(frozen=True)
@@ -204,8 +216,10 @@ class Engine:
         starts = torch.tensor([s.computed for s, _ in chunks], device=self.device)
         lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
         scored = [i for i, (s, _) in enumerate(chunks) if s.option_chunk is not None]
+        trees = {i: chunks[i][0].option_tree(self.device) for i in scored}
         logits, spans = self.runner.forward_spans(Batch(first=first_row, tokens=tokens, starts=starts,
-                                                        lengths=lengths), [(i, len(chunks[i][1])) for i in scored])
+                                                        lengths=lengths, trees=trees),
+                                                  [(i, len(chunks[i][1])) for i in scored])
         self.tokens_in += int(lengths.sum())
         for i, span in zip(scored, spans, strict=True):
             self._score_rest(chunks[i][0], span)
@@ -291,11 +305,14 @@ class Engine:
         self._scored_all(seq)
 
     def _score_rest(self, seq: JobState, logits: torch.Tensor) -> None:
-        """An option's pass: its logits (n-1, vocab) score its tokens after the first."""
-        option = seq.pending.pop(0)
-        ids = seq.job.option_ids[option]
+        """The options' pass: its logits (chunk, vocab) score each option's tokens after the first."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        seq.job.option_logprobs[option] += logprobs[torch.arange(len(ids) - 1), ids[1:]].tolist()
+        at = 0
+        for option in seq.pending or ():
+            ids = seq.job.option_ids[option]
+            seq.job.option_logprobs[option] += logprobs[torch.arange(at, at + len(ids) - 1), ids[1:]].tolist()
+            at += len(ids) - 1
+        seq.pending = []
         self._scored_all(seq)
 
     @staticmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,6 +41,11 @@ class Batch:
     tokens: torch.Tensor  # (B, Q) input ids, right-padded
     starts: torch.Tensor  # (B,) position of each row's first input token
     lengths: torch.Tensor  # (B,) valid input tokens per row (1 when decoding)
+    # Rows whose input is several continuations side by side (scoring options in one pass):
+    # row index in the batch -> (rotary positions (Q,), which input tokens each input token
+    # sees (Q, Q) bool). Their tokens still go to consecutive cache positions from `starts`,
+    # and still see every cached position before it.
+    trees: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,19 +183,27 @@ class LlamaRunner:
     def _prepare(self, batch: Batch, hidden: torch.Tensor) -> _Pass:
         bsz, qlen = batch.tokens.shape
         offsets = torch.arange(qlen, device=hidden.device)
-        positions = batch.starts[:, None] + offsets[None, :]  # (B, Q)
+        positions = batch.starts[:, None] + offsets[None, :]  # (B, Q): cache positions
         valid = offsets[None, :] < batch.lengths[:, None]  # (B, Q)
         total = int((batch.starts + batch.lengths).max())
         self.cache.scrub(batch.first, bsz, total)  # padding positions must hold finite K/V
-        cos, sin = self.model.model.rotary_emb(hidden, positions)  # (B, Q, D)
+        rotary = positions.clone()
+        for row, (tree_positions, _) in batch.trees.items():
+            rotary[row, : len(tree_positions)] = tree_positions
+        cos, sin = self.model.model.rotary_emb(hidden, rotary)  # (B, Q, D)
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         rows = (torch.arange(bsz, device=hidden.device) + batch.first)[:, None].expand(bsz, qlen)
         all_valid = qlen == 1  # decode: one token per row, every one valid
         valid_index = None if all_valid else valid.reshape(-1).nonzero().squeeze(1)
         uniform = bool((batch.starts + batch.lengths == total).all()) and qlen == 1
+        mask = None if uniform else self._mask(positions, valid, total)
+        for row, (_, sees) in batch.trees.items():  # (B, 1, Q, T): a prefill pass's mask
+            start, n = int(batch.starts[row]), sees.shape[0]
+            if n > 1:  # one token sees itself under the causal mask already
+                mask[row, 0, :n, start:start + n] = sees
         return _Pass(bsz=bsz, qlen=qlen, total=total, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-                     mask=None if uniform else self._mask(positions, valid, total),
+                     mask=mask,
                      rows=rows.reshape(-1) if all_valid else rows.reshape(-1)[valid_index],
                      write_pos=positions.reshape(-1) if all_valid else positions.reshape(-1)[valid_index],
                      valid_index=valid_index)

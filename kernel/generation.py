@@ -83,12 +83,12 @@ class GenerationService:
                             messages=tuple(messages) if messages is not None else None,
                             prompt_ids=list(prompt_ids or ()), options=options)
         await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only
-        if options is not None:  # room for the longest option after the prompt
-            longest = max(map(len, job.option_ids))
-            job.sampling = job.sampling.model_copy(update={"max_tokens": longest})
+        if options is not None:  # room after the prompt for the options side by side (see Engine)
+            needed = max(1, sum(len(ids) - 1 for ids in job.option_ids))
+            job.sampling = job.sampling.model_copy(update={"max_tokens": needed})
         job.sampling = self._fit_budget(proc, job)
-        if options is not None and job.sampling.max_tokens < longest:
-            raise ContextOverflow(f"the prompt ({len(job.prompt_ids)} tokens) and the longest option ({longest}) "
+        if options is not None and job.sampling.max_tokens < needed:
+            raise ContextOverflow(f"the prompt ({len(job.prompt_ids)} tokens) and the options ({needed} more) "
                                   f"do not fit the model's context window of {self.driver.context_length}")
         job.priority = proc.priority  # as it is now: a `nice` may have come while it was tokenized
         job.submitted_at, job.outbox = time.perf_counter(), Outbox()

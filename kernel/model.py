@@ -120,6 +120,7 @@ class ModelDriver(Protocol):
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """Advance every job in `running` by at most one token, together, and set each
         finished job's `finish_reason` (a job with `options` is scored instead: options of
-        one token with the prompt's last pass, each longer one in a pass of its own). Jobs it holds that are not in `running` are let go
-        (preempted, cancelled); a job that comes back resumes where it stopped. Newcomers
-        may spend several steps on their prompt before their first token."""
+        one token with the prompt's last pass, the longer ones after it). Jobs it holds that
+        are not in `running` are let go (preempted, cancelled); a job that comes back resumes
+        where it stopped. Newcomers may spend several steps on their prompt before their
+        first token."""

@@ -35,7 +35,7 @@ DEFAULT_POLICY = "fifo"
 MAX_BATCH = 64  # sequences decoded together (the driver may hold fewer)
 RR_QUANTUM_TOKENS = 32  # tokens a sequence decodes before round-robin lets a waiting one in
 DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
-MAX_CHOICES = 64  # options a `choose` call may score (each longer than a token costs a small pass)
+MAX_CHOICES = 64  # options a `choose` call may score (their tokens after the first share one pass)
 # `choose` ranks options by mean log-likelihood per token plus this many nats per unit of
 # cosine similarity (MiniLM) between the question and the option with its description.
 # Measured on bench/evals with SmolLM2-135M (bench/choose.py): the likelihood alone picks

@@ -3,10 +3,10 @@ letting the model generate its pick.
 
 Two signals, each where the kernel has it: the model's likelihood of each option as the
 reply to the question (lm-evaluation-harness's multiple choice: the question's prompt is
-computed once in the batching engine, an option of one token costs nothing more, a longer
-one a small pass), as its mean log-probability per token so that a long option is not
-penalised for its length; and the cosine similarity (MiniLM) between the question and
-the option with its description. An option's score is the first plus
+computed once in the batching engine, an option of one token costs nothing more, the
+longer ones one small pass together), as its mean log-probability per token so that a
+long option is not penalised for its length; and the cosine similarity (MiniLM) between
+the question and the option with its description. An option's score is the first plus
 params.CHOICE_MEANING_WEIGHT times the second; `probabilities` are the scores' softmax.
 A kernel with an embedder but no model chooses by meaning alone.
 """

@@ -450,8 +450,9 @@ def test_scored_options_are_the_model_s_own_log_probabilities(engine):
     assert job.finish_reason == "stop" and job.token_ids == [] and job.text == ""
     for option, got in zip(OPTIONS, job.option_logprobs, strict=True):
         assert got == pytest.approx(_reference_logprobs(engine, prompt, option), abs=1e-4)
-    # the prompt once, then one pass per option of several tokens: three passes after it
+    # the prompt once, then one pass for the options of several tokens, side by side
     assert engine.statistics()["tokens_computed"] == len(prompt) + sum(len(o) - 1 for o in OPTIONS)
+    assert engine.statistics()["steps"] == 3 + 1 + 1  # the prompt (16-token chunks), the options, the release
 
 
 def test_scoring_runs_beside_generation_without_changing_it(engine):
@@ -466,12 +467,12 @@ def test_scoring_runs_beside_generation_without_changing_it(engine):
         assert a == pytest.approx(b, abs=1e-4)
 
 
-def test_a_scoring_job_preempted_between_options_resumes_where_it_was(engine):
+def test_a_scoring_job_preempted_before_its_options_pass_resumes_where_it_was(engine):
     prompt = _prompt(40, seed=123)
     split = _scoring(2, prompt, OPTIONS)
-    _steps(engine, [split], 4)  # the prompt (16-token chunks: 3 steps) and its first option pass
-    engine.step([], lambda pieces: None)  # preempted
-    assert not split.finished and split.driver_state.pending == [2, 3]
+    _steps(engine, [split], 3)  # the prompt, in 16-token chunks: its first tokens are scored
+    engine.step([], lambda pieces: None)  # preempted before the pass of the longer options
+    assert not split.finished and split.driver_state.pending == [1, 2, 3]
     _run(engine, [split])
     for option, got in zip(OPTIONS, split.option_logprobs, strict=True):
         assert got == pytest.approx(_reference_logprobs(engine, prompt, option), abs=1e-4)
