@@ -228,7 +228,7 @@ class Engine:
 
     def _chunks(self, seqs: list[JobState]) -> list[tuple[JobState, list[int]]]:
         """What each row feeds this pass, contiguous rows from the first, within the budget:
-        the next piece of its prompt, or the option it scores."""
+        the next piece of its prompt, or the options it scores."""
         budget, chunks = self.config.prefill_chunk, []
         for s in seqs:
             if budget <= 0:
