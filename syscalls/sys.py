@@ -107,11 +107,12 @@ def _method(cls: type[Request[Any]]) -> Method:
             return await self._issue(cls, _bind_arguments(cls, args, kwargs))
     method.__name__ = method.__qualname__ = cls.call.rpartition(".")[2]
     method.__doc__ = cls.__doc__
-    method.__signature__ = _signature(cls)  # type: ignore[attr-defined]
+    method.__signature__ = signature_of(cls)  # type: ignore[attr-defined]
     return method
 
 
-def _signature(cls: type[Request[Any]]) -> inspect.Signature:
+def signature_of(cls: type[Request[Any]]) -> inspect.Signature:
+    """The signature of the method `cls` gives `Sys`."""
     def parameter(name: str, kind: inspect._ParameterKind) -> inspect.Parameter:
         field = cls.model_fields[name]
         default = field.get_default(call_default_factory=False)

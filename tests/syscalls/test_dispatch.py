@@ -322,9 +322,9 @@ async def test_a_loop_of_cheap_syscalls_does_not_starve_siblings() -> None:
     spun: list[float] = []
 
     async def spinner(sys):  # noqa: ANN001
-        end = time.perf_counter() + 0.3
+        end = time.perf_counter() + 10  # a bound; it stops as soon as the ticker is done
         calls = 0
-        while time.perf_counter() < end:
+        while len(ticks) < 5 and time.perf_counter() < end:
             await sys.getpid()
             calls += 1
         spun.append(time.perf_counter())
@@ -341,5 +341,5 @@ async def test_a_loop_of_cheap_syscalls_does_not_starve_siblings() -> None:
         result(await kernel.wait(t.pid))
         calls = result(await kernel.wait(s.pid))
     assert len(ticks) == 5
-    assert ticks[-1] < spun[0]  # the ticker finished while the spinner still spun
+    assert ticks[-1] <= spun[0] < ticks[-1] + 5  # the ticker finished while the spinner spun, well before its bound
     assert calls > 100
