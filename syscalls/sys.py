@@ -111,12 +111,25 @@ def _method(cls: type[Request[Any]]) -> Method:
     return method
 
 
+class _Factory:
+    """The default of a field made fresh for each request (`Field(default_factory=...)`)."""
+
+    def __repr__(self) -> str:
+        return "<made fresh>"
+
+
+_FACTORY = _Factory()
+
+
 def signature_of(cls: type[Request[Any]]) -> inspect.Signature:
     """The signature of the method `cls` gives `Sys`."""
     def parameter(name: str, kind: inspect._ParameterKind) -> inspect.Parameter:
         field = cls.model_fields[name]
-        default = field.get_default(call_default_factory=False)
-        default = inspect.Parameter.empty if default is PydanticUndefined or field.default_factory else default
+        if field.default_factory is not None:
+            default: Any = _FACTORY
+        else:
+            default = field.get_default(call_default_factory=False)
+            default = inspect.Parameter.empty if default is PydanticUndefined else default
         return inspect.Parameter(name, kind, default=default, annotation=field.annotation)
 
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
