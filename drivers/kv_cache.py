@@ -54,6 +54,8 @@ class SlotCache:
     def scrub(self, first: int, count: int, length: int) -> None:
         """Zero what rows first..first+count-1 hold below `length` but never had written,
         before a pass reads them (once per row and position: later passes find it clean)."""
+        if min(self.written[first:first + count], default=length) >= length:
+            return  # the common case: every row is clean up to `length`
         for row in range(first, first + count):
             if self.written[row] < length:
                 self.k[:, row, :, self.written[row]:length] = 0

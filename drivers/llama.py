@@ -187,7 +187,7 @@ class LlamaRunner:
         valid = offsets[None, :] < batch.lengths[:, None]  # (B, Q)
         total = int((batch.starts + batch.lengths).max())
         self.cache.scrub(batch.first, bsz, total)  # padding positions must hold finite K/V
-        rotary = positions.clone()
+        rotary = positions.clone() if batch.trees else positions  # a scored row's options restart their positions
         for row, (tree_positions, _) in batch.trees.items():
             rotary[row, : len(tree_positions)] = tree_positions
         cos, sin = self.model.model.rotary_emb(hidden, rotary)  # (B, Q, D)
