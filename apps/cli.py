@@ -76,6 +76,24 @@ def shell(model: ModelOpt = "smollm2", policy: PolicyOpt = "fifo",
     raise typer.Exit(_guard(lambda: anyio.run(shell_main, None if no_model else model, policy)))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback only with an API key).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: ModelOpt = "smollm2",
+    policy: PolicyOpt = "fifo",
+    max_queue: Annotated[Optional[int], typer.Option(help="Generations that may wait; more get HTTP 429.")] = None,
+    new_key: Annotated[bool, typer.Option("--new-key", help="Write a fresh API key to LLMOS_HOME/api_key, "
+                                          "print it, and require it.")] = False,
+) -> None:
+    """Run the kernel as a daemon: an OpenAI-compatible API, the process API and a dashboard."""
+    from llmos.apps import serving  # FastAPI and uvicorn load only here
+
+    raise typer.Exit(_guard(lambda: serving.run(host=host, port=port, model=model, policy=policy,
+                                                max_queue=max_queue, new_key=new_key)))
+
+
 @app.command("apps")
 def apps_cmd() -> None:
     """The apps `llmos run NAME` knows."""

@@ -59,10 +59,14 @@ def _offerable(specs: Sequence[ToolSpec]) -> None:
 class LikelihoodDecisions(_Prompts):
     """The tool whose name the model finds the likeliest reply, "none" among them."""
 
-    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess) -> ToolSpec | None:
+    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess, *,
+                        required: bool = False) -> ToolSpec | None:
         _offerable(specs)
-        options = [spec.name for spec in specs] + [NO_TOOL]
-        descriptions = [summary(spec) for spec in specs] + [NO_TOOL_MEANS]
+        if required and len(specs) == 1:
+            return specs[0]
+        none = [] if required else [NO_TOOL]
+        options = [spec.name for spec in specs] + none
+        descriptions = [summary(spec) for spec in specs] + ([NO_TOOL_MEANS] if none else [])
         # The request itself is the question (its meaning is compared with each tool's);
         # what is asked of it goes in the system prompt.
         index = await model.choose(message, options, descriptions, system=TOOL_CHOOSER)
@@ -72,17 +76,19 @@ class LikelihoodDecisions(_Prompts):
 class GeneratedDecisions(_Prompts):
     """The choice generated as JSON, {"tool": <enum of the names and "none">}."""
 
-    def choice_turn(self, specs: Sequence[ToolSpec], message: str) -> JsonTurn:
-        names = [spec.name for spec in specs] + [NO_TOOL]
+    def choice_turn(self, specs: Sequence[ToolSpec], message: str, required: bool = False) -> JsonTurn:
+        names = [spec.name for spec in specs] + ([] if required else [NO_TOOL])
         schema = {"type": "object", "properties": {"tool": {"enum": names}}, "required": ["tool"],
                   "additionalProperties": False}
         lines = ["Pick the tool that answers the question.", "Tools:"]
         lines += [f"- {spec.name}: {spec.description.strip() or 'no description'}" for spec in specs]
-        lines += [f"- {NO_TOOL}: no tool is needed.", "", f"Question: {message}",
+        lines += [] if required else [f"- {NO_TOOL}: no tool is needed."]
+        lines += ["", f"Question: {message}",
                   'Reply with JSON like {"tool": "<tool name>"}.']
         return JsonTurn(prompt="\n".join(lines), schema=schema)
 
-    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess) -> ToolSpec | None:
+    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess, *,
+                        required: bool = False) -> ToolSpec | None:
         _offerable(specs)
-        answer: Any = await model.json(self.choice_turn(specs, message))
+        answer: Any = await model.json(self.choice_turn(specs, message, required))
         return next((spec for spec in specs if spec.name == answer["tool"]), None)

@@ -124,6 +124,12 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return embed(texts)
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads of `texts` (each capped at MAX_TOKENS, as `embed` reads
+        them). Blocking, like `embed`."""
+        tokenizer = embedder().tokenizer
+        return sum(min(len(ids), MAX_TOKENS) for ids in tokenizer(list(texts))["input_ids"])
+
     def __repr__(self) -> str:
         return f"<MiniLMEmbedder {NAME}>"
 

@@ -38,9 +38,10 @@ class DecisionPolicy(Protocol):
                         system: str | None) -> tuple[ChatMessage, ...]:
         """The chat a `choose` question becomes; each option is scored as the reply to it."""
 
-    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess) -> ToolSpec | None:
-        """The tool that answers `message`, or None for no tool (InvalidRequest for a spec
-        it cannot offer)."""
+    async def pick_tool(self, specs: Sequence[ToolSpec], message: str, model: ModelAccess, *,
+                        required: bool = False) -> ToolSpec | None:
+        """The tool that answers `message`, or None for no tool (never None when `required`;
+        InvalidRequest for a spec it cannot offer)."""
 
     def tool_arguments(self, spec: ToolSpec, message: str) -> JsonTurn:
         """The turn that fills the chosen tool's arguments (its reply is the arguments)."""

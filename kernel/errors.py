@@ -120,6 +120,12 @@ class TooManyProcesses(SyscallError):
     code = Errno.EAGAIN
 
 
+class QueueFull(SyscallError):
+    """The model's queue is full (the scheduler's `max_queue` generations wait); try again shortly."""
+
+    code = Errno.EAGAIN
+
+
 class NoConsole(SyscallError):
     """Nobody is at a terminal to answer `ask_user` (no console attached, or stdin closed)."""
 

@@ -92,9 +92,9 @@ class GenerationService:
                                   f"do not fit the model's context window of {self.driver.context_length}")
         job.priority = proc.priority  # as it is now: a `nice` may have come while it was tokenized
         job.submitted_at, job.outbox = time.perf_counter(), Outbox()
+        self.scheduler.add(job)  # first: a full queue (QueueFull) leaves nothing behind
         self.jobs[job.id] = job
         self._owners[job.id] = proc
-        self.scheduler.add(job)
         return job
 
     def _wake(self) -> None:

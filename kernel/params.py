@@ -33,6 +33,9 @@ YIELD_INTERVAL_S = 0.002
 # Generation -------------------------------------------------------------------------
 DEFAULT_POLICY = "fifo"
 MAX_BATCH = 64  # sequences decoded together (the driver may hold fewer)
+# Generations waiting for a place in the batch; one more is refused (QueueFull, EAGAIN;
+# `llmos serve` answers HTTP 429) rather than queued without bound behind minutes of work.
+MAX_QUEUE = 1024
 RR_QUANTUM_TOKENS = 32  # tokens a sequence decodes before round-robin lets a waiting one in
 DEFAULT_REPLY_TOKENS = 256  # max_tokens of a generation request that names none
 MAX_CHOICES = 64  # options a `choose` call may score (their tokens after the first share one pass)

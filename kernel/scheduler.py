@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from llmos.kernel import params
-from llmos.kernel.errors import ConfigError
+from llmos.kernel.errors import ConfigError, QueueFull
 from llmos.kernel.model import GenerationJob
 from llmos.kernel.stats import SchedulerStatistics
 
@@ -86,11 +86,12 @@ def make_policy(name: str) -> Policy:
 
 class Scheduler:
     def __init__(self, policy: str = params.DEFAULT_POLICY, max_batch: int = params.MAX_BATCH,
-                 quantum: int = params.RR_QUANTUM_TOKENS) -> None:
-        if max_batch < 1 or quantum < 1:
-            raise ConfigError("max_batch and quantum must be at least 1")
+                 quantum: int = params.RR_QUANTUM_TOKENS, max_queue: int = params.MAX_QUEUE) -> None:
+        if max_batch < 1 or quantum < 1 or max_queue < 1:
+            raise ConfigError("max_batch, quantum and max_queue must be at least 1")
         self.policy = make_policy(policy)
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.quantum = quantum
         self.waiting: dict[int, GenerationJob] = {}
         self.running: dict[int, GenerationJob] = {}
@@ -106,6 +107,8 @@ class Scheduler:
     def add(self, req: GenerationJob) -> None:
         if req.id in self.waiting or req.id in self.running:
             raise ValueError(f"request {req.id} is already scheduled")
+        if len(self.waiting) >= self.max_queue:
+            raise QueueFull(f"{len(self.waiting)} generations already wait for the model (max_queue); try again shortly")
         req.arrival = next(self._arrivals)
         self.waiting[req.id] = req
         self.on_change()

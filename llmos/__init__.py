@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 # Each public name, and the module it comes from.
 _NAMES = {
     "boot": "llmos.booting",
+    "DEFAULT_MODEL": "llmos.drivers",
     "LLMOS": "llmos.runtime",
     "Model": "llmos.runtime",
     "ModelListing": "llmos.model",
@@ -50,7 +51,7 @@ _NAMES = {
 _SUBMODULES = ("hookspecs", "home", "model", "plugins", "runtime", "testing")
 
 __all__ = [
-    "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable",
+    "DEFAULT_MODEL", "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable",
     "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys", "SyscallError", "TextStream", "UnknownModel", "boot",
     "load_model", "model_names", "Tool", "tool",
 ]
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports these
     from llmos.booting import boot
+    from llmos.drivers import DEFAULT_MODEL
     from llmos.drivers.errors import ModelUnavailable, UnknownModel
     from llmos.drivers.tools import Tool, tool
     from llmos.kernel.errors import ConfigError

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # llmos.runtime (Model's home) boots kernels with this module
 @asynccontextmanager
 async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, policy: str = params.DEFAULT_POLICY,
                max_batch: int = params.MAX_BATCH, quantum: int = params.RR_QUANTUM_TOKENS,
-               memory: str | Path | MemoryStore | None = "embedded",
+               max_queue: int = params.MAX_QUEUE, memory: str | Path | MemoryStore | None = "embedded",
                context_policy: str | Policy = params.DEFAULT_CONTEXT_POLICY,
                context_budget: int | None = None, tools: Iterable[Tool | Callable] = (),
                mcp_servers: Mapping | str | Path | None = "config",
@@ -40,7 +40,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
     for a kernel without one. `policy`: "fifo", "priority" or "rr" (round-robin with a
-    `quantum` of tokens). On exit, processes still running are killed.
+    `quantum` of tokens). `max_queue`: generations that may wait for the model; one more is
+    refused with QueueFull (EAGAIN). On exit, processes still running are killed.
 
     `memory`: where the archive and the memory syscalls keep items: "embedded" (chromadb in
     LLMOS_HOME/memory, opened on first use, one writer process at a time), another folder,
@@ -55,13 +56,13 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     `embedder`: what `choose` measures meaning with (the packaged MiniLM by default; None:
     by the model's likelihood alone).
     """
-    Scheduler(policy, max_batch=max_batch, quantum=quantum)  # fail fast on bad settings, before a load
+    Scheduler(policy, max_batch=max_batch, quantum=quantum, max_queue=max_queue)  # fail fast on bad settings, before a load
     plugins.load()  # the plugins' models, tools and apps (once per process)
     memory_system = _memory(memory, context_policy, context_budget)  # fails fast on a bad policy
     driver = await _driver(model)
     if driver is not None:
         max_batch = min(max_batch, driver.max_batch)
-    scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum)
+    scheduler = Scheduler(policy, max_batch=max_batch, quantum=quantum, max_queue=max_queue)
     async with AsyncExitStack() as stack:  # MCP servers outlive the processes that use them
         toolbox = await _tools(stack, tools, mcp_servers)
         kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,

@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from types import SimpleNamespace
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -247,25 +248,88 @@ def memory_script(reply: str | Callable[[str], str] = "ok", summary: str = "summ
     return answer
 
 
+def free_port() -> int:
+    """A TCP port free on loopback just now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start on port {port}") from None
+            time.sleep(0.1)
+
+
+@asynccontextmanager
+async def served(model: Any = None, *, api_key: str | None = None, **boot_options: Any) -> AsyncIterator[Any]:
+    """A real `llmos serve` (uvicorn) on a free loopback port inside this event loop, over
+    `model` (a FakeDriver by default); yields an object with `url`, `key` and `kernel`."""
+    from llmos.server.daemon import ServeOptions, serve
+
+    boot_options.setdefault("embedder", None)
+    options = ServeOptions(port=free_port(), model=model if model is not None else FakeDriver(), api_key=api_key,
+                           boot_options=tuple(boot_options.items()))
+    ready = anyio.Event()
+    found: dict[str, Any] = {}
+
+    def on_ready(url: str, key: str | None, kernel: Any) -> None:
+        found.update(url=url, key=key, kernel=kernel)
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve, options, on_ready)
+        with anyio.fail_after(30):
+            await ready.wait()
+        try:
+            yield SimpleNamespace(**found)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@contextmanager
+def llmos_server(*args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+    """A real `llmos serve` in its own OS process on a free loopback port (`args` go to the
+    command, e.g. "--model", "smollm2"); yields its URL. Its output goes to a file beside
+    LLMOS_HOME (`server.log`), shown if it fails to start."""
+    import os
+
+    port = free_port()
+    home = Path((env or os.environ).get("LLMOS_HOME") or os.environ["LLMOS_HOME"])
+    log_path = home / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "llmos.apps.cli", "serve", "--host", "127.0.0.1",
+                                   "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})})
+    try:
+        try:
+            wait_for_port(port, server, timeout, "`llmos serve`")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 @contextmanager
 def chroma_server(folder: Path, timeout: float = 60.0) -> Iterator[str]:
     """A real `chroma run` server on a free loopback port, storing in `folder`; yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     chroma = Path(sys.executable).with_name("chroma")
     server = subprocess.Popen([str(chroma), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"`chroma run` did not start on port {port}") from None
-                time.sleep(0.1)
+        wait_for_port(port, server, timeout, "`chroma run`")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()

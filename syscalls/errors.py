@@ -28,12 +28,13 @@ from llmos.kernel.errors import (
     ToolTimeout,
     ToolUnavailable,
     TooManyProcesses,
+    QueueFull,
     UnknownSyscall,
 )
 
 __all__ = [
     "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
-    "NoConsole", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses",
+    "NoConsole", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
     "UnknownSyscall", "NoSuchMemory", "StoreLocked",
     "InvalidToolArguments", "NoSuchTool", "ToolFailed", "ToolLimitExceeded", "ToolTimeout", "ToolUnavailable",
 ]

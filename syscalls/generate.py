@@ -93,7 +93,11 @@ class Chat(_Sampling, Request[Reply | TextStream]):
     Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop.
     `json_schema=`: the reply is JSON following it. `tools=[names]`: the model may call
     one of those tools instead of answering; the calls are in `reply.tool_calls`.
-    `stream=True`: a `TextStream` of the text as it comes."""
+    `functions=[ToolSpec...]`: the same for functions the caller defines and runs itself
+    (OpenAI's `tools`; nothing runs in the kernel, so they need no capability).
+    `tool_choice`: "auto" (the model decides), "required" (it must call one), "none", or
+    the name of the one to call. With `messages` ending in a tool's result, "auto" answers.
+    `stream=True`: a `TextStream` of the text as it comes (a `Reply` when a tool is called)."""
 
     call: ClassVar[str] = "chat"
     capability: ClassVar[str | None] = capabilities.MODEL_GENERATE
@@ -103,17 +107,30 @@ class Chat(_Sampling, Request[Reply | TextStream]):
     message: str | None = None  # appended to the process's conversation, as is the reply
     messages: tuple[ChatMessage, ...] | None = None  # the whole conversation; the process's is untouched
     system: str | None = None  # a system prompt placed first
-    tools: tuple[str, ...] | None = None  # tools the model may call instead of answering (not with stream)
+    tools: tuple[str, ...] | None = None  # kernel tools the model may call instead of answering
+    functions: tuple[ToolSpec, ...] | None = None  # functions the caller runs itself, offered likewise
+    tool_choice: str = Field(default="auto", min_length=1)  # "auto", "required", "none" or a name
 
     @model_validator(mode="after")
     def _one_source(self) -> Chat:
         if (self.message is None) == (self.messages is None):
             raise ValueError("give exactly one of 'message' or 'messages'")
-        if self.tools is not None and (not self.tools or self.stream or self.json_schema is not None):
-            raise ValueError("'tools' must name at least one tool, and goes with neither 'stream' nor 'json_schema'")
         if self.messages is not None and not self.messages:
             raise ValueError("'messages' must not be empty")
+        offered = self.offered_names()
+        if offered is not None and (not offered or self.json_schema is not None):
+            raise ValueError("'tools' / 'functions' must offer at least one, and do not go with 'json_schema'")
+        if self.tools is not None and self.functions is not None:
+            raise ValueError("offer either kernel 'tools' or caller 'functions', not both")
+        if self.tool_choice not in ("auto", "required", "none") and self.tool_choice not in (offered or ()):
+            raise ValueError(f"'tool_choice' {self.tool_choice!r} is none of auto, required, none or an offered name")
         return self
+
+    def offered_names(self) -> tuple[str, ...] | None:
+        """The names of what the model may call, or None when nothing is offered."""
+        if self.functions is not None:
+            return tuple(spec.name for spec in self.functions)
+        return self.tools
 
     def needs(self, caller: Process) -> Iterator[Need]:
         for name in dict.fromkeys(self.tools or ()):  # offering a tool to the model needs its capability
@@ -155,7 +172,7 @@ async def _serve(service: GenerationService, job: GenerationJob, stream: bool,
 
 async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
     service = choose.service(kernel)
-    if req.tools is not None:
+    if req.offered_names() is not None and req.tool_choice != "none":
         call = await _choose_tool(kernel, service, caller, req)
         if call is not None:
             return call
@@ -175,8 +192,12 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
     return await _serve(service, job, req.stream, remember)
 
 
-def _offered(kernel: Kernel, names: tuple[str, ...]) -> list[ToolSpec]:
-    """The specs of the tools named (the caller's right to each is checked by `Chat.needs`)."""
+def _offered(kernel: Kernel, req: Chat) -> list[ToolSpec]:
+    """The specs of what the model may call: the caller's functions, or the kernel tools
+    named (the caller's right to each is checked by `Chat.needs`)."""
+    if req.functions is not None:
+        return list({spec.name: spec for spec in req.functions}.values())
+    names = req.tools or ()
     if kernel.tools is None:
         raise ToolUnavailable("this kernel has no tools to offer the model")
     specs = []
@@ -191,10 +212,16 @@ def _offered(kernel: Kernel, names: tuple[str, ...]) -> list[ToolSpec]:
 async def _choose_tool(kernel: Kernel, service: GenerationService, caller: Process, req: Chat) -> Reply | None:
     """A reply holding the tool call the model chose, or None when it chose to answer.
     What the model is asked is the kernel's decision policy's (kernel.decisions)."""
-    specs, decisions = _offered(kernel, req.tools or ()), choose.policy(kernel)
-    message = req.message if req.message is not None else (req.messages or ())[-1].content
+    specs, decisions = _offered(kernel, req), choose.policy(kernel)
+    last = ChatMessage(role="user", content=req.message) if req.message is not None else (req.messages or ())[-1]
+    if req.tool_choice == "auto" and last.role == "tool":
+        return None  # a tool's result came back: the model answers with it
     model = _OnBehalf(kernel, service, caller, req)
-    spec = await decisions.pick_tool(specs, message, model)
+    message = last.content
+    if req.tool_choice in ("auto", "required"):
+        spec = await decisions.pick_tool(specs, message, model, required=req.tool_choice == "required")
+    else:
+        spec = next(spec for spec in specs if spec.name == req.tool_choice)
     if spec is None:
         return None
     arguments = await model.json(decisions.tool_arguments(spec, message))
@@ -215,7 +242,7 @@ class _OnBehalf:
         self.last: Reply | None = None
 
     async def json(self, turn: JsonTurn) -> Any:
-        sampling = self.req.sampling().model_copy(update={"json_schema": turn.schema})
+        sampling = self.req.sampling().model_copy(update={"json_schema": turn.schema, "stop": ()})
         job = await self.service.submit(self.caller, sampling, messages=(ChatMessage(role="user", content=turn.prompt),))
         reply = await _serve(self.service, job, stream=False)
         assert isinstance(reply, Reply)

@@ -35,13 +35,17 @@ class Sys:
         returns its JSON-able result. `timeout` (seconds) may shorten the tool's own. (A tool
         argument named `timeout`: `sys.syscall(CallTool(name=..., arguments={...}))`.)"""
         ...
-    async def chat(self, /, message: str | None = ..., *, max_tokens: int = ..., temperature: float = ..., top_p: float = ..., seed: int | None = ..., stop: Any = ..., json_schema: Any = ..., stream: bool = ..., messages: Any = ..., system: str | None = ..., tools: Any = ...) -> llmos.syscalls.generate.Reply | llmos.syscalls.generate.TextStream:
+    async def chat(self, /, message: str | None = ..., *, max_tokens: int = ..., temperature: float = ..., top_p: float = ..., seed: int | None = ..., stop: Any = ..., json_schema: Any = ..., stream: bool = ..., messages: Any = ..., system: str | None = ..., tools: Any = ..., functions: Any = ..., tool_choice: str = ...) -> llmos.syscalls.generate.Reply | llmos.syscalls.generate.TextStream:
         """Say `message` in this process's conversation and get the model's reply (which joins
         the conversation), or chat statelessly over explicit `messages`.
         Sampling options: max_tokens, temperature (0 = greedy), top_p, seed, stop.
         `json_schema=`: the reply is JSON following it. `tools=[names]`: the model may call
         one of those tools instead of answering; the calls are in `reply.tool_calls`.
-        `stream=True`: a `TextStream` of the text as it comes."""
+        `functions=[ToolSpec...]`: the same for functions the caller defines and runs itself
+        (OpenAI's `tools`; nothing runs in the kernel, so they need no capability).
+        `tool_choice`: "auto" (the model decides), "required" (it must call one), "none", or
+        the name of the one to call. With `messages` ending in a tool's result, "auto" answers.
+        `stream=True`: a `TextStream` of the text as it comes (a `Reply` when a tool is called)."""
         ...
     async def choose(self, /, question: str, options: Any, *, descriptions: Any = ..., system: str | None = ...) -> llmos.syscalls.choose.Choice:
         """The option the model finds the most likely reply to `question` (each option may

@@ -24,21 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "chromadb")
 # The folders installed as llmos.* (pyproject.toml, [tool.setuptools.package-dir]).
 PACKAGE_DIRS = {"llmos": "llmos", "llmos.kernel": "kernel", "llmos.syscalls": "syscalls", "llmos.drivers": "drivers",
-                "llmos.memory": "memory", "llmos.apps": "apps"}
+                "llmos.memory": "memory", "llmos.apps": "apps", "llmos.server": "server"}
 
 FORBIDDEN = {
     # The kernel imports nothing of llmos outside itself; syscalls nothing outside kernel + syscalls.
-    "kernel": (*HEAVY, "llmos.syscalls", "llmos.drivers", "llmos.memory", "llmos.apps", "llmos.testing",
+    "kernel": (*HEAVY, "llmos.syscalls", "llmos.drivers", "llmos.memory", "llmos.apps", "llmos.server", "llmos.testing",
                "llmos.booting", "llmos.model", "llmos.runtime", "llmos.plugins", "llmos.home",
                "llmos.hookspecs"),
-    "syscalls": (*HEAVY, "llmos.drivers", "llmos.memory", "llmos.apps", "llmos.testing", "llmos.booting",
+    "syscalls": (*HEAVY, "llmos.drivers", "llmos.memory", "llmos.apps", "llmos.server", "llmos.testing", "llmos.booting",
                  "llmos.model", "llmos.runtime", "llmos.plugins", "llmos.home", "llmos.hookspecs"),
     # Drivers and memory implement the kernel's interfaces, side by side: neither imports the
     # other (the composition root hands memory the drivers' embedder), nor user space.
-    "drivers": ("llmos.memory", "llmos.apps"),
-    "memory": ("llmos.drivers", "llmos.apps"),
+    "drivers": ("llmos.memory", "llmos.apps", "llmos.server"),
+    "memory": ("llmos.drivers", "llmos.apps", "llmos.server"),
     # Apps are user space: the syscall ABI, plus `llmos` itself to boot a kernel.
     "apps": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory"),
+    # The daemon and its clients are user space too: the ABI, `llmos` to boot, FastAPI; never
+    # the user-space apps (the CLI is the server's client, not the other way round).
+    "server": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory", "llmos.apps"),
 }
 # The package `llmos` alone: only the exact name is forbidden (`import llmos`, `from llmos import x`).
 FORBIDDEN_EXACT = {"kernel": ("llmos",), "syscalls": ("llmos",)}

@@ -1,0 +1,34 @@
+"""`llmos serve` in the terminal: what it says when it starts, and how it stops."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+
+from llmos.home import llmos_home
+from llmos.server import auth
+from llmos.server.daemon import ServeOptions, serve
+
+
+def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None, new_key: bool) -> int:
+    key = auth.write_new_key(llmos_home()) if new_key else None
+    options = ServeOptions(host=host, port=port, model=model, policy=policy, max_queue=max_queue, api_key=key)
+    print(f"llmos: loading {model} ...", file=sys.stderr, flush=True)
+
+    def ready(url: str, key: str | None, kernel: object) -> None:
+        print(f"llmos: serving {model} at {url}  (OpenAI API: {url}/v1, dashboard: {url}/)", file=sys.stderr)
+        if key is None:
+            print("llmos: no API key is set, so anyone who can reach loopback may use this server; "
+                  f"set {auth.ENV} or use --new-key to require one", file=sys.stderr)
+        elif new_key:
+            print(f"llmos: API key (saved in {llmos_home() / auth.KEY_FILE}): {key}", file=sys.stderr)
+        else:
+            print("llmos: an API key is required (Authorization: Bearer <key>)", file=sys.stderr)
+        sys.stderr.flush()
+
+    try:
+        anyio.run(serve, options, ready)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,72 @@
+"""The daemon's HTTP application: routes, authentication, and errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from llmos.server import auth, errors, openai_api
+from llmos.server.gateway import Gateway
+from llmos.server.openai_schema import Unsupported
+from llmos.syscalls import SyscallError
+
+
+def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedder: Any = None,
+               api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="llmos", summary="An operating system for language-model agents, over HTTP.",
+                  dependencies=[Depends(auth.check)], docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.api_key = api_key
+    app.state.gateway = gateway
+    app.state.openai = openai_api.OpenAIState(gateway=gateway, models=models, embedder=embedder)
+    app.include_router(openai_api.router)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"service": "llmos", "model": gateway.model, "daemon_pid": gateway.sys.pid}
+
+    _error_handlers(app)
+    return app
+
+
+def _answer(error: errors.APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.APIError)
+    async def api_error(request: Request, exc: errors.APIError) -> JSONResponse:
+        return _answer(exc)
+
+    @app.exception_handler(SyscallError)
+    async def syscall_error(request: Request, exc: SyscallError) -> JSONResponse:
+        return _answer(errors.from_syscall(exc))
+
+    @app.exception_handler(Unsupported)
+    async def unsupported(request: Request, exc: Unsupported) -> JSONResponse:
+        return _answer(errors.invalid(exc.param, str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _param(first.get("loc", ()))
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        return _answer(errors.invalid(param, message))
+
+
+def _param(loc: Any) -> str | None:
+    """("body", "messages", 0, "role") -> "messages[0].role"."""
+    parts = [p for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not text:
+            text = str(part)
+        elif part.startswith(("str", "list[", "dict[", "function-")) or part in ("ContentPart", "NamedToolChoice"):
+            continue  # pydantic's union branch names are not fields
+        else:
+            text += f".{part}"
+    return text or None

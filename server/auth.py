@@ -1,0 +1,73 @@
+"""API keys: who may talk to the daemon.
+
+The key comes from LLMOS_API_KEY, else the file LLMOS_HOME/api_key (`llmos serve
+--new-key` writes one). Every endpoint requires it, as `Authorization: Bearer KEY` (what
+OpenAI clients send), `X-API-Key: KEY`, or the `llmos_key` cookie the dashboard sets after
+`GET /?key=KEY` (a browser's EventSource cannot send headers). Without a key the daemon
+serves only on loopback, and says so when it starts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+from fastapi import Request
+
+from llmos.server import errors
+
+KEY_FILE = "api_key"
+COOKIE = "llmos_key"
+ENV = "LLMOS_API_KEY"
+
+
+def configured_key(home: Path) -> str | None:
+    """The daemon's key: LLMOS_API_KEY, else LLMOS_HOME/api_key, else None."""
+    key = os.environ.get(ENV, "").strip()
+    if key:
+        return key
+    path = home / KEY_FILE
+    if path.is_file():
+        return path.read_text().strip() or None
+    return None
+
+
+def write_new_key(home: Path) -> str:
+    """Make a fresh key, readable by the owner only, and return it."""
+    key = "llmos-" + secrets.token_urlsafe(32)
+    path = home / KEY_FILE
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("x-api-key") or request.cookies.get(COOKIE)
+
+
+def check(request: Request) -> None:
+    """A FastAPI dependency on every route: 401 unless the request carries the key."""
+    key: str | None = request.app.state.api_key
+    if key is None:
+        return
+    given = presented_key(request)
+    if given is None:
+        raise errors.unauthorized("this llmos server needs an API key: send 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise errors.unauthorized("the API key is not valid")

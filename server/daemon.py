@@ -1,0 +1,78 @@
+"""`llmos serve`: boot one kernel, keep its model warm, and serve it over HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import uvicorn
+
+import llmos
+from llmos.home import llmos_home
+from llmos.server import auth
+from llmos.server.app import create_app
+from llmos.server.gateway import Gateway
+from llmos.server.openai_api import ServedModel
+
+log = logging.getLogger(__name__)
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    model: Any = None  # a model name, a driver; None: llmos.DEFAULT_MODEL
+    policy: str = "fifo"
+    max_queue: int | None = None
+    api_key: str | None = None  # None: LLMOS_API_KEY or LLMOS_HOME/api_key
+    boot_options: tuple[tuple[str, Any], ...] = ()  # more keyword arguments for llmos.boot
+
+
+def resolve_key(options: ServeOptions) -> str | None:
+    """The key to require; refuses to serve beyond loopback without one."""
+    key = options.api_key or auth.configured_key(llmos_home())
+    if key is None and not auth.is_loopback(options.host):
+        raise llmos.ConfigError(f"refusing to serve on {options.host} without an API key: set {auth.ENV} "
+                                f"or run `llmos serve --new-key` (loopback only may go without one)")
+    return key
+
+
+def served_models(kernel: Any) -> list[ServedModel]:
+    models = []
+    if kernel.driver is not None:
+        name = kernel.driver.name
+        aliases = next((tuple(m.aliases) for m in llmos.available_models() if m.name == name), ())
+        models.append(ServedModel(id=name, context_length=kernel.driver.context_length, aliases=aliases))
+    if kernel.embedder is not None:
+        name = getattr(kernel.embedder, "name", "embeddings")
+        models.append(ServedModel(id=name, context_length=256, aliases=(name.lower(), "minilm"), kind="embedding"))
+    return models
+
+
+async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any], None] = lambda url, key, kernel: None) -> None:
+    """Boot the kernel and serve until cancelled or signalled (SIGINT, SIGTERM)."""
+    key = resolve_key(options)
+    boot_options = dict(options.boot_options)
+    if options.max_queue is not None:
+        boot_options["max_queue"] = options.max_queue
+    model = llmos.DEFAULT_MODEL if options.model is None else options.model
+    async with llmos.boot(model, policy=options.policy, **boot_options) as kernel:
+        gateway = await Gateway.start(kernel)
+        app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key)
+        app.state.kernel = kernel
+        config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
+                                lifespan="off", timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                if server.should_exit:  # the port was taken, say
+                    break
+                await anyio.sleep(0.01)
+            if server.started:
+                host = f"[{options.host}]" if ":" in options.host else options.host
+                on_ready(f"http://{host}:{options.port}", key, kernel)
