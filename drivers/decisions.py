@@ -48,7 +48,16 @@ class _Prompts:
                      for name, prop in props.items()]
         prompt = "\n".join([f"Call the tool {spec.name}: {spec.description.strip()}", "Its arguments:", *described,
                             "", f"Question: {message}", "Reply with the arguments as JSON."])
-        return JsonTurn(prompt=prompt, schema=spec.parameters or {"type": "object", "properties": {}})
+        return JsonTurn(prompt=prompt, schema=closed(spec.parameters or {"type": "object", "properties": {}}))
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """The arguments' schema without room for keys it does not name (as OpenAI's strict
+    mode reads it), unless it says otherwise: a small model given room invents keys and
+    rambles on until max_tokens cuts the JSON short."""
+    if schema.get("type") == "object" and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 def _offerable(specs: Sequence[ToolSpec]) -> None:

@@ -57,11 +57,21 @@ async def test_the_generated_policy_reads_its_json_enum() -> None:
     assert await GeneratedDecisions().pick_tool([ADD], "hi", Model(answer={"tool": NO_TOOL})) is None
 
 
-def test_the_arguments_turn_uses_the_tool_s_schema() -> None:
+def test_the_arguments_turn_uses_the_tool_s_schema_closed_to_other_keys() -> None:
     turn = LikelihoodDecisions().tool_arguments(ADD, "What is 2 + 3?")
-    assert turn.schema is ADD.parameters
+    assert turn.schema == {**ADD.parameters, "additionalProperties": False}
     assert "- a: first" in turn.prompt and "- b: integer" in turn.prompt
-    assert LikelihoodDecisions().tool_arguments(CLOCK, "now?").schema == {"type": "object", "properties": {}}
+    assert LikelihoodDecisions().tool_arguments(CLOCK, "now?").schema == {
+        "type": "object", "properties": {}, "additionalProperties": False}
+    open_ended = ToolSpec(name="kv", parameters={"type": "object", "additionalProperties": {"type": "string"}})
+    assert LikelihoodDecisions().tool_arguments(open_ended, "x").schema == open_ended.parameters
+
+
+async def test_a_required_choice_leaves_none_out_and_one_tool_is_not_asked() -> None:
+    model = Model(index=0)
+    assert await LikelihoodDecisions().pick_tool([ADD, CLOCK], "hi", model, required=True) is ADD
+    assert NO_TOOL not in model.asked[-1][1]
+    assert await LikelihoodDecisions().pick_tool([CLOCK], "hi", Model(index=5), required=True) is CLOCK
 
 
 @pytest.mark.parametrize("policy", [LikelihoodDecisions(), GeneratedDecisions()])
