@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import anyio
 import typer
@@ -13,7 +13,8 @@ from rich.table import Table
 
 import llmos
 from llmos import plugins
-from llmos.apps import demo, registry, runner, tools
+from llmos.apps import daemon_cli, demo, registry, runner, tools
+from llmos.server.client import ClientError
 from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
 
 app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
@@ -34,21 +35,88 @@ def run(
                                            "or package.module:main")],
     args: Annotated[Optional[list[str]], typer.Argument(help="Arguments of the app; --name value words "
                                                         "become keyword arguments.")] = None,
-    model: ModelOpt = "smollm2",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder "
+                                                 "(default: smollm2; with a daemon, the one it serves).")] = None,
     policy: PolicyOpt = "fifo",
     no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
     cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Grant only these capabilities.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Token quota of the process.")] = None,
     deadline: Annotated[Optional[float], typer.Option(help="Seconds before the process is killed.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Boot a kernel in this process even if a daemon "
+                                        "answers at LLMOS_URL.")] = False,
+    remote: Annotated[Optional[str], typer.Option("--remote", metavar="URL", help="Run APP in this process with "
+                                                  "its syscalls served by the daemon at URL.")] = None,
 ) -> None:
-    """Boot a kernel, run APP as a process, print its result; exit with its status."""
+    """Run APP as a process and print its result; exit with its status. With a daemon
+    (`llmos serve`, at LLMOS_URL or http://127.0.0.1:8000) the process runs there; else a
+    kernel boots in this process."""
     quotas = {"max_tokens": max_tokens, "deadline_s": deadline}
     caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
+    argv = list(args or [])
     console = runner.StdioConsole()
-    status = _guard(lambda: anyio.run(lambda: runner.run_app(app_ref, list(args or []), model=None if no_model
-                                                              else model, policy=policy, caps=caps, quotas=quotas,
-                                                              console=console)))
+    if remote is not None:
+        status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
+                                                                             quotas=quotas, console=console)))
+    elif (client := _guard(lambda: daemon_cli.daemon(local))) is not None:
+        status = _guard(lambda: anyio.run(lambda: daemon_cli.run_in_daemon(client, app_ref, argv, model=model,
+                                                                            caps=caps, quotas=quotas,
+                                                                            console=console)))
+    else:
+        status = _guard(lambda: anyio.run(lambda: runner.run_app(
+            app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps,
+            quotas=quotas, console=console)))
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+
+
+def _client() -> Any:
+    """The daemon, or exit with a one-line error saying how to start one."""
+    client = _guard(daemon_cli.daemon)
+    if client is None:
+        from llmos.server.client import daemon_url
+
+        err.print(f"[bold red]error:[/] no llmos daemon answers at {daemon_url()}; start one with `llmos serve` "
+                  "(or set LLMOS_URL)")
+        raise typer.Exit(1)
+    return client
+
+
+@app.command()
+def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include ended processes not yet reaped.")] = False
+       ) -> None:
+    """The daemon's processes."""
+    client = _client()
+    _guard(lambda: anyio.run(daemon_cli.ps, client, all_, runner.stdout_console()))
+
+
+@app.command()
+def kill(pids: Annotated[list[int], typer.Argument(metavar="PID...", help="Processes of the daemon to end.")],
+         reason: Annotated[str, typer.Option(help="Why (shown in ps and wait).")] = "killed from the command line"
+         ) -> None:
+    """End processes of the daemon now."""
+    client = _client()
+    _guard(lambda: anyio.run(daemon_cli.kill, client, pids, reason))
+
+
+@app.command()
+def logs(pid: Annotated[int, typer.Argument(help="A process of the daemon.")],
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Go on until the process ends.")] = False
+         ) -> None:
+    """What a process of the daemon wrote; with -f, what it writes until it ends."""
+    client = _client()
+    status = _guard(lambda: anyio.run(daemon_cli.logs, client, pid, follow, runner.StdioConsole()))
+    if status is not None:
+        raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=True))
+
+
+@app.command()
+def top(count: Annotated[Optional[int], typer.Option("-n", help="Show this many frames, then leave.")] = None
+        ) -> None:
+    """A live view of the daemon's processes and model engine (Ctrl-C leaves)."""
+    client = _client()
+    try:
+        _guard(lambda: anyio.run(daemon_cli.top, client, runner.stdout_console(), count))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command("demo")
@@ -69,11 +137,17 @@ def models() -> None:
 
 @app.command()
 def shell(model: ModelOpt = "smollm2", policy: PolicyOpt = "fifo",
-          no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False) -> None:
-    """The interactive shell: one kernel for the session, jobs, ps/top, chat."""
-    from llmos.apps.shell.session import main as shell_main  # prompt_toolkit loads only for the shell
+          no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
+          local: Annotated[bool, typer.Option("--local", help="Boot a kernel in this process even if a daemon "
+                                              "answers at LLMOS_URL.")] = False) -> None:
+    """The interactive shell: one kernel for the session, jobs, ps/top, chat. With a daemon
+    running (`llmos serve`), the shell is a process of the daemon's kernel."""
+    from llmos.apps.shell import session  # prompt_toolkit loads only for the shell
 
-    raise typer.Exit(_guard(lambda: anyio.run(shell_main, None if no_model else model, policy)))
+    client = _guard(lambda: daemon_cli.daemon(local))
+    if client is not None:
+        raise typer.Exit(_guard(lambda: anyio.run(session.main_on_daemon, client)))
+    raise typer.Exit(_guard(lambda: anyio.run(session.main, None if no_model else model, policy)))
 
 
 @app.command()
@@ -141,7 +215,7 @@ def mcp_serve(cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Se
 def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line
     try:
         return action()
-    except (SyscallError, llmos.ConfigError) as exc:
+    except (SyscallError, llmos.ConfigError, ClientError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         if os.environ.get("LLMOS_DEBUG"):
             raise

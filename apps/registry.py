@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from llmos import plugins
@@ -93,6 +94,30 @@ def bind(ref: Any, args: list[Any], options: dict[str, Any]) -> Any:
 
     bound.__qualname__ = main.__qualname__
     return bound
+
+
+def portable(ref: str) -> str:
+    """A file reference ("app.py:main", "app.py") made absolute, so that another process on
+    this machine (the daemon) finds the same file; any other reference as it is."""
+    path, colon, attr = ref.rpartition(":")
+    if colon and path.endswith(".py") and Path(path).expanduser().is_file():
+        return f"{Path(path).expanduser().resolve()}:{attr}"
+    if ref.endswith(".py") and Path(ref).expanduser().is_file():
+        return str(Path(ref).expanduser().resolve())
+    return ref
+
+
+def reference(app: str) -> str:
+    """The app as a reference another process can import: a registered name's
+    "module:attr", or a file reference made absolute. A registered app given as a Python
+    object has none (InvalidRequest)."""
+    entry = APPS.get(app)
+    if entry is None:
+        return portable(app)
+    if not isinstance(entry.app, str):
+        raise InvalidRequest(f"the app {app!r} is registered as a Python object, not by reference, so it cannot "
+                             "start in another process (the daemon); run the shell with --local")
+    return entry.app
 
 
 def usage(name: Any, main: Any) -> str:

@@ -2,12 +2,14 @@
 
 The path, for every call: resolve the request to a known type (EINVAL/ENOSYS if not),
 check every capability it needs (EPERM), charge the syscall quota (EDQUOT), honour a
-suspension, run the handler, then account its time and append one trace event. This is
-the only place that checks capabilities: handlers trust the request they are given.
+suspension, run the handler, then account its time and append one trace event (and tell
+the trace listeners, if any). This is the only place that checks capabilities: handlers
+trust the request they are given.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -28,7 +30,14 @@ if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
 
 Handler = Callable[["Kernel", Process, Any], Awaitable[Any]]
+# Told of every traced call: its event, the process, the request (None if it never resolved to
+# one, or for work done on a process's behalf) and what the call returned, or the SyscallError
+# it raised. Observers (OpenTelemetry export, llmos.server.telemetry) hang here, so the kernel
+# imports none of them. A listener runs inside the dispatch path: it must be quick, and what it
+# raises is logged and dropped, never the caller's.
+TraceListener = Callable[[TraceEvent, Process, Request | None, Any], None]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 CALL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")  # "spawn", "context.append"
@@ -80,12 +89,15 @@ class Dispatcher:
         self.kernel = kernel
         self.table = table
         self.trace: deque[TraceEvent] = deque(maxlen=params.TRACE_SIZE)
+        self.listeners: list[TraceListener] = []
         self.calls = 0  # syscalls dispatched so far, by every process
         self._last_yield = time.perf_counter()
 
     async def dispatch(self, proc: Process, request: Any) -> Any:
         began, wall = time.perf_counter(), time.time()
         call, outcome = _call_name(request), "ok"
+        req: Request | None = None
+        answer: Any = None
         self.calls += 1
         try:
             req = self.table.resolve(request)
@@ -93,15 +105,24 @@ class Dispatcher:
             self._admit(proc, req)
             if not proc.runnable.is_set():
                 await proc.runnable.wait()
-            return await self._run(proc, req)
+            answer = await self._run(proc, req)
+            return answer
         except SyscallError as exc:
-            outcome = exc.code.name
+            outcome, answer = exc.code.name, exc
             await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
             raise
         finally:
             elapsed = time.perf_counter() - began
             proc.stats.syscall_time_s += elapsed
-            self.trace.append(TraceEvent(wall, proc.pid, call, elapsed, outcome))
+            self._traced(TraceEvent(wall, proc.pid, call, elapsed, outcome), proc, req, answer)
+
+    def _traced(self, event: TraceEvent, proc: Process, req: Request | None, answer: Any) -> None:
+        self.trace.append(event)
+        for listener in self.listeners:
+            try:
+                listener(event, proc, req, answer)
+            except Exception:
+                log.exception("trace listener %r failed", listener)
 
     def _admit(self, proc: Process, req: Request) -> None:
         try:
@@ -152,15 +173,16 @@ class Dispatcher:
         """Work the kernel does for `proc` inside one of its syscalls (the pager's summary
         generation): checked against `need` and traced as `call`. Its time is already part
         of the enclosing syscall's, so it is not added again."""
-        began, wall, outcome = time.perf_counter(), time.time(), "ok"
+        began, wall, outcome, answer = time.perf_counter(), time.time(), "ok", None
         try:
             self.require(proc, need, call)
-            return await work()
+            answer = await work()
+            return answer
         except SyscallError as exc:
-            outcome = exc.code.name
+            outcome, answer = exc.code.name, exc
             raise
         finally:
-            self.trace.append(TraceEvent(wall, proc.pid, call, time.perf_counter() - began, outcome))
+            self._traced(TraceEvent(wall, proc.pid, call, time.perf_counter() - began, outcome), proc, None, answer)
 
     async def _run(self, proc: Process, req: Request) -> Any:
         handler = self.table.handlers[type(req)]

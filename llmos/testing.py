@@ -255,6 +255,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it is still there after `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -314,11 +324,7 @@ def llmos_server(*args: str, env: dict[str, str] | None = None, timeout: float =
             raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 @contextmanager
@@ -332,11 +338,7 @@ def chroma_server(folder: Path, timeout: float = 60.0) -> Iterator[str]:
         wait_for_port(port, server, timeout, "`chroma run`")
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, timeout=10)
 
 
 # -- a tiny model for engine tests ------------------------------------------------------------------

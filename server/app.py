@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from llmos.server import auth, errors, openai_api
+from llmos.server import auth, errors, observe_api, openai_api, procs_api, remote, tokenize_api
 from llmos.server.gateway import Gateway
 from llmos.server.openai_schema import Unsupported
 from llmos.syscalls import SyscallError
@@ -22,6 +22,10 @@ def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedd
     app.state.gateway = gateway
     app.state.openai = openai_api.OpenAIState(gateway=gateway, models=models, embedder=embedder)
     app.include_router(openai_api.router)
+    app.include_router(tokenize_api.router)  # token counts for remote kernels (llmos.drivers.remote)
+    app.include_router(observe_api.router)
+    app.include_router(procs_api.router)
+    app.include_router(remote.router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -58,7 +62,7 @@ def _error_handlers(app: FastAPI) -> None:
 
 def _param(loc: Any) -> str | None:
     """("body", "messages", 0, "role") -> "messages[0].role"."""
-    parts = [p for p in loc if p != "body"]
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
     text = ""
     for part in parts:
         if isinstance(part, int):

@@ -55,10 +55,21 @@ def is_loopback(host: str) -> bool:
 
 
 def presented_key(request: Request) -> str | None:
+    login = _dashboard_login(request)  # first: it is there to replace a stale cookie
+    if login is not None:
+        return login
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
     return request.headers.get("x-api-key") or request.cookies.get(COOKIE)
+
+
+def _dashboard_login(request: Request) -> str | None:
+    """`GET /?key=KEY`, the dashboard's link: the page sets the cookie and drops the key from
+    the address at once (llmos.server.observe_api). No other route takes a key in its URL."""
+    if request.method == "GET" and request.url.path == "/":
+        return request.query_params.get("key")
+    return None
 
 
 def check(request: Request) -> None:

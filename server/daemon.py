@@ -12,8 +12,9 @@ import uvicorn
 
 import llmos
 from llmos.home import llmos_home
-from llmos.server import auth
+from llmos.server import auth, telemetry
 from llmos.server.app import create_app
+from llmos.server.console import DaemonConsole
 from llmos.server.gateway import Gateway
 from llmos.server.openai_api import ServedModel
 
@@ -60,10 +61,12 @@ async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any]
     if options.max_queue is not None:
         boot_options["max_queue"] = options.max_queue
     model = llmos.DEFAULT_MODEL if options.model is None else options.model
-    async with llmos.boot(model, policy=options.policy, **boot_options) as kernel:
+    async with llmos.boot(model, policy=options.policy, **boot_options) as kernel, telemetry.exporting(kernel):
+        kernel.console = console = DaemonConsole()  # processes' output and questions, for HTTP clients
         gateway = await Gateway.start(kernel)
         app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key)
         app.state.kernel = kernel
+        app.state.console = console
         config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)

@@ -108,6 +108,7 @@ class Gateway:
         return self._rest(info.pid, first, receive)
 
     async def _rest(self, pid: int, first: Any, receive: MemoryObjectReceiveStream[Any]) -> AsyncIterator[Any]:
+        reaped = False
         try:
             yield first
             async with receive:
@@ -116,10 +117,12 @@ class Gateway:
                         raise item.error
                     yield item
             status = await self._wait(pid)
+            reaped = True
             if status.state is not ProcState.EXITED:
                 raise _ended(status)
         finally:
-            await self._kill(pid)  # a no-op once it ended; the client left otherwise
+            if not reaped:  # the client left, or the process failed mid-stream
+                await self._kill(pid)
 
     async def _wait(self, pid: int) -> ExitStatus:
         try:
@@ -129,10 +132,12 @@ class Gateway:
             raise
 
     async def _kill(self, pid: int) -> None:
+        """Kill the process (the client went away) and reap it, whatever cancels the caller."""
         with anyio.CancelScope(shield=True):
             try:
                 await self.sys.kill(pid, "the HTTP client went away")
-            except SyscallError:  # already reaped
+                await self.sys.wait(pid, timeout=5)
+            except SyscallError:  # reaped already, or it would not die in time
                 pass
 
 

@@ -59,6 +59,11 @@ class TextStream:
         self._job, self._service, self._finish = job, service, finish
         self.reply: Reply | None = None
 
+    @property
+    def job(self) -> GenerationJob:
+        """The generation behind the stream (observers wait on it: `generation.result`)."""
+        return self._job
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
 

@@ -8,6 +8,7 @@ dispatcher checks it. Handlers check arguments, then call the kernel.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control, Need
 from llmos.kernel.errors import InvalidRequest
 from llmos.kernel.kernel import Kernel
+from llmos.kernel.loader import resolve_app
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
 from llmos.kernel.stats import KernelStatistics, TraceEvent
 
@@ -38,7 +40,8 @@ def _on_pid(request: Any, caller: Process) -> Iterator[Need]:
 
 
 class Spawn(Request[ProcessInfo]):
-    """Start `app(sys, *args)` as a child process; returns its snapshot (with its pid)."""
+    """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
+    pid). The arguments are checked against the app's signature first (EINVAL)."""
 
     call: ClassVar[str] = "spawn"
     capability: ClassVar[str | None] = capabilities.PROC_SPAWN
@@ -47,6 +50,7 @@ class Spawn(Request[ProcessInfo]):
 
     app: Any  # a coroutine function, a class with one as `main`, or "module:attr" / "file.py:attr"
     args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # the app's keyword arguments
     name: str | None = Field(default=None, min_length=1, max_length=128)
     priority: int | None = OptionalPriority  # the caller's own by default
     caps: frozenset[str] | None = None  # narrows what the child may do; never widens
@@ -157,9 +161,24 @@ class Trace(Request[list[TraceEvent]]):
 
 async def sys_spawn(kernel: Kernel, caller: Process, req: Spawn) -> ProcessInfo:
     priority = caller.priority if req.priority is None else req.priority
-    proc = kernel.spawn_nowait(req.app, *req.args, name=req.name, priority=priority, caps=req.caps,
-                               quotas=req.quotas, parent=caller)
+    main = resolve_app(req.app)
+    try:
+        inspect.signature(main).bind(None, *req.args, **req.kwargs)
+    except TypeError as exc:
+        raise InvalidRequest(f"cannot start {getattr(main, '__qualname__', main)}: {exc} "
+                             f"(its signature is {inspect.signature(main)})") from None
+    proc = kernel.spawn_nowait(_with_keywords(main, req.kwargs) if req.kwargs else main, *req.args, name=req.name,
+                               priority=priority, caps=req.caps, quotas=req.quotas, parent=caller)
     return proc.info()
+
+
+def _with_keywords(main: Any, kwargs: dict[str, Any]) -> Any:
+    """`main` with its keyword arguments bound, under its own name."""
+    async def bound(sys: Any, *args: Any) -> Any:
+        return await main(sys, *args, **kwargs)
+
+    bound.__qualname__ = getattr(main, "__qualname__", "app")
+    return bound
 
 
 async def sys_wait(kernel: Kernel, caller: Process, req: Wait) -> ExitStatus:

@@ -91,8 +91,9 @@ class Sys:
         ...
     async def sleep(self, /, seconds: float) -> None:
         ...
-    async def spawn(self, /, app: Any, *args: Any, name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ...) -> llmos.kernel.process.ProcessInfo:
-        """Start `app(sys, *args)` as a child process; returns its snapshot (with its pid)."""
+    async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ...) -> llmos.kernel.process.ProcessInfo:
+        """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
+        pid). The arguments are checked against the app's signature first (EINVAL)."""
         ...
     async def stats(self, /) -> llmos.kernel.stats.KernelStatistics:
         """The kernel's figures: its processes, and the model engine's queue, batch and rate."""

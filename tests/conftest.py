@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 import llmos
+from llmos.testing import llmos_server
 
 MODEL_CACHE = Path(os.environ.get("LLMOS_TEST_MODEL_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "models")
+NO_DAEMON = "http://127.0.0.1:9"  # the discard port: nothing listens there
 USER_HOME = Path.home() / ".llmos"  # read once, before any test can change HOME
 _USER_HOME_BEFORE = pytest.StashKey["dict[str, tuple[int, int]] | None"]()
 _USER_HOME_TOUCHED = pytest.StashKey[str]()
@@ -47,10 +49,22 @@ def session_llmos_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 @pytest.fixture(autouse=True)
 def llmos_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own LLMOS_HOME (a folder apart from `tmp_path`, which stays the test's own)."""
+    """This test's own LLMOS_HOME (a folder apart from `tmp_path`, which stays the test's own),
+    and no daemon: LLMOS_URL points at a closed port, so a `llmos serve` the user runs on
+    this machine is never used by a test that does not ask for one. No key either."""
     home = make_home(tmp_path_factory.mktemp("llmos-home"))
     monkeypatch.setenv("LLMOS_HOME", str(home))
+    monkeypatch.setenv("LLMOS_URL", NO_DAEMON)
+    monkeypatch.delenv("LLMOS_API_KEY", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(session_llmos_home: Path) -> Iterator[str]:
+    """A real `llmos serve --model smollm2` in its own OS process on a free loopback port,
+    shared by the session (its home is the session's); yields its URL."""
+    with llmos_server("--model", "smollm2", env={"LLMOS_HOME": str(session_llmos_home)}) as url:
+        yield url
 
 
 def _load_shared(session_home: Path, **options: object) -> llmos.Model:

@@ -33,7 +33,8 @@ from llmos.apps.shell.console import ShellConsole
 from llmos.apps.shell.errors import ShellError
 from llmos.apps.shell.jobs import Job, JobTable
 from llmos.home import llmos_home
-from llmos.syscalls import DEFAULT_APP_CAPS, NoConsole, Sys
+from llmos.server.client import ClientError, DaemonClient, relay, run_remote
+from llmos.syscalls import DEFAULT_APP_CAPS, ExitStatus, NoConsole, Sys
 
 PROMPT = "llmos> "
 Command = Callable[["Shell", list[str]], Awaitable[None]]
@@ -57,6 +58,9 @@ class Shell:
         self._tg: TaskGroup | None = None
         self.pid_jobs: dict[int, Job] = {}  # each job's process (and, once seen, its descendants)
         self._pids: list[int] = []  # live pids at the last prompt, for completion
+        # Against a daemon (`llmos shell` with `llmos serve` running), jobs run there: they
+        # start by reference, and this follows each one's output onto the terminal.
+        self.follow: Callable[[int], Awaitable[Any]] | None = None
         history = FileHistory(str(llmos_home() / "shell_history"))
         self.prompt = PromptSession(history=history, completer=ShellCompleter(
             lambda: self.commands, lambda: registry.APPS, self._pid_words, self._model_names))
@@ -133,9 +137,14 @@ class Shell:
     async def start(self, app: str, argv: list[str], *, background: bool, command: str,
                     caps: frozenset[str] = DEFAULT_APP_CAPS) -> Job:
         args, options = registry.parse_argv(argv)
-        main, registered = _held(registry.bind(app, args, options))
+        main = registry.bind(app, args, options)  # a usage error stops here
         name = app if app in registry.APPS else None
-        info = await self.sys.spawn(main, *args, name=name, caps=caps)
+        registered = anyio.Event()
+        if self.follow is None:
+            main, registered = _held(main)
+            info = await self.sys.spawn(main, *args, name=name, caps=caps)
+        else:  # in a daemon: the app goes by reference; its output is replayed to a late follower
+            info = await self.sys.spawn(registry.reference(app), *args, kwargs=options, name=name, caps=caps)
         job = self.jobs.add(info.pid, command, background)
         self.pid_jobs[info.pid] = job
         if not background:
@@ -143,6 +152,8 @@ class Shell:
         registered.set()  # only now may it write or ask: the console knows whose job it is
         assert self._tg is not None
         self._tg.start_soon(self._reap, job)
+        if self.follow is not None:
+            self._tg.start_soon(self.follow, info.pid)
         return job
 
     async def _reap(self, job: Job) -> None:
@@ -273,6 +284,28 @@ async def main(model: str | None = "smollm2", policy: str = "fifo") -> int:
         kernel.console = shell.console(lambda: {p.pid: p.ppid for p in kernel.ps(include_ended=True)})
         info = await kernel.spawn(shell.run, name="shell", caps=SHELL_CAPS)
         status = await kernel.wait(info.pid)
+    return _ended(status)
+
+
+async def main_on_daemon(client: DaemonClient) -> int:
+    """`llmos shell` with a daemon running: the shell runs here as a remote process of the
+    daemon's kernel (its syscalls go over HTTP, checked there), so its jobs, `ps` and `top`
+    are the daemon's; each job's output is followed onto this terminal."""
+    shell = Shell((await client.health()).get("model"))
+    console = shell.console(dict)  # only jobs' own output is followed, so no process tree is needed
+
+    async def follow(pid: int) -> None:
+        try:
+            await relay(client, pid, console)
+        except (ClientError, llmos.SyscallError):  # the job ended unseen: the shell's `wait` reports it
+            pass
+
+    shell.follow = follow
+    status = await run_remote(client.url, shell.run, caps=SHELL_CAPS, name="shell", api_key=client.api_key)
+    return _ended(status)
+
+
+def _ended(status: ExitStatus) -> int:
     if not status.ok:
         print(f"llmos shell: {status.state.name}: {status.reason}", file=sys.stderr)
     return 0 if status.ok else 1

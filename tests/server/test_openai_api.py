@@ -282,8 +282,11 @@ async def test_a_client_that_leaves_mid_stream_kills_its_process():
                 break
         await stream.close()
         request = next(p for p in srv.kernel.ps(include_ended=True) if p.name == "openai.chat")
-        await until(lambda: srv.kernel.procs.get(request.pid).state.terminal, timeout=5)
-        assert srv.kernel.procs.get(request.pid).state is ProcState.KILLED
+        await until(lambda: request.pid not in srv.kernel.procs.live, timeout=5)
+        daemon = next(p for p in srv.kernel.ps() if p.name == "llmosd")
+        # The daemon killed it, and reaped it: no zombie is left behind.
+        assert [e.outcome for e in srv.kernel.trace if e.pid == daemon.pid and e.call == "kill"] == ["ok"]
+        assert [p.pid for p in srv.kernel.ps(include_ended=True)] == [daemon.pid]
         await until(lambda: not srv.kernel.generation.jobs, timeout=5)  # its generation stopped too
 
 
