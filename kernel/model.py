@@ -103,6 +103,11 @@ EmitFn = Callable[[Sequence[tuple[GenerationJob, str]]], None]
 
 
 class ModelDriver(Protocol):
+    """A model the kernel serves. A driver that cannot score `options` (a model behind an
+    OpenAI-compatible server, llmos.drivers.remote) says so with a class attribute
+    `can_score = False`: its `prepare` refuses such jobs, and the composition root has
+    tool choices generated as constrained JSON rather than scored."""
+
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together
     max_batch: int  # sequences it can hold at once; the scheduler never runs more

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 
 from llmos import drivers, plugins
-from llmos.drivers import DEFAULT_MODEL
+from llmos.drivers import DEFAULT_MODEL, UnknownModel, remote_models
 from llmos.drivers.embeddings import MINILM
-from llmos.drivers.decisions import LikelihoodDecisions
+from llmos.drivers.decisions import GeneratedDecisions, LikelihoodDecisions
 from llmos.drivers.tools import REGISTERED, Tool, ToolBox, registration
 from llmos.kernel import params
+from llmos.kernel.errors import ConfigError
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
@@ -68,21 +69,40 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,
                                                         memory=memory_system))
         kernel.tools = toolbox
-        kernel.decisions = LikelihoodDecisions()
+        # A driver that cannot score options (a remote server) has tool choices generated as
+        # constrained JSON instead of scored.
+        kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
         yield kernel
 
 
 def load_driver(name: str, dtype: str | None = None) -> ModelDriver:
-    """A model by name (the plugins' models included) or a local Hugging Face folder by path,
-    loaded on the drivers' compute thread. `dtype`: see `llmos.load_model`. Blocking."""
+    """A model by name (the plugins' models included), a remote model (LLMOS_HOME/models.toml,
+    or "openai:<base_url>#<model id>"), or a local Hugging Face folder by path, loaded on the
+    drivers' compute thread. `dtype`: see `llmos.load_model`. Blocking."""
     plugins.load()
+    home = llmos_home()
+    remote = remote_models.lookup(name, home)  # read at each lookup, as mcp.json is at each boot
+    if remote is not None:
+        if dtype is not None:
+            raise ConfigError(f"{name} is a remote model: its server decides its dtype")
+        return remote.load(home)  # type: ignore[return-value]
+    try:
+        return _load_local(name, dtype, home)
+    except UnknownModel as exc:
+        configured = [spec.name for spec in remote_models.configured(home)]
+        if not configured:
+            raise
+        raise UnknownModel(f"{exc}; and in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}") from None
+
+
+def _load_local(name: str, dtype: str | None, home: Path) -> ModelDriver:
     if dtype is None:
-        return drivers.load_driver(name, llmos_home())  # type: ignore[return-value]
+        return drivers.load_driver(name, home)  # type: ignore[return-value]
     from llmos.drivers.transformers_driver import requested_dtype  # torch: only to ask for a dtype
 
     with requested_dtype(dtype):
-        return drivers.load_driver(name, llmos_home())  # type: ignore[return-value]
+        return drivers.load_driver(name, home)  # type: ignore[return-value]
 
 
 async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from llmos import plugins
 from llmos.booting import load_driver
-from llmos.drivers import DEFAULT_MODEL, registry
+from llmos.drivers import DEFAULT_MODEL, registry, remote_models
 from llmos.drivers.weights import is_cached
 from llmos.home import llmos_home
 from llmos.runtime import Model
@@ -41,11 +41,15 @@ class ModelListing(BaseModel):
 
 
 def available_models() -> list[ModelListing]:
-    """The models `load_model` knows, and whether each is ready on this machine."""
+    """The models `load_model` knows, and whether each is ready on this machine (a remote
+    model of LLMOS_HOME/models.toml always is: it is fetched by no one)."""
     plugins.load()
     home = llmos_home()
-    return [ModelListing(name=s.name, aliases=s.aliases, description=s.description,
-                         cached=is_cached(s.cache_folder(home))) for s in registry.models()]
+    local = [ModelListing(name=s.name, aliases=s.aliases, description=s.description,
+                          cached=is_cached(s.cache_folder(home))) for s in registry.models()]
+    remote = [ModelListing(name=s.name, aliases=s.aliases, description=s.description, cached=True)
+              for s in remote_models.configured(home)]  # LLMOS_HOME/models.toml: served elsewhere, nothing to fetch
+    return local + remote
 
 
 def model_names() -> list[str]:
