@@ -10,11 +10,13 @@ import time
 from typing import Any
 
 import anyio
+import httpx
 from rich.console import Console
 from rich.live import Live
 
 from llmos.apps import registry, runner
 from llmos.apps.shell import views
+from llmos.server import wire
 from llmos.server.client import DaemonClient, find_daemon, relay, run_remote
 from llmos.syscalls import ExitStatus, InvalidRequest, Quotas
 
@@ -46,7 +48,11 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, mode
     await check_model(client, model)
     positional, options = registry.parse_argv(argv)
     name = app if app in registry.APPS else None
-    info = await client.spawn(registry.portable(app), positional, options, name=name, caps=caps, quotas=quotas)
+    ref = registry.portable(app)
+    if ref != app and not is_local(client.url):
+        raise InvalidRequest(f"{app} is a file here, and the daemon at {client.url} is on another machine: "
+                             f"use `llmos run --remote {client.url} {app}` to run it here with its syscalls there")
+    info = await client.spawn(ref, positional, options, name=name, caps=caps, quotas=quotas)
     interrupted = False
     status: ExitStatus | None = None
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
@@ -66,6 +72,11 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, mode
         status = await client.wait(info.pid)
     assert status is not None
     return status
+
+
+def is_local(url: str) -> bool:
+    """Whether the daemon at `url` is on this machine (it reads the same files)."""
+    return wire.is_loopback(httpx.URL(url).host)
 
 
 async def run_remote_app(url: str, app: str, argv: list[str], *, caps: frozenset[str], quotas: dict[str, Any],

@@ -23,8 +23,10 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
                   f"set {auth.ENV} or use --new-key to require one", file=sys.stderr)
         elif new_key:
             print(f"llmos: API key (saved in {llmos_home() / auth.KEY_FILE}): {key}", file=sys.stderr)
+            print(f"llmos: the dashboard with it: {url}/?key={key}", file=sys.stderr)
         else:
-            print("llmos: an API key is required (Authorization: Bearer <key>)", file=sys.stderr)
+            print(f"llmos: an API key is required (Authorization: Bearer <key>; the dashboard: {url}/?key=<key>)",
+                  file=sys.stderr)
         sys.stderr.flush()
 
     try:

@@ -12,6 +12,9 @@ from typing import NamedTuple
 ALL = "*"
 PROC_SPAWN = "proc.spawn"  # create child processes
 PROC_ADMIN = "proc.admin"  # control processes that are not yourself or your descendants; raise priority
+# Spawn an app from a Python file ("path/app.py:main"): the file may be one a process wrote
+# (write_file), so this is running any code, and no app has it unless granted.
+PROC_EXEC = "proc.exec"
 IPC = "ipc"  # send and receive messages
 MODEL_GENERATE = "model.generate"  # use the model (chat, generate)
 MEMORY = "memory"  # remember, recall and forget in the process's own namespace

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from llmos.kernel import params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import PROC_ADMIN, Control, Need, grants
-from llmos.kernel.errors import InvalidRequest, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall
+from llmos.kernel.errors import (
+    InvalidRequest, NoSuchProcess, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall)
 from llmos.kernel.process import Process
 from llmos.kernel.stats import TraceEvent
 
@@ -102,6 +103,8 @@ class Dispatcher:
         try:
             req = self.table.resolve(request)
             call = req.call
+            if proc.state.terminal:  # a handle that outlived its process (kept by a server, say) is dead
+                raise NoSuchProcess(f"process {proc.pid} ({proc.name}) has ended; it can make no more syscalls")
             self._admit(proc, req)
             if not proc.runnable.is_set():
                 await proc.runnable.wait()

@@ -62,6 +62,9 @@ class Kernel:
         self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
         self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
+        # Processes no syscall may kill, suspend or renice (a daemon's own, like init): only
+        # the kernel's shutdown ends them. Set by whoever starts such a process.
+        self.protected: set[int] = set()
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
 

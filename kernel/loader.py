@@ -48,19 +48,31 @@ def _import(name: str) -> Any:
 
 
 def _load_file(path_text: str) -> Any:
+    """The module of an app file, loaded again whenever the file changed since it was last
+    loaded (a long-lived kernel, the daemon, must run the code as it is now)."""
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
         raise InvalidRequest(f"app file {path_text!r} does not exist")
     module_name = f"llmos_app_{path.stem}_{abs(hash(path)):x}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
+    version = _version(path)
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and getattr(loaded, "__llmos_version__", None) == version:
+        return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    module.__llmos_version__ = version  # type: ignore[attr-defined]
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit at import too: a bad file is the caller's error, never the kernel's
         del sys.modules[module_name]
+        if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+            raise
         raise InvalidRequest(f"app file {path_text!r} failed to import: {type(exc).__name__}: {exc}") from exc
     return module
+
+
+def _version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size

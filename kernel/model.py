@@ -35,7 +35,7 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=params.DEFAULT_REPLY_TOKENS, ge=1, le=1_000_000)
     temperature: float = Field(default=0.0, ge=0.0, le=10.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)  # what a 64-bit generator seed holds
     stop: tuple[str, ...] = Field(default=(), max_length=16)
     # Constrain the reply to JSON that follows this schema: it always parses, unless
     # max_tokens cuts it short (finish_reason "length").

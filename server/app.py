@@ -6,10 +6,13 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from llmos.server import auth, errors, observe_api, openai_api, procs_api, remote, tokenize_api
 from llmos.server.gateway import Gateway
+from llmos.server.hangup import ClientGone
 from llmos.server.openai_schema import Unsupported
 from llmos.syscalls import SyscallError
 
@@ -19,6 +22,8 @@ def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedd
     app = FastAPI(title="llmos", summary="An operating system for language-model agents, over HTTP.",
                   dependencies=[Depends(auth.check)], docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_key = api_key
+    if api_key is None:  # loopback only, without a key: a page whose DNS name rebinds to 127.0.0.1 is refused
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(auth.LOOPBACK_NAMES))
     app.state.gateway = gateway
     app.state.openai = openai_api.OpenAIState(gateway=gateway, models=models, embedder=embedder)
     app.include_router(openai_api.router)
@@ -40,6 +45,19 @@ def _answer(error: errors.APIError) -> JSONResponse:
 
 
 def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return _answer(errors.APIError(exc.status_code, message))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:  # logged by uvicorn as well
+        return _answer(errors.APIError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
     @app.exception_handler(errors.APIError)
     async def api_error(request: Request, exc: errors.APIError) -> JSONResponse:
         return _answer(exc)
@@ -55,6 +73,8 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if tuple(first.get("loc", ())) in (("body",), ("body", 0)) or first.get("type") == "json_invalid":
+            return _answer(errors.invalid(None, "the body must be a JSON object (Content-Type: application/json)"))
         param = _param(first.get("loc", ()))
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         return _answer(errors.invalid(param, message))

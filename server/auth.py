@@ -10,7 +10,6 @@ serves only on loopback, and says so when it starts.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -20,6 +19,7 @@ from fastapi import Request
 from llmos.server import errors
 
 KEY_FILE = "api_key"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")  # the Host headers a keyless daemon answers
 COOKIE = "llmos_key"
 ENV = "LLMOS_API_KEY"
 
@@ -45,23 +45,26 @@ def write_new_key(home: Path) -> str:
     return key
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def cookie_value(key: str) -> str:
+    """What the dashboard's cookie holds: a value derived from the key, never the key (cookies
+    ignore ports, so every service on this host would see it)."""
+    return hmac.new(key.encode(), b"llmos dashboard cookie", "sha256").hexdigest()
 
 
-def presented_key(request: Request) -> str | None:
+def _presented(request: Request, key: str) -> str | None:
+    """What the request offers, in the form it is to equal (the key, or its cookie value)."""
     login = _dashboard_login(request)  # first: it is there to replace a stale cookie
     if login is not None:
         return login
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.headers.get("x-api-key") or request.cookies.get(COOKIE)
+    if "x-api-key" in request.headers:
+        return request.headers["x-api-key"]
+    cookie = request.cookies.get(COOKIE)
+    if cookie is None:
+        return None
+    return key if hmac.compare_digest(cookie.encode(), cookie_value(key).encode()) else ""
 
 
 def _dashboard_login(request: Request) -> str | None:
@@ -77,7 +80,7 @@ def check(request: Request) -> None:
     key: str | None = request.app.state.api_key
     if key is None:
         return
-    given = presented_key(request)
+    given = _presented(request, key)
     if given is None:
         raise errors.unauthorized("this llmos server needs an API key: send 'Authorization: Bearer <key>'")
     if not hmac.compare_digest(given.encode(), key.encode()):

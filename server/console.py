@@ -167,6 +167,10 @@ class DaemonConsole:
         for stale in ended[: max(0, len(ended) - ENDED_KEPT)]:
             del self._channels[stale]
 
+    def knows(self, pid: int) -> bool:
+        """Whether output of `pid` is kept (it wrote, asked, or was followed)."""
+        return pid in self._channels
+
     def written(self, pid: int) -> str:
         """What `pid` wrote that is still kept (the last OUTPUT_CHARS characters)."""
         channel = self._channels.get(pid)

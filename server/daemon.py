@@ -12,7 +12,7 @@ import uvicorn
 
 import llmos
 from llmos.home import llmos_home
-from llmos.server import auth, telemetry
+from llmos.server import auth, telemetry, wire
 from llmos.server.app import create_app
 from llmos.server.console import DaemonConsole
 from llmos.server.gateway import Gateway
@@ -36,7 +36,7 @@ class ServeOptions:
 def resolve_key(options: ServeOptions) -> str | None:
     """The key to require; refuses to serve beyond loopback without one."""
     key = options.api_key or auth.configured_key(llmos_home())
-    if key is None and not auth.is_loopback(options.host):
+    if key is None and not wire.is_loopback(options.host):
         raise llmos.ConfigError(f"refusing to serve on {options.host} without an API key: set {auth.ENV} "
                                 f"or run `llmos serve --new-key` (loopback only may go without one)")
     return key

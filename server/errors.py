@@ -44,9 +44,11 @@ class APIError(Exception):
 
 
 def from_syscall(exc: SyscallError) -> APIError:
-    status = STATUS.get(exc.code, 500)
+    status = getattr(exc, "http_status", None) or STATUS.get(exc.code, 500)
     code = "context_length_exceeded" if exc.code is Errno.E2BIG else exc.code.name
     headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.code is Errno.EAGAIN else None
+    if exc.code is Errno.EINTR:  # it was killed on purpose: clients that retry 5xx (openai-python) must not
+        headers = {"x-should-retry": "false"}
     return APIError(status, exc.message, code=code, llmos_error=type(exc).__name__, headers=headers)
 
 

@@ -25,8 +25,8 @@ DAEMON_NAME = "llmosd"
 
 
 class RequestEnded(SyscallError):
-    """The process serving an HTTP request ended without an answer (killed from `ps`, its
-    deadline passed, or it failed)."""
+    """The process serving an HTTP request ended without an answer (killed from `ps`, or its
+    deadline passed). Clients are told not to retry it."""
 
     code = Errno.EINTR
 
@@ -54,7 +54,8 @@ class Gateway:
             ready.set()
             await anyio.sleep_forever()
 
-        await kernel.spawn(llmosd, name=DAEMON_NAME)
+        info = await kernel.spawn(llmosd, name=DAEMON_NAME)
+        kernel.protected.add(info.pid)  # no client may kill, suspend or renice the daemon's process
         await ready.wait()
         return cls(handle[0], None if kernel.driver is None else kernel.driver.name)
 
@@ -141,5 +142,15 @@ class Gateway:
                 pass
 
 
+class RequestFailed(SyscallError):
+    """The process serving an HTTP request failed on an error that is not a syscall's: a bug
+    (HTTP 500)."""
+
+    code = Errno.EIO
+    http_status = 500
+
+
 def _ended(status: ExitStatus) -> SyscallError:
+    if status.state is ProcState.FAILED:
+        return RequestFailed(f"process {status.pid} ({status.name}) failed: {status.reason}")
     return RequestEnded(f"process {status.pid} ({status.name}) was {status.state.name.lower()}: {status.reason}")

@@ -110,7 +110,7 @@ async def dashboard(request: Request, key: str | None = None) -> Response:
     if key is not None:  # auth.check has compared it already: a wrong key never gets here
         answer = RedirectResponse("/", status_code=303)
         if request.app.state.api_key is not None:
-            answer.set_cookie(auth.COOKIE, key, httponly=True, samesite="strict", path="/")
+            answer.set_cookie(auth.COOKIE, auth.cookie_value(key), httponly=True, samesite="strict", path="/")
         return answer
     return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-store"})
 

@@ -9,6 +9,7 @@ request may do is `model.generate` and nothing else.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from fastapi.responses import StreamingResponse
 
 from llmos.server import errors
 from llmos.server.gateway import Gateway
+from llmos.server.hangup import unless_hung_up
 from llmos.server.openai_schema import (
     FINISH, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message, Usage, completion_id, now,
     tool_calls_out)
-from llmos.syscalls import ChatMessage, Reply, Sys, ToolSpec
+from llmos.syscalls import ChatMessage, Reply, Sys, SyscallError, ToolSpec
 
 router = APIRouter()
 REQUEST_CAPS = frozenset({"model.generate"})  # all a completion's process may do
@@ -144,7 +146,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     fields = chat_fields(body, model)
     cid = completion_id("chatcmpl")
     if not body.stream:
-        reply = await state.gateway.call("openai.chat", lambda sys: sys.chat(**fields), REQUEST_CAPS)
+        reply = await unless_hung_up(request, lambda: state.gateway.call("openai.chat", lambda sys: sys.chat(**fields),
+                                                                          REQUEST_CAPS))
         return chat_completion(reply, cid, model.id)
     items = await state.gateway.stream("openai.chat", lambda sys: _chat_pieces(sys, fields), REQUEST_CAPS)
     return _sse(_chat_chunks(items, cid, model.id, body.include_usage))
@@ -202,9 +205,14 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if body.stream:
         return _sse(_completion_chunks(items, cid, model.id, body.include_usage))
     replies: dict[int, Reply] = {}
-    async for item in items:
-        if item is not _STARTED and isinstance(item[1], Reply):
-            replies[item[0]] = item[1]
+
+    async def collect() -> None:
+        async with contextlib.aclosing(items):  # closing it kills the process
+            async for item in items:
+                if item is not _STARTED and isinstance(item[1], Reply):
+                    replies[item[0]] = item[1]
+
+    await unless_hung_up(request, collect)
     choices = [{"index": i, "text": r.text, "finish_reason": FINISH[r.finish_reason], "logprobs": None}
                for i, r in sorted(replies.items())]
     usage = Usage.of(sum(r.prompt_tokens for r in replies.values()), sum(r.completion_tokens for r in replies.values()))
@@ -265,11 +273,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         except errors.APIError as exc:  # after the headers went out: the error is an event
             yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
-        except Exception as exc:  # noqa: BLE001 - a SyscallError mid-stream, shown to the client
-            from llmos.syscalls import SyscallError
-
-            if not isinstance(exc, SyscallError):
-                raise
+        except SyscallError as exc:
             yield b"data: " + json.dumps(errors.from_syscall(exc).body()).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 

@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+MAX_INPUTS = 2048  # prompts of one completion request, texts of one embeddings request (OpenAI's limit)
+
+
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -116,7 +119,7 @@ class _Sampling(_Loose):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -181,6 +184,8 @@ class ChatCompletionRequest(_Sampling):
         """"auto", "required", "none", or the name of the function to call."""
         if self.tool_choice is None:
             return "auto"
+        if self.tool_choice == "required" and not self.tools:
+            raise Unsupported("tool_choice", "tool_choice 'required' needs at least one tool in 'tools'")
         if isinstance(self.tool_choice, NamedToolChoice):
             name = self.tool_choice.name
             if name not in {tool.function.name for tool in self.tools or ()}:
@@ -199,6 +204,8 @@ class CompletionRequest(_Sampling):
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         if not prompts or not all(prompts):
             raise Unsupported("prompt", "prompt must be a non-empty string or a list of them")
+        if len(prompts) > MAX_INPUTS:
+            raise Unsupported("prompt", f"at most {MAX_INPUTS} prompts in one request")
         return prompts
 
     def check_supported(self) -> None:
@@ -213,7 +220,8 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Loose):
     model: str = Field(min_length=1)
-    input: str | list[str]
+    input: str | list[str] = Field(description="text(s); token arrays are not taken (LangChain: "
+                                   "OpenAIEmbeddings(check_embedding_ctx_length=False))")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -222,6 +230,8 @@ class EmbeddingRequest(_Loose):
         texts = [self.input] if isinstance(self.input, str) else self.input
         if not texts:
             raise Unsupported("input", "input must not be empty")
+        if len(texts) > MAX_INPUTS:
+            raise Unsupported("input", f"at most {MAX_INPUTS} inputs in one request")
         return texts
 
 

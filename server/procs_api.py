@@ -29,7 +29,7 @@ from llmos import plugins
 from llmos.server import errors, wire
 from llmos.server.console import DaemonConsole
 from llmos.syscalls import (
-    DEFAULT_APP_CAPS, ExitStatus, InvalidRequest, NoSuchProcess, PermissionDenied, ProcessInfo, Quotas, Sys, SyscallError)
+    DEFAULT_APP_CAPS, ExitStatus, NoSuchProcess, ProcessInfo, Quotas, Sys, SyscallError)
 
 router = APIRouter(prefix="/v1/processes")
 KEPT_STATUSES = 1024  # exit statuses the API remembers after reaping, latest first
@@ -183,7 +183,7 @@ async def wait(pid: int, request: Request, timeout: float | None = Query(None, g
 async def logs(pid: int, request: Request) -> dict[str, Any]:
     """What the process wrote so far (the last 1 MB), at once: `llmos logs PID` without -f."""
     state = procs_state(request)
-    if state.ledger.get(pid) is None:
+    if state.ledger.get(pid) is None and not state.console.knows(pid):
         await process_info(state.sys, pid)  # 404 for a process nobody knows
     return {"pid": pid, "text": state.console.written(pid)}
 
@@ -197,11 +197,24 @@ async def output(pid: int, request: Request) -> StreamingResponse:
     result. A comment line now and then keeps an idle stream open."""
     state = procs_state(request)
     watch = _Watch(status=state.ledger.get(pid))
-    if watch.status is None:
-        await process_info(state.sys, pid)  # 404 before the stream starts
+    if watch.status is not None or not await _alive(state, pid):
+        state.console.ended(pid)  # ended (and reaped): what it wrote is replayed, then the stream ends
+    else:
         await _watch(state, pid, watch)
     return StreamingResponse(_output_events(state, pid, watch), media_type=wire.SSE_MEDIA_TYPE,
                              headers=wire.SSE_HEADERS)
+
+
+async def _alive(state: ProcsState, pid: int) -> bool:
+    """Whether `pid` is in the process table; a process reaped by its own parent whose output
+    the console still holds is not (404 for a process nobody knows)."""
+    try:
+        await process_info(state.sys, pid)
+        return True
+    except NoSuchProcess:
+        if state.console.knows(pid):
+            return False
+        raise
 
 
 @dataclass
@@ -273,9 +286,7 @@ async def answer(pid: int, body: AnswerBody, request: Request) -> dict[str, Any]
 async def kill(pid: int, request: Request, body: KillBody | None = None) -> dict[str, Any]:
     """End the process now. Its snapshot may still show it running: it ends at its next
     checkpoint; `wait` says how it ended."""
-    state = procs_state(request)
-    if pid == state.sys.pid:
-        raise PermissionDenied(f"process {pid} is llmosd, the daemon itself: stop the server instead")
+    state = procs_state(request)  # the daemon's own process is protected by the kernel (EPERM)
     reason = body.reason if body is not None and body.reason else "killed over HTTP"
     await state.sys.kill(pid, reason)
     return _info(await process_info(state.sys, pid))

@@ -11,6 +11,8 @@ refused before they are sent, with an InvalidRequest naming the field.
 
 from __future__ import annotations
 
+import ipaddress
+
 import functools
 import json
 import types
@@ -122,3 +124,13 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]
             data = []
     if data:
         yield json.loads("\n".join(data))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

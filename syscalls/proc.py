@@ -18,7 +18,7 @@ from pydantic import Field
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control, Need
-from llmos.kernel.errors import InvalidRequest
+from llmos.kernel.errors import InvalidRequest, PermissionDenied
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import resolve_app
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
@@ -57,7 +57,15 @@ class Spawn(Request[ProcessInfo]):
     quotas: Quotas | None = None
 
     def needs(self, caller: Process) -> Iterator[Need]:
-        return _raising(caller, self.priority)
+        yield from _raising(caller, self.priority)
+        if isinstance(self.app, str) and runs_a_file(self.app):
+            yield capabilities.PROC_EXEC
+
+
+def runs_a_file(ref: str) -> bool:
+    """Whether an app reference names a Python file ("path/app.py[:attr]"): running it runs
+    whatever that file holds, which a process may have written itself."""
+    return ref.partition(":")[0].endswith(".py")
 
 
 class Wait(Request[ExitStatus]):
@@ -187,14 +195,22 @@ async def sys_wait(kernel: Kernel, caller: Process, req: Wait) -> ExitStatus:
     return await kernel.wait(req.pid, req.timeout)
 
 
+def _unprotected(kernel: Kernel, pid: int, action: str) -> int:
+    if pid in kernel.protected:
+        name = kernel.procs.get(pid).name
+        raise PermissionDenied(f"process {pid} ({name}) is protected: no process may {action} it "
+                               "(stop the daemon it belongs to instead)")
+    return pid
+
+
 async def sys_kill(kernel: Kernel, caller: Process, req: Kill) -> None:
-    kernel.kill(req.pid, req.reason)
+    kernel.kill(_unprotected(kernel, req.pid, "kill"), req.reason)
 
 
 async def sys_suspend(kernel: Kernel, caller: Process, req: Suspend) -> None:
     if req.pid == caller.pid:
         raise InvalidRequest("a process cannot suspend itself (nobody would be left to resume it); sleep instead")
-    kernel.suspend(req.pid)
+    kernel.suspend(_unprotected(kernel, req.pid, "suspend"))
 
 
 async def sys_resume(kernel: Kernel, caller: Process, req: Resume) -> None:
@@ -202,7 +218,7 @@ async def sys_resume(kernel: Kernel, caller: Process, req: Resume) -> None:
 
 
 async def sys_nice(kernel: Kernel, caller: Process, req: Nice) -> None:
-    kernel.nice(caller.pid if req.pid is None else req.pid, req.priority)
+    kernel.nice(_unprotected(kernel, caller.pid if req.pid is None else req.pid, "renice"), req.priority)
 
 
 async def sys_ps(kernel: Kernel, caller: Process, req: Ps) -> list[ProcessInfo]:

@@ -38,9 +38,9 @@ from llmos.syscalls import DEFAULT_APP_CAPS, ExitStatus, NoConsole, Sys
 
 PROMPT = "llmos> "
 Command = Callable[["Shell", list[str]], Awaitable[None]]
-# The shell's rights: what any app has, and control of every process, every memory
-# namespace and every tool, which its commands hand on (narrowed) to what it starts.
-SHELL_CAPS = DEFAULT_APP_CAPS | {"proc.admin", "memory.read.*", "memory.write.*", "tool.*"}
+# The shell's rights: what any app has, and control of every process, the user's app files,
+# every memory namespace and every tool, which its commands hand on (narrowed) to what it starts.
+SHELL_CAPS = DEFAULT_APP_CAPS | {"proc.admin", "proc.exec", "memory.read.*", "memory.write.*", "tool.*"}
 
 
 class Shell:
@@ -151,9 +151,9 @@ class Shell:
             job.foreground.set()
         registered.set()  # only now may it write or ask: the console knows whose job it is
         assert self._tg is not None
-        self._tg.start_soon(self._reap, job)
-        if self.follow is not None:
+        if self.follow is not None:  # first: its output is replayed even if the job is reaped before
             self._tg.start_soon(self.follow, info.pid)
+        self._tg.start_soon(self._reap, job)
         return job
 
     async def _reap(self, job: Job) -> None:

@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from llmos.syscalls import KernelStatistics, ProcessInfo, ProcState
+from llmos.server import auth
 from llmos.testing import FakeDriver, free_port, served, stop, until, until_state
 
 KEY = "llmos-test-key"
@@ -125,9 +126,12 @@ async def test_the_page_needs_the_key_and_the_key_link_sets_a_strict_httponly_co
         login = await client.get("/", params={"key": KEY})
         assert login.status_code == 303 and login.headers["location"] == "/"
         cookie = login.headers["set-cookie"]
-        assert cookie.startswith(f"llmos_key={KEY};")
+        value = cookie.partition(";")[0].removeprefix("llmos_key=")
+        assert KEY not in cookie and value == auth.cookie_value(KEY)  # never the key itself
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
         client.cookies.set("llmos_key", KEY)
+        assert (await client.get("/")).status_code == 401  # the key as a cookie is not the cookie
+        client.cookies.set("llmos_key", value)
         page = await client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert (await client.get("/v1/stats")).status_code == 200

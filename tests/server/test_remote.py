@@ -15,7 +15,7 @@ import pytest
 from llmos.server import wire
 from llmos.server.client import DaemonClient, RemoteSys, run_remote
 from llmos.syscalls import (
-    ExitStatus, InvalidRequest, NoSuchProcess, PermissionDenied, ProcState, QuotaExceeded, Reply, Sys, SyscallError,
+    DEFAULT_APP_CAPS, ExitStatus, InvalidRequest, NoSuchProcess, PermissionDenied, ProcState, QuotaExceeded, Reply, Sys, SyscallError,
     TextStream)
 from llmos.testing import FakeDriver, served, until, until_state
 
@@ -100,8 +100,12 @@ async def test_a_remote_app_spawns_by_reference_and_waits_for_its_child():
         return [info.ppid == sys.pid, status.result, (await sys.getpid()) == sys.pid]
 
     async with daemon() as srv:
-        status = await run_remote(srv.url, parent, api_key=srv.key)
+        status = await run_remote(srv.url, parent, caps=DEFAULT_APP_CAPS | {"proc.exec"}, api_key=srv.key)
         assert status.result == [True, "child got hi", True]
+        # Starting a file is running any code (the session could have written it): not a default right.
+        refused = await run_remote(srv.url, parent, api_key=srv.key)
+        assert refused.state is ProcState.FAILED and "PermissionDenied" in refused.reason
+        assert "proc.exec" in refused.reason
 
 
 async def test_typed_errors_are_raised_on_the_client_as_the_same_classes():
