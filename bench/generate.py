@@ -40,24 +40,11 @@ from llmos.drivers.transformers_driver import TransformersDriver
 from llmos.drivers import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
+from common import (llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers, machine, median_run, questions,
+                    summarize, use_model_cache)
+
 RESULTS = Path(__file__).parent / "results" / "generate.json"
 NEW_TOKENS = 64
-TOPICS = ["the ocean", "volcanoes", "honey bees", "the moon", "bicycles", "coffee", "glaciers", "owls", "trains",
-          "deserts", "rainbows", "chess", "penguins", "libraries", "thunderstorms", "gardens"]
-
-
-def questions(n: int) -> list[str]:
-    return [f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} for a curious child, number {i + 1}."
-            for i in range(n)]
-
-
-def summarize(ttfts: list[float], latencies: list[float], tokens: int, wall: float) -> dict[str, float]:
-    def pct(xs: list[float], q: float) -> float:
-        return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] if len(xs) > 1 else xs[0]
-
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "ttft_p50_s": pct(ttfts, 50), "ttft_p95_s": pct(ttfts, 95),
-            "latency_p50_s": pct(latencies, 50), "latency_p95_s": pct(latencies, 95)}
 
 
 # -- baselines -------------------------------------------------------------------------------------
@@ -148,6 +135,8 @@ def llama_cpp_sequential(qs: list[str], threads: int) -> Measured | str:
         return "skipped: llama-cpp-python is not installed (pip install llama-cpp-python to compare)"
     from llmos.drivers.smollm2 import SOURCE
 
+    if llama_cpp_extra_buffers_crash():
+        llama_cpp_without_extra_buffers()
     llm = Llama(model_path=str(SOURCE.path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
     measured = []
     for q in qs:
@@ -191,21 +180,22 @@ async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None 
 class StepClock:
     """Times the engine's steps during a kernel run: the time between one step's end and the
     next one's start is what the kernel adds (scheduling, delivering text, waking threads),
-    measured directly rather than as a difference of two noisy runs."""
+    measured directly rather than as a difference of two noisy runs. It wraps the engine's
+    step (run on the compute thread), so the hop to that thread counts as a gap."""
 
     def __init__(self, driver: Any) -> None:
-        self.driver, self.spans = driver, []
-        step = driver.step
+        self.engine, self.spans = driver.engine, []
+        step = self.engine.step
 
         def timed(running: Any, emit: Any) -> None:
             begun = time.perf_counter()
             step(running, emit)
             self.spans.append((begun, time.perf_counter()))
 
-        driver.step = timed
+        self.engine.step = timed
 
     def stop(self) -> None:
-        del self.driver.step  # the class's own method again
+        del self.engine.step  # the class's own method again
 
     def summary(self) -> dict[str, float]:
         gaps = [b - a for (_, a), (b, _) in zip(self.spans, self.spans[1:], strict=False)]
@@ -278,12 +268,6 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
 
 def dtype_name(model: llmos.Model) -> str:
     return str(model.driver.model.dtype).removeprefix("torch.")
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median rate, with every run's rate beside it."""
-    ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
-    return {**ranked[(len(ranked) - 1) // 2], "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
 
 
 def report_throughput(n: int, row: dict[str, Any]) -> None:
@@ -394,11 +378,13 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
     args = parser.parse_args()
-    compute.call(torch.set_num_threads, args.threads)  # OpenMP's thread count is per calling thread
+    use_model_cache("llmos-bench-generate-")
+    at_start = machine(args.threads)
     model = llmos.load_model("smollm2")
     baseline = llmos.load_model("smollm2", dtype="float32")
+    compute.call(torch.set_num_threads, args.threads)  # OpenMP's thread count is per calling thread; loading resets it
     ns = [1, 4] if args.quick else args.ns
-    results: dict[str, Any] = {"threads": args.threads, "dtype": dtype_name(model),
+    results: dict[str, Any] = {"machine": at_start, "threads": args.threads, "dtype": dtype_name(model),
                                "baseline_dtype": dtype_name(baseline), "new_tokens": NEW_TOKENS,
                                "repeat": args.repeat, "throughput": throughput(model, baseline, ns, args)}
     for name in [] if args.quick else args.runs:
