@@ -87,9 +87,9 @@ class _Channel:
         and the cursor after them. Open questions whose event was trimmed come first."""
         first_kept = self.events[0][0] if self.events else self.next_seq
         out: list[Event] = [self._asked(q) for q in self.questions.values() if cursor <= q.seq < first_kept]
-        for seq, event in self.events:
-            if seq < cursor:
-                continue
+        # Sequence numbers in `events` are consecutive from `first_kept`: skip the ones read
+        # (islice skips in C: a follower's read costs what is new, not all that is kept).
+        for _, event in itertools.islice(self.events, max(0, cursor - first_kept), None):
             if "question" in event and event["id"] not in self.questions:
                 continue
             if "text" in event and out and "text" in out[-1]:
