@@ -306,3 +306,22 @@ async def test_with_a_key_every_endpoint_needs_it_and_nothing_runs_without():
         assert not driver.jobs and [p.name for p in srv.kernel.ps(include_ended=True)] == ["llmosd"]
         reply = await srv.ai.chat.completions.create(model="fake", messages=USER)
     assert reply.choices[0].message.content == "echo: hello there"
+
+
+# -- the llmos extension: choose --------------------------------------------------------------------
+async def test_choose_is_an_llmos_endpoint_that_runs_as_a_process():
+    driver = FakeDriver()
+    driver.enqueue("math")  # the FakeDriver scores highest the option its answer names
+    async with server(driver) as srv:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(srv.url + "/v1/choose", json={
+                "model": "fake", "question": "What is 2 + 2?", "options": ["poetry", "math", "travel"]})
+            unknown = await http.post(srv.url + "/v1/choose", json={
+                "model": "fake", "question": "q", "options": ["a", "b"], "temperature": 0})
+            one = await http.post(srv.url + "/v1/choose", json={"model": "fake", "question": "q", "options": ["a"]})
+    choice = answer.json()
+    assert answer.status_code == 200 and (choice["option"], choice["index"]) == ("math", 1)
+    assert abs(sum(choice["probabilities"]) - 1) < 1e-6 and choice["usage"]["prompt_tokens"] > 0
+    assert [e.call for e in srv.kernel.trace if e.call == "choose"] == ["choose"]
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "temperature"
+    assert one.status_code == 400 and one.json()["error"]["param"] == "options"

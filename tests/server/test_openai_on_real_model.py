@@ -104,3 +104,16 @@ def test_langchain_chat_openai_works_unchanged(smollm2_server: str):
     assert streamed == answer.content
     with_tools = chat.bind_tools([WEATHER, CALCULATOR]).invoke("What's the weather like in Paris today?")
     assert [call["name"] for call in with_tools.tool_calls] == ["get_weather"]
+
+
+async def test_choose_over_http_routes_to_the_fitting_specialist(smollm2_server: str):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=smollm2_server, timeout=60) as http:
+        answer = await http.post("/v1/choose", json={
+            "model": "smollm2", "question": "Translate 'good morning' into French.",
+            "options": ["translator", "mathematician", "poet"],
+            "descriptions": ["translates text between languages", "solves arithmetic", "writes poems"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["option"] == "translator"
+    assert len(answer.json()["logprobs"]) == 3 and len(answer.json()["similarities"]) == 3
