@@ -1,8 +1,10 @@
 """Choosing among options with the model: tool choice and routing, by method, on labelled evals.
 
-Two evals (bench/evals/):
+Three evals (bench/evals/):
   tool   tool_choice.jsonl: {"prompt", "tool"}: which of the six built-in tools (or "none")
          answers the prompt
+  tool-heldout  tool_choice_heldout.jsonl: the same question on 70 prompts written later, blind
+         to the `examples` the built-in tools (and "none") carry for choosing them
   route  routing.jsonl: {"task", "specialist"}, over the specialists of specialists.json
          ({"name", "description"}): which specialist the supervisor should hand the task to
 Each method decides every item of each eval, one decision at a time (one process per item,
@@ -39,7 +41,7 @@ Methods (METHODS below; each is one function per eval, so another plugs in besid
 Then the cost: per prompt, alternating, a tool choice by `choose` and 8 tokens generated
 from the same prompt, and the ratio of their medians.
 
-    .venv/bin/python bench/choose.py [--limit N] [--threads 2] [--evals tool,route]
+    .venv/bin/python bench/choose.py [--limit N] [--threads 2] [--evals tool,tool-heldout,route]
                                      [--methods generate,choose] [--max-tokens 64]
 """
 
@@ -227,8 +229,10 @@ class SysModel:
     async def json(self, turn: Any) -> Any:
         raise AssertionError("the likelihood policy picks without a JSON turn")
 
-    async def choose(self, question: str, options: Any, descriptions: Any = None, system: Any = None) -> int:
-        choice = await self.sys.choose(question, list(options), descriptions=descriptions, system=system)
+    async def choose(self, question: str, options: Any, descriptions: Any = None, system: Any = None,
+                     examples: Any = None) -> int:
+        choice = await self.sys.choose(question, list(options), descriptions=descriptions, system=system,
+                                       examples=examples)
         self.choices.append(choice)
         return choice.index
 
@@ -322,11 +326,14 @@ def load_evals(names: list[str], limit: int | None, specialists: list[Agent]) ->
         if name == "tool":
             rows = [(r["prompt"], r["tool"]) for r in load_jsonl(EVALS / "tool_choice.jsonl")]
             evals.append(Eval("tool", rows[:limit], [*TOOLS, NONE], lambda m: m.tool))
+        elif name == "tool-heldout":  # written blind to the tools' `examples` (bench/evals/README.md)
+            rows = [(r["prompt"], r["tool"]) for r in load_jsonl(EVALS / "tool_choice_heldout.jsonl")]
+            evals.append(Eval("tool-heldout", rows[:limit], [*TOOLS, NONE], lambda m: m.tool))
         elif name == "route":
             rows = [(r["task"], r["specialist"]) for r in load_jsonl(EVALS / "routing.jsonl")]
             evals.append(Eval("route", rows[:limit], [s.name for s in specialists], lambda m: m.route))
         else:
-            raise SystemExit(f"unknown eval {name!r}: expected tool, route")
+            raise SystemExit(f"unknown eval {name!r}: expected tool, tool-heldout, route")
     for ev in evals:
         unknown = {gold for _, gold in ev.items} - set(ev.labels)
         assert not unknown, f"{ev.name}: labels {unknown} are not among {ev.labels}"
@@ -358,7 +365,7 @@ def summary(ev: Eval, items: list[dict[str, Any]]) -> dict[str, Any]:
         "top_confusions": [{"gold": g, "pick": p, "count": c} for (g, p), c in confusions.most_common(10)],
         "time_s": {"median": quantile(times, 0.5), "p90": quantile(times, 0.9), "mean": statistics.fmean(times)},
     }
-    if ev.name == "tool":
+    if ev.name.startswith("tool"):
         out["none_recall"] = per_label[NONE]["recall"]
         tooled = [r for g, r in zip(golds, right) if g != NONE]
         out["tool_accuracy"] = sum(tooled) / len(tooled) if tooled else None  # prompts labelled with a tool
@@ -489,7 +496,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each eval")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--evals", default="tool,route", help="comma-separated: tool, route")
+    parser.add_argument("--evals", default="tool,tool-heldout,route", help="comma-separated: tool, tool-heldout, route")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
     parser.add_argument("--max-tokens", type=int, default=64,
                         help="max_tokens of the generate method's tool call (arguments turn, or the answer)")

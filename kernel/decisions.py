@@ -29,8 +29,8 @@ class ModelAccess(Protocol):
         """The model's reply to the turn, parsed (it follows the schema)."""
 
     async def choose(self, question: str, options: Sequence[str], descriptions: Sequence[str] | None = None,
-                     system: str | None = None) -> int:
-        """The index of the option the model finds most likely (see `choose`)."""
+                     system: str | None = None, examples: Sequence[Sequence[str]] | None = None) -> int:
+        """The index of the option that fits best (see `choose`; `examples`: per option, requests it fits)."""
 
 
 class DecisionPolicy(Protocol):

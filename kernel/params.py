@@ -47,6 +47,8 @@ MAX_CHOICES = 64  # options a `choose` call may score (their tokens after the fi
 # an earlier framing). So meaning decides and the likelihood breaks near-ties (0.01 of
 # cosine is worth 2 nats).
 CHOICE_MEANING_WEIGHT = 200.0
+MAX_CHOICE_EXAMPLES = 512  # example requests one `choose` call may compare the question with (all options)
+CHOICE_VECTOR_CACHE = 4096  # option texts whose sentence vectors are kept between `choose` calls
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01

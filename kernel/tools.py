@@ -29,6 +29,9 @@ class ToolSpec(BaseModel):
     name: str
     description: str = ""
     parameters: JsonSchema = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    # Requests this tool answers, in a user's words: choosing a tool compares a request with
+    # them by meaning (as semantic routers do), which a small model's likelihood cannot.
+    examples: tuple[str, ...] = ()
     timeout_s: float = Field(default=params.TOOL_TIMEOUT_S, gt=0, le=params.MAX_TOOL_TIMEOUT_S)
     sandboxed: bool = False  # runs in a child process with rlimits
     source: str = ""  # who provides it: "builtin", a plugin's name, "mcp:SERVER"

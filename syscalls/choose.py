@@ -6,17 +6,22 @@ reply to the question (lm-evaluation-harness's multiple choice: the question's p
 computed once in the batching engine, an option of one token costs nothing more, the
 longer ones one small pass together), as its mean log-probability per token so that a
 long option is not penalised for its length; and the cosine similarity (MiniLM) between
-the question and the option with its description. An option's score is the first plus
-params.CHOICE_MEANING_WEIGHT times the second; `probabilities` are the scores' softmax.
-A kernel with an embedder but no model chooses by meaning alone.
+the question and the option with its description, plus, where options come with
+`examples` (requests each fits, as semantic routers keep them), the best similarity of the
+question to one of them (an option without examples counts its description twice). An
+option's score is the first plus params.CHOICE_MEANING_WEIGHT times the second;
+`probabilities` are the scores' softmax. A kernel with an embedder but no model chooses by
+meaning alone.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,6 +65,7 @@ class Choose(Request[Choice]):
     options: tuple[str, ...] = Field(min_length=2, max_length=params.MAX_CHOICES)
     descriptions: tuple[str, ...] | None = None
     system: str | None = None
+    examples: tuple[tuple[str, ...], ...] | None = None  # per option: requests it fits (may be empty)
 
     @model_validator(mode="after")
     def _distinct_options(self) -> Choose:
@@ -67,6 +73,10 @@ class Choose(Request[Choice]):
             raise ValueError("'options' must be distinct and not blank")
         if self.descriptions is not None and len(self.descriptions) != len(self.options):
             raise ValueError("'descriptions' must give one description per option")
+        if self.examples is not None and len(self.examples) != len(self.options):
+            raise ValueError("'examples' must give one list of examples per option (an empty one for none)")
+        if sum(len(e) for e in self.examples or ()) > params.MAX_CHOICE_EXAMPLES:
+            raise ValueError(f"at most {params.MAX_CHOICE_EXAMPLES} examples in all")
         return self
 
 
@@ -100,17 +110,49 @@ async def likelihood(service: GenerationService, caller: Process, messages: Sequ
                        len(done.prompt_ids))
 
 
+class _VectorCache:
+    """The vectors of option texts (descriptions, examples), which recur from call to call
+    (the same tools are offered again and again), kept per embedder, the newest
+    params.CHOICE_VECTOR_CACHE of them: a tool choice embeds only its question."""
+
+    def __init__(self) -> None:
+        self._by_embedder: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]] = weakref.WeakKeyDictionary()
+
+    async def of(self, embedder: Embedder, texts: Sequence[str]) -> list[Any]:
+        cache = self._by_embedder.setdefault(embedder, OrderedDict())
+        missing = list(dict.fromkeys(text for text in texts if text not in cache))
+        if missing:
+            for text, vector in zip(missing, await anyio.to_thread.run_sync(embedder.embed, missing), strict=True):
+                cache[text] = vector
+        for text in texts:
+            cache.move_to_end(text)
+        while len(cache) > params.CHOICE_VECTOR_CACHE:
+            cache.popitem(last=False)
+        return [cache[text] for text in texts]
+
+
+_OPTION_VECTORS = _VectorCache()
+
+
 async def similarity(embedder: Embedder, question: str, options: Sequence[str],
-                     descriptions: Sequence[str] | None) -> list[float]:
-    """Cosine similarity of the question to each option (with its description)."""
+                     descriptions: Sequence[str] | None,
+                     examples: Sequence[Sequence[str]] | None = None) -> list[float]:
+    """Cosine similarity of the question to each option (with its description), plus its best
+    similarity to one of the option's examples, if options have examples."""
     texts = [f"{o}: {d}" if d else o for o, d in zip(options, descriptions or [""] * len(options), strict=True)]
-    vectors = await anyio.to_thread.run_sync(embedder.embed, [question, *texts])
-    asked = [float(x) for x in vectors[0]]
-    return [sum(a * float(b) for a, b in zip(asked, vector, strict=True)) for vector in vectors[1:]]
+    flat = [example for group in examples or () for example in group]
+    asked = (await anyio.to_thread.run_sync(embedder.embed, [question]))[0]
+    cosines = [float(vector @ asked) for vector in await _OPTION_VECTORS.of(embedder, [*texts, *flat])]
+    described, by_example = cosines[:len(options)], iter(cosines[len(options):])
+    if examples is None:
+        return described
+    best = [max([next(by_example) for _ in group], default=None) for group in examples]
+    return [d + (d if b is None else b) for d, b in zip(described, best, strict=True)]
 
 
 async def decide(kernel: Kernel, caller: Process, question: str, options: Sequence[str],
-                 descriptions: Sequence[str] | None = None, system: str | None = None) -> Choice:
+                 descriptions: Sequence[str] | None = None, system: str | None = None,
+                 examples: Sequence[Sequence[str]] | None = None) -> Choice:
     """The choice among `options`, by every signal the kernel has (see the module's docstring)."""
     began = time.perf_counter()
     if kernel.generation is None and kernel.embedder is None:
@@ -119,7 +161,7 @@ async def decide(kernel: Kernel, caller: Process, question: str, options: Sequen
     if kernel.generation is not None:
         messages = policy(kernel).choice_messages(question, options, descriptions, system)
         judged = await likelihood(kernel.generation, caller, messages, options)
-    meant = await similarity(kernel.embedder, question, options, descriptions) if kernel.embedder else None
+    meant = await similarity(kernel.embedder, question, options, descriptions, examples) if kernel.embedder else None
     scores = [0.0] * len(options)
     if judged is not None:
         scores = [total / n for total, n in zip(judged.logprobs, judged.tokens, strict=True)]
@@ -137,7 +179,7 @@ async def decide(kernel: Kernel, caller: Process, question: str, options: Sequen
 
 
 async def sys_choose(kernel: Kernel, caller: Process, req: Choose) -> Choice:
-    return await decide(kernel, caller, req.question, req.options, req.descriptions, req.system)
+    return await decide(kernel, caller, req.question, req.options, req.descriptions, req.system, req.examples)
 
 
 HANDLERS = {Choose: sys_choose}

@@ -259,8 +259,8 @@ class _OnBehalf:
             raise InvalidRequest("the model's tool turn was cut short by max_tokens; raise max_tokens") from None
 
     async def choose(self, question: str, options: Sequence[str], descriptions: Sequence[str] | None = None,
-                     system: str | None = None) -> int:
-        picked = await choose.decide(self.kernel, self.caller, question, options, descriptions, system)
+                     system: str | None = None, examples: Sequence[Sequence[str]] | None = None) -> int:
+        picked = await choose.decide(self.kernel, self.caller, question, options, descriptions, system, examples)
         self._add(picked.prompt_tokens, 0, picked.elapsed_s)
         return picked.index
 

@@ -47,7 +47,7 @@ class Sys:
         the name of the one to call. With `messages` ending in a tool's result, "auto" answers.
         `stream=True`: a `TextStream` of the text as it comes (a `Reply` when a tool is called)."""
         ...
-    async def choose(self, /, question: str, options: Any, *, descriptions: Any = ..., system: str | None = ...) -> llmos.syscalls.choose.Choice:
+    async def choose(self, /, question: str, options: Any, *, descriptions: Any = ..., system: str | None = ..., examples: Any = ...) -> llmos.syscalls.choose.Choice:
         """The option the model finds the most likely reply to `question` (each option may
         have a description, shown to the model beside it), with a probability per option."""
         ...

@@ -59,7 +59,14 @@ def _evaluate(node: ast.AST) -> Any:
                      f"{', '.join(sorted(_CONSTANTS))}, {', '.join(sorted(_FUNCTIONS))})")
 
 
-@tool
+@tool(examples=(
+    'What is 12 times 7?',
+    'Calculate 15% of 240.',
+    'How much is 3.5 squared plus 4?',
+    'Divide 1000 by 8.',
+    "What's the square root of 144?",
+    'Add up 23, 45 and 67.',
+))
 def calculator(expression: str) -> float | int:
     """Evaluate an arithmetic expression exactly as written, e.g. "(3 + 4) * 2 ** 10" or "sqrt(2) / 2".
 
@@ -74,7 +81,13 @@ def calculator(expression: str) -> float | int:
 
 
 # -- time ------------------------------------------------------------------------------------------------
-@tool
+@tool(examples=(
+    'What time is it?',
+    "What's today's date?",
+    'What day of the week is it today?',
+    'What time is it in Tokyo right now?',
+    'Tell me the current date and time.',
+))
 def current_time(timezone: str = "UTC") -> str:
     """The current date and time, in ISO 8601 form, in a time zone.
 
@@ -98,7 +111,13 @@ def inside(workspace: Path, path: str) -> Path:
     return target
 
 
-@tool
+@tool(examples=(
+    'Read notes.txt.',
+    "Show me what's in plan.md.",
+    'Open the file report.txt and tell me what it says.',
+    'What does my file ideas.txt contain?',
+    'Print the contents of data.csv.',
+))
 def read_file(path: str, ctx: ToolContext) -> str:
     """Read a text file from your workspace folder.
 
@@ -112,7 +131,13 @@ def read_file(path: str, ctx: ToolContext) -> str:
         return handle.read(MAX_READ_BYTES).decode(errors="replace")
 
 
-@tool
+@tool(examples=(
+    "Write 'hello' to greeting.txt.",
+    'Save these notes in a file called meeting.md.',
+    'Create a file list.txt with the items apples and pears.',
+    'Add a line to diary.txt.',
+    'Store this text in output.txt.',
+))
 def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) -> str:
     """Write a text file in your workspace folder (its folders are created as needed).
 
@@ -128,7 +153,13 @@ def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) 
     return f"wrote {len(content)} characters to {path}"
 
 
-@tool
+@tool(examples=(
+    'List the files in my workspace.',
+    'What files do I have?',
+    'Show the contents of the docs folder.',
+    'Which files are in the projects directory?',
+    'Is there a file named plan.md?',
+))
 def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
     """List the files and folders (ending in "/") in a folder of your workspace.
 
@@ -142,7 +173,14 @@ def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
 
 
 # -- Python, in the sandbox -----------------------------------------------------------------------------
-run_python = Tool(sandbox_worker.run_python, trusted=False, timeout=30, limits=Limits(cpu_s=10, memory_mb=256))
+run_python = Tool(sandbox_worker.run_python, trusted=False, timeout=30, limits=Limits(cpu_s=10, memory_mb=256),
+                  examples=(
+                      'Run this Python code: print(2 ** 10)',
+                      'Execute this script and show the output.',
+                      'Run a Python program that sorts [3, 1, 2].',
+                      'What does this code print: for i in range(3): print(i)',
+                      'Test this function in Python.',
+                  ))
 
 BUILTIN_TOOLS = (calculator, current_time, read_file, write_file, list_files, run_python)
 

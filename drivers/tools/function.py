@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, get_type_hints
 
 import anyio.to_thread
@@ -42,8 +42,10 @@ class Tool:
     calls the function; `run` validates and runs it as the kernel does."""
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
-                 trusted: bool | None = None, timeout: float | None = None, limits: Limits | None = None) -> None:
+                 trusted: bool | None = None, timeout: float | None = None, limits: Limits | None = None,
+                 examples: Sequence[str] = ()) -> None:
         self.fn = fn
+        self.examples = tuple(examples)  # requests it answers, for choosing it (ToolSpec.examples)
         self.name = name or fn.__name__
         summary, arg_docs = parse_docstring(inspect.getdoc(fn) or "")
         self.description = description if description is not None else summary
@@ -65,7 +67,7 @@ class Tool:
 
     def spec(self, source: str = "", sandboxed: bool = False) -> ToolSpec:
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters,
-                        timeout_s=self.timeout_s, sandboxed=sandboxed, source=source)
+                        examples=self.examples, timeout_s=self.timeout_s, sandboxed=sandboxed, source=source)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments, checked and converted to the parameters' types; InvalidToolArguments if wrong."""
@@ -111,14 +113,16 @@ class Tool:
 
 def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None,
          trusted: bool | None = None, timeout: float | None = None, cpu_s: float | None = None,
-         memory_mb: int | None = None) -> Any:
+         memory_mb: int | None = None, examples: Sequence[str] = ()) -> Any:
     """Make `fn` a Tool. `trusted=False` runs it in the sandbox with `cpu_s` CPU seconds and
-    `memory_mb` of memory; `timeout` is its wall time in seconds (default 30)."""
+    `memory_mb` of memory; `timeout` is its wall time in seconds (default 30). `examples`:
+    a few requests it answers, in a user's words; they help a small model choose it."""
     defaults = Limits()
     limits = Limits(cpu_s=cpu_s or defaults.cpu_s, memory_mb=memory_mb or defaults.memory_mb)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
-        return Tool(fn, name=name, description=description, trusted=trusted, timeout=timeout, limits=limits)
+        return Tool(fn, name=name, description=description, trusted=trusted, timeout=timeout, limits=limits,
+                    examples=examples)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmos.drivers.decisions import NO_TOOL, GeneratedDecisions, LikelihoodDecisions, summary
+from llmos.drivers.decisions import NO_TOOL, NO_TOOL_EXAMPLES, GeneratedDecisions, LikelihoodDecisions, summary
 from llmos.kernel.decisions import JsonTurn
 from llmos.kernel.errors import InvalidRequest
 from llmos.kernel.tools import ToolSpec
@@ -29,8 +29,9 @@ class Model:
         return self.answer
 
     async def choose(self, question: str, options: Sequence[str], descriptions: Sequence[str] | None = None,
-                     system: str | None = None) -> int:
+                     system: str | None = None, examples: Sequence[Sequence[str]] | None = None) -> int:
         self.asked.append((question, tuple(options), tuple(descriptions or ())))
+        self.examples = examples
         return self.index
 
 
@@ -84,3 +85,13 @@ def test_a_summary_is_the_first_sentence_on_one_line() -> None:
     assert summary(ToolSpec(name="x", description="Run code.\n  More text here.")) == "Run code"
     assert summary(ToolSpec(name="x", description="Sum, e.g. 1 + 2. Then more.")) == "Sum, e.g. 1 + 2"
     assert summary(CLOCK) == "no description"
+
+
+async def test_tools_with_examples_are_chosen_with_them_and_none_with_its_own() -> None:
+    weather = ToolSpec(name="weather", description="The forecast.", examples=("Will it rain tomorrow?",))
+    model = Model(index=0)
+    assert await LikelihoodDecisions().pick_tool([weather, CLOCK], "Rain?", model) is weather
+    assert model.examples == [("Will it rain tomorrow?",), (), NO_TOOL_EXAMPLES]
+    plain = Model(index=0)
+    await LikelihoodDecisions().pick_tool([ADD, CLOCK], "2 + 3?", plain)
+    assert plain.examples is None  # no tool has examples: meaning by the descriptions alone

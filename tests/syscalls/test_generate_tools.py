@@ -123,3 +123,25 @@ async def test_a_kernel_without_a_model_chooses_by_meaning_alone() -> None:
         choice = result(await spawn_and_wait(kernel, main, timeout=60))
     assert choice.option == "translator" and choice.logprobs is None and choice.model is None
     assert choice.similarities is not None and max(choice.similarities) == choice.similarities[1]
+
+
+async def test_examples_add_each_option_s_best_match_to_its_meaning() -> None:
+    """An option's meaning is its description's similarity plus its best example's; one with
+    no examples counts its description twice (the packaged MiniLM, no language model)."""
+    examples = (("What is 12 times 7?", "Divide 1000 by 8."), ())
+
+    async def main(sys):  # noqa: ANN001
+        plain = await sys.choose("How much is 6 times 9?", ["numbers", "words"], descriptions=["x", "y"])
+        shown = await sys.choose("How much is 6 times 9?", ["numbers", "words"], descriptions=["x", "y"],
+                                 examples=examples)
+        bad = await caught(sys.choose("q", ["a", "b"], examples=[["one"]]))
+        return plain, shown, bad.code
+
+    async with llmos.boot(None, memory=None) as kernel:
+        plain, shown, bad = result(await spawn_and_wait(kernel, main, timeout=60))
+    from llmos.drivers.embeddings import MINILM
+
+    best = max(float(v) for v in MINILM.embed(list(examples[0])) @ MINILM.embed(["How much is 6 times 9?"])[0])
+    assert shown.similarities[0] == pytest.approx(plain.similarities[0] + best, abs=1e-5)
+    assert shown.similarities[1] == pytest.approx(2 * plain.similarities[1], abs=1e-5)
+    assert shown.option == "numbers" and bad is Errno.EINVAL
