@@ -6,7 +6,6 @@ llmos.server.client; the daemon checks it as a syscall of its own process."""
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 import anyio
@@ -118,7 +117,6 @@ async def top(client: DaemonClient, out: Console, count: int | None) -> None:
     shown = 0
     with Live(await view(), console=out, auto_refresh=False) as live:
         while count is None or shown < count - 1:
-            started = time.monotonic()
-            await anyio.sleep(max(0.0, TOP_REFRESH_S - (time.monotonic() - started)))
+            await anyio.sleep(TOP_REFRESH_S)
             live.update(await view(), refresh=True)
             shown += 1
