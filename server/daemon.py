@@ -12,7 +12,7 @@ import uvicorn
 
 import llmos
 from llmos.home import llmos_home
-from llmos.server import auth, telemetry, wire
+from llmos.server import auth, procs_api, telemetry, wire
 from llmos.server.app import create_app
 from llmos.server.console import DaemonConsole
 from llmos.server.gateway import Gateway
@@ -71,7 +71,14 @@ async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any]
                                 lifespan="off", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
+            async def serve_then_stop() -> None:
+                try:
+                    await server.serve()
+                finally:
+                    tg.cancel_scope.cancel()  # the daemon's chores end with the server
+
+            tg.start_soon(serve_then_stop)
+            tg.start_soon(procs_api.reap_forever, app)
             while not server.started:
                 if server.should_exit:  # the port was taken, say
                     break

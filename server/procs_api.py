@@ -15,6 +15,7 @@ process's child is left for its parent to reap: its output stream ends without a
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from llmos.syscalls import (
 
 router = APIRouter(prefix="/v1/processes")
 KEPT_STATUSES = 1024  # exit statuses the API remembers after reaping, latest first
+ZOMBIE_GRACE_S = 60.0  # an ended process the API started and nobody collected is reaped this long after
+REAP_INTERVAL_S = 10.0  # how often llmosd looks for such processes
 WATCHER_CAPS = frozenset({"proc.admin"})  # what the process following another's end needs: wait for it
 REAP_TIMEOUT_S = 5.0  # to end and reap a watcher whose follower left
 FOREIGN_POLL_S = 0.5  # how often the end of a process this API did not start is looked for in `ps`
@@ -78,6 +81,18 @@ class ExitLedger:
     def get(self, pid: int) -> ExitStatus | None:
         return self._statuses.get(pid)
 
+    async def sweep(self, sys: Sys) -> None:
+        """Collect what the API started that ended ZOMBIE_GRACE_S ago and nobody collected (an
+        app nobody waited for, a session whose client vanished): its status stays here for a
+        late `wait`, and the process table does not fill with zombies."""
+        now = time.time()
+        for info in await sys.ps(True):
+            if info.pid in self._owned and info.ended_at is not None and now - info.ended_at >= ZOMBIE_GRACE_S:
+                try:
+                    await self.collect(sys, info.pid, timeout=0)
+                except SyscallError:  # reaped meanwhile by a waiter of its own
+                    self._owned.discard(info.pid)
+
     async def collect(self, sys: Sys, pid: int, timeout: float | None = None) -> ExitStatus:
         """Wait (as `sys`) for process `pid` to end and reap it, or the status already collected."""
         known = self._statuses.get(pid)
@@ -107,9 +122,21 @@ class ProcsState:
 
 
 def procs_state(request: Request) -> ProcsState:
+    return state_of(request.app)
+
+
+async def reap_forever(app: Any) -> None:
+    """llmosd's chore for the life of the daemon: every REAP_INTERVAL_S, `ExitLedger.sweep`."""
+    state = state_of(app)
+    while True:
+        await anyio.sleep(REAP_INTERVAL_S)
+        await state.ledger.sweep(state.sys)
+
+
+def state_of(app: Any) -> ProcsState:
     """The API's state, made on first use (the console is the one the daemon attached to its
     kernel; without one, output streams carry only the exit)."""
-    app_state = request.app.state
+    app_state = app.state
     state = getattr(app_state, "procs", None)
     if state is None:
         console = getattr(app_state, "console", None) or DaemonConsole()

@@ -137,3 +137,16 @@ async def test_without_a_key_only_loopback_host_names_are_answered():
         rebound = await http.get("/v1/models", headers={"host": "attacker.example"})
         local = await http.get("/v1/models", headers={"host": "localhost"})
     assert rebound.status_code == 400 and local.status_code == 200
+
+
+async def test_the_daemon_reaps_what_the_api_started_and_nobody_collected(monkeypatch):
+    from llmos.server import procs_api
+
+    monkeypatch.setattr(procs_api, "ZOMBIE_GRACE_S", 0.0)
+    monkeypatch.setattr(procs_api, "REAP_INTERVAL_S", 0.05)
+    async with served() as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        pid = (await http.post("/v1/processes", json={"app": "llmos.apps.seed.text:generate",
+                                                      "args": ["hi"]})).json()["pid"]
+        await until(lambda: pid not in {p.pid for p in srv.kernel.ps(include_ended=True)}, timeout=5)
+        late = await http.post(f"/v1/processes/{pid}/wait")  # its status was kept for a late wait
+    assert late.status_code == 200 and ProcState(late.json()["state"]) is ProcState.EXITED
