@@ -32,7 +32,9 @@ class RequestEnded(SyscallError):
 
 
 @dataclass
-class _Failure:
+class Failure:
+    """An error carried as a value across a channel (to be raised on the other side)."""
+
     error: BaseException
 
 
@@ -68,13 +70,13 @@ class Gateway:
             try:
                 outcome.append(await work(sys))
             except SyscallError as exc:
-                outcome.append(_Failure(exc))
+                outcome.append(Failure(exc))
 
         info = await self.sys.spawn(main, name=name, caps=frozenset(caps))
         status = await self._wait(info.pid)
         if not outcome:
             raise _ended(status)
-        if isinstance(outcome[0], _Failure):
+        if isinstance(outcome[0], Failure):
             raise outcome[0].error
         return outcome[0]
 
@@ -91,7 +93,7 @@ class Gateway:
                     async for item in produce(sys):
                         await send.send(item)
                 except SyscallError as exc:
-                    await send.send(_Failure(exc))
+                    await send.send(Failure(exc))
 
         info = await self.sys.spawn(main, name=name, caps=frozenset(caps))
         try:
@@ -102,7 +104,7 @@ class Gateway:
         except BaseException:
             await self._kill(info.pid)
             raise
-        if isinstance(first, _Failure):
+        if isinstance(first, Failure):
             await receive.aclose()
             await self._wait(info.pid)
             raise first.error
@@ -114,7 +116,7 @@ class Gateway:
             yield first
             async with receive:
                 async for item in receive:
-                    if isinstance(item, _Failure):
+                    if isinstance(item, Failure):
                         raise item.error
                     yield item
             status = await self._wait(pid)

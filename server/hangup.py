@@ -20,7 +20,7 @@ async def unless_hung_up(request: Request, work: Callable[[], Awaitable[T]]) -> 
     done: list[Any] = []
     error: BaseException | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_on_hang_up, request, tg.cancel_scope)
+        tg.start_soon(cancel_on_hang_up, request, tg.cancel_scope)
         try:
             done.append(await work())
         except Exception as exc:  # raised below, unwrapped (a task group would group it)
@@ -34,7 +34,8 @@ async def unless_hung_up(request: Request, work: Callable[[], Awaitable[T]]) -> 
     return done[0]
 
 
-async def _on_hang_up(request: Request, scope: anyio.CancelScope) -> None:
+async def cancel_on_hang_up(request: Request, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client of `request` (whose body was read) disconnects."""
     while (await request.receive())["type"] != "http.disconnect":
         pass  # the body was read already: the next message is the hang-up
     scope.cancel()

@@ -37,7 +37,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.server import errors, wire
-from llmos.server.gateway import RequestEnded
+from llmos.server.gateway import Failure, RequestEnded
+from llmos.server.hangup import cancel_on_hang_up
 from llmos.server.procs_api import process_info, procs_state
 from llmos.syscalls import (
     DEFAULT_APP_CAPS, NoSuchProcess, PermissionDenied, ProcessInfo, Quotas, Sys, SyscallError, TextStream)
@@ -107,17 +108,12 @@ def remote_failure(error: RemoteError) -> RemoteAppError:
 class _Call:
     """One syscall handed to a session: its answer goes from `reply` (the session's end) to
     `replies` (the HTTP request's end): the result, or _STREAM then pieces then the Reply,
-    or a _Failure. Cancelling `scope` cancels the syscall (its client hung up)."""
+    or a Failure. Cancelling `scope` cancels the syscall (its client hung up)."""
 
     body: dict[str, Any]
     reply: MemoryObjectSendStream[Any]
     replies: MemoryObjectReceiveStream[Any]
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-
-
-@dataclass
-class _Failure:
-    error: Exception
 
 
 class Session:
@@ -181,7 +177,7 @@ class Session:
                 try:
                     result = await sys.syscall(call.body)
                 except Exception as exc:  # a SyscallError for the app to handle, or a bug: a 500
-                    await _send(call.reply, _Failure(exc))
+                    await _send(call.reply, Failure(exc))
                     return
                 if isinstance(result, TextStream):
                     await self._stream(result, call.reply)
@@ -198,7 +194,7 @@ class Session:
         except anyio.BrokenResourceError:
             pass  # the client left: the generation is cancelled below
         except Exception as exc:  # noqa: BLE001 - the error ends the event stream
-            await _send(reply, _Failure(exc))
+            await _send(reply, Failure(exc))
         finally:
             await stream.aclose()
 
@@ -294,7 +290,7 @@ async def remote_syscall(pid: int, request: Request, body: dict[str, Any] = Body
         return StreamingResponse(_events(request, session, wire.call_name(body), call.replies),
                                  media_type=wire.SSE_MEDIA_TYPE, headers=wire.SSE_HEADERS)
     call.replies.close()
-    if isinstance(first, _Failure):
+    if isinstance(first, Failure):
         raise first.error
     return JSONResponse(wire.encode_result(wire.call_name(body), first))
 
@@ -304,7 +300,7 @@ async def _first_reply(request: Request, call: _Call) -> Any:
     that hangs up before it cancels the syscall, as cancelling a local one does (so a
     `recv` it gave up on consumes no message)."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_on_hang_up, request, call)
+        tg.start_soon(cancel_on_hang_up, request, call.scope)
         try:
             return await call.replies.receive()
         except anyio.EndOfStream:
@@ -313,19 +309,13 @@ async def _first_reply(request: Request, call: _Call) -> Any:
             tg.cancel_scope.cancel()
 
 
-async def _cancel_on_hang_up(request: Request, call: _Call) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass  # the body was read already: the next message is the hang-up
-    call.scope.cancel()
-
-
 async def _events(request: Request, session: Session, call: str,
                   replies: MemoryObjectReceiveStream[Any]) -> AsyncIterator[bytes]:
     async with replies:
         async for item in replies:
             if isinstance(item, str):
                 yield wire.sse({"text": item})
-            elif isinstance(item, _Failure):
+            elif isinstance(item, Failure):
                 yield wire.sse(_error_body(item.error))
                 return
             else:
