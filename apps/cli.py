@@ -8,14 +8,16 @@ from typing import Annotated, Any, Optional
 
 import anyio
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 import llmos
 from llmos import plugins
-from llmos.apps import daemon_cli, demo, registry, runner, tools
+from llmos.apps import daemon_cli, demo, durable_cli, registry, runner, tools
+from llmos.apps.shell import views
 from llmos.server.client import ClientError
-from llmos.syscalls import DEFAULT_APP_CAPS, SyscallError
+from llmos.syscalls import DEFAULT_APP_CAPS, RestartPolicy, SyscallError
 
 app = typer.Typer(help="llmos: an operating system for language-model agents.", no_args_is_help=True,
                   add_completion=False)
@@ -46,6 +48,14 @@ def run(
                                         "answers at LLMOS_URL.")] = False,
     remote: Annotated[Optional[str], typer.Option("--remote", metavar="URL", help="Run APP in this process with "
                                                   "its syscalls served by the daemon at URL.")] = None,
+    durable: Annotated[bool, typer.Option("--durable", help="Survive the kernel: every syscall is recorded, and "
+                                          "the next boot goes on from where it stopped.")] = False,
+    restart: Annotated[Optional[str], typer.Option("--restart", metavar="never|on-failure|always",
+                                                   help="Restart the (durable) process when it ends.")] = None,
+    max_restarts: Annotated[int, typer.Option(help="With --restart: at most this many restarts ...")]
+    = RestartPolicy().max_restarts,
+    within: Annotated[float, typer.Option(help="... within this many seconds, else it fails for good.")]
+    = RestartPolicy().within_s,
 ) -> None:
     """Run APP as a process and print its result; exit with its status. With a daemon
     (`llmos serve`, at LLMOS_URL or http://127.0.0.1:8000) the process runs there; else a
@@ -54,6 +64,14 @@ def run(
     caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
     argv = list(args or [])
     console = runner.StdioConsole()
+    if durable or restart is not None:
+        try:
+            policy_ = RestartPolicy(restart=restart or "never", max_restarts=max_restarts, within_s=within)
+        except ValidationError as exc:
+            raise typer.BadParameter(f"--restart is never, on-failure or always; --max-restarts >= 0; --within > 0 "
+                                     f"({exc.error_count()} wrong)") from None
+        _run_durable(app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps, quotas=quotas,
+                     restart=policy_, local=local, console=console)
     if remote is not None:
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
                                                                              quotas=quotas, console=console)))
@@ -65,6 +83,21 @@ def run(
         status = _guard(lambda: anyio.run(lambda: runner.run_app(
             app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps,
             quotas=quotas, console=console)))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+
+
+def _run_durable(app_ref: str, argv: list[str], *, model: str | None, policy: str, caps: frozenset[str],
+                 quotas: dict[str, Any], restart: RestartPolicy, local: bool, console: runner.StdioConsole) -> None:
+    client = _guard(lambda: daemon_cli.daemon(local))
+    if client is not None:
+        status = _guard(lambda: anyio.run(lambda: durable_cli.run_in_daemon(
+            client, app_ref, argv, caps=caps, quotas=quotas, restart=restart, console=console)))
+    else:
+        status = _guard(lambda: anyio.run(lambda: durable_cli.run_local(
+            app_ref, argv, model=model, policy=policy, caps=caps, quotas=quotas, restart=restart,
+            console=console)))
+    if status is None:  # left unfinished (Ctrl-C): it goes on later
+        raise typer.Exit(130)
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
 
@@ -81,11 +114,38 @@ def _client() -> Any:
 
 
 @app.command()
-def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include ended processes not yet reaped.")] = False
-       ) -> None:
+def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include ended processes not yet reaped.")] = False,
+       durable: Annotated[bool, typer.Option("--durable", help="The durable processes of this LLMOS_HOME (or the "
+                                             "daemon's), running or not, with how far each got.")] = False) -> None:
     """The daemon's processes."""
+    if durable:
+        client = _guard(daemon_cli.daemon)
+        _guard(lambda: anyio.run(durable_cli.ps, client, runner.stdout_console()))
+        return
     client = _client()
     _guard(lambda: anyio.run(daemon_cli.ps, client, all_, runner.stdout_console()))
+
+
+@app.command("resume")
+def resume_cmd(durable_id: Annotated[str, typer.Argument(metavar="ID", help="A durable process (llmos ps --durable).")],
+               model: ModelOpt = "smollm2") -> None:
+    """Go on with an unfinished (or cancelled) durable process from where it stopped: in the
+    daemon if one runs, else here until it ends."""
+    client = _guard(daemon_cli.daemon)
+    console = runner.StdioConsole()
+    status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=model, console=console)))
+    if status is not None:
+        raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+
+
+@app.command("cancel")
+def cancel_cmd(durable_id: Annotated[str, typer.Argument(metavar="ID", help="A durable process (llmos ps --durable).")],
+               reason: Annotated[str, typer.Option(help="Why (shown in ps --durable).")] = "cancelled from the command line"
+               ) -> None:
+    """Stop a durable process for good, wherever it runs; it is never resumed."""
+    client = _guard(daemon_cli.daemon)
+    info = _guard(lambda: anyio.run(durable_cli.cancel, client, durable_id, reason))
+    runner.stdout_console().print(views.durable_table([info]))
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -46,8 +47,58 @@ async def run_app(app: str, args: list[str], *, model: str | None, policy: str, 
     async with llmos.boot(model, policy=policy) as kernel:
         kernel.console = console
         name = app if app in registry.APPS else None
+        announce_resumed(kernel)
         proc = await kernel.spawn(main, *positional, name=name, caps=caps, quotas=llmos.Quotas(**quotas))
-        return await kernel.wait(proc.pid)
+        status = await kernel.wait(proc.pid)
+        await wait_resumed(kernel)
+        return status
+
+
+def note(text: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{text}[/]")
+
+
+async def until_interrupted(work: Any) -> Any:
+    """`await work`, or None on Ctrl-C (SIGINT), which then cancels it."""
+    outcome: list[Any] = [None]
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            async def interrupt() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            async def run() -> None:
+                outcome[0] = await work
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(interrupt)
+            tg.start_soon(run)
+    return outcome[0]
+
+
+def announce_resumed(kernel: Any) -> None:
+    """Say which unfinished durable processes this boot took over."""
+    durability = getattr(kernel, "durability", None)
+    for durable_id in getattr(durability, "resumed", []):
+        note(f"resumed durable process {durable_id} (it was unfinished)")
+
+
+async def wait_resumed(kernel: Any) -> None:
+    """A kernel booted by `llmos run` finishes the durable work it resumed before it leaves
+    (Ctrl-C leaves that unfinished again)."""
+    durability = getattr(kernel, "durability", None)
+    resumed = list(getattr(durability, "resumed", []))
+    if not resumed:
+        return
+    note(f"waiting for {len(resumed)} resumed durable process(es) to end (Ctrl-C leaves them unfinished)")
+
+    async def all_of() -> bool:
+        for durable_id in resumed:
+            await durability.wait(durable_id)
+        return True
+
+    await until_interrupted(all_of())
 
 
 def report(status: ExitStatus, out: Console, err: Console, shown: bool = False) -> int:

@@ -18,6 +18,10 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
 
     def ready(url: str, key: str | None, kernel: object) -> None:
         print(f"llmos: serving {model} at {url}  (OpenAI API: {url}/v1, dashboard: {url}/)", file=sys.stderr)
+        resumed = getattr(getattr(kernel, "durability", None), "resumed", [])
+        if resumed:
+            print(f"llmos: resumed {len(resumed)} unfinished durable process(es): {', '.join(resumed)} "
+                  "(`llmos ps --durable`)", file=sys.stderr)
         if key is None:
             print("llmos: no API key is set, so anyone who can reach loopback may use this server; "
                   f"set {auth.ENV} or use --new-key to require one", file=sys.stderr)

@@ -51,6 +51,11 @@ class Request(BaseModel, Generic[R]):
         """What this call needs from `caller` besides `capability`, given its arguments."""
         return iter(())
 
+    def streams(self) -> bool:
+        """Whether the answer may be a stream the caller reads as it comes (a durable
+        process's record keeps such a call's whole text, `kernel/journal.py`)."""
+        return False
+
     @classmethod
     def result_type(cls) -> Any:
         """What the call returns, from `class X(Request[ResultType])`."""

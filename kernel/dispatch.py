@@ -9,6 +9,7 @@ trust the request they are given.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -108,7 +109,10 @@ class Dispatcher:
             self._admit(proc, req)
             if not proc.runnable.is_set():
                 await proc.runnable.wait()
-            answer = await self._run(proc, req)
+            if proc.journal is not None:  # durable: recorded before it reaches the process, or replayed
+                answer = await proc.journal.record(proc, req, functools.partial(self._run, proc, req))
+            else:
+                answer = await self._run(proc, req)
             return answer
         except SyscallError as exc:
             outcome, answer = exc.code.name, exc

@@ -29,6 +29,7 @@ class Errno(IntEnum):
     ETIMEDOUT = 110  # a wait ran out of time
     EDQUOT = 122  # a quota is exhausted
     ENOTUNIQ = 76  # a name matches several processes
+    EPROTO = 71  # a durable process's replay no longer matches its record
 
 
 class SyscallError(Exception):
@@ -193,3 +194,24 @@ class StoreLocked(MemoryUnavailable):
     LLMOS_HOME or store path, or share one `chroma run` server between kernels."""
 
     code = Errno.EBUSY
+
+
+class ReplayDiverged(SyscallError):
+    """A resumed durable process asked a different syscall than its record holds at that
+    point (its code changed, or it depends on something other than its syscalls' answers).
+    It stops rather than act on answers recorded for other questions."""
+
+    code = Errno.EPROTO
+
+
+class DurabilityUnavailable(SyscallError):
+    """This kernel cannot run durable processes (booted with durable=None, or another kernel
+    in this Python process holds the durable runtime)."""
+
+    code = Errno.ENODEV
+
+
+class NoSuchDurableProcess(SyscallError):
+    """No durable process has this id in this LLMOS_HOME (or cluster)."""
+
+    code = Errno.ESRCH

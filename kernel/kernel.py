@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -20,14 +20,17 @@ import anyio
 import pydantic_core
 from anyio.abc import TaskGroup
 
-from llmos.kernel import capabilities, params
+from llmos.kernel import capabilities, loader, params
 from llmos.kernel.console import Console
 from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
-from llmos.kernel.errors import InvalidRequest, InvalidState, MailboxFull, NoSuchProcess, SyscallError, Timeout
+from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, NoSuchProcess,
+                                 SyscallError, Timeout)
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
-from llmos.kernel.loader import resolve_app
+from llmos.kernel.journal import forget_step_key
+from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
+from llmos.kernel.loader import bind, resolve_app
 from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.ports import KernelModelPort
@@ -61,6 +64,7 @@ class Kernel:
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
         self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
         self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
+        self.durability: Durability | None = None  # durable processes' runtime (llmos.durable), by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         # Processes no syscall may kill, suspend or renice (a daemon's own, like init): only
         # the kernel's shutdown ends them. Set by whoever starts such a process.
@@ -91,6 +95,13 @@ class Kernel:
                 with anyio.CancelScope(shield=True):
                     await self.memory.aclose()
 
+    def start_service(self, service: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run `service()` in the kernel's task group until the kernel shuts down (the
+        durable runtime's heartbeat, say)."""
+        if self._tg is None:
+            raise InvalidState("the kernel is not running")
+        self._tg.start_soon(service, name=name)
+
     @property
     def trace(self) -> deque[TraceEvent]:
         """The most recent syscalls, oldest first (a ring of params.TRACE_SIZE events)."""
@@ -104,30 +115,62 @@ class Kernel:
     # -- processes --------------------------------------------------------------------------
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,
                      caps: Iterable[str] | None = None, quotas: Quotas | None = None,
-                     parent: Process | None = None) -> Process:
+                     parent: Process | None = None, kwargs: dict[str, Any] | None = None,
+                     journal: Any = None) -> Process:
+        """Start an ordinary process now (`journal`: a durable run's record, from llmos.durable)."""
         if self._tg is None:
             raise InvalidState("the kernel is not running; use 'async with llmos.boot() as kernel'")
         main = resolve_app(app)
+        runnable = bind(main, args, kwargs or {})
         if not params.NICE_MIN <= priority <= params.NICE_MAX:
             raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
         granted = capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
-                       capabilities=granted, quotas=quotas or Quotas())
+                       capabilities=granted, quotas=quotas or Quotas(), journal=journal)
         proc.cancel_scope = anyio.CancelScope()
         if proc.quotas.deadline_s is not None:
             proc.cancel_scope.deadline = anyio.current_time() + proc.quotas.deadline_s
         self.procs.add(proc)
         proc.state = ProcState.READY
-        self._tg.start_soon(self._run, proc, main, args, name=f"llmos-pid-{proc.pid}")
+        self._tg.start_soon(self._run, proc, runnable, args, name=f"llmos-pid-{proc.pid}")
         return proc
 
-    async def spawn(self, app: Any, *args: Any, **options: Any) -> ProcessInfo:
-        """Start `app(sys, *args)` as a new process; returns its snapshot (with its pid)."""
+    async def spawn(self, app: Any, *args: Any, durable: bool = False, restart: RestartPolicy | None = None,
+                    **options: Any) -> ProcessInfo:
+        """Start `app(sys, *args)` as a new process; returns its snapshot (with its pid).
+        `durable=True`: it survives the kernel (see `spawn_durable`); `restart`: supervised."""
+        if durable or restart is not None:
+            return await self.spawn_durable(app, args, restart=restart, **options)
         return self.spawn_nowait(app, *args, **options).info()
+
+    async def spawn_durable(self, app: Any, args: tuple[Any, ...] = (), *, kwargs: dict[str, Any] | None = None,
+                            name: str | None = None, priority: int = params.DEFAULT_NICE,
+                            caps: Iterable[str] | None = None, quotas: Quotas | None = None,
+                            parent: Process | None = None, restart: RestartPolicy | None = None) -> ProcessInfo:
+        """Start a durable process: its syscalls are recorded, and it resumes after the kernel
+        dies. Its app must be importable by reference and its arguments JSON (EINVAL)."""
+        if self.durability is None:
+            raise DurabilityUnavailable("this kernel runs no durable processes (it was booted with durable=None)")
+        ref = loader.reference(app)
+        bind(resolve_app(ref), args, kwargs or {})
+        try:
+            pydantic_core.to_json([args, kwargs])
+        except pydantic_core.PydanticSerializationError as exc:
+            raise InvalidRequest(f"a durable process's arguments must be JSON, to start it again later: {exc}") from None
+        if not params.NICE_MIN <= priority <= params.NICE_MAX:
+            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+        granted = capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
+        spec = DurableSpec(app=ref, args=args, kwargs=kwargs or {}, name=name or ref.rpartition(":")[2],
+                           priority=priority, capabilities=tuple(sorted(granted)), quotas=quotas or Quotas(),
+                           restart=restart or RestartPolicy(), parent=parent.pid if parent else params.KERNEL_PID,
+                           parent_durable_id=None if parent is None or parent.journal is None
+                           else parent.journal.durable_id)
+        return await self.durability.spawn(spec, parent)
 
     async def _run(self, proc: Process, main: Any, args: tuple[Any, ...]) -> None:
         assert proc.cancel_scope is not None
+        forget_step_key()
         try:
             with proc.cancel_scope:
                 self.set_activity(proc, ProcState.RUNNING)

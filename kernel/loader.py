@@ -76,3 +76,55 @@ def _load_file(path_text: str) -> Any:
 def _version(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_mtime_ns, stat.st_size
+
+
+def reference(app: Any) -> str:
+    """`app` as a reference another Python process can import, for a durable process's
+    record: "module:attr" or "/absolute/path/app.py:attr". An app that has none (a function
+    defined inside another, a lambda, an object) is refused with InvalidRequest."""
+    if isinstance(app, str):
+        target, colon, attr = app.partition(":")
+        resolve_app(app)  # it must load now, too
+        if target.endswith(".py"):
+            return f"{Path(target).expanduser().resolve()}:{attr or 'main'}"
+        return f"{target}:{attr or 'main'}"
+    module, qualname = getattr(app, "__module__", None), getattr(app, "__qualname__", "")
+    if not module or not qualname or "<" in qualname:
+        raise InvalidRequest(f"a durable process's app must be importable by reference (an app name, "
+                             f"'module:attr' or 'path/app.py:attr'), and {app!r} is not: define it at a "
+                             "module's top level")
+    if module == "__main__":  # a script's app: another process finds it by the script's path
+        path = getattr(sys.modules["__main__"], "__file__", None)
+        if path is None:
+            raise InvalidRequest(f"{qualname} is defined in an interactive session, not in a file: a durable "
+                                 "process's app must be importable by reference")
+        return f"{Path(path).resolve()}:{qualname}"
+    ref = f"{module}:{qualname}"
+    found = _attribute(_import(module), qualname)
+    if found is not app:
+        raise InvalidRequest(f"{ref} does not name {app!r}: a durable process's app must be importable by reference")
+    return ref
+
+
+def _attribute(module: Any, dotted: str) -> Any:
+    value = module
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def bind(main: AppMain, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AppMain:
+    """`main` with `kwargs` bound, once `args` and `kwargs` are checked against its signature (EINVAL)."""
+    try:
+        inspect.signature(main).bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise InvalidRequest(f"cannot start {getattr(main, '__qualname__', main)}: {exc} "
+                             f"(its signature is {inspect.signature(main)})") from None
+    if not kwargs:
+        return main
+
+    async def bound(sys: Any, *more: Any) -> Any:
+        return await main(sys, *more, **kwargs)
+
+    bound.__qualname__ = getattr(main, "__qualname__", "app")
+    return bound

@@ -83,3 +83,11 @@ EMBED_BATCH = 64  # texts embedded in one forward pass
 # millisecond); longer ones in a worker thread. Inline counting also keeps processes that
 # chat at once submitting in the order they asked.
 INLINE_COUNT_CHARS = 4096
+
+# Durable processes (llmos.durable) ---------------------------------------------------
+DURABLE_HEARTBEAT_S = 1.0  # how often a kernel says it is alive (in the durable database)
+DURABLE_DEAD_AFTER_S = 5.0  # a kernel on another host silent this long is dead: others resume its work
+DURABLE_MONITOR_S = 2.0  # how often a kernel looks for dead kernels' unfinished durable processes
+DURABLE_MAX_RECOVERIES = 10_000  # resumptions of one durable process before it is given up (a poison loop)
+DURABLE_MAX_RESTARTS = 3  # supervision's default intensity: this many restarts ...
+DURABLE_RESTART_WINDOW_S = 60.0  # ... within this many seconds, or the process is FAILED for good

@@ -72,6 +72,7 @@ class ProcessInfo(BaseModel):
     stats: ProcessStats
     started_at: float
     ended_at: float | None
+    durable_id: str | None = None  # set for a durable process: its id across kernels and restarts
 
     @property
     def runtime_s(self) -> float:
@@ -122,6 +123,7 @@ class Process:
     context: Any = None  # its context window (kernel.memory makes it on first use)
     state_before_suspend: ProcState | None = None
     waits: int = 0  # its blocking syscalls in flight (its tasks may issue several at once)
+    journal: Any = None  # a durable process's record (kernel/journal.py), through which its syscalls go
 
     def __post_init__(self) -> None:
         self.runnable.set()
@@ -139,6 +141,7 @@ class Process:
             stats=self.stats.model_copy(),
             started_at=self.started_at,
             ended_at=self.ended_at,
+            durable_id=None if self.journal is None else self.journal.durable_id,
         )
 
     def exit_status(self) -> ExitStatus:

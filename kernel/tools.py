@@ -51,6 +51,9 @@ class ToolContext(BaseModel):
     pid: int
     process: str  # the caller's name
     workspace: str | None = None  # the caller's own folder (LLMOS_HOME/workspaces/NAME), set by the provider
+    # For a durable process's call: a key that stays the same when the call runs again after
+    # a crash (kernel/journal.py). A tool with side effects uses it to apply them once.
+    idempotency_key: str | None = None
 
     @property
     def workspace_path(self) -> Path:

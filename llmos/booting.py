@@ -3,6 +3,7 @@ driver, the memory system (with the drivers' embedding model) and the tools."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from llmos.drivers.embeddings import MINILM
 from llmos.drivers.decisions import GeneratedDecisions, LikelihoodDecisions
 from llmos.drivers.tools import REGISTERED, Tool, ToolBox, registration
 from llmos.kernel import params
-from llmos.kernel.errors import ConfigError
+from llmos.kernel.errors import ConfigError, DurabilityUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
@@ -24,6 +25,8 @@ from llmos.home import llmos_home
 from llmos.kernel.memory import MemoryStore
 from llmos.memory import MemoryManager, Policy
 from llmos.syscalls import TABLE, Sys
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # llmos.runtime (Model's home) boots kernels with this module
     from llmos.runtime import Model
@@ -36,7 +39,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
                context_policy: str | Policy = params.DEFAULT_CONTEXT_POLICY,
                context_budget: int | None = None, tools: Iterable[Tool | Callable] = (),
                mcp_servers: Mapping | str | Path | None = "config",
-               embedder: Embedder | None = MINILM) -> AsyncIterator[Kernel]:
+               embedder: Embedder | None = MINILM, durable: str | None = "embedded",
+               resume: bool = True) -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
@@ -56,6 +60,12 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     there is one), another JSON file, a {"mcpServers": {...}} mapping, or None for none.
     `embedder`: what `choose` measures meaning with (the packaged MiniLM by default; None:
     by the model's likelihood alone).
+
+    `durable`: where durable processes are recorded: "embedded" (LLMOS_DATABASE_URL if set,
+    else SQLite in LLMOS_HOME/durable), a postgresql:// URL (a cluster's), or None for no
+    durable processes. With `resume` (the default), unfinished durable processes whose
+    kernel is gone resume in this one as it boots; `resume=False` leaves them for
+    `kernel.durability.list()` / `resume(id)`.
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum, max_queue=max_queue)  # fail fast on bad settings, before a load
     plugins.load()  # the plugins' models, tools and apps (once per process)
@@ -73,6 +83,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         # constrained JSON instead of scored.
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
+        await _durability(stack, kernel, durable, resume)
         yield kernel
 
 
@@ -129,6 +140,24 @@ async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
     if servers:
         await stack.enter_async_context(mcp_client.connected(servers, toolbox))
     return toolbox
+
+
+async def _durability(stack: AsyncExitStack, kernel: Kernel, durable: str | None, resume: bool) -> None:
+    """The durable runtime, closed before the kernel (so its processes stay unfinished, not
+    killed). DBOS starts now only if there may be work to resume; else on first use."""
+    if durable is None:
+        return
+    from llmos.durable import Durable, database_url_from_env  # DBOS itself loads when it starts
+
+    url = database_url_from_env() if durable == "embedded" else durable
+    runtime = Durable(kernel, llmos_home(), url, resume=resume)
+    kernel.durability = runtime
+    stack.push_async_callback(runtime.close)
+    if runtime.has_work:
+        try:
+            await runtime.runtime()
+        except DurabilityUnavailable as exc:  # another kernel in this process has it: this one runs without
+            log.warning("durable processes are off in this kernel: %s", exc.message)
 
 
 def _memory(memory: str | Path | MemoryStore | None, policy: str | Policy, budget: int | None) -> MemoryManager:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from llmos.server import auth, choose_api, errors, observe_api, openai_api, procs_api, remote, tokenize_api
+from llmos.server import auth, choose_api, durable_api, errors, observe_api, openai_api, procs_api, remote, tokenize_api
 from llmos.server.gateway import Gateway
 from llmos.server.hangup import ClientGone
 from llmos.server.openai_schema import Unsupported
@@ -31,6 +31,7 @@ def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedd
     app.include_router(tokenize_api.router)  # token counts for remote kernels (llmos.drivers.remote)
     app.include_router(observe_api.router)
     app.include_router(procs_api.router)
+    app.include_router(durable_api.router)
     app.include_router(remote.router)
 
     @app.get("/health")

@@ -35,7 +35,8 @@ import httpx
 from llmos.home import llmos_home
 from llmos.server import errors, wire
 from llmos.syscalls import (
-    ExitStatus, InvalidRequest, KernelStatistics, NoConsole, ProcessInfo, Quotas, Reply, Sys, SyscallError, TextStream,
+    DurableInfo, ExitStatus, InvalidRequest, KernelStatistics, NoConsole, ProcessInfo, Quotas, Reply, RestartPolicy, Sys,
+    SyscallError, TextStream,
     TraceEvent, resolve_app)
 from llmos.syscalls.errors import Errno
 
@@ -234,11 +235,14 @@ class DaemonClient:
 
     async def spawn(self, app: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
                     name: str | None = None, caps: Iterable[str] | None = None,
-                    quotas: Quotas | Mapping[str, Any] | None = None, priority: int | None = None) -> ProcessInfo:
+                    quotas: Quotas | Mapping[str, Any] | None = None, priority: int | None = None,
+                    durable: bool = False, restart: RestartPolicy | None = None) -> ProcessInfo:
         """Start an app in the daemon: a registered app's name, "module:attr" or
-        "path/app.py:attr" (a path on the daemon's machine, from its working directory)."""
+        "path/app.py:attr" (a path on the daemon's machine, from its working directory).
+        `durable`: it survives the daemon (its `durable_id` names it); `restart`: supervised."""
         body: dict[str, Any] = {"app": app, "args": wire.jsonable(list(args)), "kwargs": wire.jsonable(dict(kwargs or {}))}
-        body.update(_options(name=name, caps=caps, quotas=quotas, priority=priority))
+        body.update(_options(name=name, caps=caps, quotas=quotas, priority=priority,
+                             durable=durable or None, restart=restart))
         return ProcessInfo.model_validate(await self.request("POST", "/v1/processes", json=body))
 
     async def ps(self, include_ended: bool = False) -> list[ProcessInfo]:
@@ -280,6 +284,25 @@ class DaemonClient:
         reply = await self.request("POST", f"/v1/processes/{pid}/answer", json={"text": text, "id": question_id})
         return int(reply["id"])
 
+    # -- durable processes (named by durable id: they outlive the daemon's pids) ------------------
+    async def durable_ps(self) -> list[DurableInfo]:
+        listing = await self.request("GET", "/v1/durable")
+        return [DurableInfo.model_validate(info) for info in listing["data"]]
+
+    async def durable_info(self, durable_id: str) -> DurableInfo:
+        return DurableInfo.model_validate(await self.request("GET", f"/v1/durable/{durable_id}"))
+
+    async def durable_wait(self, durable_id: str, timeout: float | None = None) -> ExitStatus:
+        params = {} if timeout is None else {"timeout": timeout}
+        return ExitStatus.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/wait", params=params))
+
+    async def durable_resume(self, durable_id: str) -> DurableInfo:
+        return DurableInfo.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/resume"))
+
+    async def durable_cancel(self, durable_id: str, reason: str = "cancelled") -> DurableInfo:
+        return DurableInfo.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/cancel",
+                                                             json={"reason": reason}))
+
     async def kill(self, pid: int, reason: str | None = None) -> ProcessInfo:
         return await self._control(pid, "kill", {"reason": reason} if reason else None)
 
@@ -314,7 +337,7 @@ def _options(**options: Any) -> dict[str, Any]:
     for key, value in options.items():
         if value is None:
             continue
-        if isinstance(value, Quotas):
+        if isinstance(value, (Quotas, RestartPolicy)):
             value = value.model_dump(mode="json")
         elif key == "caps":
             value = sorted(value)

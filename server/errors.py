@@ -17,7 +17,7 @@ STATUS = {
     Errno.EINVAL: 400, Errno.E2BIG: 400, Errno.ENOTTY: 400, Errno.ENOTUNIQ: 400,
     Errno.EPERM: 403,
     Errno.ESRCH: 404, Errno.ENOENT: 404, Errno.ENOSYS: 404, Errno.ENODEV: 404,
-    Errno.EEXIST: 409, Errno.EBUSY: 409,
+    Errno.EEXIST: 409, Errno.EBUSY: 409, Errno.EPROTO: 409,
     Errno.EAGAIN: 429, Errno.EDQUOT: 429,
     Errno.ETIMEDOUT: 504, Errno.EINTR: 503, Errno.EIO: 502,
 }

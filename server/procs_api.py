@@ -30,7 +30,7 @@ from llmos import plugins
 from llmos.server import errors, wire
 from llmos.server.console import DaemonConsole
 from llmos.syscalls import (
-    DEFAULT_APP_CAPS, ExitStatus, NoSuchProcess, ProcessInfo, Quotas, Sys, SyscallError)
+    DEFAULT_APP_CAPS, ExitStatus, NoSuchProcess, ProcessInfo, Quotas, RestartPolicy, Sys, SyscallError)
 
 router = APIRouter(prefix="/v1/processes")
 KEPT_STATUSES = 1024  # exit statuses the API remembers after reaping, latest first
@@ -54,6 +54,8 @@ class SpawnBody(_Body):
     caps: list[str] | None = None  # narrowed by llmosd's; default DEFAULT_APP_CAPS
     quotas: Quotas | None = None
     priority: int | None = None  # the nice value; default llmosd's own
+    durable: bool = False  # it survives the daemon: recorded, resumed at the next boot (see /v1/durable)
+    restart: RestartPolicy | None = None  # supervision: restart it when it ends, as the policy says
 
 
 class KillBody(_Body):
@@ -87,7 +89,9 @@ class ExitLedger:
         late `wait`, and the process table does not fill with zombies."""
         now = time.time()
         for info in await sys.ps(True):
-            if info.pid in self._owned and info.ended_at is not None and now - info.ended_at >= ZOMBIE_GRACE_S:
+            # A durable process resumed at boot is nobody's child: its outcome is in the durable record.
+            ours = info.pid in self._owned or (info.durable_id is not None and info.ppid == 0)
+            if ours and info.ended_at is not None and now - info.ended_at >= ZOMBIE_GRACE_S:
                 try:
                     await self.collect(sys, info.pid, timeout=0)
                 except SyscallError:  # reaped meanwhile by a waiter of its own
@@ -173,7 +177,7 @@ async def spawn(body: SpawnBody, request: Request) -> dict[str, Any]:
     app, name = resolve(body)
     caps = DEFAULT_APP_CAPS if body.caps is None else frozenset(body.caps)
     info = await state.sys.spawn(app, *body.args, kwargs=body.kwargs, name=name, caps=caps, quotas=body.quotas,
-                                 priority=body.priority)
+                                 priority=body.priority, durable=body.durable, restart=body.restart)
     state.owned.add(info.pid)
     return _info(info)
 

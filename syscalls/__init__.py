@@ -20,6 +20,8 @@ from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
 from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Stats, Suspend, Trace, Wait
 from llmos.syscalls.generate import ToolCall
 from llmos.syscalls.choose import Choice, Choose
+from llmos.kernel.durable import DurableInfo, DurableState, RestartPolicy
+from llmos.syscalls.durable import DurableCancel, DurableInfoRequest, DurablePs, DurableResume, DurableWait
 from llmos.kernel.abi import Request
 from llmos.kernel.stats import GenerationStatistics, KernelStatistics, SchedulerStatistics, TraceEvent
 from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec
@@ -34,5 +36,6 @@ __all__ = [
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",
     "AskUser", "Publish", "Subscribe", "Unsubscribe", "Write", "resolve_app",
     "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec",
-    "Choice", "Choose", "Request", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
+    "Choice", "Choose", "Request", "DurableCancel", "DurableInfo", "DurableInfoRequest", "DurablePs",
+    "DurableResume", "DurableState", "DurableWait", "RestartPolicy", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
 ]

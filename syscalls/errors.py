@@ -7,6 +7,7 @@ part of the ABI apps program against.
 from llmos.kernel.errors import (
     AmbiguousName,
     ContextOverflow,
+    DurabilityUnavailable,
     Errno,
     InvalidRequest,
     InvalidToolArguments,
@@ -15,11 +16,13 @@ from llmos.kernel.errors import (
     MemoryUnavailable,
     ModelError,
     NoConsole,
+    NoSuchDurableProcess,
     NoSuchMemory,
     NoSuchProcess,
     NoSuchTool,
     PermissionDenied,
     QuotaExceeded,
+    ReplayDiverged,
     StoreLocked,
     SyscallError,
     Timeout,
@@ -35,6 +38,6 @@ from llmos.kernel.errors import (
 __all__ = [
     "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
     "NoConsole", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
-    "UnknownSyscall", "NoSuchMemory", "StoreLocked",
+    "UnknownSyscall", "NoSuchMemory", "StoreLocked", "DurabilityUnavailable", "NoSuchDurableProcess", "ReplayDiverged",
     "InvalidToolArguments", "NoSuchTool", "ToolFailed", "ToolLimitExceeded", "ToolTimeout", "ToolUnavailable",
 ]

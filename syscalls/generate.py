@@ -88,6 +88,9 @@ class _Sampling(SamplingParams):
 
     stream: bool = False
 
+    def streams(self) -> bool:
+        return self.stream
+
     def sampling(self) -> SamplingParams:
         return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
 

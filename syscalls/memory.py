@@ -8,7 +8,6 @@ from it and "memory.write.NS" to remember into it or forget from it.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Need
 from llmos.kernel.errors import MemoryUnavailable, NoSuchMemory
+from llmos.kernel.journal import idempotency_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.memory import MemoryItem, MemoryStore, Metadata
 from llmos.kernel.process import Process
@@ -88,7 +88,7 @@ async def _store(kernel: Kernel) -> MemoryStore:
 async def sys_remember(kernel: Kernel, caller: Process, req: Remember) -> str:
     ns = req.namespace or caller.name
     store = await _store(kernel)
-    item_id = uuid.uuid4().hex
+    item_id = key_id(idempotency_key())  # a durable process's write, replayed, overwrites itself
     meta: Metadata = {"kind": "note", "pid": caller.pid, "at": time.time(), **(req.metadata or {})}
     await store.add(ns, [req.text], [meta], [item_id])
     if ns == caller.name and kernel.memory is not None:

@@ -8,7 +8,6 @@ dispatcher checks it. Handlers check arguments, then call the kernel.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -18,9 +17,9 @@ from pydantic import Field
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control, Need
+from llmos.kernel.durable import RestartPolicy
 from llmos.kernel.errors import InvalidRequest, PermissionDenied
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.loader import resolve_app
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
 from llmos.kernel.stats import KernelStatistics, TraceEvent
 
@@ -41,7 +40,9 @@ def _on_pid(request: Any, caller: Process) -> Iterator[Need]:
 
 class Spawn(Request[ProcessInfo]):
     """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
-    pid). The arguments are checked against the app's signature first (EINVAL)."""
+    pid). The arguments are checked against the app's signature first (EINVAL). With
+    `durable=True` it survives the kernel (see `durable.wait`); `restart=RestartPolicy(...)`
+    restarts it when it ends, as the policy says."""
 
     call: ClassVar[str] = "spawn"
     capability: ClassVar[str | None] = capabilities.PROC_SPAWN
@@ -55,6 +56,10 @@ class Spawn(Request[ProcessInfo]):
     priority: int | None = OptionalPriority  # the caller's own by default
     caps: frozenset[str] | None = None  # narrows what the child may do; never widens
     quotas: Quotas | None = None
+    # A durable child survives the kernel (its app must then be a reference or importable,
+    # its arguments JSON); `restart` supervises it (and makes it durable).
+    durable: bool = False
+    restart: RestartPolicy | None = None
 
     def needs(self, caller: Process) -> Iterator[Need]:
         yield from _raising(caller, self.priority)
@@ -169,24 +174,12 @@ class Trace(Request[list[TraceEvent]]):
 
 async def sys_spawn(kernel: Kernel, caller: Process, req: Spawn) -> ProcessInfo:
     priority = caller.priority if req.priority is None else req.priority
-    main = resolve_app(req.app)
-    try:
-        inspect.signature(main).bind(None, *req.args, **req.kwargs)
-    except TypeError as exc:
-        raise InvalidRequest(f"cannot start {getattr(main, '__qualname__', main)}: {exc} "
-                             f"(its signature is {inspect.signature(main)})") from None
-    proc = kernel.spawn_nowait(_with_keywords(main, req.kwargs) if req.kwargs else main, *req.args, name=req.name,
-                               priority=priority, caps=req.caps, quotas=req.quotas, parent=caller)
+    if req.durable or req.restart is not None:
+        return await kernel.spawn_durable(req.app, req.args, kwargs=req.kwargs, name=req.name, priority=priority,
+                                          caps=req.caps, quotas=req.quotas, parent=caller, restart=req.restart)
+    proc = kernel.spawn_nowait(req.app, *req.args, kwargs=req.kwargs, name=req.name, priority=priority,
+                               caps=req.caps, quotas=req.quotas, parent=caller)
     return proc.info()
-
-
-def _with_keywords(main: Any, kwargs: dict[str, Any]) -> Any:
-    """`main` with its keyword arguments bound, under its own name."""
-    async def bound(sys: Any, *args: Any) -> Any:
-        return await main(sys, *args, **kwargs)
-
-    bound.__qualname__ = getattr(main, "__qualname__", "app")
-    return bound
 
 
 async def sys_wait(kernel: Kernel, caller: Process, req: Wait) -> ExitStatus:

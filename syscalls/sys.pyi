@@ -7,6 +7,7 @@ from llmos.kernel.abi import Request
 from llmos.kernel.dispatch import SyscallTable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
+import llmos.kernel.durable
 import llmos.kernel.ipc
 import llmos.kernel.memory
 import llmos.kernel.process
@@ -91,9 +92,11 @@ class Sys:
         ...
     async def sleep(self, /, seconds: float) -> None:
         ...
-    async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ...) -> llmos.kernel.process.ProcessInfo:
+    async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ..., durable: bool = ..., restart: Any = ...) -> llmos.kernel.process.ProcessInfo:
         """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
-        pid). The arguments are checked against the app's signature first (EINVAL)."""
+        pid). The arguments are checked against the app's signature first (EINVAL). With
+        `durable=True` it survives the kernel (see `durable.wait`); `restart=RestartPolicy(...)`
+        restarts it when it ends, as the policy says."""
         ...
     async def stats(self, /) -> llmos.kernel.stats.KernelStatistics:
         """The kernel's figures: its processes, and the model engine's queue, batch and rate."""
@@ -118,6 +121,8 @@ class Sys:
         ...
     @property
     def context(self) -> _ContextCalls: ...
+    @property
+    def durable(self) -> _DurableCalls: ...
 
 class _ContextCalls:
     async def append(self, /, content: str, *, role: Any = ..., pin: bool = ...) -> llmos.kernel.memory.ContextStats:
@@ -137,6 +142,25 @@ class _ContextCalls:
         ...
     async def stats(self, /) -> llmos.kernel.memory.ContextStats:
         """The window's token accounting."""
+        ...
+
+class _DurableCalls:
+    async def cancel(self, /, id: str, reason: str = ...) -> None:
+        """Stop a durable process for good, wherever it runs; it is never resumed."""
+        ...
+    async def info(self, /, id: str) -> llmos.kernel.durable.DurableInfo:
+        """One durable process."""
+        ...
+    async def ps(self, /) -> list[llmos.kernel.durable.DurableInfo]:
+        """The durable processes of this LLMOS_HOME (or cluster), newest first, with how far
+        each got (`steps`: syscalls recorded in its current run)."""
+        ...
+    async def resume(self, /, id: str) -> llmos.kernel.durable.DurableInfo:
+        """Run an unfinished (or cancelled) durable process again from its record, here."""
+        ...
+    async def wait(self, /, id: str, timeout: float | None = ...) -> llmos.kernel.process.ExitStatus:
+        """Wait for a durable process to end (wherever it runs, across restarts), at most
+        `timeout` seconds, and say how it ended."""
         ...
 
 def install(table: SyscallTable, handle: type[Sys] = ...) -> None: ...

@@ -18,6 +18,7 @@ from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Need
 from llmos.kernel.errors import NoSuchTool, ToolTimeout, ToolUnavailable
+from llmos.kernel.journal import current_step_key
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
 from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec
@@ -76,7 +77,8 @@ async def sys_call_tool(kernel: Kernel, caller: Process, req: CallTool) -> Any:
     began = time.perf_counter()
     try:
         with anyio.move_on_after(timeout):
-            return await tools.call(spec.name, req.arguments, ToolContext(pid=caller.pid, process=caller.name))
+            return await tools.call(spec.name, req.arguments, ToolContext(pid=caller.pid, process=caller.name,
+                                                                            idempotency_key=current_step_key()))
         raise ToolTimeout(f"tool {spec.name!r} did not finish within {timeout:g} s and was stopped")
     finally:
         caller.stats.tool_calls += 1

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "chromadb")
+HEAVY = ("torch", "transformers", "chromadb", "dbos")
 # The folders installed as llmos.* (pyproject.toml, [tool.setuptools.package-dir]).
 PACKAGE_DIRS = {"llmos": "llmos", "llmos.kernel": "kernel", "llmos.syscalls": "syscalls", "llmos.drivers": "drivers",
-                "llmos.memory": "memory", "llmos.apps": "apps", "llmos.server": "server"}
+                "llmos.memory": "memory", "llmos.apps": "apps", "llmos.server": "server", "llmos.durable": "durable"}
 
 FORBIDDEN = {
     # The kernel imports nothing of llmos outside itself; syscalls nothing outside kernel + syscalls.
@@ -35,13 +35,16 @@ FORBIDDEN = {
                  "llmos.model", "llmos.runtime", "llmos.plugins", "llmos.home", "llmos.hookspecs"),
     # Drivers and memory implement the kernel's interfaces, side by side: neither imports the
     # other (the composition root hands memory the drivers' embedder), nor user space.
-    "drivers": ("llmos.memory", "llmos.apps", "llmos.server"),
-    "memory": ("llmos.drivers", "llmos.apps", "llmos.server"),
+    "drivers": ("dbos", "llmos.memory", "llmos.apps", "llmos.server", "llmos.durable"),
+    "memory": ("dbos", "llmos.drivers", "llmos.apps", "llmos.server", "llmos.durable"),
+    # Durable execution implements the kernel's Durability on DBOS, beside drivers and memory.
+    "durable": ("torch", "transformers", "chromadb", "llmos.syscalls", "llmos.drivers", "llmos.memory",
+                "llmos.apps", "llmos.server", "llmos.booting", "llmos.testing"),
     # Apps are user space: the syscall ABI, plus `llmos` itself to boot a kernel.
-    "apps": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory"),
+    "apps": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory", "llmos.durable"),
     # The daemon and its clients are user space too: the ABI, `llmos` to boot, FastAPI; never
     # the user-space apps (the CLI is the server's client, not the other way round).
-    "server": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory", "llmos.apps"),
+    "server": (*HEAVY, "llmos.kernel", "llmos.drivers", "llmos.memory", "llmos.apps", "llmos.durable"),
 }
 # The package `llmos` alone: only the exact name is forbidden (`import llmos`, `from llmos import x`).
 FORBIDDEN_EXACT = {"kernel": ("llmos",), "syscalls": ("llmos",)}
@@ -263,6 +266,14 @@ def test_import_llmos_syscalls_loads_only_kernel_and_syscalls():
     modules = loaded_by("import llmos.syscalls")
     assert llmos_outside(modules, "llmos.kernel", "llmos.syscalls") == []
     assert heavy(modules, (*HEAVY, "numpy", "pluggy")) == []
+
+
+def test_import_llmos_durable_loads_no_dbos_until_it_starts():
+    """The front (`llmos.durable.Durable`, plugged in at every boot) is light; DBOS, most of a
+    second to import, loads only when durable processes are used."""
+    modules = loaded_by("import llmos.durable")
+    assert llmos_outside(modules, "llmos.kernel", "llmos.durable") == []
+    assert heavy(modules) == []
 
 
 def test_import_llmos_memory_loads_no_drivers():

@@ -10,9 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from llmos.apps.shell.jobs import Job
-from llmos.syscalls import KernelStatistics, ProcessInfo, TraceEvent
+from llmos.syscalls import DurableInfo, KernelStatistics, ProcessInfo, TraceEvent
 
 STATE_STYLES = {"RUNNING": "green", "BLOCKED": "yellow", "SUSPENDED": "magenta", "FAILED": "red", "KILLED": "red"}
+DURABLE_STYLES = {"running": "green", "queued": "cyan", "unfinished": "yellow", "failed": "red", "killed": "red",
+                  "cancelled": "dim"}
 
 
 def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
@@ -22,6 +24,18 @@ def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
         state = p.state.name
         table.add_row(str(p.pid), str(p.ppid), p.name, Text(state, style=STATE_STYLES.get(state, "")),
                       str(p.priority), str(p.stats.tokens), str(p.stats.syscalls), f"{p.runtime_s:.1f}s")
+    return table
+
+
+def durable_table(infos: Iterable[DurableInfo], title: str | None = None) -> Table:
+    """`llmos ps --durable`: each durable process, where it runs and how far it got."""
+    table = Table("id", "name", "state", "pid", "kernel", "steps", "restarts", "updated", "reason", title=title,
+                  title_justify="left")
+    for d in infos:
+        state = d.state.value
+        table.add_row(d.id, d.name, Text(state, style=DURABLE_STYLES.get(state, "")),
+                      "-" if d.pid is None else str(d.pid), d.kernel or "-", str(d.steps), str(d.restarts),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.updated_at)), d.reason or "")
     return table
 
 

@@ -39,21 +39,27 @@ async def agent(sys: Sys, spec: dict[str, Any], text: str, topic: str = TOPIC, m
     return output
 
 
-async def run_agent(sys: Sys, spec: Agent, text: str, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS) -> str:
+async def run_agent(sys: Sys, spec: Agent, text: str, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS,
+                    durable: bool = False) -> str:
     """Spawn an agent process for one task and wait for its output."""
-    return await collect(sys, await start_agent(sys, spec, text, topic, max_tokens))
+    return await collect(sys, await start_agent(sys, spec, text, topic, max_tokens, durable))
 
 
-async def start_agent(sys: Sys, spec: Agent, text: str, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS) -> int:
-    info = await sys.spawn(agent, spec.model_dump(), text, topic, max_tokens, name=spec.name)
-    return info.pid
+AgentRun = int | str  # an agent process's pid, or its durable id if it is durable
 
 
-async def collect(sys: Sys, pid: int) -> str:
-    """The output of agent `pid`, once it ends; an agent that did not finish fails the workflow."""
-    status = await sys.wait(pid)
+async def start_agent(sys: Sys, spec: Agent, text: str, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS,
+                      durable: bool = False) -> AgentRun:
+    """Start an agent; a durable one (in a durable workflow) survives the kernel with its work."""
+    info = await sys.spawn(agent, spec.model_dump(), text, topic, max_tokens, name=spec.name, durable=durable)
+    return info.durable_id if durable and info.durable_id is not None else info.pid
+
+
+async def collect(sys: Sys, run: AgentRun) -> str:
+    """The output of an agent, once it ends; an agent that did not finish fails the workflow."""
+    status = await (sys.durable.wait(run) if isinstance(run, str) else sys.wait(run))
     if not status.ok:
-        raise WorkflowError(f"agent {status.name} (pid {pid}) {status.state.name}: {status.reason}")
+        raise WorkflowError(f"agent {status.name} ({run}) {status.state.name}: {status.reason}")
     return status.result
 
 

@@ -33,7 +33,7 @@ def step_of(spec: dict[str, Any]) -> Step:
 
 
 async def pipeline(sys: Sys, steps: list[dict[str, Any]], text: str, topic: str = TOPIC,
-                   max_tokens: int = AGENT_TOKENS) -> dict[str, Any]:
+                   max_tokens: int = AGENT_TOKENS, durable: bool = False) -> dict[str, Any]:
     """Run the steps in order; returns {"output": final text, "steps": [{step, output}...]}
     and, when the user stopped it, "stopped_at"."""
     transcript: list[dict[str, str]] = []
@@ -47,7 +47,7 @@ async def pipeline(sys: Sys, steps: list[dict[str, Any]], text: str, topic: str 
                 continue
             text, name = answer, "user"
         else:
-            text, name = await run_agent(sys, step, text, topic, max_tokens), step.name
+            text, name = await run_agent(sys, step, text, topic, max_tokens, durable), step.name
         transcript.append({"step": name, "output": text})
         await sys.write(f"[{name}] {text}\n")
     return {"output": text, "steps": transcript}

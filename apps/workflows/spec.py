@@ -15,6 +15,11 @@
     name = "writer"
     prompt = "Write a short story from this outline:\\n{input}"
 
+`durable = true`: the workflow and its agents are durable processes: a kernel that dies
+mid-run (kill -9 included) goes on at its next boot from the last recorded step, without
+asking the model again for what it already answered (pipeline and supervisor; debate and
+mapreduce pass messages by pid, which do not survive a kernel, so they refuse it).
+
 Other patterns: `supervisor` ([[specialists]] with name/description/system, `tasks` or
 one task per input line, `handoffs = true`), `debate` ([writer], [critic], `rounds`),
 `mapreduce` ([map], [reduce], `parts` or one part per input paragraph). Examples ship in
@@ -46,6 +51,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
+DURABLE_PATTERNS = ("pipeline", "supervisor")
+
+
 class WorkflowSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -66,6 +74,7 @@ class WorkflowSpec(BaseModel):
     map: Agent | None = None  # mapreduce
     reduce: Agent | None = None
     parts: list[str] = []  # mapreduce: else one part per paragraph of the input
+    durable: bool = False  # the run survives the kernel (pipeline, supervisor)
 
     @model_validator(mode="after")
     def _complete(self) -> WorkflowSpec:
@@ -74,6 +83,9 @@ class WorkflowSpec(BaseModel):
             raise ValueError(f"a {self.pattern} workflow needs {' and '.join(missing)}")
         for step in self.steps:
             step_of(step)  # each step must be an agent or a human step
+        if self.durable and self.pattern not in DURABLE_PATTERNS:
+            raise ValueError(f"a {self.pattern} workflow cannot be durable: its agents exchange messages by pid, "
+                             f"which do not survive a kernel (durable: {', '.join(DURABLE_PATTERNS)})")
         return self
 
 
@@ -102,11 +114,12 @@ async def run(sys: Sys, spec: WorkflowSpec, text: str) -> dict[str, Any]:
     """Run a checked workflow on `text`; returns the pattern's result ({"output": ..., ...})."""
     topic, tokens = spec.topic or f"workflow:{spec.name}", spec.max_tokens
     if spec.pattern == "pipeline":
-        return await pipeline(sys, spec.steps, text, topic, tokens)
+        return await pipeline(sys, spec.steps, text, topic, tokens, spec.durable)
     if spec.pattern == "supervisor":
         tasks = spec.tasks or [line.strip() for line in text.splitlines() if line.strip()]
         return await supervisor(sys, [s.model_dump() for s in spec.specialists], tasks,
-                                spec.router.model_dump() if spec.router else None, spec.handoffs, topic, tokens)
+                                spec.router.model_dump() if spec.router else None, spec.handoffs, topic, tokens,
+                                spec.durable)
     if spec.pattern == "debate":
         return await debate(sys, spec.writer.model_dump(), spec.critic.model_dump(), text, spec.rounds, topic, tokens)
     parts = spec.parts or [p.strip() for p in text.split("\n\n") if p.strip()]
@@ -121,4 +134,26 @@ async def main(sys: Sys, file: str, input: str | None = None, max_tokens: int | 
     text = input if input is not None else spec.input
     if text is None and not (spec.tasks or spec.parts):
         raise WorkflowError(f"workflow {spec.name!r} has no input: give one after the file name")
+    if spec.durable and not await is_durable(sys):
+        return await run_durably(sys, file, input, max_tokens, spec.name)
     return await run(sys, spec, text or "")
+
+
+async def is_durable(sys: Sys) -> bool:
+    me = [info for info in await sys.ps() if info.pid == sys.pid]
+    return bool(me) and me[0].durable_id is not None
+
+
+async def run_durably(sys: Sys, file: str, input: str | None, max_tokens: int | None,  # noqa: A002
+                      name: str) -> dict[str, Any]:
+    """A durable workflow started as an ordinary process: it runs itself again as a durable
+    process (the file by its absolute path, so a later boot finds it) and waits for it."""
+    path = Path(file).expanduser()
+    where = str(path.resolve()) if path.is_file() else file
+    info = await sys.spawn("llmos.apps.workflows.spec:main", where, input, max_tokens, name=name, durable=True)
+    assert info.durable_id is not None
+    await sys.write(f"[durable workflow {info.durable_id}]\n")
+    status = await sys.durable.wait(info.durable_id)
+    if not status.ok:
+        raise WorkflowError(f"durable workflow {info.durable_id} {status.state.name}: {status.reason}")
+    return status.result

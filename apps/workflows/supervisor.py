@@ -31,7 +31,7 @@ def handoff(output: str, specialists: list[Agent]) -> Agent | None:
 
 async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[str],
                      router: dict[str, Any] | None = None, handoffs: bool = False, topic: str = TOPIC,
-                     max_tokens: int = AGENT_TOKENS) -> dict[str, Any]:
+                     max_tokens: int = AGENT_TOKENS, durable: bool = False) -> dict[str, Any]:
     """Route every task, run the chosen specialists at once, follow hand-offs; returns
     {"output": a report, "results": [{"task", "route", "output"}...]}."""
     team = [Agent.model_validate(s) for s in specialists]
@@ -41,17 +41,17 @@ async def supervisor(sys: Sys, specialists: list[dict[str, Any]], tasks: list[st
         team = [_with_handoff_note(s, team) for s in team]
     picks = await route(sys, Agent.model_validate(router) if router else ROUTER, team, tasks, topic)
     routes = [[pick] for pick in picks]
-    pending = {await start_agent(sys, pick, task, topic, max_tokens): i
+    pending = {await start_agent(sys, pick, task, topic, max_tokens, durable): i
                for i, (pick, task) in enumerate(zip(picks, tasks))}
     outputs: dict[int, str] = {}
     while pending:
-        pid, i = next(iter(pending.items()))
-        del pending[pid]
-        output = await collect(sys, pid)
+        run, i = next(iter(pending.items()))
+        del pending[run]
+        output = await collect(sys, run)
         target = handoff(output, team) if handoffs and len(routes[i]) <= MAX_HANDOFFS else None
         if target is not None:
             routes[i].append(target)
-            pending[await start_agent(sys, target, tasks[i], topic, max_tokens)] = i
+            pending[await start_agent(sys, target, tasks[i], topic, max_tokens, durable)] = i
         else:
             outputs[i] = output
     results = [{"task": t, "route": [a.name for a in routes[i]], "output": outputs[i]} for i, t in enumerate(tasks)]

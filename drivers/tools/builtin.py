@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import hashlib
 import math
 import operator
 import zoneinfo
@@ -148,9 +149,41 @@ def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) 
     """
     target = inside(ctx.workspace_path, path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a" if append else "w", encoding="utf-8") as handle:
-        handle.write(content)
+    if append and ctx.idempotency_key:
+        _append_once(target, content, _ledger(ctx))
+    else:  # replacing the file is the same act however often it runs
+        with target.open("a" if append else "w", encoding="utf-8") as handle:
+            handle.write(content)
     return f"wrote {len(content)} characters to {path}"
+
+
+def _ledger(ctx: ToolContext) -> Path:
+    """Where a durable call's append notes what it does before doing it: beside the
+    workspaces, not in one (so no process reads or forges it), named by the call's key."""
+    assert ctx.idempotency_key is not None
+    digest = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:32]
+    return ctx.workspace_path.parent / ".appends" / digest
+
+
+def _append_once(target: Path, content: str, ledger: Path) -> None:
+    """Append `content` once, even if this call runs again after a crash: the ledger keeps
+    the file's size before the first attempt; a retry that finds the text already there
+    does nothing, one that finds a torn write cuts it off and writes again."""
+    data = content.encode("utf-8")
+    if ledger.is_file():
+        offset = int(ledger.read_text())
+        with target.open("rb") as handle:
+            handle.seek(offset)
+            if handle.read(len(data)) == data:
+                return
+    else:
+        offset = target.stat().st_size if target.exists() else 0
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        ledger.write_text(str(offset))
+    with target.open("r+b" if target.exists() else "wb") as handle:
+        handle.truncate(offset)
+        handle.seek(offset)
+        handle.write(data)
 
 
 @tool(examples=(

@@ -1,0 +1,114 @@
+"""DBOS Transact, as llmos runs it: one instance per Python process, its database in
+LLMOS_HOME (SQLite) or a cluster's PostgreSQL, its logging quiet, and every call that is
+not a durable process's own step made outside any workflow's context.
+
+DBOS keeps the "current workflow" in a context variable, which tasks inherit: an ordinary
+process spawned by a durable one inherits it too. A DBOS call made there would be recorded
+as a step of the durable process and shift its record; `isolated` runs such calls in an
+empty context instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dbos import DBOS
+from dbos._error import DBOSUnexpectedStepError
+
+from llmos.kernel.errors import DurabilityUnavailable, ReplayDiverged
+
+T = TypeVar("T")
+log = logging.getLogger("llmos.durable")
+# Workflows started by one llmos version resume under another: a change in an app's code
+# is caught step by step (ReplayDiverged), not by refusing every old workflow.
+APP_VERSION = "llmos-1"
+_owner: object | None = None  # who launched DBOS in this Python process
+
+
+def database_url(home: Path, url: str | None) -> str:
+    """The DBOS system database: `url` (postgresql://..., a cluster's) or SQLite in LLMOS_HOME/durable."""
+    if url:
+        return url
+    folder = home / "durable"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'system.sqlite'}"
+
+
+def launch(owner: object, url: str, executor_id: str) -> None:
+    """Start DBOS for `owner` (one kernel); blocking (it migrates the database)."""
+    global _owner
+    if _owner is not None:
+        raise DurabilityUnavailable("another kernel in this Python process already runs durable processes; "
+                                    "boot this one with durable=None")
+    _quiet()
+    DBOS(config={"name": "llmos", "system_database_url": url, "application_version": APP_VERSION,
+                 "executor_id": executor_id, "log_level": "WARNING", "run_admin_server": False,
+                 "notification_listener_polling_interval_sec": 0.2})
+    try:
+        DBOS.launch()
+    except BaseException:
+        DBOS.destroy()
+        raise
+    _owner = owner
+
+
+def destroy(owner: object) -> None:
+    global _owner
+    if _owner is owner:
+        DBOS.destroy()
+        _owner = None
+
+
+def current() -> Any:
+    """The runtime (llmos.durable.runtime.DbosDurability) that launched DBOS in this process."""
+    if _owner is None:
+        raise DurabilityUnavailable("no kernel in this Python process runs durable processes")
+    return _owner
+
+
+async def isolated(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` outside any workflow's context (see the module's docstring)."""
+    task = asyncio.get_running_loop().create_task(_awaited(call), context=contextvars.Context())
+    return await task
+
+
+async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
+
+
+class DbosSteps:
+    """A durable process's record as DBOS keeps it: one step per syscall, named after the
+    call, in the workflow that hosts the process (kernel/journal.py's StepEngine)."""
+
+    def __init__(self, durable_id: str) -> None:
+        self.durable_id = durable_id
+
+    async def step(self, name: str, body: Callable[[str], Awaitable[Any]]) -> Any:
+        async def run() -> Any:
+            return await body(f"{DBOS.workflow_id}:{DBOS.step_id}")
+
+        try:
+            return await DBOS.run_step_async({"name": name}, run)
+        except DBOSUnexpectedStepError as exc:
+            _, step, expected, recorded = exc.inputs
+            raise ReplayDiverged(f"durable process {self.durable_id} diverged from its record at syscall #{step}: "
+                                 f"the record has {recorded!r}, the app now asks {expected!r}") from None
+
+
+class _Expected(logging.Filter):
+    """DBOS warns whenever a workflow's task is cancelled; for llmos that is a kernel
+    shutting down with durable processes unfinished, which is what they are for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Asyncio task cancelled")
+
+
+def _quiet() -> None:
+    logger = logging.getLogger("dbos")
+    if not any(isinstance(f, _Expected) for f in logger.filters):
+        logger.addFilter(_Expected())

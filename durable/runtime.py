@@ -1,0 +1,332 @@
+"""The durable runtime of one kernel (`kernel.durability`): starts durable processes as
+DBOS workflows, hosts their runs on this kernel, lists, waits for, resumes and cancels
+them, and takes over the unfinished ones of kernels that died.
+
+One kernel per Python process runs it (DBOS is one instance per process). Each boot is a
+new DBOS executor, with its own id; a kernel that boots (and, every DURABLE_MONITOR_S, a
+running one) resumes the unfinished durable processes of executors that are no longer
+alive (`kernels.py` says which are), through DBOS's recovery, which hands each to exactly
+one live kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from dbos import DBOS, SetWorkflowID
+from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSNonExistentWorkflowError
+
+from llmos.durable import engine
+from llmos.durable.engine import DbosSteps, isolated
+from llmos.durable.kernels import Kernels
+from llmos.durable.workflows import RUN, SUPERVISOR, supervise
+from llmos.kernel import params
+from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record
+from llmos.kernel.errors import (InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess, SyscallError,
+                                 Timeout)
+from llmos.kernel.journal import Journal, current_step_key, key_id
+from llmos.kernel.kernel import Kernel
+from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcessStats, ProcState
+
+log = logging.getLogger("llmos.durable")
+SHUTDOWN = "kernel shutdown"
+START_POLL_S = 0.5  # how often a spawn that found its durable process already started looks for it again
+
+
+def new_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class DbosDurability:
+    """kernel/durable.py's `Durability`, on DBOS."""
+
+    def __init__(self, kernel: Kernel, url: str, api_url: str | None = None) -> None:
+        self.kernel = kernel
+        self.url = url
+        self.api_url = api_url
+        self.executor_id = new_executor_id()
+        self.kernels = Kernels(url, self.executor_id)
+        self.running: dict[str, Process] = {}  # durable id -> its process, for the runs this kernel hosts
+        self.resumed: list[str] = []  # durable ids this kernel took over from dead kernels
+        self._started: dict[str, anyio.Event] = {}  # spawns waiting for their process to start here
+        self._parents: dict[str, Process] = {}  # who spawned a durable process (here): its parent, told if it fails
+        self._tasks: set[asyncio.Task[Any]] = set()  # the workflow tasks running here, cancelled at shutdown
+        self.closing = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, resume: bool) -> None:
+        """Launch DBOS on the database; with `resume`, take over what dead kernels left
+        unfinished, now and whenever another kernel dies."""
+        await anyio.to_thread.run_sync(self._launch)
+        self.kernel.start_service(self.beat_forever, "llmos-durable-heartbeat")
+        if resume:
+            await self.take_over()
+            self.kernel.start_service(self.monitor_forever, "llmos-durable-monitor")
+
+    def _launch(self) -> None:
+        engine.launch(self, self.url, self.executor_id)
+        try:
+            self.kernels.join(self.api_url)
+        except BaseException:
+            engine.destroy(self)
+            raise
+
+    async def close(self) -> None:
+        """Leave every durable process unfinished (the next boot resumes it), then stop DBOS."""
+        self.closing = True
+        for proc in list(self.running.values()):
+            self.kernel.kill(proc.pid, SHUTDOWN)
+        for proc in list(self.running.values()):
+            await proc.done.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await anyio.to_thread.run_sync(self._shut_down)
+
+    def _shut_down(self) -> None:
+        try:
+            self.kernels.leave()
+        finally:
+            engine.destroy(self)
+
+    async def beat_forever(self) -> None:
+        while True:
+            await anyio.sleep(params.DURABLE_HEARTBEAT_S)
+            try:
+                await anyio.to_thread.run_sync(self.kernels.beat)
+            except Exception as exc:  # a busy database misses one beat, not the kernel
+                log.warning("durable: heartbeat failed: %s", exc)
+
+    async def monitor_forever(self) -> None:
+        while True:
+            await anyio.sleep(params.DURABLE_MONITOR_S)
+            try:
+                await self.take_over()
+                await self._stop_cancelled()
+            except Exception as exc:
+                log.warning("durable: checking on other kernels failed: %s", exc)
+
+    async def take_over(self) -> list[str]:
+        """Resume here the unfinished durable processes of kernels that are gone."""
+        pending = await isolated(lambda: DBOS.list_workflows_async(
+            status="PENDING", name=[SUPERVISOR, RUN], load_input=False, load_output=False))
+        others = {w.executor_id for w in pending if w.executor_id and w.executor_id != self.executor_id}
+        if not others:
+            return []
+        alive = await anyio.to_thread.run_sync(self.kernels.alive)
+        dead = sorted(others - set(alive))
+        if not dead:
+            return []
+        # DBOS's recovery re-enqueues only workflows still owned by these executors, so two
+        # kernels taking over at once do not both run one.
+        await anyio.to_thread.run_sync(DBOS._recover_pending_workflows, dead)
+        await anyio.to_thread.run_sync(self.kernels.forget, dead)
+        ids = [w.workflow_id for w in pending if w.name == SUPERVISOR and w.executor_id in dead]
+        self.resumed += ids
+        if ids:
+            log.info("durable: resuming %d unfinished process(es) of stopped kernel(s): %s", len(ids), ", ".join(ids))
+        return ids
+
+    async def _stop_cancelled(self) -> None:
+        """A durable process cancelled from another kernel stops here too."""
+        if not self.running:
+            return
+        cancelled = await isolated(lambda: DBOS.list_workflows_async(
+            workflow_ids=list(self.running), status="CANCELLED", load_input=False, load_output=False))
+        for workflow in cancelled:
+            proc = self.running.get(workflow.workflow_id)
+            if proc is not None:
+                self.kernel.kill(proc.pid, "cancelled")
+
+    # -- starting and hosting -------------------------------------------------------------------
+    async def spawn(self, spec: DurableSpec, parent: Process | None) -> ProcessInfo:
+        key = current_step_key()  # a durable parent's spawn: the same child again if it is replayed
+        durable_id = key_id(key)[:12] if key else uuid.uuid4().hex[:12]
+        started = self._started.setdefault(durable_id, anyio.Event())
+        if parent is not None:
+            self._parents[durable_id] = parent
+        try:
+            await isolated(lambda: self._start(durable_id, spec))
+            # Started here at once, unless it existed already (a replayed spawn): then it may
+            # run here (resumed at boot), have ended, or run on another kernel.
+            while durable_id not in self.running:
+                with anyio.move_on_after(START_POLL_S):
+                    await started.wait()
+                if durable_id not in self.running and (info := await self.info(durable_id)).state.finished:
+                    return _ended_snapshot(spec, info)
+        finally:
+            self._started.pop(durable_id, None)
+        return self.running[durable_id].info()
+
+    @staticmethod
+    async def _start(durable_id: str, spec: DurableSpec) -> None:
+        with SetWorkflowID(durable_id):
+            await DBOS.start_workflow_async(supervise, spec.model_dump(mode="json"))
+
+    async def host(self, spec: DurableSpec, durable_id: str) -> dict[str, Any]:
+        """One run of a durable process on this kernel (the body of the `llmos.run` workflow)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await self._host(spec, durable_id)
+        finally:
+            self._tasks.discard(task)
+
+    async def _host(self, spec: DurableSpec, durable_id: str) -> dict[str, Any]:
+        if self.closing:
+            await anyio.sleep_forever()
+        parent = self._parents.get(durable_id)
+        async with anyio.create_task_group() as helpers:
+            journal = Journal(durable_id, DbosSteps(durable_id), self.kernel, helpers)
+            try:
+                proc = self.kernel.spawn_nowait(
+                    spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
+                    caps=spec.capabilities, quotas=spec.quotas, journal=journal,
+                    parent=parent if parent is not None and not parent.state.terminal else None)
+            except SyscallError as exc:  # its app no longer loads here
+                self._wake(durable_id)
+                return {"pid": 0, "name": spec.name, "state": ProcState.FAILED.name, "reason": str(exc),
+                        "result": None, "traceback": None, "ended_at": time.time(), "final": True}
+            self.running[durable_id] = proc
+            self._wake(durable_id)
+            try:
+                await proc.done.wait()
+            finally:
+                self.running.pop(durable_id, None)
+                helpers.cancel_scope.cancel()
+        if self.closing or proc.reason == SHUTDOWN:
+            await anyio.sleep_forever()  # cancelled at shutdown: DBOS leaves the run unfinished
+        # A run that diverged from its record, or was killed on purpose, is not restarted.
+        return {**exit_record(proc), "final": journal.diverged is not None or proc.state is ProcState.KILLED}
+
+    def _wake(self, durable_id: str) -> None:
+        event = self._started.get(durable_id)
+        if event is not None:
+            event.set()
+
+    def tell_parent(self, spec_data: dict[str, Any], durable_id: str, outcome: dict[str, Any]) -> None:
+        """A supervised process gave up: its parent, if it still lives here, gets a message."""
+        spec = DurableSpec.model_validate(spec_data)
+        parent = self.running.get(spec.parent_durable_id) if spec.parent_durable_id else self._parents.get(durable_id)
+        if parent is None or parent.state.terminal:
+            return
+        try:
+            self.kernel.send(parent.pid, {"event": "durable.failed", "durable_id": durable_id, "name": spec.name,
+                                          "reason": outcome["reason"]})
+        except (MailboxFull, NoSuchProcess) as exc:
+            log.info("durable: could not tell pid %d that %s failed: %s", parent.pid, durable_id, exc)
+
+    # -- asking about them ------------------------------------------------------------------------
+    async def wait(self, durable_id: str, timeout: float | None = None) -> ExitStatus:
+        with anyio.move_on_after(timeout) as scope:
+            return await isolated(lambda: self._outcome(durable_id))
+        assert scope.cancelled_caught
+        raise Timeout(f"durable process {durable_id} still runs after {timeout} s")
+
+    async def _outcome(self, durable_id: str) -> ExitStatus:
+        try:
+            handle = await DBOS.retrieve_workflow_async(durable_id)
+            outcome = await handle.get_result(polling_interval_sec=0.1)
+        except DBOSNonExistentWorkflowError:
+            raise NoSuchDurableProcess(f"no durable process {durable_id!r}") from None
+        except DBOSAwaitedWorkflowCancelledError:
+            return ExitStatus(pid=0, name=durable_id, state=ProcState.KILLED, reason="cancelled")
+        return ExitStatus(pid=outcome["pid"], name=outcome["name"], state=ProcState[outcome["state"]],
+                          reason=outcome["reason"], result=outcome["result"], traceback=outcome["traceback"])
+
+    async def list(self) -> list[DurableInfo]:
+        supervisors = await isolated(lambda: DBOS.list_workflows_async(name=SUPERVISOR, sort_desc=True))
+        return [await self._describe(w) for w in supervisors]
+
+    async def info(self, durable_id: str) -> DurableInfo:
+        found = await isolated(lambda: DBOS.list_workflows_async(workflow_ids=[durable_id], name=SUPERVISOR))
+        if not found:
+            raise NoSuchDurableProcess(f"no durable process {durable_id!r}")
+        return await self._describe(found[0])
+
+    async def _describe(self, workflow: Any) -> DurableInfo:
+        runs = await isolated(lambda: DBOS.list_workflows_async(
+            workflow_id_prefix=f"{workflow.workflow_id}#", name=RUN, load_input=False, load_output=False))
+        latest = max(runs, key=lambda run: int(run.workflow_id.rpartition("#")[2]), default=None)
+        steps = 0 if latest is None else len(await isolated(
+            lambda: DBOS.list_workflow_steps_async(latest.workflow_id, load_output=False)))
+        spec = DurableSpec.model_validate(workflow.input["args"][0])
+        state, reason = await self._state(workflow, latest)
+        proc = self.running.get(workflow.workflow_id)
+        return DurableInfo(id=workflow.workflow_id, name=spec.name, app=spec.app, state=state,
+                           pid=proc.pid if proc is not None else None,
+                           kernel=(latest or workflow).executor_id, steps=steps, restarts=max(0, len(runs) - 1),
+                           created_at=(workflow.created_at or 0) / 1000, updated_at=(workflow.updated_at or 0) / 1000,
+                           reason=reason)
+
+    async def _state(self, workflow: Any, latest: Any) -> tuple[DurableState, str | None]:
+        status = workflow.status
+        if status == "SUCCESS":
+            outcome = workflow.output or {}
+            return DurableState(outcome.get("state", "EXITED").lower()), outcome.get("reason")
+        if status == "CANCELLED":
+            return DurableState.CANCELLED, None
+        if status in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
+            return DurableState.FAILED, str(workflow.error or status)
+        if status in ("ENQUEUED", "DELAYED"):
+            return DurableState.QUEUED, None
+        executor = (latest or workflow).executor_id
+        if executor == self.executor_id or executor in await anyio.to_thread.run_sync(self.kernels.alive):
+            return DurableState.RUNNING, None
+        return DurableState.UNFINISHED, None
+
+    # -- acting on them -----------------------------------------------------------------------------
+    async def resume(self, durable_id: str) -> DurableInfo:
+        info = await self.info(durable_id)
+        if info.state in (DurableState.RUNNING, DurableState.QUEUED):
+            raise InvalidState(f"durable process {durable_id} is {info.state.value} (on kernel {info.kernel})")
+        if info.state.finished and info.state is not DurableState.CANCELLED:
+            raise InvalidState(f"durable process {durable_id} has ended ({info.state.value}); nothing to resume")
+        for workflow_id in await self._unfinished(durable_id):
+            await isolated(lambda wid=workflow_id: DBOS.resume_workflow_async(wid))  # type: ignore[misc]
+        return await self.info(durable_id)
+
+    async def cancel(self, durable_id: str, reason: str = "cancelled") -> None:
+        info = await self.info(durable_id)
+        if info.state.finished:
+            raise InvalidState(f"durable process {durable_id} has ended ({info.state.value})")
+        await isolated(lambda: self._cancel_all(durable_id))
+        proc = self.running.get(durable_id)
+        if proc is not None:
+            self.kernel.kill(proc.pid, reason)
+
+    async def _cancel_all(self, durable_id: str) -> None:
+        await DBOS.cancel_workflows_async([durable_id, *await self._run_ids(durable_id)])
+
+    async def _unfinished(self, durable_id: str) -> list[str]:
+        found = await isolated(lambda: DBOS.list_workflows_async(
+            workflow_ids=[durable_id], load_input=False, load_output=False))
+        runs = await isolated(lambda: DBOS.list_workflows_async(
+            workflow_id_prefix=f"{durable_id}#", load_input=False, load_output=False))
+        return [w.workflow_id for w in (*found, *runs) if w.status in ("PENDING", "CANCELLED")]
+
+    async def _run_ids(self, durable_id: str) -> list[str]:
+        runs = await DBOS.list_workflows_async(workflow_id_prefix=f"{durable_id}#", load_input=False,
+                                               load_output=False)
+        return [run.workflow_id for run in runs]
+
+
+def _ended_snapshot(spec: DurableSpec, info: DurableInfo) -> ProcessInfo:
+    """What a spawn returns for a durable process that had already ended (a replayed spawn)."""
+    state = {"exited": ProcState.EXITED, "failed": ProcState.FAILED}.get(info.state.value, ProcState.KILLED)
+    return ProcessInfo(pid=0, ppid=spec.parent, name=spec.name, state=state, priority=spec.priority,
+                       reason=info.reason, capabilities=frozenset(spec.capabilities), quotas=spec.quotas,
+                       stats=ProcessStats(), started_at=info.created_at, ended_at=info.updated_at,
+                       durable_id=info.id)
+
+
+__all__ = ["DbosDurability", "new_executor_id"]
