@@ -220,12 +220,21 @@ def serve(
     max_queue: Annotated[Optional[int], typer.Option(help="Generations that may wait; more get HTTP 429.")] = None,
     new_key: Annotated[bool, typer.Option("--new-key", help="Write a fresh API key to LLMOS_HOME/api_key, "
                                           "print it, and require it.")] = False,
+    cluster: Annotated[Optional[str], typer.Option("--cluster", metavar="POSTGRESQL_URL",
+                                                   help="Join the cluster of kernels sharing this PostgreSQL "
+                                                   "database (default: LLMOS_DATABASE_URL, if set).")] = None,
+    capacity: Annotated[Optional[int], typer.Option(help="In a cluster: durable processes this kernel runs at "
+                                                    "once; more wait for a kernel with room.", min=1)] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Where memory lives: 'embedded' (LLMOS_HOME) or a "
+                                                  "`chroma run` server's http://host:port.")] = None,
 ) -> None:
     """Run the kernel as a daemon: an OpenAI-compatible API, the process API and a dashboard."""
     from llmos.apps import serving  # FastAPI and uvicorn load only here
 
     raise typer.Exit(_guard(lambda: serving.run(host=host, port=port, model=model, policy=policy,
-                                                max_queue=max_queue, new_key=new_key)))
+                                                max_queue=max_queue, new_key=new_key,
+                                                cluster=cluster or os.environ.get("LLMOS_DATABASE_URL"),
+                                                capacity=capacity, memory=memory)))
 
 
 @app.command("apps")

@@ -11,13 +11,18 @@ from llmos.server import auth
 from llmos.server.daemon import ServeOptions, serve
 
 
-def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None, new_key: bool) -> int:
+def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None, new_key: bool,
+        cluster: str | None = None, capacity: int | None = None, memory: str | None = None) -> int:
     key = auth.write_new_key(llmos_home()) if new_key else None
-    options = ServeOptions(host=host, port=port, model=model, policy=policy, max_queue=max_queue, api_key=key)
+    options = ServeOptions(host=host, port=port, model=model, policy=policy, max_queue=max_queue, api_key=key,
+                           cluster=cluster, capacity=capacity, memory=memory)
     print(f"llmos: loading {model} ...", file=sys.stderr, flush=True)
 
     def ready(url: str, key: str | None, kernel: object) -> None:
         print(f"llmos: serving {model} at {url}  (OpenAI API: {url}/v1, dashboard: {url}/)", file=sys.stderr)
+        if cluster is not None:
+            print(f"llmos: a kernel of the cluster in {_redacted(cluster)} (durable processes: "
+                  f"{capacity or 'the default number'} at once here)", file=sys.stderr)
         resumed = getattr(getattr(kernel, "durability", None), "resumed", [])
         if resumed:
             print(f"llmos: resumed {len(resumed)} unfinished durable process(es): {', '.join(resumed)} "
@@ -38,3 +43,10 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}{at}{host}" if at else url

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec
 from llmos.kernel.errors import DurabilityUnavailable
 from llmos.kernel.kernel import Kernel
@@ -35,12 +36,13 @@ class Durable:
     """kernel/durable.py's `Durability` for one kernel, started on first use."""
 
     def __init__(self, kernel: Kernel, home: Path, url: str | None = None, *, resume: bool = True,
-                 api_url: str | None = None) -> None:
+                 capacity: int = params.DURABLE_CAPACITY, api_url: str | None = None) -> None:
         self.kernel = kernel
         self.home = home
         self.url = url  # PostgreSQL (a cluster), or None: SQLite in LLMOS_HOME/durable
         self.resume_at_start = resume
-        self.api_url = api_url
+        self.capacity = capacity  # in a cluster: durable processes this kernel runs at once
+        self.api_url = api_url  # in a cluster: where this kernel's API answers, for `ps --durable`
         self._runtime: DbosDurability | None = None
         self._failed: str | None = None
         self._lock = anyio.Lock()
@@ -66,7 +68,8 @@ class Durable:
                 from llmos.durable import engine
                 from llmos.durable.runtime import DbosDurability
 
-                runtime = DbosDurability(self.kernel, engine.database_url(self.home, self.url), self.api_url)
+                runtime = DbosDurability(self.kernel, engine.database_url(self.home, self.url), self.api_url,
+                                         capacity=None if self.url is None else self.capacity)
                 try:
                     await runtime.start(self.resume_at_start)
                 except DurabilityUnavailable as exc:

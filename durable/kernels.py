@@ -43,6 +43,14 @@ class KernelRow:
     beats: int
 
 
+def sqlalchemy_url(url: str) -> str:
+    """A postgresql:// URL names psycopg (3, which DBOS installs), as DBOS reads it; SQLAlchemy
+    would reach for psycopg2."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.partition("://")[2]
+    return url
+
+
 def _os_started(pid: int) -> int | None:
     """The start time of OS process `pid` (clock ticks after boot), or None if there is none."""
     try:
@@ -57,7 +65,7 @@ class Kernels:
     """The kernels table of one durable database, as one kernel (`executor_id`) sees it."""
 
     def __init__(self, url: str, executor_id: str) -> None:
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
         self.executor_id = executor_id
         self.host = socket.gethostname()
         self._seen: dict[str, tuple[int, float]] = {}  # executor -> (beats, when they last moved, monotonic)

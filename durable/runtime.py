@@ -26,7 +26,7 @@ from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSNonExistentWorkfl
 
 from llmos.durable import engine
 from llmos.durable.engine import DbosSteps, isolated
-from llmos.durable.kernels import Kernels
+from llmos.durable.kernels import KernelRow, Kernels
 from llmos.durable.workflows import RUN, SUPERVISOR, supervise
 from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record
@@ -48,10 +48,11 @@ def new_executor_id() -> str:
 class DbosDurability:
     """kernel/durable.py's `Durability`, on DBOS."""
 
-    def __init__(self, kernel: Kernel, url: str, api_url: str | None = None) -> None:
+    def __init__(self, kernel: Kernel, url: str, api_url: str | None = None, capacity: int | None = None) -> None:
         self.kernel = kernel
         self.url = url
         self.api_url = api_url
+        self.capacity = capacity  # set for a cluster: durable runs queue for a kernel with room
         self.executor_id = new_executor_id()
         self.kernels = Kernels(url, self.executor_id)
         self.running: dict[str, Process] = {}  # durable id -> its process, for the runs this kernel hosts
@@ -72,9 +73,9 @@ class DbosDurability:
             self.kernel.start_service(self.monitor_forever, "llmos-durable-monitor")
 
     def _launch(self) -> None:
-        engine.launch(self, self.url, self.executor_id)
+        engine.launch(self, self.url, self.executor_id, self.capacity)
         try:
-            self.kernels.join(self.api_url)
+            self.kernels.join(self.api_url, self.capacity)
         except BaseException:
             engine.destroy(self)
             raise
@@ -150,18 +151,23 @@ class DbosDurability:
     async def spawn(self, spec: DurableSpec, parent: Process | None) -> ProcessInfo:
         key = current_step_key()  # a durable parent's spawn: the same child again if it is replayed
         durable_id = key_id(key)[:12] if key else uuid.uuid4().hex[:12]
+        if self.capacity is not None:
+            spec = spec.model_copy(update={"queue": engine.QUEUE})
         started = self._started.setdefault(durable_id, anyio.Event())
         if parent is not None:
             self._parents[durable_id] = parent
         try:
             await isolated(lambda: self._start(durable_id, spec))
-            # Started here at once, unless it existed already (a replayed spawn): then it may
-            # run here (resumed at boot), have ended, or run on another kernel.
+            # Started here at once, unless it existed already (a replayed spawn: then it may run
+            # here, have ended, or run on another kernel) or it waits in a cluster's queue.
             while durable_id not in self.running:
                 with anyio.move_on_after(START_POLL_S):
                     await started.wait()
-                if durable_id not in self.running and (info := await self.info(durable_id)).state.finished:
-                    return _ended_snapshot(spec, info)
+                if durable_id in self.running:
+                    break
+                info = await self.info(durable_id)
+                if info.state.finished or info.kernel != self.executor_id or spec.queue is not None:
+                    return _snapshot(spec, info)
         finally:
             self._started.pop(durable_id, None)
         return self.running[durable_id].info()
@@ -245,44 +251,31 @@ class DbosDurability:
 
     async def list(self) -> list[DurableInfo]:
         supervisors = await isolated(lambda: DBOS.list_workflows_async(name=SUPERVISOR, sort_desc=True))
-        return [await self._describe(w) for w in supervisors]
+        alive = await anyio.to_thread.run_sync(self.kernels.alive)
+        return [await self._describe(w, alive) for w in supervisors]
 
     async def info(self, durable_id: str) -> DurableInfo:
         found = await isolated(lambda: DBOS.list_workflows_async(workflow_ids=[durable_id], name=SUPERVISOR))
         if not found:
             raise NoSuchDurableProcess(f"no durable process {durable_id!r}")
-        return await self._describe(found[0])
+        return await self._describe(found[0], await anyio.to_thread.run_sync(self.kernels.alive))
 
-    async def _describe(self, workflow: Any) -> DurableInfo:
+    async def _describe(self, workflow: Any, alive: dict[str, KernelRow]) -> DurableInfo:
         runs = await isolated(lambda: DBOS.list_workflows_async(
             workflow_id_prefix=f"{workflow.workflow_id}#", name=RUN, load_input=False, load_output=False))
         latest = max(runs, key=lambda run: int(run.workflow_id.rpartition("#")[2]), default=None)
         steps = 0 if latest is None else len(await isolated(
             lambda: DBOS.list_workflow_steps_async(latest.workflow_id, load_output=False)))
         spec = DurableSpec.model_validate(workflow.input["args"][0])
-        state, reason = await self._state(workflow, latest)
+        state, reason = _state(workflow, latest, alive)
         proc = self.running.get(workflow.workflow_id)
+        kernel = (latest or workflow).executor_id
         return DurableInfo(id=workflow.workflow_id, name=spec.name, app=spec.app, state=state,
-                           pid=proc.pid if proc is not None else None,
-                           kernel=(latest or workflow).executor_id, steps=steps, restarts=max(0, len(runs) - 1),
+                           pid=proc.pid if proc is not None else None, kernel=kernel,
+                           kernel_url=alive[kernel].url if kernel in alive else None,
+                           steps=steps, restarts=max(0, len(runs) - 1),
                            created_at=(workflow.created_at or 0) / 1000, updated_at=(workflow.updated_at or 0) / 1000,
                            reason=reason)
-
-    async def _state(self, workflow: Any, latest: Any) -> tuple[DurableState, str | None]:
-        status = workflow.status
-        if status == "SUCCESS":
-            outcome = workflow.output or {}
-            return DurableState(outcome.get("state", "EXITED").lower()), outcome.get("reason")
-        if status == "CANCELLED":
-            return DurableState.CANCELLED, None
-        if status in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
-            return DurableState.FAILED, str(workflow.error or status)
-        if status in ("ENQUEUED", "DELAYED"):
-            return DurableState.QUEUED, None
-        executor = (latest or workflow).executor_id
-        if executor == self.executor_id or executor in await anyio.to_thread.run_sync(self.kernels.alive):
-            return DurableState.RUNNING, None
-        return DurableState.UNFINISHED, None
 
     # -- acting on them -----------------------------------------------------------------------------
     async def resume(self, durable_id: str) -> DurableInfo:
@@ -320,12 +313,36 @@ class DbosDurability:
         return [run.workflow_id for run in runs]
 
 
-def _ended_snapshot(spec: DurableSpec, info: DurableInfo) -> ProcessInfo:
-    """What a spawn returns for a durable process that had already ended (a replayed spawn)."""
-    state = {"exited": ProcState.EXITED, "failed": ProcState.FAILED}.get(info.state.value, ProcState.KILLED)
+_STATES = {"queued": ProcState.READY, "running": ProcState.RUNNING, "unfinished": ProcState.READY,
+           "exited": ProcState.EXITED, "failed": ProcState.FAILED}
+
+
+def _state(workflow: Any, latest: Any, alive: dict[str, KernelRow]) -> tuple[DurableState, str | None]:
+    """DBOS's status of a durable process's workflows, in llmos's words."""
+    status = workflow.status
+    if status == "SUCCESS":
+        outcome = workflow.output or {}
+        return DurableState(outcome.get("state", "EXITED").lower()), outcome.get("reason")
+    if status == "CANCELLED":
+        return DurableState.CANCELLED, None
+    if status in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
+        return DurableState.FAILED, str(workflow.error or status)
+    run_status = None if latest is None else latest.status
+    if status in ("ENQUEUED", "DELAYED") or run_status in ("ENQUEUED", "DELAYED"):
+        return DurableState.QUEUED, None
+    if (latest or workflow).executor_id in alive:
+        return DurableState.RUNNING, None
+    return DurableState.UNFINISHED, None
+
+
+def _snapshot(spec: DurableSpec, info: DurableInfo) -> ProcessInfo:
+    """What a spawn returns for a durable process that does not run here (yet): queued in a
+    cluster, running on another kernel, or already ended (a replayed spawn). Its pid is 0."""
+    state = _STATES.get(info.state.value, ProcState.KILLED)
     return ProcessInfo(pid=0, ppid=spec.parent, name=spec.name, state=state, priority=spec.priority,
                        reason=info.reason, capabilities=frozenset(spec.capabilities), quotas=spec.quotas,
-                       stats=ProcessStats(), started_at=info.created_at, ended_at=info.updated_at,
+                       stats=ProcessStats(), started_at=info.created_at,
+                       ended_at=info.updated_at if info.state.finished else None,
                        durable_id=info.id)
 
 

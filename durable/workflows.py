@@ -40,7 +40,12 @@ async def supervise(spec_data: dict[str, Any]) -> dict[str, Any]:
     n = 1
     while True:
         with SetWorkflowID(run_id(durable_id, n)):
-            handle = await DBOS.start_workflow_async(host_run, spec_data, durable_id)
+            if spec.queue is None:  # one kernel: the run starts where the process was spawned
+                handle = await DBOS.start_workflow_async(host_run, spec_data, durable_id)
+            else:  # a cluster: whichever kernel has room takes it
+                queue = await DBOS.retrieve_queue_async(spec.queue)
+                assert queue is not None, f"queue {spec.queue} is not registered"
+                handle = await queue.enqueue_async(host_run, spec_data, durable_id)
         outcome: dict[str, Any] = await handle.get_result(polling_interval_sec=0.1)
         if outcome.get("final") or not spec.restart.wants_restart(ProcState[outcome["state"]]):
             return outcome

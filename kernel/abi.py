@@ -38,6 +38,10 @@ class Request(BaseModel, Generic[R]):
     call: ClassVar[str] = ""
     capability: ClassVar[str | None] = None
     blocking: ClassVar[bool] = False
+    # Whether a durable process's replay must ask this call with the same arguments as its
+    # record (kernel/journal.py), or only the same call: False only where the answer does not
+    # depend on them (text written to the console), so printing a time does not stop a resume.
+    replay_matches_arguments: ClassVar[bool] = True
     # How the generated `Sys` method takes arguments: these fields by position, then the
     # field `variadic` collects the remaining positional ones (*args) and the field
     # `keywords` the keyword arguments that name no field (**kwargs; the positional fields

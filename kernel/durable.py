@@ -56,6 +56,7 @@ class DurableSpec(BaseModel):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     parent: int = params.KERNEL_PID  # the pid that spawned it, told if it fails for good (on the kernel that spawned it)
     parent_durable_id: str | None = None  # ... or, if that process is durable, its id (pids change across restarts)
+    queue: str | None = None  # a cluster's queue its runs wait in for a kernel with room; None: run where spawned
 
 
 class DurableState(str, Enum):
@@ -85,6 +86,7 @@ class DurableInfo(BaseModel):
     state: DurableState
     pid: int | None  # on the kernel that runs it now, if one does
     kernel: str | None  # the kernel (DBOS executor) that runs it or ran it last
+    kernel_url: str | None = None  # that kernel's API, if it is alive and serves one (a cluster's `llmos serve`)
     steps: int  # syscalls recorded in its current run: how far it got
     restarts: int
     created_at: float

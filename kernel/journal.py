@@ -321,9 +321,11 @@ class JournaledStream:
 
 
 def describe(req: Request) -> tuple[str, str]:
-    """The request's digest (what a replay must match) and a short form for messages."""
+    """The request's digest (what a replay must match: its call, and its arguments unless the
+    class says its answer does not depend on them) and a short form for messages."""
     fields = req.model_dump()
-    data = pydantic_core.to_json({"call": req.call, **fields}, fallback=_reference)
+    matched = fields if req.replay_matches_arguments else {}
+    data = pydantic_core.to_json({"call": req.call, **matched}, fallback=_reference)
     shown = ", ".join(f"{name}={value!r}" for name, value in fields.items() if value not in (None, (), {}, ""))
     summary = f"{req.call}({shown[:160] + '...' if len(shown) > 160 else shown})"
     return hashlib.sha256(data).hexdigest()[:24], summary

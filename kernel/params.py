@@ -89,5 +89,6 @@ DURABLE_HEARTBEAT_S = 1.0  # how often a kernel says it is alive (in the durable
 DURABLE_DEAD_AFTER_S = 5.0  # a kernel on another host silent this long is dead: others resume its work
 DURABLE_MONITOR_S = 2.0  # how often a kernel looks for dead kernels' unfinished durable processes
 DURABLE_MAX_RECOVERIES = 10_000  # resumptions of one durable process before it is given up (a poison loop)
+DURABLE_CAPACITY = 16  # in a cluster: durable processes one kernel runs at once (more wait in the queue)
 DURABLE_MAX_RESTARTS = 3  # supervision's default intensity: this many restarts ...
 DURABLE_RESTART_WINDOW_S = 60.0  # ... within this many seconds, or the process is FAILED for good

@@ -40,7 +40,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
                context_budget: int | None = None, tools: Iterable[Tool | Callable] = (),
                mcp_servers: Mapping | str | Path | None = "config",
                embedder: Embedder | None = MINILM, durable: str | None = "embedded",
-               resume: bool = True) -> AsyncIterator[Kernel]:
+               resume: bool = True, durable_capacity: int = params.DURABLE_CAPACITY,
+               api_url: str | None = None) -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
@@ -83,7 +84,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         # constrained JSON instead of scored.
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
-        await _durability(stack, kernel, durable, resume)
+        await _durability(stack, kernel, durable, resume, durable_capacity, api_url)
         yield kernel
 
 
@@ -142,7 +143,8 @@ async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
     return toolbox
 
 
-async def _durability(stack: AsyncExitStack, kernel: Kernel, durable: str | None, resume: bool) -> None:
+async def _durability(stack: AsyncExitStack, kernel: Kernel, durable: str | None, resume: bool, capacity: int,
+                      api_url: str | None) -> None:
     """The durable runtime, closed before the kernel (so its processes stay unfinished, not
     killed). DBOS starts now only if there may be work to resume; else on first use."""
     if durable is None:
@@ -150,7 +152,7 @@ async def _durability(stack: AsyncExitStack, kernel: Kernel, durable: str | None
     from llmos.durable import Durable, database_url_from_env  # DBOS itself loads when it starts
 
     url = database_url_from_env() if durable == "embedded" else durable
-    runtime = Durable(kernel, llmos_home(), url, resume=resume)
+    runtime = Durable(kernel, llmos_home(), url, resume=resume, capacity=capacity, api_url=api_url)
     kernel.durability = runtime
     stack.push_async_callback(runtime.close)
     if runtime.has_work:

@@ -216,6 +216,14 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
             await anyio.sleep(0.005)
 
 
+async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until `await predicate()` holds, polling every `interval` s; fail after `timeout`
+    seconds (for what only an async call can tell: a durable process's state, say)."""
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(interval)
+
+
 def process_info(kernel: Kernel, pid: int) -> ProcessInfo:
     """A process's `ps` snapshot, live or ended (until it is reaped)."""
     return {p.pid: p for p in kernel.ps(include_ended=True)}[pid]
@@ -339,6 +347,61 @@ def chroma_server(folder: Path, timeout: float = 60.0) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(server, timeout=10)
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql")
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's bin folder (Debian's layout), or None."""
+    versions = sorted((p for p in POSTGRES_BIN.glob("*/bin") if (p / "initdb").is_file()),
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    return versions[-1] if versions else None
+
+
+@contextmanager
+def postgres_server(timeout: float = 60.0) -> Iterator[str]:
+    """A real, throwaway PostgreSQL cluster on a free loopback port; yields a postgresql://
+    URL of its database `llmos`. PostgreSQL refuses to run as root, so as root it runs as the
+    `postgres` user, in a temporary folder of its own (pytest's folders are closed to others)."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="llmos-pg-"))
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        for path in (folder, sockets):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    server = None
+    try:
+        _run_checked([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "llmos", "--auth=trust",
+                      "--no-sync", "-E", "UTF8"])
+        port = free_port()
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200"
+        server = subprocess.Popen([*as_user, str(bin_dir / "postgres"), "-D", str(data), *options.split()],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port, server, timeout, "PostgreSQL")
+        _run_checked([*as_user, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "llmos", "llmos"])
+        yield f"postgresql://llmos@127.0.0.1:{port}/llmos"
+    finally:
+        if server is not None:
+            stop(server, timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_checked(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 # -- a tiny model for engine tests ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,28 @@ class ServeOptions:
     policy: str = "fifo"
     max_queue: int | None = None
     api_key: str | None = None  # None: LLMOS_API_KEY or LLMOS_HOME/api_key
+    cluster: str | None = None  # a PostgreSQL URL: this kernel joins the cluster that shares it
+    capacity: int | None = None  # in a cluster: durable processes this kernel runs at once
+    memory: str | None = None  # where memory lives: "embedded" (LLMOS_HOME) or a `chroma run` server's URL
     boot_options: tuple[tuple[str, Any], ...] = ()  # more keyword arguments for llmos.boot
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):  # what the other kernels of a cluster can reach
+            host = socket.gethostname()
+        return f"http://{host}:{self.port}"
+
+    def boot_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.boot_options)
+        if self.max_queue is not None:
+            kwargs["max_queue"] = self.max_queue
+        if self.cluster is not None:
+            kwargs.update(durable=self.cluster, api_url=self.url())
+        if self.capacity is not None:
+            kwargs["durable_capacity"] = self.capacity
+        if self.memory is not None:
+            kwargs["memory"] = self.memory
+        return kwargs
 
 
 def resolve_key(options: ServeOptions) -> str | None:
@@ -57,11 +79,9 @@ def served_models(kernel: Any) -> list[ServedModel]:
 async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any], None] = lambda url, key, kernel: None) -> None:
     """Boot the kernel and serve until cancelled or signalled (SIGINT, SIGTERM)."""
     key = resolve_key(options)
-    boot_options = dict(options.boot_options)
-    if options.max_queue is not None:
-        boot_options["max_queue"] = options.max_queue
     model = llmos.DEFAULT_MODEL if options.model is None else options.model
-    async with llmos.boot(model, policy=options.policy, **boot_options) as kernel, telemetry.exporting(kernel):
+    async with llmos.boot(model, policy=options.policy, **options.boot_kwargs()) as kernel, \
+            telemetry.exporting(kernel):
         kernel.console = console = DaemonConsole()  # processes' output and questions, for HTTP clients
         gateway = await Gateway.start(kernel)
         app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key)

@@ -22,6 +22,7 @@ class Write(Request[None]):
     """Show text to the user (the terminal of `llmos run` or the shell); no newline is added."""
 
     call: ClassVar[str] = "write"
+    replay_matches_arguments: ClassVar[bool] = False  # its answer is None, whatever it writes
     capability: ClassVar[str | None] = capabilities.CONSOLE
     positional: ClassVar[tuple[str, ...]] = ("text",)
 
