@@ -11,12 +11,16 @@ setup: $(STAMP)
 # torch==2.13.0 comes first, so that the project's loose torch requirement is already met
 # by the local CPU wheel and pip never reaches for the CUDA build.
 # Debian's chromium drives the dashboard's browser test (tests/server/test_dashboard.py skips,
-# saying why, where it cannot be installed).
+# saying why, where it cannot be installed); Debian's PostgreSQL is the cluster tests' database
+# (tests/durable/test_cluster.py starts a throwaway one).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the dashboard's browser test will be skipped"
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq postgresql) \
+		|| echo "note: PostgreSQL could not be installed; the cluster tests will be skipped"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0

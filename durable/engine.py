@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import sqlalchemy as sa
 from dbos import DBOS
 from dbos._error import DBOSUnexpectedStepError
@@ -44,10 +45,15 @@ QUEUE = "llmos-processes"  # a cluster's durable runs wait here for a kernel wit
 QUEUE_POLL_S = 0.5
 
 
-def launch(owner: object, url: str, executor_id: str, capacity: int | None = None) -> None:
-    """Start DBOS for `owner` (one kernel); blocking (it migrates the database). With a
-    `capacity` (a cluster), the runs of durable processes go through a queue that each
-    kernel serves, at most `capacity` at once."""
+async def launch(owner: object, url: str, executor_id: str, capacity: int | None = None) -> None:
+    """Start DBOS for `owner` (one kernel). With a `capacity` (a cluster), the runs of
+    durable processes go through a queue that each kernel serves, at most `capacity` at once.
+
+    It runs on the kernel's event loop, blocking it while DBOS migrates its database (a
+    tenth of a second on SQLite): DBOS adopts the loop it is launched from, and the
+    workflows it starts by itself (resumed, dequeued) must run on the kernel's loop, where
+    the processes they host live. Launched from a worker thread, DBOS would run them on a
+    loop of its own."""
     global _owner
     if _owner is not None:
         raise DurabilityUnavailable("another kernel in this Python process already runs durable processes; "
@@ -59,15 +65,16 @@ def launch(owner: object, url: str, executor_id: str, capacity: int | None = Non
     if url.startswith("sqlite"):
         config["system_database_engine"] = sqlite_engine(url)
     DBOS(config=config)  # type: ignore[arg-type]
+    _owner = owner
     try:
         DBOS.launch()
         if capacity is not None:  # one setting for the cluster: the last kernel to start writes it
-            DBOS.register_queue(QUEUE, worker_concurrency=capacity, polling_interval_sec=QUEUE_POLL_S,
-                                on_conflict="always_update")
+            await DBOS.register_queue_async(QUEUE, worker_concurrency=capacity, polling_interval_sec=QUEUE_POLL_S,
+                                            on_conflict="always_update")
     except BaseException:
-        DBOS.destroy()
+        _owner = None
+        await anyio.to_thread.run_sync(DBOS.destroy)
         raise
-    _owner = owner
 
 
 def sqlite_engine(url: str) -> sa.Engine:

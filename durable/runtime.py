@@ -66,19 +66,16 @@ class DbosDurability:
     async def start(self, resume: bool) -> None:
         """Launch DBOS on the database; with `resume`, take over what dead kernels left
         unfinished, now and whenever another kernel dies."""
-        await anyio.to_thread.run_sync(self._launch)
+        await engine.launch(self, self.url, self.executor_id, self.capacity)
+        try:
+            await anyio.to_thread.run_sync(self.kernels.join, self.api_url, self.capacity)
+        except BaseException:
+            await anyio.to_thread.run_sync(engine.destroy, self)
+            raise
         self.kernel.start_service(self.beat_forever, "llmos-durable-heartbeat")
         if resume:
             await self.take_over()
             self.kernel.start_service(self.monitor_forever, "llmos-durable-monitor")
-
-    def _launch(self) -> None:
-        engine.launch(self, self.url, self.executor_id, self.capacity)
-        try:
-            self.kernels.join(self.api_url, self.capacity)
-        except BaseException:
-            engine.destroy(self)
-            raise
 
     async def close(self) -> None:
         """Leave every durable process unfinished (the next boot resumes it), then stop DBOS."""

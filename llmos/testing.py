@@ -316,6 +316,14 @@ def llmos_server(*args: str, env: dict[str, str] | None = None, timeout: float =
     """A real `llmos serve` in its own OS process on a free loopback port (`args` go to the
     command, e.g. "--model", "smollm2"); yields its URL. Its output goes to a file beside
     LLMOS_HOME (`server.log`), shown if it fails to start."""
+    with llmos_daemon(*args, env=env, timeout=timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def llmos_daemon(*args: str, env: dict[str, str] | None = None,
+                 timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`llmos_server`, yielding the OS process too (to kill it as a crash would)."""
     import os
 
     port = free_port()
@@ -330,7 +338,7 @@ def llmos_server(*args: str, env: dict[str, str] | None = None, timeout: float =
             wait_for_port(port, server, timeout, "`llmos serve`")
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         stop(server)
 
