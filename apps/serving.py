@@ -7,6 +7,7 @@ import sys
 import anyio
 
 from llmos.home import llmos_home
+from llmos.urls import redacted
 from llmos.server import auth
 from llmos.server.daemon import ServeOptions, serve
 
@@ -21,7 +22,7 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
     def ready(url: str, key: str | None, kernel: object) -> None:
         print(f"llmos: serving {model} at {url}  (OpenAI API: {url}/v1, dashboard: {url}/)", file=sys.stderr)
         if cluster is not None:
-            print(f"llmos: a kernel of the cluster in {_redacted(cluster)} (durable processes: "
+            print(f"llmos: a kernel of the cluster in {redacted(cluster)} (durable processes: "
                   f"{capacity or 'the default number'} at once here)", file=sys.stderr)
         resumed = getattr(getattr(kernel, "durability", None), "resumed", [])
         if resumed:
@@ -44,9 +45,3 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
         pass
     return 0
 
-
-def _redacted(url: str) -> str:
-    """A database URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}{at}{host}" if at else url

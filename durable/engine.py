@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import sqlalchemy as sa
 from dbos import DBOS
-from dbos._error import DBOSUnexpectedStepError
+from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSUnexpectedStepError, DBOSWorkflowCancelledError
 
 from llmos.kernel.errors import DurabilityUnavailable, ReplayDiverged
+from llmos.urls import redacted
 
 T = TypeVar("T")
 log = logging.getLogger("llmos.durable")
@@ -64,17 +65,23 @@ async def launch(owner: object, url: str, executor_id: str, capacity: int | None
                               "notification_listener_polling_interval_sec": 0.2}
     if url.startswith("sqlite"):
         config["system_database_engine"] = sqlite_engine(url)
-    DBOS(config=config)  # type: ignore[arg-type]
     _owner = owner
     try:
+        DBOS(config=config)  # type: ignore[arg-type]
         DBOS.launch()
         if capacity is not None:  # one setting for the cluster: the last kernel to start writes it
             await DBOS.register_queue_async(QUEUE, worker_concurrency=capacity, polling_interval_sec=QUEUE_POLL_S,
                                             on_conflict="always_update")
+    except Exception as exc:
+        _owner = None
+        await anyio.to_thread.run_sync(DBOS.destroy)
+        raise DurabilityUnavailable(f"the durable database {redacted(url)} cannot be used: "
+                                    f"{type(exc).__name__}: {exc}") from exc
     except BaseException:
         _owner = None
         await anyio.to_thread.run_sync(DBOS.destroy)
         raise
+
 
 
 def sqlite_engine(url: str) -> sa.Engine:
@@ -141,11 +148,17 @@ class DbosSteps:
 
 
 class _Expected(logging.Filter):
-    """DBOS warns whenever a workflow's task is cancelled; for llmos that is a kernel
-    shutting down with durable processes unfinished, which is what they are for."""
+    """What DBOS reports that is, for llmos, the expected course of things: a workflow's
+    task cancelled (a kernel shutting down with durable processes unfinished, which is what
+    they are for), and a cancelled durable process's workflows seeing that they were."""
+
+    EXPECTED = ("Asyncio task cancelled", "outcome was not recorded: the workflow is no longer owned")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Asyncio task cancelled")
+        if record.exc_info and isinstance(record.exc_info[1], (DBOSAwaitedWorkflowCancelledError,
+                                                               DBOSWorkflowCancelledError)):
+            return False
+        return not any(text in record.getMessage() for text in self.EXPECTED)
 
 
 def _quiet() -> None:

@@ -30,11 +30,12 @@ from llmos.durable.kernels import KernelRow, Kernels
 from llmos.durable.workflows import RUN, SUPERVISOR, supervise
 from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record
-from llmos.kernel.errors import (InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess, SyscallError,
-                                 Timeout)
+from llmos.kernel.errors import (DurabilityUnavailable, InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess,
+                                 SyscallError, Timeout)
 from llmos.kernel.journal import Journal, current_step_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcessStats, ProcState
+from llmos.urls import redacted
 
 log = logging.getLogger("llmos.durable")
 SHUTDOWN = "kernel shutdown"
@@ -69,6 +70,10 @@ class DbosDurability:
         await engine.launch(self, self.url, self.executor_id, self.capacity)
         try:
             await anyio.to_thread.run_sync(self.kernels.join, self.api_url, self.capacity)
+        except Exception as exc:
+            await anyio.to_thread.run_sync(engine.destroy, self)
+            raise DurabilityUnavailable(f"the durable database {redacted(self.url)} cannot be used: "
+                                        f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             await anyio.to_thread.run_sync(engine.destroy, self)
             raise
@@ -208,8 +213,11 @@ class DbosDurability:
                 helpers.cancel_scope.cancel()
         if self.closing or proc.reason == SHUTDOWN:
             await anyio.sleep_forever()  # cancelled at shutdown: DBOS leaves the run unfinished
+        outcome = exit_record(proc)
+        if journal.diverged is not None:  # FAILED, even if the app caught the error and went on
+            outcome.update(state=ProcState.FAILED.name, reason=f"ReplayDiverged: {journal.diverged}")
         # A run that diverged from its record, or was killed on purpose, is not restarted.
-        return {**exit_record(proc), "final": journal.diverged is not None or proc.state is ProcState.KILLED}
+        return {**outcome, "final": journal.diverged is not None or proc.state is ProcState.KILLED}
 
     def _wake(self, durable_id: str) -> None:
         event = self._started.get(durable_id)

@@ -55,6 +55,13 @@ class Request(BaseModel, Generic[R]):
         """What this call needs from `caller` besides `capability`, given its arguments."""
         return iter(())
 
+    def reapply_on_replay(self) -> bool:
+        """Whether a durable process's replay runs this call again (its answer still comes
+        from the record): for calls whose effect is on the caller's own state in this
+        kernel (a topic subscription, its own priority) and that are safe to repeat. The
+        resumed process then has the subscriptions and priority it had set itself."""
+        return False
+
     def streams(self) -> bool:
         """Whether the answer may be a stream the caller reads as it comes (a durable
         process's record keeps such a call's whole text, `kernel/journal.py`)."""

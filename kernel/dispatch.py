@@ -106,13 +106,15 @@ class Dispatcher:
             call = req.call
             if proc.state.terminal:  # a handle that outlived its process (kept by a server, say) is dead
                 raise NoSuchProcess(f"process {proc.pid} ({proc.name}) has ended; it can make no more syscalls")
+            if proc.journal is not None:  # durable: checked and run live, or answered from its record
+                if not proc.runnable.is_set():
+                    await proc.runnable.wait()
+                answer = await proc.journal.record(proc, req, functools.partial(self._admit_and_run, proc))
+                return answer
             self._admit(proc, req)
             if not proc.runnable.is_set():
                 await proc.runnable.wait()
-            if proc.journal is not None:  # durable: recorded before it reaches the process, or replayed
-                answer = await proc.journal.record(proc, req, functools.partial(self._run, proc, req))
-            else:
-                answer = await self._run(proc, req)
+            answer = await self._run(proc, req)
             return answer
         except SyscallError as exc:
             outcome, answer = exc.code.name, exc
@@ -190,6 +192,13 @@ class Dispatcher:
             raise
         finally:
             self._traced(TraceEvent(wall, proc.pid, call, time.perf_counter() - began, outcome), proc, None, answer)
+
+    async def _admit_and_run(self, proc: Process, req: Request) -> Any:
+        """A durable process's live call. Its rights are checked only when it runs live: a
+        replayed call was checked when it was recorded (a refusal is recorded too), and the
+        pids it names may belong to a kernel that has since died."""
+        self._admit(proc, req)
+        return await self._run(proc, req)
 
     async def _run(self, proc: Process, req: Request) -> Any:
         handler = self.table.handlers[type(req)]

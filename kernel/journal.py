@@ -11,9 +11,10 @@ What the record holds besides the answer:
   stops with ReplayDiverged naming the syscall, rather than act on another question's answer;
 - the process's context window after the call, when the call changed it: a resumed
   process goes on with the conversation it had;
-- for a streamed generation, its whole text: the pieces reach the process as they come,
-  and the stream ends for the process only once the reply is recorded. A replayed stream
-  gives the recorded text back as one piece (it is not generated, nor sent, again).
+- for a streamed generation, its pieces: they reach the process as they come, and the
+  stream ends for the process only once the reply is recorded. A replayed stream gives the
+  recorded pieces back (not generated again), so an app that writes each piece asks the
+  same writes as its record holds.
 
 Each live syscall gets an idempotency key, stable across replays (`step_key`): a tool or
 a memory write that ran but was not recorded before a crash runs again on resume with the
@@ -23,6 +24,7 @@ same key, so the write it makes overwrites instead of duplicating.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -34,13 +36,15 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict
 
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import ReplayDiverged, SyscallError
+from llmos.kernel.errors import NoSuchProcess, ReplayDiverged, SyscallError
 from llmos.kernel.memory import ContextSnapshot
+from llmos.kernel.process import ProcessInfo
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.process import Process
 
+log = logging.getLogger(__name__)
 _STEP_KEY: ContextVar[str | None] = ContextVar("llmos_step_key", default=None)
 
 
@@ -113,8 +117,8 @@ class Recorded(BaseModel):
     result: Any = None
     error: ErrorRecord | None = None
     window: ContextSnapshot | None = None  # the context window after the call, if the call changed it
-    streamed: bool = False  # the result was a stream: `text` is what it gave
-    text: str = ""
+    streamed: bool = False  # the result was a stream: `pieces` is what it gave, piece by piece
+    pieces: tuple[str, ...] = ()
 
     def answer(self) -> Any:
         if self.error is not None:
@@ -134,10 +138,11 @@ class Journal:
         self.steps = 0  # syscalls recorded or replayed so far in this run
         self.replayed = 0  # of which answered from the record
         self.diverged: str | None = None
+        self.old_pids: dict[int, int | None] = {}  # pid in a replayed answer -> its pid now (None: gone)
         self._window: dict[str, Any] | None = None  # the last recorded window, as compared
         self._pending_window: ContextSnapshot | None = None  # replayed, not yet put back in the window
 
-    async def record(self, proc: Process, req: Request, run: Callable[[], Awaitable[Any]]) -> Any:
+    async def record(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]]) -> Any:
         if self.diverged is not None:
             raise ReplayDiverged(self.diverged)
         digest, summary = describe(req)
@@ -153,7 +158,41 @@ class Journal:
         rec = await self._step(req, body)
         if not ran:
             self._replayed(rec, req, digest, summary)
+            if req.reapply_on_replay():
+                await self._reapply(req, run)
+            self._learn_pids(proc, rec)
         return rec.answer()
+
+    async def _reapply(self, req: Request, run: Callable[[Request], Awaitable[Any]]) -> None:
+        try:
+            await run(req)
+        except SyscallError as exc:  # its recorded answer stands; the kernel's state is what it can be
+            log.info("durable process %s: re-applying %s on replay failed: %s", self.durable_id, req.call, exc)
+
+    # -- pids from before a resume ------------------------------------------------------------------
+    def _learn_pids(self, proc: Process, rec: Recorded) -> None:
+        """Pids in a replayed answer belong to the kernel that recorded it. The process's own
+        maps to its pid now; any other process it started then is gone (an ordinary child
+        dies with its kernel; a durable one is waited for by its durable id)."""
+        result = rec.result
+        if rec.call == "getpid" and isinstance(result, int):
+            self.old_pids[result] = proc.pid
+        elif isinstance(result, ProcessInfo) and result.pid:
+            self.old_pids.setdefault(result.pid, None)
+
+    def translate(self, req: Request) -> Request:
+        """A live call naming a pid from before the resume: the same process's pid now, or
+        NoSuchProcess rather than whichever process has that number in this kernel."""
+        for name in ("pid", "target"):
+            pid = getattr(req, name, None)
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid in self.old_pids:
+                now = self.old_pids[pid]
+                if now is None:
+                    raise NoSuchProcess(f"process {pid} was started by durable process {self.durable_id} in a "
+                                        "kernel that has since died; ordinary processes do not survive their "
+                                        "kernel (spawn it with durable=True and wait by its durable id)")
+                return req.model_copy(update={name: now})
+        return req
 
     async def _step(self, req: Request, body: Callable[[str], Awaitable[Recorded]]) -> Recorded:
         try:
@@ -164,12 +203,12 @@ class Journal:
         self.steps += 1
         return rec
 
-    async def _live(self, proc: Process, req: Request, run: Callable[[], Awaitable[Any]], key: str,
+    async def _live(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]], key: str,
                     digest: str, summary: str) -> Recorded:
         await self._put_back_window(proc)
         token = _STEP_KEY.set(key)
         try:
-            result = await run()
+            result = await run(self.translate(req))
         except SyscallError as exc:
             return self._with_window(proc, Recorded(call=req.call, digest=digest, summary=summary,
                                                     error=ErrorRecord.of(exc)))
@@ -205,7 +244,7 @@ class Journal:
         return rec.model_copy(update={"window": snapshot})
 
     # -- streamed generations ---------------------------------------------------------------
-    async def _record_streaming(self, proc: Process, req: Request, run: Callable[[], Awaitable[Any]],
+    async def _record_streaming(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]],
                                 digest: str, summary: str) -> Any:
         relay = _StreamRelay()
 
@@ -215,15 +254,16 @@ class Journal:
             if not isinstance(rec.result, AsyncIterable):
                 return rec  # an error, or a reply with tool calls: no stream after all
             relay.live.set()
-            text = await relay.pump(rec.result)
+            pieces = await relay.pump(rec.result)
             reply = getattr(rec.result, "reply", None)
-            return self._with_window(proc, rec.model_copy(update={"result": reply, "streamed": True, "text": text}))
+            return self._with_window(proc, rec.model_copy(update={"result": reply, "streamed": True,
+                                                                  "pieces": pieces}))
 
         async def drive() -> None:
             try:
                 relay.record = await self._step(req, body)
                 if not relay.ran and relay.record.streamed:
-                    relay.replay(relay.record.text)
+                    relay.replay(relay.record.pieces)
             except Exception as exc:
                 relay.error = exc
             finally:
@@ -266,7 +306,7 @@ class _StreamRelay:
             tg.start_soon(on, self.live)
             tg.start_soon(on, self.done)
 
-    async def pump(self, stream: Any) -> str:
+    async def pump(self, stream: Any) -> tuple[str, ...]:
         pieces: list[str] = []
         iterator = stream.__aiter__()
         try:
@@ -277,11 +317,11 @@ class _StreamRelay:
                     break
         finally:
             await iterator.aclose()  # leaving early cancels the generation
-        return "".join(pieces)
+        return tuple(pieces)
 
-    def replay(self, text: str) -> None:
-        if text:
-            self.send.send_nowait(text)
+    def replay(self, pieces: tuple[str, ...]) -> None:
+        for piece in pieces:
+            self.send.send_nowait(piece)
 
     def close(self) -> None:
         self.send.close()
@@ -290,7 +330,7 @@ class _StreamRelay:
 
 class JournaledStream:
     """A durable process's streamed generation: text pieces as they come (or, replayed, the
-    recorded text), then `reply` once the stream is exhausted and recorded."""
+    recorded pieces), then `reply` once the stream is exhausted and recorded."""
 
     def __init__(self, relay: _StreamRelay) -> None:
         self._relay = relay

@@ -158,7 +158,11 @@ async def _durability(stack: AsyncExitStack, kernel: Kernel, durable: str | None
     if runtime.has_work:
         try:
             await runtime.runtime()
-        except DurabilityUnavailable as exc:  # another kernel in this process has it: this one runs without
+        except DurabilityUnavailable as exc:
+            if durable != "embedded" or url is not None:
+                raise  # a database asked for by name (a cluster's) must work, or the kernel does not boot
+            # LLMOS_HOME's own, held by another kernel of this process or unreadable: this
+            # kernel runs without durable processes (a durable spawn says why)
             log.warning("durable processes are off in this kernel: %s", exc.message)
 
 

@@ -47,6 +47,9 @@ class Subscribe(Request[None]):
 
     topic: str = TopicName
 
+    def reapply_on_replay(self) -> bool:
+        return True  # a resumed process is subscribed again, in its new kernel
+
 
 class Unsubscribe(Request[None]):
     call: ClassVar[str] = "unsubscribe"
@@ -54,6 +57,9 @@ class Unsubscribe(Request[None]):
     positional: ClassVar[tuple[str, ...]] = ("topic",)
 
     topic: str = TopicName
+
+    def reapply_on_replay(self) -> bool:
+        return True  # a resumed process is subscribed again, in its new kernel
 
 
 class Publish(Request[int]):

@@ -130,6 +130,9 @@ class Nice(Request[None]):
             yield Control(self.pid)
         yield from _raising(caller, self.priority)
 
+    def reapply_on_replay(self) -> bool:
+        return self.pid is None  # a resumed process keeps the priority it gave itself
+
 
 class Ps(Request[list[ProcessInfo]]):
     """The live processes (and, with `include_ended`, the ended ones not yet reaped)."""
