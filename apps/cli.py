@@ -14,6 +14,7 @@ from rich.table import Table
 
 import llmos
 from llmos import plugins
+from llmos.home import DATABASE_ENV
 from llmos.apps import daemon_cli, demo, durable_cli, registry, runner, tools
 from llmos.apps.shell import views
 from llmos.server.client import ClientError
@@ -66,12 +67,12 @@ def run(
     console = runner.StdioConsole()
     if durable or restart is not None:
         try:
-            policy_ = RestartPolicy(restart=restart or "never", max_restarts=max_restarts, within_s=within)
+            restart_policy = RestartPolicy(restart=restart or "never", max_restarts=max_restarts, within_s=within)
         except ValidationError as exc:
             raise typer.BadParameter(f"--restart is never, on-failure or always; --max-restarts >= 0; --within > 0 "
                                      f"({exc.error_count()} wrong)") from None
         _run_durable(app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps, quotas=quotas,
-                     restart=policy_, local=local, console=console)
+                     restart=restart_policy, local=local, console=console)
     if remote is not None:
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
                                                                              quotas=quotas, console=console)))
@@ -128,12 +129,14 @@ def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include ended pro
 
 @app.command("resume")
 def resume_cmd(durable_id: Annotated[str, typer.Argument(metavar="ID", help="A durable process (llmos ps --durable).")],
-               model: ModelOpt = "smollm2") -> None:
+               model: ModelOpt = "smollm2",
+               no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False) -> None:
     """Go on with an unfinished (or cancelled) durable process from where it stopped: in the
-    daemon if one runs, else here until it ends."""
+    daemon if one runs (it uses the daemon's model), else here until it ends."""
     client = _guard(daemon_cli.daemon)
     console = runner.StdioConsole()
-    status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=model, console=console)))
+    status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=None if no_model else model,
+                                                                 console=console)))
     if status is not None:
         raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
@@ -223,8 +226,9 @@ def serve(
     cluster: Annotated[Optional[str], typer.Option("--cluster", metavar="POSTGRESQL_URL",
                                                    help="Join the cluster of kernels sharing this PostgreSQL "
                                                    "database (default: LLMOS_DATABASE_URL, if set).")] = None,
-    capacity: Annotated[Optional[int], typer.Option(help="In a cluster: durable processes this kernel runs at "
-                                                    "once; more wait for a kernel with room.", min=1)] = None,
+    capacity: Annotated[Optional[int], typer.Option(help="In a cluster: durable processes each kernel runs at "
+                                                    "once (one number for the cluster: the kernel started last "
+                                                    "sets it); more wait for a kernel with room.", min=1)] = None,
     memory: Annotated[Optional[str], typer.Option(help="Where memory lives: 'embedded' (LLMOS_HOME) or a "
                                                   "`chroma run` server's http://host:port.")] = None,
 ) -> None:
@@ -233,7 +237,7 @@ def serve(
 
     raise typer.Exit(_guard(lambda: serving.run(host=host, port=port, model=model, policy=policy,
                                                 max_queue=max_queue, new_key=new_key,
-                                                cluster=cluster or os.environ.get("LLMOS_DATABASE_URL"),
+                                                cluster=cluster or os.environ.get(DATABASE_ENV),
                                                 capacity=capacity, memory=memory)))
 
 

@@ -44,4 +44,3 @@ def run(*, host: str, port: int, model: str, policy: str, max_queue: int | None,
     except KeyboardInterrupt:
         pass
     return 0
-

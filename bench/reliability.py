@@ -51,8 +51,10 @@ def kill_loop(args: argparse.Namespace) -> dict[str, Any]:
     from llmos.crashloop import crash_loop
 
     work = Path(tempfile.mkdtemp(prefix="llmos-crashloop-"))
-    home = use_model_cache()
-    report = crash_loop(home, work, cycles=args.cycles, agents=args.agents, turns=args.turns,
+    home = work / "home"  # a fresh one, whatever LLMOS_HOME says: earlier records would count
+    home.mkdir()
+    (home / "models").symlink_to(use_model_cache() / "models", target_is_directory=True)
+    report = crash_loop(home, work / "ledgers", cycles=args.cycles, agents=args.agents, turns=args.turns,
                         model=None if args.fake else "smollm2", seed=args.seed)
     row = report.as_dict()
     row["model"] = "FakeDriver" if args.fake else "smollm2"
@@ -104,17 +106,20 @@ async def _kill_and_measure(kernels: list[tuple[str, Any]], start_kernel: Any, a
            for _ in range(args.cluster_processes)]
     started = len(kernels)
     for kill in range(args.kills):
-        observer = DaemonClient(kernels[-1][0])
         with anyio.fail_after(120):  # every process running, and past its first steps
-            while not all(i.state.value == "running" and i.steps > 2 for i in await observer.durable_ps()):
+            while not all(i.state.value == "running" and i.steps > 2
+                          for i in await DaemonClient(kernels[0][0]).durable_ps()):
                 await anyio.sleep(0.1)
-        listing = await observer.durable_ps()
-        victim = max(range(len(kernels) - 1), key=lambda k: sum(i.kernel_url == kernels[k][0] for i in listing))
+        listing = await DaemonClient(kernels[0][0]).durable_ps()
+        victim = max(range(len(kernels)), key=lambda k: sum(i.kernel_url == kernels[k][0] for i in listing))
         victim_url, victim_process = kernels.pop(victim)
-        steps_at_kill = {i.id: i.steps for i in listing if i.kernel_url == victim_url}
+        observer = DaemonClient(kernels[0][0])
         killed_at = time.monotonic()
         victim_process.send_signal(signal.SIGKILL)
         victim_process.wait()
+        on_victim = {i.id for i in listing if i.kernel_url == victim_url}
+        # What the dead kernel recorded is final now: a process goes on once one more step is recorded.
+        steps_at_kill = {i.id: i.steps for i in await observer.durable_ps() if i.id in on_victim}
         pending = dict(steps_at_kill)
         with anyio.fail_after(120):
             while pending:
@@ -126,10 +131,10 @@ async def _kill_and_measure(kernels: list[tuple[str, Any]], start_kernel: Any, a
                 await anyio.sleep(0.05)
         progress(f"kill {kill + 1}: {len(steps_at_kill)} processes went on elsewhere, "
                  f"latest after {latencies[-1]:.2f} s" if steps_at_kill else f"kill {kill + 1}: the kernel ran none")
-        kernels.insert(0, start_kernel(started))
+        kernels.append(start_kernel(started))
         started += 1
     for durable_id in ids:
-        await DaemonClient(kernels[-1][0]).durable_cancel(durable_id, "the bench is over")
+        await DaemonClient(kernels[0][0]).durable_cancel(durable_id, "the bench is over")
     return latencies
 
 

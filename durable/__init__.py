@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from llmos.home import DATABASE_ENV, durable_sqlite
 from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec
-from llmos.kernel.errors import DurabilityUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo
 
@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from llmos.durable.runtime import DbosDurability
 
 log = logging.getLogger("llmos.durable")
-DATABASE_ENV = "LLMOS_DATABASE_URL"
-
-
 def database_url_from_env() -> str | None:
     return os.environ.get(DATABASE_ENV) or None
 
@@ -44,13 +41,12 @@ class Durable:
         self.capacity = capacity  # in a cluster: durable processes this kernel runs at once
         self.api_url = api_url  # in a cluster: where this kernel's API answers, for `ps --durable`
         self._runtime: DbosDurability | None = None
-        self._failed: str | None = None
         self._lock = anyio.Lock()
 
     @property
     def has_work(self) -> bool:
         """Whether there may be durable processes to resume (a cluster, or a home that has used them)."""
-        return self.url is not None or (self.home / "durable" / "system.sqlite").exists()
+        return self.url is not None or durable_sqlite(self.home).exists()
 
     @property
     def started(self) -> bool:
@@ -62,19 +58,13 @@ class Durable:
 
     async def runtime(self) -> DbosDurability:
         async with self._lock:
-            if self._runtime is None:
-                if self._failed is not None:
-                    raise DurabilityUnavailable(self._failed)
+            if self._runtime is None:  # a failed start is tried again at the next use
                 from llmos.durable import engine
                 from llmos.durable.runtime import DbosDurability
 
                 runtime = DbosDurability(self.kernel, engine.database_url(self.home, self.url), self.api_url,
                                          capacity=None if self.url is None else self.capacity)
-                try:
-                    await runtime.start(self.resume_at_start)
-                except DurabilityUnavailable as exc:
-                    self._failed = exc.message
-                    raise
+                await runtime.start(self.resume_at_start)
                 self._runtime = runtime
             return self._runtime
 

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from dbos import DBOS
 from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSUnexpectedStepError, DBOSWorkflowCancelledError
 
-from llmos.kernel.errors import DurabilityUnavailable, ReplayDiverged
+from llmos.home import durable_sqlite
+from llmos.kernel.errors import DurabilityUnavailable, DurableCancelled, ReplayDiverged
 from llmos.urls import redacted
 
 T = TypeVar("T")
@@ -37,18 +38,21 @@ def database_url(home: Path, url: str | None) -> str:
     """The DBOS system database: `url` (postgresql://..., a cluster's) or SQLite in LLMOS_HOME/durable."""
     if url:
         return url
-    folder = home / "durable"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'system.sqlite'}"
+    path = durable_sqlite(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 QUEUE = "llmos-processes"  # a cluster's durable runs wait here for a kernel with room
 QUEUE_POLL_S = 0.5
 
 
-async def launch(owner: object, url: str, executor_id: str, capacity: int | None = None) -> None:
+async def launch(owner: object, url: str, executor_id: str, capacity: int | None = None,
+                 worker: bool = True) -> None:
     """Start DBOS for `owner` (one kernel). With a `capacity` (a cluster), the runs of
-    durable processes go through a queue that each kernel serves, at most `capacity` at once.
+    durable processes go through a queue: each kernel runs at most `capacity` of them at once
+    (one number for the cluster, DBOS keeps it in the database: the kernel started last sets
+    it). A kernel that is not a `worker` (one that only lists or cancels) takes none.
 
     It runs on the kernel's event loop, blocking it while DBOS migrates its database (a
     tenth of a second on SQLite): DBOS adopts the loop it is launched from, and the
@@ -68,20 +72,21 @@ async def launch(owner: object, url: str, executor_id: str, capacity: int | None
     _owner = owner
     try:
         DBOS(config=config)  # type: ignore[arg-type]
+        if not worker:
+            DBOS.listen_queues([])
         DBOS.launch()
-        if capacity is not None:  # one setting for the cluster: the last kernel to start writes it
+        if capacity is not None and worker:
             await DBOS.register_queue_async(QUEUE, worker_concurrency=capacity, polling_interval_sec=QUEUE_POLL_S,
                                             on_conflict="always_update")
-    except Exception as exc:
-        _owner = None
-        await anyio.to_thread.run_sync(DBOS.destroy)
-        raise DurabilityUnavailable(f"the durable database {redacted(url)} cannot be used: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-    except BaseException:
-        _owner = None
-        await anyio.to_thread.run_sync(DBOS.destroy)
+    except BaseException as exc:
+        await anyio.to_thread.run_sync(destroy, owner)
+        if isinstance(exc, Exception):
+            raise unusable(url, exc) from exc
         raise
 
+
+def unusable(url: str, exc: Exception) -> DurabilityUnavailable:
+    return DurabilityUnavailable(f"the durable database {redacted(url)} cannot be used: {type(exc).__name__}: {exc}")
 
 
 def sqlite_engine(url: str) -> sa.Engine:
@@ -119,9 +124,13 @@ def current() -> Any:
 
 
 async def isolated(call: Callable[[], Awaitable[T]]) -> T:
-    """`call()` outside any workflow's context (see the module's docstring)."""
+    """`call()` outside any workflow's context (see the module's docstring). A database
+    that fails is a DurabilityUnavailable (ENODEV), not a driver's exception."""
     task = asyncio.get_running_loop().create_task(_awaited(call), context=contextvars.Context())
-    return await task
+    try:
+        return await task
+    except sa.exc.SQLAlchemyError as exc:
+        raise DurabilityUnavailable(f"the durable database failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
@@ -145,20 +154,30 @@ class DbosSteps:
             _, step, expected, recorded = exc.inputs
             raise ReplayDiverged(f"durable process {self.durable_id} diverged from its record at syscall #{step}: "
                                  f"the record has {recorded!r}, the app now asks {expected!r}") from None
+        except DBOSWorkflowCancelledError:  # cancelled from another kernel, or here
+            raise DurableCancelled(f"durable process {self.durable_id} was cancelled") from None
 
 
 class _Expected(logging.Filter):
     """What DBOS reports that is, for llmos, the expected course of things: a workflow's
     task cancelled (a kernel shutting down with durable processes unfinished, which is what
-    they are for), and a cancelled durable process's workflows seeing that they were."""
+    they are for), and a cancelled durable process's workflows seeing that they were. (That
+    a workflow is no longer owned by this kernel is filtered only for workflows llmos
+    cancelled: otherwise it means this kernel was taken for dead while it ran.)"""
 
-    EXPECTED = ("Asyncio task cancelled", "outcome was not recorded: the workflow is no longer owned")
+    EXPECTED = ("Asyncio task cancelled",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], (DBOSAwaitedWorkflowCancelledError,
                                                                DBOSWorkflowCancelledError)):
             return False
-        return not any(text in record.getMessage() for text in self.EXPECTED)
+        message = record.getMessage()
+        if "no longer owned" in message and any(f"Workflow {wid} " in message for wid in CANCELLED):
+            return False
+        return not any(text in message for text in self.EXPECTED)
+
+
+CANCELLED: set[str] = set()  # workflow ids this process cancelled on purpose (see _Expected)
 
 
 def _quiet() -> None:

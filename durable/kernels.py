@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -43,6 +44,18 @@ class KernelRow:
     beats: int
 
 
+def host_identity() -> str:
+    """This machine and PID namespace: kernels that share it can check each other's OS
+    process (two containers on one host with the same host name do not)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
+        except OSError:
+            parts.append("?")
+    return " ".join(parts)
+
+
 def sqlalchemy_url(url: str) -> str:
     """A postgresql:// URL names psycopg (3, which DBOS installs), as DBOS reads it; SQLAlchemy
     would reach for psycopg2."""
@@ -67,7 +80,7 @@ class Kernels:
     def __init__(self, url: str, executor_id: str) -> None:
         self.engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
         self.executor_id = executor_id
-        self.host = socket.gethostname()
+        self.host = host_identity()
         self._seen: dict[str, tuple[int, float]] = {}  # executor -> (beats, when they last moved, monotonic)
 
     def join(self, url: str | None = None, capacity: int | None = None) -> None:
@@ -79,10 +92,13 @@ class Kernels:
             db.execute(KERNELS.delete().where(KERNELS.c.executor_id == self.executor_id))
             db.execute(KERNELS.insert().values(**row))
 
-    def beat(self) -> None:
+    def beat(self) -> bool:
+        """One heartbeat; False if this kernel's row is gone: the others took it for dead
+        (it was silent too long) and have taken over its durable processes."""
         with self.engine.begin() as db:
-            db.execute(KERNELS.update().where(KERNELS.c.executor_id == self.executor_id)
-                       .values(beats=KERNELS.c.beats + 1))
+            done = db.execute(KERNELS.update().where(KERNELS.c.executor_id == self.executor_id)
+                              .values(beats=KERNELS.c.beats + 1))
+            return done.rowcount > 0
 
     def leave(self) -> None:
         with self.engine.begin() as db:
@@ -111,7 +127,7 @@ class Kernels:
     def _is_alive(self, row: KernelRow, now: float) -> bool:
         if row.executor_id == self.executor_id:
             return True
-        if row.host == self.host:
+        if row.host == self.host and row.os_started:  # same machine and PID namespace: ask the OS
             return _os_started(row.os_pid) == row.os_started
         beats, since = self._seen.get(row.executor_id, (-1, now))
         if row.beats != beats:

@@ -15,30 +15,32 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from dbos import DBOS, SetWorkflowID
-from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSNonExistentWorkflowError
+from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSException, DBOSNonExistentWorkflowError
 
 from llmos.durable import engine
 from llmos.durable.engine import DbosSteps, isolated
 from llmos.durable.kernels import KernelRow, Kernels
 from llmos.durable.workflows import RUN, SUPERVISOR, supervise
 from llmos.kernel import params
-from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record
-from llmos.kernel.errors import (DurabilityUnavailable, InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess,
+from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record, failed_record
+from llmos.kernel.errors import (InvalidRequest, InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess,
                                  SyscallError, Timeout)
 from llmos.kernel.journal import Journal, current_step_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcessStats, ProcState
-from llmos.urls import redacted
 
 log = logging.getLogger("llmos.durable")
 SHUTDOWN = "kernel shutdown"
+TAKEN_OVER = "taken over by another kernel"
+START_WAIT_S = 30.0  # a spawn waits this long for its process to start here (DBOS writes first)
+START_ATTEMPTS = 30  # a run whose process the kernel refuses (its table full) tries again this often ...
+START_RETRY_S = 1.0  # ... this far apart
 START_POLL_S = 0.5  # how often a spawn that found its durable process already started looks for it again
 
 
@@ -59,40 +61,59 @@ class DbosDurability:
         self.running: dict[str, Process] = {}  # durable id -> its process, for the runs this kernel hosts
         self.resumed: list[str] = []  # durable ids this kernel took over from dead kernels
         self._started: dict[str, anyio.Event] = {}  # spawns waiting for their process to start here
+        self._handed: dict[str, Process | None] = {}  # ... and what started (None: the app did not load)
+        self._load_error: dict[str, str] = {}  # why a run's process could not start
         self._parents: dict[str, Process] = {}  # who spawned a durable process (here): its parent, told if it fails
         self._tasks: set[asyncio.Task[Any]] = set()  # the workflow tasks running here, cancelled at shutdown
+        # Handles of the supervisors started here: waiting on one awaits its task, where a
+        # handle retrieved from the database polls it (a tenth of a second, and CPU, per poll).
+        self._handles: dict[str, Any] = {}
+        self._leaving: set[int] = set()  # pids ended because this kernel stops hosting them
         self.closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, resume: bool) -> None:
-        """Launch DBOS on the database; with `resume`, take over what dead kernels left
-        unfinished, now and whenever another kernel dies."""
-        await engine.launch(self, self.url, self.executor_id, self.capacity)
+        """Join the kernels table, launch DBOS on the database; with `resume`, take over what
+        dead kernels left unfinished, now and whenever another kernel dies. (It joins first:
+        once launched it may dequeue work, and the others must know it is alive by then.)"""
         try:
             await anyio.to_thread.run_sync(self.kernels.join, self.api_url, self.capacity)
         except Exception as exc:
-            await anyio.to_thread.run_sync(engine.destroy, self)
-            raise DurabilityUnavailable(f"the durable database {redacted(self.url)} cannot be used: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            await anyio.to_thread.run_sync(engine.destroy, self)
+            raise engine.unusable(self.url, exc) from exc
+        try:
+            await engine.launch(self, self.url, self.executor_id, self.capacity, worker=resume)
+            if resume:
+                await self.take_over()
+        except BaseException as exc:
+            await anyio.to_thread.run_sync(self._shut_down)
+            if isinstance(exc, Exception) and not isinstance(exc, SyscallError):
+                raise engine.unusable(self.url, exc) from exc
             raise
         self.kernel.start_service(self.beat_forever, "llmos-durable-heartbeat")
+        self.kernel.start_service(self.watch_forever, "llmos-durable-watch")
         if resume:
-            await self.take_over()
             self.kernel.start_service(self.monitor_forever, "llmos-durable-monitor")
 
     async def close(self) -> None:
         """Leave every durable process unfinished (the next boot resumes it), then stop DBOS."""
         self.closing = True
-        for proc in list(self.running.values()):
-            self.kernel.kill(proc.pid, SHUTDOWN)
-        for proc in list(self.running.values()):
-            await proc.done.wait()
+        await self._let_go(list(self.running.values()), SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await anyio.to_thread.run_sync(self._shut_down)
+
+    async def _let_go(self, procs: list[Process], reason: str) -> None:
+        """End these runs without recording how: first stop recording what they stream (a
+        generation cut off here must be generated again, not replayed cut off), then kill
+        them; their workflows stay unfinished, for whichever kernel resumes them."""
+        for proc in procs:
+            if proc.journal is not None:
+                proc.journal.helpers.cancel_scope.cancel()
+            self._leaving.add(proc.pid)
+            self.kernel.kill(proc.pid, reason)
+        for proc in procs:
+            await proc.done.wait()
 
     def _shut_down(self) -> None:
         try:
@@ -104,18 +125,28 @@ class DbosDurability:
         while True:
             await anyio.sleep(params.DURABLE_HEARTBEAT_S)
             try:
-                await anyio.to_thread.run_sync(self.kernels.beat)
+                alive = await anyio.to_thread.run_sync(self.kernels.beat)
             except Exception as exc:  # a busy database misses one beat, not the kernel
                 log.warning("durable: heartbeat failed: %s", exc)
+                continue
+            if not alive:
+                await self._taken_for_dead()
+
+    async def _taken_for_dead(self) -> None:
+        """This kernel was silent long enough for the others to take over its durable
+        processes: stop hosting them (another kernel runs them now), and join again."""
+        log.warning("durable: this kernel was taken for dead (silent over %g s); its %d durable process(es) go "
+                    "on elsewhere", params.DURABLE_DEAD_AFTER_S, len(self.running))
+        await self._let_go(list(self.running.values()), TAKEN_OVER)
+        await anyio.to_thread.run_sync(self.kernels.join, self.api_url, self.capacity)
 
     async def monitor_forever(self) -> None:
-        while True:
-            await anyio.sleep(params.DURABLE_MONITOR_S)
-            try:
-                await self.take_over()
-                await self._stop_cancelled()
-            except Exception as exc:
-                log.warning("durable: checking on other kernels failed: %s", exc)
+        await _every(params.DURABLE_MONITOR_S, "checking on other kernels", self.take_over)
+
+    async def watch_forever(self) -> None:
+        """A durable process cancelled from another kernel stops here too, even one that
+        makes no syscall for a while (a cancelled process's next step stops it anyway)."""
+        await _every(params.DURABLE_MONITOR_S, "looking for cancelled processes", self._stop_cancelled)
 
     async def take_over(self) -> list[str]:
         """Resume here the unfinished durable processes of kernels that are gone."""
@@ -139,7 +170,6 @@ class DbosDurability:
         return ids
 
     async def _stop_cancelled(self) -> None:
-        """A durable process cancelled from another kernel stops here too."""
         if not self.running:
             return
         cancelled = await isolated(lambda: DBOS.list_workflows_async(
@@ -153,31 +183,43 @@ class DbosDurability:
     async def spawn(self, spec: DurableSpec, parent: Process | None) -> ProcessInfo:
         key = current_step_key()  # a durable parent's spawn: the same child again if it is replayed
         durable_id = key_id(key)[:12] if key else uuid.uuid4().hex[:12]
+        if durable_id in self.running:  # a replayed spawn whose child was resumed here
+            return self.running[durable_id].info()
         if self.capacity is not None:
             spec = spec.model_copy(update={"queue": engine.QUEUE})
         started = self._started.setdefault(durable_id, anyio.Event())
         if parent is not None:
             self._parents[durable_id] = parent
+        self._forget_finished()
         try:
-            await isolated(lambda: self._start(durable_id, spec))
-            # Started here at once, unless it existed already (a replayed spawn: then it may run
-            # here, have ended, or run on another kernel) or it waits in a cluster's queue.
-            while durable_id not in self.running:
-                with anyio.move_on_after(START_POLL_S):
-                    await started.wait()
-                if durable_id in self.running:
-                    break
-                info = await self.info(durable_id)
-                if info.state.finished or info.kernel != self.executor_id or spec.queue is not None:
-                    return _snapshot(spec, info)
+            self._handles[durable_id] = await isolated(lambda: self._start(durable_id, spec))
+            # It starts here at once, unless it waits in a cluster's queue, or it existed
+            # already (a replayed spawn: then it runs elsewhere, or has ended).
+            with anyio.move_on_after(START_WAIT_S if spec.queue is None else START_POLL_S):
+                await started.wait()
         finally:
             self._started.pop(durable_id, None)
-        return self.running[durable_id].info()
+        if durable_id in self._handed:
+            proc = self._handed.pop(durable_id)
+            if proc is None:  # its app did not load: the run failed for good
+                raise InvalidState(f"durable process {durable_id} did not start: "
+                                   f"{(await self.info(durable_id)).reason}")
+            return proc.info()
+        return _snapshot(spec, await self.info(durable_id))
 
     @staticmethod
-    async def _start(durable_id: str, spec: DurableSpec) -> None:
+    async def _start(durable_id: str, spec: DurableSpec) -> Any:
         with SetWorkflowID(durable_id):
-            await DBOS.start_workflow_async(supervise, spec.model_dump(mode="json"))
+            return await DBOS.start_workflow_async(supervise, spec.model_dump(mode="json"))
+
+    def _forget_finished(self) -> None:
+        """What is kept of supervisors started here that have ended: their handles (a later
+        wait reads the database) and their parents."""
+        for durable_id, handle in list(self._handles.items()):
+            task = getattr(handle, "task", None)
+            if task is None or task.done():
+                del self._handles[durable_id]
+                self._parents.pop(durable_id, None)
 
     async def host(self, spec: DurableSpec, durable_id: str) -> dict[str, Any]:
         """One run of a durable process on this kernel (the body of the `llmos.run` workflow)."""
@@ -191,40 +233,55 @@ class DbosDurability:
 
     async def _host(self, spec: DurableSpec, durable_id: str) -> dict[str, Any]:
         if self.closing:
-            await anyio.sleep_forever()
-        parent = self._parents.get(durable_id)
+            raise _unrecorded()
         async with anyio.create_task_group() as helpers:
             journal = Journal(durable_id, DbosSteps(durable_id), self.kernel, helpers)
-            try:
-                proc = self.kernel.spawn_nowait(
-                    spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
-                    caps=spec.capabilities, quotas=spec.quotas, journal=journal,
-                    parent=parent if parent is not None and not parent.state.terminal else None)
-            except SyscallError as exc:  # its app no longer loads here
-                self._wake(durable_id)
-                return {"pid": 0, "name": spec.name, "state": ProcState.FAILED.name, "reason": str(exc),
-                        "result": None, "traceback": None, "ended_at": time.time(), "final": True}
+            proc = await self._start_process(spec, durable_id, journal)
+            if proc is None:  # its app no longer loads here: the run fails for good
+                return {**failed_record(spec, self._load_error.pop(durable_id, "")), "final": True}
             self.running[durable_id] = proc
-            self._wake(durable_id)
+            self._hand(durable_id, proc)
             try:
                 await proc.done.wait()
             finally:
                 self.running.pop(durable_id, None)
                 helpers.cancel_scope.cancel()
-        if self.closing or proc.reason == SHUTDOWN:
-            await anyio.sleep_forever()  # cancelled at shutdown: DBOS leaves the run unfinished
+        if self.closing or proc.lost_with_kernel or proc.pid in self._leaving:
+            self._leaving.discard(proc.pid)
+            raise _unrecorded()
         outcome = exit_record(proc)
         if journal.diverged is not None:  # FAILED, even if the app caught the error and went on
             outcome.update(state=ProcState.FAILED.name, reason=f"ReplayDiverged: {journal.diverged}")
         # A run that diverged from its record, or was killed on purpose, is not restarted.
         return {**outcome, "final": journal.diverged is not None or proc.state is ProcState.KILLED}
 
-    def _wake(self, durable_id: str) -> None:
-        event = self._started.get(durable_id)
-        if event is not None:
-            event.set()
+    async def _start_process(self, spec: DurableSpec, durable_id: str, journal: Journal) -> Process | None:
+        """The run's process, or None if its app does not load. A refusal that may pass (the
+        process table full) is tried again, for a while, before it counts as a failure."""
+        parent = self._parents.get(durable_id)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return self.kernel.spawn_nowait(
+                    spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
+                    caps=spec.capabilities, quotas=spec.quotas, journal=journal,
+                    parent=parent if parent is not None and not parent.state.terminal else None)
+            except InvalidRequest as exc:
+                self._load_error[durable_id] = str(exc)
+                break
+            except SyscallError as exc:
+                self._load_error[durable_id] = str(exc)
+                if attempt + 1 < START_ATTEMPTS:
+                    await anyio.sleep(START_RETRY_S)
+        self._hand(durable_id, None)
+        return None
 
-    def tell_parent(self, spec_data: dict[str, Any], durable_id: str, outcome: dict[str, Any]) -> None:
+    def _hand(self, durable_id: str, proc: Process | None) -> None:
+        """Tell a spawn waiting here what started (None: nothing could)."""
+        if durable_id in self._started:
+            self._handed[durable_id] = proc
+            self._started[durable_id].set()
+
+    async def tell_parent(self, spec_data: dict[str, Any], durable_id: str, outcome: dict[str, Any]) -> None:
         """A supervised process gave up: its parent, if it still lives here, gets a message."""
         spec = DurableSpec.model_validate(spec_data)
         parent = self.running.get(spec.parent_durable_id) if spec.parent_durable_id else self._parents.get(durable_id)
@@ -238,19 +295,29 @@ class DbosDurability:
 
     # -- asking about them ------------------------------------------------------------------------
     async def wait(self, durable_id: str, timeout: float | None = None) -> ExitStatus:
-        with anyio.move_on_after(timeout) as scope:
-            return await isolated(lambda: self._outcome(durable_id))
-        assert scope.cancelled_caught
-        raise Timeout(f"durable process {durable_id} still runs after {timeout} s")
+        if timeout is not None and not await self._ended(durable_id):  # else its outcome is there to read
+            with anyio.move_on_after(timeout) as scope:
+                return await isolated(lambda: self._outcome(durable_id))
+            assert scope.cancelled_caught
+            raise Timeout(f"durable process {durable_id} still runs after {timeout} s")
+        return await isolated(lambda: self._outcome(durable_id))
+
+    async def _ended(self, durable_id: str) -> bool:
+        status = await isolated(lambda: DBOS.get_workflow_status_async(durable_id))
+        if status is None:
+            raise NoSuchDurableProcess(f"no durable process {durable_id!r}")
+        return status.status not in ("PENDING", "ENQUEUED", "DELAYED")
 
     async def _outcome(self, durable_id: str) -> ExitStatus:
         try:
-            handle = await DBOS.retrieve_workflow_async(durable_id)
+            handle = self._handles.get(durable_id) or await DBOS.retrieve_workflow_async(durable_id)
             outcome = await handle.get_result(polling_interval_sec=0.1)
         except DBOSNonExistentWorkflowError:
             raise NoSuchDurableProcess(f"no durable process {durable_id!r}") from None
         except DBOSAwaitedWorkflowCancelledError:
             return ExitStatus(pid=0, name=durable_id, state=ProcState.KILLED, reason="cancelled")
+        except DBOSException as exc:  # its workflow failed in DBOS (too many recoveries, say)
+            return ExitStatus(pid=0, name=durable_id, state=ProcState.FAILED, reason=f"{type(exc).__name__}: {exc}")
         return ExitStatus(pid=outcome["pid"], name=outcome["name"], state=ProcState[outcome["state"]],
                           reason=outcome["reason"], result=outcome["result"], traceback=outcome["traceback"])
 
@@ -284,38 +351,37 @@ class DbosDurability:
 
     # -- acting on them -----------------------------------------------------------------------------
     async def resume(self, durable_id: str) -> DurableInfo:
+        """Make it eligible to run again, from its record: any kernel with room may take it."""
         info = await self.info(durable_id)
         if info.state in (DurableState.RUNNING, DurableState.QUEUED):
             raise InvalidState(f"durable process {durable_id} is {info.state.value} (on kernel {info.kernel})")
         if info.state.finished and info.state is not DurableState.CANCELLED:
             raise InvalidState(f"durable process {durable_id} has ended ({info.state.value}); nothing to resume")
-        for workflow_id in await self._unfinished(durable_id):
-            await isolated(lambda wid=workflow_id: DBOS.resume_workflow_async(wid))  # type: ignore[misc]
+        alive = await anyio.to_thread.run_sync(self.kernels.alive)
+        for workflow in await self._workflows(durable_id):
+            # a workflow a live kernel runs (its supervisor, when only the run's kernel died) stays there
+            if workflow.status == "CANCELLED" or (workflow.status == "PENDING" and workflow.executor_id not in alive):
+                await isolated(lambda wid=workflow.workflow_id: DBOS.resume_workflow_async(wid))  # type: ignore[misc]
         return await self.info(durable_id)
 
     async def cancel(self, durable_id: str, reason: str = "cancelled") -> None:
         info = await self.info(durable_id)
         if info.state.finished:
             raise InvalidState(f"durable process {durable_id} has ended ({info.state.value})")
-        await isolated(lambda: self._cancel_all(durable_id))
+        ids = [workflow.workflow_id for workflow in await self._workflows(durable_id)]
+        engine.CANCELLED.update(ids)
+        await isolated(lambda: DBOS.cancel_workflows_async(ids))
         proc = self.running.get(durable_id)
         if proc is not None:
             self.kernel.kill(proc.pid, reason)
 
-    async def _cancel_all(self, durable_id: str) -> None:
-        await DBOS.cancel_workflows_async([durable_id, *await self._run_ids(durable_id)])
-
-    async def _unfinished(self, durable_id: str) -> list[str]:
+    async def _workflows(self, durable_id: str) -> list[Any]:
+        """Its supervisor and its runs."""
         found = await isolated(lambda: DBOS.list_workflows_async(
             workflow_ids=[durable_id], load_input=False, load_output=False))
         runs = await isolated(lambda: DBOS.list_workflows_async(
             workflow_id_prefix=f"{durable_id}#", load_input=False, load_output=False))
-        return [w.workflow_id for w in (*found, *runs) if w.status in ("PENDING", "CANCELLED")]
-
-    async def _run_ids(self, durable_id: str) -> list[str]:
-        runs = await DBOS.list_workflows_async(workflow_id_prefix=f"{durable_id}#", load_input=False,
-                                               load_output=False)
-        return [run.workflow_id for run in runs]
+        return [*found, *runs]
 
 
 _STATES = {"queued": ProcState.READY, "running": ProcState.RUNNING, "unfinished": ProcState.READY,
@@ -338,6 +404,22 @@ def _state(workflow: Any, latest: Any, alive: dict[str, KernelRow]) -> tuple[Dur
     if (latest or workflow).executor_id in alive:
         return DurableState.RUNNING, None
     return DurableState.UNFINISHED, None
+
+
+async def _every(interval: float, what: str, chore: Any) -> None:
+    """`await chore()` every `interval` seconds for the kernel's life; a failure is logged, not fatal."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await chore()
+        except Exception as exc:
+            log.warning("durable: %s failed: %s", what, exc)
+
+
+def _unrecorded() -> BaseException:
+    """What ends a run's workflow without recording how it ended, so DBOS leaves it
+    unfinished (PENDING) for a kernel to resume: its task cancelled."""
+    return asyncio.CancelledError("the run is let go: a kernel resumes it later")
 
 
 def _snapshot(spec: DurableSpec, info: DurableInfo) -> ProcessInfo:

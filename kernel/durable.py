@@ -9,6 +9,7 @@ llmos.boot as `kernel.durability`.
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -20,6 +21,9 @@ from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState, Quotas
 
 if TYPE_CHECKING:
     from llmos.kernel.process import Process
+
+
+DURABLE_ID_PATTERN = r"^[0-9a-f]+$"  # a durable process's id: hex digits (its supervisor workflow's id)
 
 
 class RestartPolicy(BaseModel):
@@ -62,7 +66,7 @@ class DurableSpec(BaseModel):
 class DurableState(str, Enum):
     """Where a durable process is in its life (DBOS's workflow status, in llmos's words)."""
 
-    QUEUED = "queued"  # waiting for a kernel with room (a cluster queue)
+    QUEUED = "queued"  # waiting for a kernel to take it: in a cluster's queue, or just resumed
     RUNNING = "running"  # a live kernel runs it
     UNFINISHED = "unfinished"  # its kernel died (or shut down) before it ended: a boot resumes it
     EXITED = "exited"
@@ -124,3 +128,9 @@ def exit_record(proc: Process) -> dict[str, Any]:
         result = repr(result)
     return {"pid": proc.pid, "name": proc.name, "state": proc.state.name, "reason": proc.reason,
             "result": result, "traceback": proc.traceback, "ended_at": proc.ended_at}
+
+
+def failed_record(spec: DurableSpec, reason: str) -> dict[str, Any]:
+    """The record of a run whose process could not start (its app does not load)."""
+    return {"pid": 0, "name": spec.name, "state": ProcState.FAILED.name, "reason": reason, "result": None,
+            "traceback": None, "ended_at": time.time()}

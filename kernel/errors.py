@@ -215,3 +215,9 @@ class NoSuchDurableProcess(SyscallError):
     """No durable process has this id in this LLMOS_HOME (or cluster)."""
 
     code = Errno.ESRCH
+
+
+class DurableCancelled(SyscallError):
+    """This durable process was cancelled (from this kernel or another): it stops now."""
+
+    code = Errno.EINTR

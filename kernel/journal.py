@@ -13,8 +13,10 @@ What the record holds besides the answer:
   process goes on with the conversation it had;
 - for a streamed generation, its pieces: they reach the process as they come, and the
   stream ends for the process only once the reply is recorded. A replayed stream gives the
-  recorded pieces back (not generated again), so an app that writes each piece asks the
-  same writes as its record holds.
+  recorded pieces back (not generated again). Console output the process writes while a
+  stream is open belongs to the stream: shown live, not recorded on its own, not shown
+  again on replay; any other call waits until the stream is recorded, so that a stream
+  generated again after a crash is never followed by answers recorded after the old one.
 
 Each live syscall gets an idempotency key, stable across replays (`step_key`): a tool or
 a memory write that ran but was not recorded before a crash runs again on resume with the
@@ -36,7 +38,7 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict
 
 from llmos.kernel.abi import Request
-from llmos.kernel.errors import NoSuchProcess, ReplayDiverged, SyscallError
+from llmos.kernel.errors import DurableCancelled, NoSuchProcess, ReplayDiverged, SyscallError
 from llmos.kernel.memory import ContextSnapshot
 from llmos.kernel.process import ProcessInfo
 
@@ -139,12 +141,26 @@ class Journal:
         self.replayed = 0  # of which answered from the record
         self.diverged: str | None = None
         self.old_pids: dict[int, int | None] = {}  # pid in a replayed answer -> its pid now (None: gone)
+        self.live_pids: set[int] = set()  # pids this run got live: this kernel's, never translated
+        self._open_stream: _StreamRelay | None = None  # a streamed generation not yet recorded
         self._window: dict[str, Any] | None = None  # the last recorded window, as compared
         self._pending_window: ContextSnapshot | None = None  # replayed, not yet put back in the window
 
     async def record(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]]) -> Any:
         if self.diverged is not None:
             raise ReplayDiverged(self.diverged)
+        stream = self._open_stream
+        if stream is not None:  # a streamed generation is not recorded yet
+            if not req.replay_matches_arguments:  # console output while it streams: part of the stream
+                return None if not stream.ran else await run(req)
+            await stream.done.wait()  # any other call comes after it in the record, and on replay
+        try:
+            return await self._record(proc, req, run)
+        except DurableCancelled:
+            self.kernel.kill(proc.pid, "cancelled")
+            raise
+
+    async def _record(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]]) -> Any:
         digest, summary = describe(req)
         if req.streams():
             return await self._record_streaming(proc, req, run, digest, summary)
@@ -185,7 +201,8 @@ class Journal:
         NoSuchProcess rather than whichever process has that number in this kernel."""
         for name in ("pid", "target"):
             pid = getattr(req, name, None)
-            if isinstance(pid, int) and not isinstance(pid, bool) and pid in self.old_pids:
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid in self.old_pids \
+                    and pid not in self.live_pids:
                 now = self.old_pids[pid]
                 if now is None:
                     raise NoSuchProcess(f"process {pid} was started by durable process {self.durable_id} in a "
@@ -214,6 +231,8 @@ class Journal:
                                                     error=ErrorRecord.of(exc)))
         finally:
             _STEP_KEY.reset(token)
+        if isinstance(result, ProcessInfo):
+            self.live_pids.add(result.pid)
         return self._with_window(proc, Recorded(call=req.call, digest=digest, summary=summary, result=result))
 
     def _replayed(self, rec: Recorded, req: Request, digest: str, summary: str) -> None:
@@ -246,7 +265,7 @@ class Journal:
     # -- streamed generations ---------------------------------------------------------------
     async def _record_streaming(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]],
                                 digest: str, summary: str) -> Any:
-        relay = _StreamRelay()
+        relay = self._open_stream = _StreamRelay()
 
         async def body(key: str) -> Recorded:
             relay.ran = True
@@ -270,18 +289,28 @@ class Journal:
                 relay.close()
 
         self.helpers.start_soon(drive)
-        await relay.settled()
-        if relay.error is not None:
-            raise relay.error
-        if relay.live.is_set():
-            return JournaledStream(relay)
-        rec = relay.record
-        assert rec is not None
-        if not relay.ran:
-            self._replayed(rec, req, digest, summary)
-        if rec.streamed:
-            return JournaledStream(relay)
+        try:
+            await relay.settled()
+            if relay.error is not None:
+                raise relay.error
+            if relay.live.is_set():
+                return JournaledStream(relay, self._close_stream)
+            rec = relay.record
+            assert rec is not None
+            if not relay.ran:
+                self._replayed(rec, req, digest, summary)
+            if rec.streamed:
+                return JournaledStream(relay, self._close_stream)
+        except BaseException:
+            self._close_stream(relay)
+            raise
+        self._close_stream(relay)
         return rec.answer()
+
+    def _close_stream(self, relay: _StreamRelay) -> None:
+        """The process is done reading the stream (or there was none after all)."""
+        if self._open_stream is relay:
+            self._open_stream = None
 
 
 class _StreamRelay:
@@ -332,8 +361,9 @@ class JournaledStream:
     """A durable process's streamed generation: text pieces as they come (or, replayed, the
     recorded pieces), then `reply` once the stream is exhausted and recorded."""
 
-    def __init__(self, relay: _StreamRelay) -> None:
+    def __init__(self, relay: _StreamRelay, on_end: Callable[[_StreamRelay], None]) -> None:
         self._relay = relay
+        self._on_end = on_end
         self.reply: Any = None
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -351,6 +381,7 @@ class JournaledStream:
             self.reply = relay.record.answer()
         finally:
             relay.stop.set()  # the recording task keeps what came so far, and ends the generation
+            self._on_end(relay)
 
     async def text(self) -> str:
         """Drain the stream and return the whole text."""
@@ -358,17 +389,30 @@ class JournaledStream:
 
     async def aclose(self) -> None:
         self._relay.stop.set()
+        self._on_end(self._relay)
 
 
 def describe(req: Request) -> tuple[str, str]:
     """The request's digest (what a replay must match: its call, and its arguments unless the
     class says its answer does not depend on them) and a short form for messages."""
-    fields = req.model_dump()
+    fields = _ordered(req.model_dump())
     matched = fields if req.replay_matches_arguments else {}
     data = pydantic_core.to_json({"call": req.call, **matched}, fallback=_reference)
     shown = ", ".join(f"{name}={value!r}" for name, value in fields.items() if value not in (None, (), {}, ""))
     summary = f"{req.call}({shown[:160] + '...' if len(shown) > 160 else shown})"
     return hashlib.sha256(data).hexdigest()[:24], summary
+
+
+def _ordered(value: Any) -> Any:
+    """`value` with every set sorted: a set's order changes from one Python process to the
+    next (string hashing is randomized), and a replay runs in another process."""
+    if isinstance(value, (set, frozenset)):
+        return sorted((_ordered(item) for item in value), key=repr)
+    if isinstance(value, dict):
+        return {key: _ordered(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_ordered(item) for item in value]
+    return value
 
 
 def _reference(value: Any) -> str:

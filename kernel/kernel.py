@@ -28,7 +28,7 @@ from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidS
                                  SyscallError, Timeout)
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
-from llmos.kernel.journal import forget_step_key
+from llmos.kernel.journal import Journal, forget_step_key
 from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.loader import bind, resolve_app
 from llmos.kernel.memory import MemorySystem
@@ -83,6 +83,7 @@ class Kernel:
                         tb: TracebackType | None) -> None:
         assert self._tg is not None
         for proc in list(self.procs.live.values()):
+            proc.lost_with_kernel = True
             self.kill(proc.pid, "kernel shutdown")
         self._tg.cancel_scope.cancel()
         try:
@@ -116,15 +117,13 @@ class Kernel:
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,
                      caps: Iterable[str] | None = None, quotas: Quotas | None = None,
                      parent: Process | None = None, kwargs: dict[str, Any] | None = None,
-                     journal: Any = None) -> Process:
+                     journal: Journal | None = None) -> Process:
         """Start an ordinary process now (`journal`: a durable run's record, from llmos.durable)."""
         if self._tg is None:
             raise InvalidState("the kernel is not running; use 'async with llmos.boot() as kernel'")
         main = resolve_app(app)
         runnable = bind(main, args, kwargs or {})
-        if not params.NICE_MIN <= priority <= params.NICE_MAX:
-            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
-        granted = capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
+        granted = _granted(priority, parent, caps)
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
                        capabilities=granted, quotas=quotas or Quotas(), journal=journal)
@@ -150,23 +149,26 @@ class Kernel:
                             parent: Process | None = None, restart: RestartPolicy | None = None) -> ProcessInfo:
         """Start a durable process: its syscalls are recorded, and it resumes after the kernel
         dies. Its app must be importable by reference and its arguments JSON (EINVAL)."""
-        if self.durability is None:
-            raise DurabilityUnavailable("this kernel runs no durable processes (it was booted with durable=None)")
+        durability = self.durable_runtime()
         ref = loader.reference(app)
         bind(resolve_app(ref), args, kwargs or {})
-        try:
-            pydantic_core.to_json([args, kwargs])
+        try:  # its runs, the first one too, get the arguments as JSON gives them back
+            args, kwargs = pydantic_core.from_json(pydantic_core.to_json([args, kwargs or {}]))
         except pydantic_core.PydanticSerializationError as exc:
             raise InvalidRequest(f"a durable process's arguments must be JSON, to start it again later: {exc}") from None
-        if not params.NICE_MIN <= priority <= params.NICE_MAX:
-            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
-        granted = capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
-        spec = DurableSpec(app=ref, args=args, kwargs=kwargs or {}, name=name or ref.rpartition(":")[2],
+        granted = _granted(priority, parent, caps)
+        spec = DurableSpec(app=ref, args=tuple(args), kwargs=kwargs, name=name or ref.rpartition(":")[2],
                            priority=priority, capabilities=tuple(sorted(granted)), quotas=quotas or Quotas(),
                            restart=restart or RestartPolicy(), parent=parent.pid if parent else params.KERNEL_PID,
                            parent_durable_id=None if parent is None or parent.journal is None
                            else parent.journal.durable_id)
-        return await self.durability.spawn(spec, parent)
+        return await durability.spawn(spec, parent)
+
+    def durable_runtime(self) -> Durability:
+        """The durable runtime, or DurabilityUnavailable (ENODEV) for a kernel without one."""
+        if self.durability is None:
+            raise DurabilityUnavailable("this kernel runs no durable processes (it was booted with durable=None)")
+        return self.durability
 
     async def _run(self, proc: Process, main: Any, args: tuple[Any, ...]) -> None:
         assert proc.cancel_scope is not None
@@ -190,6 +192,7 @@ class Kernel:
                 self._end(proc, ProcState.KILLED, reason)
         finally:
             if not proc.state.terminal:  # the whole kernel is being cancelled
+                proc.lost_with_kernel = proc.kill_reason is None
                 self._end(proc, ProcState.KILLED, proc.kill_reason or "kernel shutdown")
             self._cleanup(proc)
 
@@ -257,8 +260,7 @@ class Kernel:
         self.scheduler.resume(pid)
 
     def nice(self, pid: int, priority: int) -> None:
-        if not params.NICE_MIN <= priority <= params.NICE_MAX:
-            raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+        _check_priority(priority)
         proc = self.procs.get_live(pid)
         proc.priority = priority
         self.scheduler.set_priority(pid, priority)
@@ -349,6 +351,17 @@ class Kernel:
     # -- syscalls ---------------------------------------------------------------------------
     async def syscall(self, proc: Process, request: Any) -> Any:
         return await self.dispatcher.dispatch(proc, request)
+
+
+def _check_priority(priority: int) -> None:
+    if not params.NICE_MIN <= priority <= params.NICE_MAX:
+        raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+
+
+def _granted(priority: int, parent: Process | None, caps: Iterable[str] | None) -> frozenset[str]:
+    """A new process's capabilities (its parent's, narrowed by `caps`), once its priority is checked."""
+    _check_priority(priority)
+    return capabilities.narrow(parent.capabilities if parent else frozenset({capabilities.ALL}), caps)
 
 
 __all__ = ["Kernel", "HandleFactory", "NoSuchProcess", "SyscallError"]

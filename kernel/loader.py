@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -53,7 +54,8 @@ def _load_file(path_text: str) -> Any:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
         raise InvalidRequest(f"app file {path_text!r} does not exist")
-    module_name = f"llmos_app_{path.stem}_{abs(hash(path)):x}"
+    # Named from the path's digest, not hash(): the same in every Python process.
+    module_name = f"llmos_app_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
     version = _version(path)
     loaded = sys.modules.get(module_name)
     if loaded is not None and getattr(loaded, "__llmos_version__", None) == version:
@@ -93,8 +95,10 @@ def reference(app: Any) -> str:
         raise InvalidRequest(f"a durable process's app must be importable by reference (an app name, "
                              f"'module:attr' or 'path/app.py:attr'), and {app!r} is not: define it at a "
                              "module's top level")
-    if module == "__main__":  # a script's app: another process finds it by the script's path
-        path = getattr(sys.modules["__main__"], "__file__", None)
+    loaded = sys.modules.get(module)
+    if module == "__main__" or hasattr(loaded, "__llmos_version__"):
+        # a script's app, or one from an app file loaded by path: another process finds it by the file's path
+        path = getattr(loaded, "__file__", None)
         if path is None:
             raise InvalidRequest(f"{qualname} is defined in an interactive session, not in a file: a durable "
                                  "process's app must be importable by reference")

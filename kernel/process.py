@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.kernel import params
+
+if TYPE_CHECKING:
+    from llmos.kernel.journal import Journal
 
 
 class ProcState(IntEnum):
@@ -110,6 +113,7 @@ class Process:
     reason: str | None = None
     result: Any = None
     kill_reason: str | None = None  # why kill() was called, until the process has ended
+    lost_with_kernel: bool = False  # ended because its kernel shut down, not by itself or a kill
     traceback: str | None = None  # of the exception that failed it
     stats: ProcessStats = field(default_factory=ProcessStats)
     started_at: float = field(default_factory=time.time)
@@ -123,7 +127,7 @@ class Process:
     context: Any = None  # its context window (kernel.memory makes it on first use)
     state_before_suspend: ProcState | None = None
     waits: int = 0  # its blocking syscalls in flight (its tasks may issue several at once)
-    journal: Any = None  # a durable process's record (kernel/journal.py), through which its syscalls go
+    journal: Journal | None = None  # a durable process's record (kernel/journal.py), through which its syscalls go
 
     def __post_init__(self) -> None:
         self.runnable.set()

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.server import wire
 from llmos.server.procs_api import procs_state
+from llmos.syscalls.durable import DURABLE_ID_PATTERN
 
 router = APIRouter(prefix="/v1/durable")
-DurableIdPath = Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+DurableIdPath = Path(min_length=1, max_length=64, pattern=DURABLE_ID_PATTERN)
 
 
 class CancelBody(BaseModel):

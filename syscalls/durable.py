@@ -14,12 +14,11 @@ from pydantic import Field
 
 from llmos.kernel import capabilities
 from llmos.kernel.abi import Request
-from llmos.kernel.durable import Durability, DurableInfo
-from llmos.kernel.errors import DurabilityUnavailable
+from llmos.kernel.durable import DURABLE_ID_PATTERN, DurableInfo
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process
 
-DurableId = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+DurableId = Field(min_length=1, max_length=64, pattern=DURABLE_ID_PATTERN)
 
 
 class DurablePs(Request[list[DurableInfo]]):
@@ -51,7 +50,8 @@ class DurableWait(Request[ExitStatus]):
 
 
 class DurableResume(Request[DurableInfo]):
-    """Run an unfinished (or cancelled) durable process again from its record, here."""
+    """Run an unfinished (or cancelled) durable process again from its record (on this kernel,
+    or in a cluster on whichever kernel has room)."""
 
     call: ClassVar[str] = "durable.resume"
     capability: ClassVar[str | None] = capabilities.PROC_ADMIN
@@ -71,31 +71,27 @@ class DurableCancel(Request[None]):
     reason: str = "cancelled"
 
 
-def _durability(kernel: Kernel) -> Durability:
-    if kernel.durability is None:
-        raise DurabilityUnavailable("this kernel runs no durable processes (it was booted with durable=None)")
-    return kernel.durability
-
-
 async def sys_durable_ps(kernel: Kernel, caller: Process, req: DurablePs) -> list[DurableInfo]:
-    return await _durability(kernel).list()
+    return await kernel.durable_runtime().list()
 
 
 async def sys_durable_info(kernel: Kernel, caller: Process, req: DurableInfoRequest) -> DurableInfo:
-    return await _durability(kernel).info(req.id)
+    return await kernel.durable_runtime().info(req.id)
 
 
 async def sys_durable_wait(kernel: Kernel, caller: Process, req: DurableWait) -> ExitStatus:
-    return await _durability(kernel).wait(req.id, req.timeout)
+    return await kernel.durable_runtime().wait(req.id, req.timeout)
 
 
 async def sys_durable_resume(kernel: Kernel, caller: Process, req: DurableResume) -> DurableInfo:
-    return await _durability(kernel).resume(req.id)
+    return await kernel.durable_runtime().resume(req.id)
 
 
 async def sys_durable_cancel(kernel: Kernel, caller: Process, req: DurableCancel) -> None:
-    await _durability(kernel).cancel(req.id, req.reason)
+    await kernel.durable_runtime().cancel(req.id, req.reason)
 
+
+__all__ = ["DURABLE_ID_PATTERN", "DurableCancel", "DurableInfoRequest", "DurablePs", "DurableResume", "DurableWait"]
 
 HANDLERS = {DurablePs: sys_durable_ps, DurableInfoRequest: sys_durable_info, DurableWait: sys_durable_wait,
             DurableResume: sys_durable_resume, DurableCancel: sys_durable_cancel}

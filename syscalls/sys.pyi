@@ -156,7 +156,8 @@ class _DurableCalls:
         each got (`steps`: syscalls recorded in its current run)."""
         ...
     async def resume(self, /, id: str) -> llmos.kernel.durable.DurableInfo:
-        """Run an unfinished (or cancelled) durable process again from its record, here."""
+        """Run an unfinished (or cancelled) durable process again from its record (on this kernel,
+        or in a cluster on whichever kernel has room)."""
         ...
     async def wait(self, /, id: str, timeout: float | None = ...) -> llmos.kernel.process.ExitStatus:
         """Wait for a durable process to end (wherever it runs, across restarts), at most

@@ -272,7 +272,7 @@ def test_import_llmos_durable_loads_no_dbos_until_it_starts():
     """The front (`llmos.durable.Durable`, plugged in at every boot) is light; DBOS, most of a
     second to import, loads only when durable processes are used."""
     modules = loaded_by("import llmos.durable")
-    assert llmos_outside(modules, "llmos.kernel", "llmos.durable") == []
+    assert llmos_outside(modules, "llmos.kernel", "llmos.durable", "llmos.home") == []
     assert heavy(modules) == []
 
 

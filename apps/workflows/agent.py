@@ -35,7 +35,8 @@ async def agent(sys: Sys, spec: dict[str, Any], text: str, topic: str = TOPIC, m
     reply = await sys.chat(messages=[{"role": "user", "content": me.task(text)}], system=me.system,
                            max_tokens=me.max_tokens or max_tokens)
     output = reply.text.strip()
-    await sys.publish(topic, {"agent": me.name, "pid": sys.pid, "output": output})
+    # getpid rather than sys.pid: a durable agent's replay must ask the same publish
+    await sys.publish(topic, {"agent": me.name, "pid": await sys.getpid(), "output": output})
     return output
 
 

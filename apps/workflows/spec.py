@@ -140,7 +140,9 @@ async def main(sys: Sys, file: str, input: str | None = None, max_tokens: int | 
 
 
 async def is_durable(sys: Sys) -> bool:
-    me = [info for info in await sys.ps() if info.pid == sys.pid]
+    # getpid, not sys.pid: replayed, both calls answer from the record, with the same pids
+    pid = await sys.getpid()
+    me = [info for info in await sys.ps() if info.pid == pid]
     return bool(me) and me[0].durable_id is not None
 
 

@@ -158,11 +158,12 @@ def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) 
 
 
 def _ledger(ctx: ToolContext) -> Path:
-    """Where a durable call's append notes what it does before doing it: beside the
-    workspaces, not in one (so no process reads or forges it), named by the call's key."""
+    """Where a durable call's append notes what it does before doing it: in LLMOS_HOME's
+    durable folder, outside every workspace (so no process reads or forges it), named by
+    the call's key. (The notes stay: one small file per durable append.)"""
     assert ctx.idempotency_key is not None
     digest = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:32]
-    return ctx.workspace_path.parent / ".appends" / digest
+    return ctx.workspace_path.parent.parent / "durable" / "appends" / digest
 
 
 def _append_once(target: Path, content: str, ledger: Path) -> None:

@@ -331,9 +331,10 @@ async def test_a_stream_cut_off_by_a_crash_is_generated_again(apps, crashed_kern
 
 
 async def test_a_replayed_stream_whose_pieces_were_each_written_resumes(apps, crashed_kernel) -> None:
-    """The usual way to show a streamed reply: one `write` per piece. Replayed, the stream
-    gives its recorded text as one piece, so the app makes one write where the record has
-    one per piece; the resume must not diverge over it."""
+    """The usual way to show a streamed reply: one `write` per piece. The writes made while
+    the stream is open belong to the stream (they are not steps of their own): replayed, the
+    stream gives its recorded pieces and the app's writes of them are not shown again; the
+    resume does not diverge over them."""
     ref = apps.write("printer", """
         import os
 

@@ -3,8 +3,6 @@ names), specialists at once, hand-offs followed."""
 
 from __future__ import annotations
 
-import pytest
-
 from llmos.apps.workflows import supervisor
 from llmos.apps.workflows.agent import Agent
 from llmos.apps.workflows.supervisor import handoff
@@ -21,15 +19,7 @@ def test_handoff():
     assert handoff("I will do it", AGENTS) is None and handoff("HANDOFF: chef", AGENTS) is None
 
 
-def script(prompt: str) -> str:
-    if "which one should do this task" in prompt:
-        return "poet" if "haiku" in prompt.split("<user>")[1].splitlines()[0] else "math"
-    if prompt.startswith("<system>calc"):
-        return "HANDOFF: poet" if "haiku" in prompt else "36"
-    return "rain falls"
-
-
-async def test_tasks_are_routed_and_handed_off():
+async def test_tasks_are_routed_and_handed_off(script):
     console = ScriptedConsole()
     out = result(await run_app(supervisor, TEAM, ["12 times 3?", "a haiku", "haiku again"], None, True,
                                driver=FakeDriver(script), console=console))
@@ -37,7 +27,7 @@ async def test_tasks_are_routed_and_handed_off():
     assert [r["output"] for r in out["results"]] == ["36", "rain falls", "rain falls"]
 
 
-async def test_a_misrouted_task_is_handed_off():
+async def test_a_misrouted_task_is_handed_off(script):
     def misroute(prompt: str) -> str:
         return "math" if "which one should do this task" in prompt else script(prompt)
 
