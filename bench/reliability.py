@@ -12,7 +12,8 @@ kernel's work, and what durability costs.
       and three `llmos serve --cluster` kernels (remote driver); durable processes spread
       over them; --kills times, the kernel running the most is killed (SIGKILL) and
       replaced, and for each of its processes the time from the kill until it goes on on
-      another kernel (a new syscall recorded there) is measured: p50, p95.
+      another kernel (a new syscall recorded there) is measured: p50, p95, with the steps
+      each had recorded (a resumed process replays them before its next live call).
   (3) overhead: in one process on the real model, 16 durable against 16 ordinary processes
       each generating --max-tokens tokens (aggregate tokens/s), and a no-op syscall
       (getpid) round trip, alternating --repeat times; medians and the ratio.
@@ -91,17 +92,21 @@ def cluster_takeover(args: argparse.Namespace) -> dict[str, Any]:
                                                     env={"LLMOS_HOME": str(kernel_home)}))
 
         kernels = [kernel(n) for n in range(3)]
-        latencies = anyio.run(_kill_and_measure, kernels, kernel, app, args)
+        latencies, steps = anyio.run(_kill_and_measure, kernels, kernel, app, args)
     return {"kernels": 3, "kills": args.kills, "processes_taken_over": len(latencies),
+            "recorded_steps_at_kill_p50": percentile(steps, 50), "recorded_steps_at_kill_max": max(steps),
             "kill_to_resume_p50_s": percentile(latencies, 50), "kill_to_resume_p95_s": percentile(latencies, 95),
             "kill_to_resume_max_s": max(latencies), "latencies_s": [round(x, 3) for x in latencies]}
 
 
 async def _kill_and_measure(kernels: list[tuple[str, Any]], start_kernel: Any, app: Path,
-                            args: argparse.Namespace) -> list[float]:
+                            args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Latencies from kill to going on elsewhere, and each taken-over process's recorded
+    steps at the kill (a resumed process replays them all before its next live call)."""
     from llmos.server.client import DaemonClient
 
     latencies: list[float] = []
+    steps: list[float] = []
     ids = [(await DaemonClient(kernels[0][0]).spawn(f"{app}:main", [100_000], durable=True)).durable_id
            for _ in range(args.cluster_processes)]
     started = len(kernels)
@@ -120,6 +125,7 @@ async def _kill_and_measure(kernels: list[tuple[str, Any]], start_kernel: Any, a
         on_victim = {i.id for i in listing if i.kernel_url == victim_url}
         # What the dead kernel recorded is final now: a process goes on once one more step is recorded.
         steps_at_kill = {i.id: i.steps for i in await observer.durable_ps() if i.id in on_victim}
+        steps += steps_at_kill.values()
         pending = dict(steps_at_kill)
         with anyio.fail_after(120):
             while pending:
@@ -135,7 +141,7 @@ async def _kill_and_measure(kernels: list[tuple[str, Any]], start_kernel: Any, a
         started += 1
     for durable_id in ids:
         await DaemonClient(kernels[0][0]).durable_cancel(durable_id, "the bench is over")
-    return latencies
+    return latencies, steps
 
 
 # -- (3) overhead ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ TAKEN_OVER = "taken over by another kernel"
 START_WAIT_S = 30.0  # a spawn waits this long for its process to start here (DBOS writes first)
 START_ATTEMPTS = 30  # a run whose process the kernel refuses (its table full) tries again this often ...
 START_RETRY_S = 1.0  # ... this far apart
-START_POLL_S = 0.5  # how often a spawn that found its durable process already started looks for it again
+START_POLL_S = 0.5  # in a cluster: how long a spawn waits to see its run start here before saying it is queued
 
 
 def new_executor_id() -> str:
@@ -185,6 +185,8 @@ class DbosDurability:
         durable_id = key_id(key)[:12] if key else uuid.uuid4().hex[:12]
         if durable_id in self.running:  # a replayed spawn whose child was resumed here
             return self.running[durable_id].info()
+        if await isolated(lambda: DBOS.get_workflow_status_async(durable_id)) is not None:
+            return _snapshot(spec, await self.info(durable_id))  # ... that runs elsewhere, or has ended
         if self.capacity is not None:
             spec = spec.model_copy(update={"queue": engine.QUEUE})
         started = self._started.setdefault(durable_id, anyio.Event())
@@ -193,8 +195,7 @@ class DbosDurability:
         self._forget_finished()
         try:
             self._handles[durable_id] = await isolated(lambda: self._start(durable_id, spec))
-            # It starts here at once, unless it waits in a cluster's queue, or it existed
-            # already (a replayed spawn: then it runs elsewhere, or has ended).
+            # It starts here at once, unless it waits in a cluster's queue.
             with anyio.move_on_after(START_WAIT_S if spec.queue is None else START_POLL_S):
                 await started.wait()
         finally:
@@ -261,10 +262,12 @@ class DbosDurability:
         parent = self._parents.get(durable_id)
         for attempt in range(START_ATTEMPTS):
             try:
-                return self.kernel.spawn_nowait(
+                proc = self.kernel.spawn_nowait(
                     spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
                     caps=spec.capabilities, quotas=spec.quotas, journal=journal,
                     parent=parent if parent is not None and not parent.state.terminal else None)
+                self._load_error.pop(durable_id, None)
+                return proc
             except InvalidRequest as exc:
                 self._load_error[durable_id] = str(exc)
                 break
