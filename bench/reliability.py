@@ -56,7 +56,7 @@ def kill_loop(args: argparse.Namespace) -> dict[str, Any]:
     home.mkdir()
     (home / "models").symlink_to(use_model_cache() / "models", target_is_directory=True)
     report = crash_loop(home, work / "ledgers", cycles=args.cycles, agents=args.agents, turns=args.turns,
-                        model=None if args.fake else "smollm2", seed=args.seed)
+                        model=None if args.fake else "smollm2", seed=args.seed, final_timeout_s=3600)
     row = report.as_dict()
     row["model"] = "FakeDriver" if args.fake else "smollm2"
     progress(f"kill -9 loop: {json.dumps(row)}")
@@ -229,7 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=100, help="kernels killed in the kill -9 loop")
     parser.add_argument("--agents", type=int, default=4, help="durable agents in the loop")
-    parser.add_argument("--turns", type=int, default=120, help="turns of each agent")
+    parser.add_argument("--turns", type=int, default=30, help="turns of each agent")
     parser.add_argument("--seed", type=int, default=0, help="of the random kill moments")
     parser.add_argument("--fake", action="store_true", help="the loop on FakeDriver instead of SmolLM2")
     parser.add_argument("--kills", type=int, default=10, help="kernels killed in the cluster")

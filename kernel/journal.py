@@ -196,13 +196,14 @@ class Journal:
         elif isinstance(result, ProcessInfo) and result.pid:
             self.old_pids.setdefault(result.pid, None)
 
-    def translate(self, req: Request) -> Request:
+    def translate(self, req: Request, proc: Process) -> Request:
         """A live call naming a pid from before the resume: the same process's pid now, or
-        NoSuchProcess rather than whichever process has that number in this kernel."""
+        NoSuchProcess rather than whichever process has that number in this kernel. (Its own
+        pid now, and those it got live, are this kernel's.)"""
         for name in ("pid", "target"):
             pid = getattr(req, name, None)
             if isinstance(pid, int) and not isinstance(pid, bool) and pid in self.old_pids \
-                    and pid not in self.live_pids:
+                    and pid not in self.live_pids and pid != proc.pid:
                 now = self.old_pids[pid]
                 if now is None:
                     raise NoSuchProcess(f"process {pid} was started by durable process {self.durable_id} in a "
@@ -225,7 +226,7 @@ class Journal:
         await self._put_back_window(proc)
         token = _STEP_KEY.set(key)
         try:
-            result = await run(self.translate(req))
+            result = await run(self.translate(req, proc))
         except SyscallError as exc:
             return self._with_window(proc, Recorded(call=req.call, digest=digest, summary=summary,
                                                     error=ErrorRecord.of(exc)))
