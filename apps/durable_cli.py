@@ -51,7 +51,7 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, caps
     running there (it is durable: it does not depend on this terminal)."""
     positional, options = registry.parse_argv(argv)
     name = app if app in registry.APPS else None
-    info = await client.spawn(registry.portable(registry.reference(app)), positional, options, name=name, caps=caps,
+    info = await client.spawn(registry.reference(app), positional, options, name=name, caps=caps,
                               quotas=Quotas(**quotas), durable=True, restart=restart)
     assert info.durable_id is not None
     durable_id = info.durable_id

@@ -38,7 +38,7 @@ class Durable:
         self.home = home
         self.url = url  # PostgreSQL (a cluster), or None: SQLite in LLMOS_HOME/durable
         self.resume_at_start = resume
-        self.capacity = capacity  # in a cluster: durable processes this kernel runs at once
+        self.capacity = capacity  # in a cluster: durable processes each kernel runs at once (one number for all)
         self.api_url = api_url  # in a cluster: where this kernel's API answers, for `ps --durable`
         self._runtime: DbosDurability | None = None
         self._lock = anyio.Lock()

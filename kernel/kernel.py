@@ -26,10 +26,10 @@ from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
 from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, NoSuchProcess,
                                  SyscallError, Timeout)
+from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
 from llmos.kernel.journal import Journal, forget_step_key
-from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.loader import bind, resolve_app
 from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import Embedder, ModelDriver
