@@ -5,7 +5,6 @@ llmos.server.client; the daemon checks it as a syscall of its own process."""
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import anyio
@@ -52,24 +51,10 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, mode
         raise InvalidRequest(f"{app} is a file here, and the daemon at {client.url} is on another machine: "
                              f"use `llmos run --remote {client.url} {app}` to run it here with its syscalls there")
     info = await client.spawn(ref, positional, options, name=name, caps=caps, quotas=quotas)
-    interrupted = False
-    status: ExitStatus | None = None
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tg:
-            async def on_interrupt() -> None:
-                nonlocal interrupted
-                async for _ in signals:
-                    interrupted = True
-                    tg.cancel_scope.cancel()
-                    return
-
-            tg.start_soon(on_interrupt)
-            status = await relay(client, info.pid, console)
-            tg.cancel_scope.cancel()
-    if interrupted:
+    status = await runner.until_interrupted(relay(client, info.pid, console))
+    if status is None:  # Ctrl-C
         await client.kill(info.pid, "interrupted (Ctrl-C)")
         status = await client.wait(info.pid)
-    assert status is not None
     return status
 
 

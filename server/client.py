@@ -255,8 +255,11 @@ class DaemonClient:
 
     async def wait(self, pid: int, timeout: float | None = None) -> ExitStatus:
         """Wait for the process to end (Timeout after `timeout` s), reap it, say how it ended."""
+        return await self._wait(f"/v1/processes/{pid}/wait", timeout)
+
+    async def _wait(self, path: str, timeout: float | None) -> ExitStatus:
         params = {} if timeout is None else {"timeout": timeout}
-        return ExitStatus.model_validate(await self.request("POST", f"/v1/processes/{pid}/wait", params=params))
+        return ExitStatus.model_validate(await self.request("POST", path, params=params))
 
     async def output(self, pid: int) -> AsyncIterator[Output]:
         """What the process wrote, then what it writes and asks, then how it ended (Exited)."""
@@ -293,8 +296,8 @@ class DaemonClient:
         return DurableInfo.model_validate(await self.request("GET", f"/v1/durable/{durable_id}"))
 
     async def durable_wait(self, durable_id: str, timeout: float | None = None) -> ExitStatus:
-        params = {} if timeout is None else {"timeout": timeout}
-        return ExitStatus.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/wait", params=params))
+        """Wait for a durable process to end, wherever it runs (Timeout after `timeout` s)."""
+        return await self._wait(f"/v1/durable/{durable_id}/wait", timeout)
 
     async def durable_resume(self, durable_id: str) -> DurableInfo:
         return DurableInfo.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/resume"))
