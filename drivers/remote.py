@@ -21,7 +21,8 @@ How a remote server maps onto the step-shaped driver interface:
   count the server's tokens wherever it reports them.
 - Token counts before a request (context windows, `prepare`): see
   `llmos.drivers.remote_server.ServerTokenizer`.
-- Errors: connection failures, timeouts, 429 and 5xx are retried with exponential backoff
+- Errors: connection failures, timeouts, 429 and 5xx (or an error event of those kinds in a
+  stream, see TRANSIENT_ERROR_CODES) are retried with exponential backoff
   (honouring Retry-After), up to `retries` times, and only before any text arrived; then the
   job ends with finish_reason "error" and `job.error` says what happened (the kernel raises
   ModelError). A refusal that names the server's context window teaches the driver that
@@ -64,6 +65,9 @@ BACKOFF_S = 0.5  # the first retry's delay; each next one doubles it (with jitte
 MAX_BACKOFF_S = 16.0
 STEP_WAIT_S = 0.05  # a step waits at most this long for news, so newly queued jobs start soon
 STEP_GATHER_S = 0.01  # after the first news, a step waits this long for more (fewer, fuller steps)
+# An error event in a stream with one of these codes is the server's transient failure (llmos
+# sends errno names; OpenAI "server_error"), retried as a 5xx refusal is while no text came.
+TRANSIENT_ERROR_CODES = frozenset({"EIO", "EAGAIN", "server_error"})
 CANCEL_POLL_S = 0.05  # a job cancelled while no step runs it has its stream closed within this
 
 
@@ -337,7 +341,8 @@ class RemoteDriver:
     def _take(self, stream: _Stream, event: dict[str, Any]) -> None:
         """One chunk of the server's reply (or the whole of a reply that was not streamed)."""
         if isinstance(event.get("error"), dict):  # an error after the response began
-            raise _Failure(str(event["error"].get("message") or event["error"]), retry=False)
+            error = event["error"]
+            raise _Failure(str(error.get("message") or error), retry=error.get("code") in TRANSIENT_ERROR_CODES)
         choice = (event.get("choices") or [{}])[0]
         delta = choice.get("delta") or choice.get("message") or {}
         piece = delta.get("content") or choice.get("text") or ""

@@ -296,7 +296,8 @@ def test_an_unreachable_server_is_model_unavailable():
 # -- error paths, against a small flaky HTTP server -----------------------------------------------------
 class Flaky(ThreadingHTTPServer):
     """An OpenAI-compatible chat endpoint that fails its first requests as told (`failures`:
-    status and headers each), then answers `behaviour`: "ok" (streams "Hello world"), "stall"
+    status and headers each; status 200 with {"code": C}: a stream whose one event is an error
+    of code C, as llmos serve sends a failure after the headers went out), then answers `behaviour`: "ok" (streams "Hello world"), "stall"
     (sends nothing), "stall-after-text" (streams "Hello" and stalls), or "empty" (an empty stream)."""
 
     daemon_threads = True
@@ -338,6 +339,9 @@ class _FlakyHandler(BaseHTTPRequestHandler):
         self.server.requests.append(body)
         if self.server.failures:
             status, headers = self.server.failures.pop(0)
+            if status == 200:
+                self._send(200, b"", "text/event-stream")
+                return self._event({"error": {"message": f"failing with {headers['code']}", **headers}})
             return self._send(status, json.dumps({"error": {"message": f"failing with {status}"}}).encode(), **headers)
         if not body.get("stream"):
             reply = {"choices": [{"message": {"content": "Hello world"}, "finish_reason": "stop"}],
@@ -417,6 +421,17 @@ async def test_retries_end_in_a_model_error_that_says_what_happened():
     assert pieces == [] and isinstance(error, ModelError)
     assert "HTTP 503: failing with 503" in error.message and "after 3 attempts" in error.message
     assert len(server.requests) == 3 and driver.statistics()["failures"] == 1
+
+
+async def test_a_transient_error_event_before_any_text_is_retried_and_another_is_not():
+    with flaky([(200, {"code": "EIO"}), (200, {"code": "EAGAIN"})]) as server:
+        async with remote_kernel(server.url, "flaky", backoff_s=0.001) as (kernel, _):
+            _, (pieces, end) = await run(kernel, chat_or_error)
+    assert "".join(pieces) == "Hello world" and end == "finished" and len(server.requests) == 3
+    with flaky([(200, {"code": "EINVAL"})]) as server:
+        async with remote_kernel(server.url, "flaky", backoff_s=0.001) as (kernel, _):
+            _, (_, error) = await run(kernel, chat_or_error)
+    assert "failing with EINVAL" in error.message and len(server.requests) == 1
 
 
 async def test_a_client_error_is_not_retried():

@@ -2,7 +2,11 @@
 server (`llmos serve` on SmolLM2) and three `llmos serve --cluster` kernels in their own OS
 processes. One kernel is killed (SIGKILL) while it runs durable processes; the others take
 them over and finish them, without asking the model again for what it answered, nor
-writing a memory twice."""
+writing a memory twice.
+
+The model server is this test's own, not the session's shared one: what other tests did to
+that one (its queue, its trace) must not decide this test, and its log is at hand to show
+when something fails."""
 
 from __future__ import annotations
 
@@ -34,7 +38,14 @@ async def main(sys, n):
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, smollm2_server: str):
+def model_server(llmos_home: Path):
+    """A `llmos serve --model smollm2` of this test's own: (URL, its log file)."""
+    with llmos_daemon("--model", "smollm2", env={"LLMOS_HOME": str(llmos_home)}) as (url, _):
+        yield url, llmos_home / f"server-{url.rpartition(':')[2]}.log"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, model_server: tuple[str, Path]):
     """(database URL, chroma URL, [(kernel URL, OS process)]) for three kernels."""
     with ExitStack() as stack:
         database = stack.enter_context(postgres_server())
@@ -45,7 +56,7 @@ def cluster(tmp_path: Path, smollm2_server: str):
             home.mkdir()
             kernels.append(stack.enter_context(llmos_daemon(
                 "--cluster", database, "--capacity", "4", "--memory", chroma,
-                "--model", f"openai:{smollm2_server}/v1#smollm2", env={"LLMOS_HOME": str(home)})))
+                "--model", f"openai:{model_server[0]}/v1#smollm2", env={"LLMOS_HOME": str(home)})))
         yield database, chroma, kernels
 
 
@@ -53,12 +64,18 @@ def generations(trace: list[dict]) -> int:
     return sum(1 for event in trace if event["call"] in ("chat", "generate") and event["outcome"] == "ok")
 
 
-async def test_a_killed_kernels_durable_processes_finish_on_the_others(cluster, tmp_path, smollm2_server):
+def logs_of(tmp_path: Path, model_log: Path) -> str:
+    """The tails of the model server's and the kernels' logs, to read when the test fails."""
+    files = [model_log, *sorted(tmp_path.glob("kernel*/server-*.log"))]
+    return "\n".join(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}" for log in files if log.exists())
+
+
+async def test_a_killed_kernels_durable_processes_finish_on_the_others(cluster, tmp_path, model_server):
     _, chroma, kernels = cluster
     app = tmp_path / "agent.py"
     app.write_text(APP)
     clients = [DaemonClient(url) for url, _ in kernels]
-    model = DaemonClient(smollm2_server)
+    model = DaemonClient(model_server[0])
     before = generations((await model.request("GET", "/v1/trace", params={"limit": 10000}))["data"])
 
     ids = [(await clients[0].spawn(f"{app}:main", [STEPS], durable=True, name=f"agent{i}")).durable_id
@@ -80,7 +97,8 @@ async def test_a_killed_kernels_durable_processes_finish_on_the_others(cluster, 
     survivor = clients[(victim + 1) % 3]
     with anyio.fail_after(180):
         statuses = {durable_id: await survivor.durable_wait(durable_id) for durable_id in ids}
-    assert all(status.ok and status.result == "done" for status in statuses.values()), statuses
+    failed = {durable_id: status for durable_id, status in statuses.items() if not (status.ok and status.result == "done")}
+    assert not failed, f"{failed!r}\n{logs_of(tmp_path, model_server[1])}"
     finished = {info.id: info for info in await survivor.durable_ps()}
     for durable_id in on_victim:  # taken over by a kernel still alive
         assert finished[durable_id].kernel_url in {url for i, (url, _) in enumerate(kernels) if i != victim}
