@@ -12,12 +12,15 @@ setup: $(STAMP)
 # by the local CPU wheel and pip never reaches for the CUDA build.
 # Debian's chromium drives the dashboard's browser test (tests/server/test_dashboard.py skips,
 # saying why, where it cannot be installed); Debian's PostgreSQL is the cluster tests' database
-# (tests/durable/test_cluster.py starts a throwaway one).
+# (tests/durable/test_cluster.py starts a throwaway one). Debian's bubblewrap is the jail that
+# untrusted tools (run_python) run in: without it they are refused (drivers/tools/jail.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
 		|| echo "note: chromium could not be installed; the dashboard's browser test will be skipped"
+	command -v bwrap >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap) \
+		|| echo "note: bubblewrap could not be installed; untrusted tools will be refused, and their tests skipped"
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq postgresql) \
 		|| echo "note: PostgreSQL could not be installed; the cluster tests will be skipped"

@@ -15,7 +15,7 @@ from rich.table import Table
 import llmos
 from llmos import plugins
 from llmos.home import DATABASE_ENV
-from llmos.apps import daemon_cli, demo, durable_cli, registry, runner, tools
+from llmos.apps import audit_cli, daemon_cli, demo, durable_cli, registry, runner, tools
 from llmos.apps.shell import views
 from llmos.server.client import ClientError
 from llmos.syscalls import DEFAULT_APP_CAPS, RestartPolicy, SyscallError
@@ -43,6 +43,9 @@ def run(
     policy: PolicyOpt = "fifo",
     no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
     cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Grant only these capabilities.")] = None,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", metavar="CAP", help="Grant this capability "
+                                                       "beside the defaults (tool.run_python, tool.write_file, "
+                                                       "net, ...).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Token quota of the process.")] = None,
     deadline: Annotated[Optional[float], typer.Option(help="Seconds before the process is killed.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Boot a kernel in this process even if a daemon "
@@ -62,7 +65,7 @@ def run(
     (`llmos serve`, at LLMOS_URL or http://127.0.0.1:8000) the process runs there; else a
     kernel boots in this process."""
     quotas = {"max_tokens": max_tokens, "deadline_s": deadline}
-    caps = frozenset(cap) if cap else DEFAULT_APP_CAPS
+    caps = (frozenset(cap) if cap else DEFAULT_APP_CAPS) | frozenset(allow or ())
     argv = list(args or [])
     console = runner.StdioConsole()
     if durable or restart is not None:
@@ -125,6 +128,15 @@ def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include ended pro
         return
     client = _client()
     _guard(lambda: anyio.run(daemon_cli.ps, client, all_, runner.stdout_console()))
+
+
+@app.command()
+def audit(pid: Annotated[Optional[int], typer.Option("--pid", help="Only this process's entries.")] = None,
+          denied: Annotated[bool, typer.Option("--denied", help="Only refused calls.")] = False,
+          limit: Annotated[int, typer.Option("--limit", "-n", help="The last this many entries.")] = 50,
+          as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False) -> None:
+    """The audit log: refused calls and sensitive ones (LLMOS_HOME/audit.log)."""
+    audit_cli.show(pid=pid, denied=denied, limit=limit, as_json=as_json, console=runner.stdout_console())
 
 
 @app.command("resume")

@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from llmos.kernel.capabilities import Need
 
 if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel
     from llmos.kernel.process import Process
+    from llmos.kernel.security import Effects
 
 R = TypeVar("R")
 
@@ -54,6 +56,18 @@ class Request(BaseModel, Generic[R]):
     def needs(self, caller: Process) -> Iterator[Need]:
         """What this call needs from `caller` besides `capability`, given its arguments."""
         return iter(())
+
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        """What this call may do, for kernel/security.py: why to audit it, where it could
+        send data. Nothing, unless a request says."""
+        from llmos.kernel.security import NONE
+
+        return NONE
+
+    def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        """Where the text this call brought in (`answer`) came from, if it may be untrusted
+        (kernel/security.py); None, unless a request says."""
+        return None
 
     def reapply_on_replay(self) -> bool:
         """Whether a durable process's replay runs this call again (its answer still comes

@@ -22,16 +22,19 @@ MEMORY = "memory"  # remember, recall and forget in the process's own namespace
 # remember into it or forget from it; "memory.read.*" reads every namespace.
 MEMORY_READ, MEMORY_WRITE = "memory.read", "memory.write"
 CONSOLE = "console"  # write to the user's terminal and ask the user questions
+NET = "net"  # reach the network from a jailed tool (without it, the jail has no network)
 # Tool NAME: "tool.NAME" to call it; "tool.*" every tool, "tool.SERVER.*" every tool of an
 # MCP server (its tools are named "SERVER.TOOL").
 TOOL = "tool"
-# The built-in tools every app may call unless told otherwise; plugin and MCP tools need
-# their own grant (`llmos run --cap tool.NAME ...`, or `caps=` of spawn).
-DEFAULT_TOOLS = frozenset(f"{TOOL}.{name}" for name in (
-    "calculator", "current_time", "read_file", "write_file", "list_files", "run_python"))
+# The built-in tools every app may call unless told otherwise: the ones that change nothing
+# and reach nothing outside the caller's workspace. Tools that write files (write_file), run
+# code (run_python), reach the network, and plugin and MCP tools need their own grant
+# (`llmos run --allow tool.NAME ...`, the shell's `run --allow`, `caps=` of spawn).
+DEFAULT_TOOLS = frozenset(f"{TOOL}.{name}" for name in ("calculator", "current_time", "read_file", "list_files"))
 
-# What `llmos run` and the shell grant an app unless told otherwise: apps keep their own
-# memories and may call the built-in tools.
+# What `llmos run`, the shell and the process API grant an app unless told otherwise, the
+# least the seed apps need: the model, their own memories, messages, children (never more
+# than this), the console, and the tools above.
 DEFAULT_APP = frozenset({PROC_SPAWN, IPC, MODEL_GENERATE, CONSOLE, MEMORY}) | DEFAULT_TOOLS
 
 

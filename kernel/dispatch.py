@@ -4,7 +4,9 @@ The path, for every call: resolve the request to a known type (EINVAL/ENOSYS if 
 check every capability it needs (EPERM), charge the syscall quota (EDQUOT), honour a
 suspension, run the handler, then account its time and append one trace event (and tell
 the trace listeners, if any). This is the only place that checks capabilities: handlers
-trust the request they are given.
+trust the request they are given. It also applies the injection rule of kernel/security.py:
+a call that could send data out, from a process that has read untrusted text, needs the
+user's approval; and it notes the untrusted text a call brings in.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.lowlevel
 from pydantic import ValidationError
 
-from llmos.kernel import params
+from llmos.kernel import params, security
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import PROC_ADMIN, Control, Need, grants
 from llmos.kernel.errors import (
     InvalidRequest, NoSuchProcess, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall)
 from llmos.kernel.process import Process
+from llmos.kernel.security import Effects
 from llmos.kernel.stats import TraceEvent
 
 if TYPE_CHECKING:
@@ -106,19 +109,26 @@ class Dispatcher:
             call = req.call
             if proc.state.terminal:  # a handle that outlived its process (kept by a server, say) is dead
                 raise NoSuchProcess(f"process {proc.pid} ({proc.name}) has ended; it can make no more syscalls")
+            effects = req.effects(self.kernel, proc)
             if proc.journal is not None:  # durable: checked and run live, or answered from its record
                 if not proc.runnable.is_set():
                     await proc.runnable.wait()
-                answer = await proc.journal.record(proc, req, functools.partial(self._admit_and_run, proc))
-                return answer
-            self._admit(proc, req)
-            if not proc.runnable.is_set():
-                await proc.runnable.wait()
-            answer = await self._run(proc, req)
+                answer = await proc.journal.record(proc, req, functools.partial(self._admit_and_run, proc, effects))
+            else:
+                self._admit(proc, req)
+                if not proc.runnable.is_set():
+                    await proc.runnable.wait()
+                answer = await self._run(proc, req, effects)
+            ingress = req.ingress(self.kernel, proc, answer)
+            if ingress is not None:  # live or replayed, that text is in the process now
+                security.mark_untrusted(proc, ingress)
             return answer
         except SyscallError as exc:
             outcome, answer = exc.code.name, exc
             await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
+            raise
+        except Exception as exc:  # a handler's bug: the caller gets it, and the trace must not say "ok"
+            outcome, answer = "error", exc
             raise
         finally:
             elapsed = time.perf_counter() - began
@@ -193,14 +203,16 @@ class Dispatcher:
         finally:
             self._traced(TraceEvent(wall, proc.pid, call, time.perf_counter() - began, outcome), proc, None, answer)
 
-    async def _admit_and_run(self, proc: Process, req: Request) -> Any:
+    async def _admit_and_run(self, proc: Process, effects: Effects, req: Request) -> Any:
         """A durable process's live call. Its rights are checked only when it runs live: a
         replayed call was checked when it was recorded (a refusal is recorded too), and the
         pids it names may belong to a kernel that has since died."""
         self._admit(proc, req)
-        return await self._run(proc, req)
+        return await self._run(proc, req, effects)
 
-    async def _run(self, proc: Process, req: Request) -> Any:
+    async def _run(self, proc: Process, req: Request, effects: Effects = security.NONE) -> Any:
+        if effects.egress is not None:  # the injection rule: asks the user, or refuses (kernel/security.py)
+            await security.check_egress(self.kernel, proc, req, effects.egress)
         handler = self.table.handlers[type(req)]
         if not req.blocking:
             result = await handler(self.kernel, proc, req)

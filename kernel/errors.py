@@ -63,6 +63,14 @@ class PermissionDenied(SyscallError):
     code = Errno.EPERM
 
 
+class UntrustedEgress(PermissionDenied):
+    """The process has read untrusted text (a tool's result, another agent's message) and
+    asked to send data out (the network, another agent); no user approved it. See
+    kernel/security.py: untrusted text may be read, not obeyed into exfiltration."""
+
+    code = Errno.EPERM
+
+
 class NoSuchProcess(SyscallError):
     """No live (or unreaped) process has that pid or name."""
 
@@ -185,6 +193,13 @@ class ToolLimitExceeded(SyscallError):
 
 class ToolUnavailable(SyscallError):
     """The kernel has no tools, or the tool's provider (an MCP server) is gone."""
+
+    code = Errno.ENODEV
+
+
+class JailUnavailable(ToolUnavailable):
+    """An untrusted tool must run in a jail (bubblewrap) and none can be set up here; the
+    message says why and how to fix it. The tool did not run."""
 
     code = Errno.ENODEV
 

@@ -13,3 +13,5 @@ class Message(BaseModel):
     payload: JsonValue
     sent_at: float
     topic: str | None = None  # set when the message was published to a topic, not sent to a pid
+    # The sender had read untrusted text (kernel/security.py): so has whoever reads this.
+    untrusted: bool = False

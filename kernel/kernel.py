@@ -21,6 +21,7 @@ import pydantic_core
 from anyio.abc import TaskGroup
 
 from llmos.kernel import capabilities, loader, params
+from llmos.kernel.audit import AuditLog
 from llmos.kernel.console import Console
 from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
@@ -39,6 +40,7 @@ from llmos.kernel.proctable import ProcessTable
 from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.stats import KernelStatistics, TraceEvent
 from llmos.kernel.tools import ToolProvider
+from llmos.kernel.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Kernel:
         if memory is not None:
             memory.attach(KernelModelPort(driver, self.generation, self.dispatcher))
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
+        self.audit: AuditLog | None = None  # refused and sensitive calls, appended to a file (by llmos.boot)
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
         self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
         self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
@@ -71,10 +74,14 @@ class Kernel:
         self.protected: set[int] = set()
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
+        # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
+        self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Kernel:
         self._tg = await anyio.create_task_group().__aenter__()
+        if self.watchdog.enabled:
+            self._tg.start_soon(self.watchdog.run, name="llmos-watchdog")
         if self.generation is not None:
             self._tg.start_soon(self.generation.serve, name="llmos-generation")
         return self
@@ -111,7 +118,8 @@ class Kernel:
     def statistics(self) -> KernelStatistics:
         return KernelStatistics(booted_at=self.booted_at, live_processes=len(self.procs.live),
                                 syscalls=self.dispatcher.calls, scheduler=self.scheduler.statistics(),
-                                generation=None if self.generation is None else self.generation.statistics())
+                                generation=None if self.generation is None else self.generation.statistics(),
+                                loop=self.watchdog.statistics() if self.watchdog.enabled else None)
 
     # -- processes --------------------------------------------------------------------------
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,
@@ -126,7 +134,8 @@ class Kernel:
         granted = _granted(priority, parent, caps)
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
-                       capabilities=granted, quotas=quotas or Quotas(), journal=journal)
+                       capabilities=granted, quotas=quotas or Quotas(), journal=journal,
+                       untrusted=list(parent.untrusted) if parent else [])  # what it was told may be untrusted
         proc.cancel_scope = anyio.CancelScope()
         if proc.quotas.deadline_s is not None:
             proc.cancel_scope.deadline = anyio.current_time() + proc.quotas.deadline_s
@@ -171,6 +180,8 @@ class Kernel:
         return self.durability
 
     async def _run(self, proc: Process, main: Any, args: tuple[Any, ...]) -> None:
+        # The watchdog finds this frame on the loop's stack and reads `proc` (and `self`) from
+        # it to name a process that blocks the loop: keep these names (kernel/watchdog.py).
         assert proc.cancel_scope is not None
         forget_step_key()
         try:
@@ -307,7 +318,8 @@ class Kernel:
         except pydantic_core.PydanticSerializationError as exc:
             raise InvalidRequest(f"a message payload must be JSON-serializable: {exc}") from None
         return Message(sender=sender.pid if sender else params.KERNEL_PID,
-                       sender_name=sender.name if sender else "kernel", payload=data, sent_at=time.time(), topic=topic)
+                       sender_name=sender.name if sender else "kernel", payload=data, sent_at=time.time(), topic=topic,
+                       untrusted=bool(sender and sender.untrusted))
 
     def subscribe(self, proc: Process, topic: str) -> None:
         """From now on, messages published to `topic` also arrive in `proc`'s mailbox."""

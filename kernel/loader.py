@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import reprlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,8 @@ def resolve_app(app: Any) -> AppMain:
         except Exception as exc:
             raise InvalidRequest(f"app class {app.__name__} must be constructible with no arguments: {exc}") from None
     if not inspect.iscoroutinefunction(app):
-        raise InvalidRequest(f"an app must be an 'async def main(sys, *args)' or a class with one, not {app!r}")
+        raise InvalidRequest(f"an app must be an 'async def main(sys, *args)' or a class with one, not "
+                             f"{reprlib.repr(app)}")  # bounded: an app may be any nested value
     return app
 
 
@@ -51,8 +53,12 @@ def _import(name: str) -> Any:
 def _load_file(path_text: str) -> Any:
     """The module of an app file, loaded again whenever the file changed since it was last
     loaded (a long-lived kernel, the daemon, must run the code as it is now)."""
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
+    try:
+        path = Path(path_text).expanduser().resolve()
+        exists = path.is_file()
+    except (ValueError, OSError, RuntimeError) as exc:  # a NUL, an unencodable name, "~nobody-known/"
+        raise InvalidRequest(f"app file {reprlib.repr(path_text)} cannot be a path: {exc}") from None
+    if not exists:
         raise InvalidRequest(f"app file {path_text!r} does not exist")
     # Named from the path's digest, not hash(): the same in every Python process.
     module_name = f"llmos_app_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"

@@ -30,6 +30,16 @@ TRACE_SIZE = 10_000  # syscall trace events kept in the kernel's ring buffer
 # (seconds), so a process looping on cheap syscalls cannot starve its siblings.
 YIELD_INTERVAL_S = 0.002
 
+# Event-loop watchdog (kernel/watchdog.py) ---------------------------------------------
+# Every process is a task on the kernel's one event loop: one synchronous call (time.sleep,
+# a busy loop, blocking I/O) in an async app stalls every other process.
+LOOP_HEARTBEAT_S = 0.02  # a task on the loop sleeps this long at a time; its lateness is the loop's lag (0: off)
+LOOP_STALL_S = 0.1  # a heartbeat this late means something holds the loop: the watchdog names it
+LOOP_LAG_SAMPLES = 3000  # the heartbeats (a minute's) that the lag percentiles in `stats` are taken over
+# A process that holds the loop in its own code this long is stopped (KILLED, its reason says
+# for how long): the others have been frozen for as long. 0: never.
+LOOP_BLOCK_KILL_S = 5.0
+
 # Generation -------------------------------------------------------------------------
 DEFAULT_POLICY = "fifo"
 MAX_BATCH = 64  # sequences decoded together (the driver may hold fewer)
@@ -52,6 +62,11 @@ CHOICE_VECTOR_CACHE = 4096  # option texts whose sentence vectors are kept betwe
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01
+# A driver step that has not returned after this long fails its batch (ModelError), so a hung
+# driver cannot leave every generation waiting forever. A real step takes well under a second
+# on a CPU; this is a backstop, not a pace. (A step running on the compute thread cannot be
+# interrupted: the bound holds for drivers that honour cancellation, as a remote one does.)
+STEP_TIMEOUT_S = 120.0
 
 # Tools ------------------------------------------------------------------------------
 TOOL_TIMEOUT_S = 30.0  # wall time of a tool call when neither the tool nor the caller names one
@@ -61,6 +76,10 @@ SANDBOX_CPU_S = 10  # CPU seconds (RLIMIT_CPU): a spinning tool is stopped past 
 SANDBOX_MEMORY_MB = 512  # address space (RLIMIT_AS) the child may add once the tool is imported
 SANDBOX_FILE_MB = 64  # the largest file a sandboxed tool may write (RLIMIT_FSIZE)
 SANDBOX_OUTPUT_BYTES = 1_000_000  # of a sandboxed tool's result (JSON); more fails the call
+# Processes and threads a jailed tool may have (RLIMIT_NPROC; as root the jail runs as
+# nobody, and this counts all of nobody's): a fork bomb stops here.
+SANDBOX_PROCESSES = 64
+SANDBOX_WARM_WORKERS = 8  # jail plans (workspace, network, files) kept with a worker started ahead
 MCP_CONNECT_TIMEOUT_S = 20.0  # to start an MCP server and list its tools; past it the server is skipped
 
 # Memory: context windows and the store ---------------------------------------------
@@ -83,6 +102,9 @@ EMBED_BATCH = 64  # texts embedded in one forward pass
 # millisecond); longer ones in a worker thread. Inline counting also keeps processes that
 # chat at once submitting in the order they asked.
 INLINE_COUNT_CHARS = 4096
+# A memory store call (a write, a search) that has not answered after this long fails with
+# MemoryUnavailable, so a stuck store cannot hold a `remember` (or a chat's archiving) forever.
+STORE_TIMEOUT_S = 60.0
 
 # Durable processes (llmos.durable) ---------------------------------------------------
 DURABLE_HEARTBEAT_S = 1.0  # how often a kernel says it is alive (in the durable database)

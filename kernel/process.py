@@ -53,6 +53,11 @@ class ProcessStats(BaseModel):
     generation_time_s: float = 0.0
     tool_calls: int = 0
     tool_time_s: float = 0.0  # wall time inside tool calls, failed ones included
+    # Times it held the event loop past LOOP_STALL_S (a synchronous call in async code),
+    # their total and the longest: every other process was frozen meanwhile (kernel/watchdog.py).
+    loop_blocks: int = 0
+    loop_blocked_s: float = 0.0
+    loop_block_max_s: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -76,6 +81,7 @@ class ProcessInfo(BaseModel):
     started_at: float
     ended_at: float | None
     durable_id: str | None = None  # set for a durable process: its id across kernels and restarts
+    untrusted: tuple[str, ...] = ()  # where untrusted text in its context came from (kernel/security.py)
 
     @property
     def runtime_s(self) -> float:
@@ -93,6 +99,7 @@ class ExitStatus(BaseModel):
     reason: str | None
     result: Any = None
     traceback: str | None = None
+    untrusted: bool = False  # it had read untrusted text (kernel/security.py): so has whoever reads its result
 
     @property
     def ok(self) -> bool:
@@ -128,6 +135,8 @@ class Process:
     state_before_suspend: ProcState | None = None
     waits: int = 0  # its blocking syscalls in flight (its tasks may issue several at once)
     journal: Journal | None = None  # a durable process's record (kernel/journal.py), through which its syscalls go
+    # Where the untrusted text in its context came from (kernel/security.py); empty: none.
+    untrusted: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.runnable.set()
@@ -146,8 +155,9 @@ class Process:
             started_at=self.started_at,
             ended_at=self.ended_at,
             durable_id=None if self.journal is None else self.journal.durable_id,
+            untrusted=tuple(self.untrusted),
         )
 
     def exit_status(self) -> ExitStatus:
         return ExitStatus(pid=self.pid, name=self.name, state=self.state, reason=self.reason, result=self.result,
-                          traceback=self.traceback)
+                          traceback=self.traceback, untrusted=bool(self.untrusted))

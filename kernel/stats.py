@@ -14,7 +14,7 @@ class TraceEvent(NamedTuple):
     pid: int
     call: str
     duration_s: float
-    outcome: str  # "ok" or the errno name
+    outcome: str  # "ok" or the errno name; for the watchdog's "loop.blocked": "blocked", "killed", "gc" or "starved"
 
 
 class SchedulerStatistics(BaseModel):
@@ -38,6 +38,33 @@ class GenerationStatistics(BaseModel):
     driver: dict[str, int] = Field(default_factory=dict)  # the driver's own counters (prefix cache hits...)
 
 
+class LoopStall(BaseModel):
+    """One time the event loop was held past LOOP_STALL_S, and by whom (kernel/watchdog.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int  # the process whose code held the loop; 0: no process's
+    name: str  # its name; for pid 0 "kernel" (the kernel's own code), "gc" (Python's cyclic GC) or "os" (no CPU)
+    where: str  # the innermost Python frame the watchdog saw: "function (file:line)"
+    at: float  # wall-clock time the loop stopped answering
+    duration_s: float
+    killed: bool  # stopped for holding the loop past LOOP_BLOCK_KILL_S
+
+
+class LoopStatistics(BaseModel):
+    """The event loop's lag: how late its heartbeat wakes (over the last LOOP_LAG_SAMPLES beats)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    heartbeat_s: float
+    lag_p50_s: float
+    lag_p99_s: float
+    lag_max_s: float
+    stalls: int  # times since boot the loop was held past LOOP_STALL_S
+    blocked_s: float  # their total time
+    last_stall: LoopStall | None
+
+
 class KernelStatistics(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -46,3 +73,4 @@ class KernelStatistics(BaseModel):
     syscalls: int  # made by every process so far, the ended ones' included
     scheduler: SchedulerStatistics
     generation: GenerationStatistics | None  # None for a kernel without a model
+    loop: LoopStatistics | None = None  # None when the watchdog is off (LOOP_HEARTBEAT_S = 0)

@@ -33,8 +33,14 @@ class ToolSpec(BaseModel):
     # them by meaning (as semantic routers do), which a small model's likelihood cannot.
     examples: tuple[str, ...] = ()
     timeout_s: float = Field(default=params.TOOL_TIMEOUT_S, gt=0, le=params.MAX_TOOL_TIMEOUT_S)
-    sandboxed: bool = False  # runs in a child process with rlimits
+    sandboxed: bool = False  # runs jailed in a child process (drivers/tools/jail.py)
     source: str = ""  # who provides it: "builtin", a plugin's name, "mcp:SERVER"
+    # What it may do, for the audit log and the injection rule (kernel/security.py). The
+    # defaults assume the worst of a tool that says nothing: it changes things, it can send
+    # data out, and what it returns may have been written by anyone.
+    read_only: bool = False  # changes nothing (a calculator, reading the workspace)
+    sends_data: bool = True  # can send what it is given out of the kernel (network, mail, another system)
+    trusted_output: bool = False  # its result is not text someone else could have written
 
     def openai(self) -> dict[str, Any]:
         """The OpenAI function-calling form: {"type": "function", "function": {...}}."""
@@ -54,6 +60,7 @@ class ToolContext(BaseModel):
     # For a durable process's call: a key that stays the same when the call runs again after
     # a crash (kernel/journal.py). A tool with side effects uses it to apply them once.
     idempotency_key: str | None = None
+    network: bool = False  # the caller holds the `net` capability: a jailed tool may reach the network
 
     @property
     def workspace_path(self) -> Path:

@@ -34,6 +34,8 @@ _NAMES = {
     "ModelUnavailable": "llmos.drivers.errors",
     "UnknownModel": "llmos.drivers.errors",
     "ConfigError": "llmos.kernel.errors",
+    "AuditEntry": "llmos.kernel.audit",
+    "read_audit": "llmos.kernel.audit",
     "ExitStatus": "llmos.kernel",
     "Kernel": "llmos.kernel",
     "ProcState": "llmos.kernel",
@@ -51,9 +53,9 @@ _NAMES = {
 _SUBMODULES = ("hookspecs", "home", "model", "plugins", "runtime", "testing")
 
 __all__ = [
-    "DEFAULT_MODEL", "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable",
+    "AuditEntry", "DEFAULT_MODEL", "ConfigError", "ExitStatus", "Kernel", "LLMOS", "Model", "ModelListing", "available_models", "ModelUnavailable",
     "ProcState", "ProcessInfo", "Quotas", "Reply", "Sys", "SyscallError", "TextStream", "UnknownModel", "boot",
-    "load_model", "model_names", "Tool", "tool",
+    "load_model", "model_names", "read_audit", "Tool", "tool",
 ]
 
 
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from llmos.drivers import DEFAULT_MODEL
     from llmos.drivers.errors import ModelUnavailable, UnknownModel
     from llmos.drivers.tools import Tool, tool
+    from llmos.kernel.audit import AuditEntry, read_audit
     from llmos.kernel.errors import ConfigError
     from llmos.kernel import ExitStatus, Kernel, ProcessInfo, ProcState, Quotas
     from llmos.model import ModelListing, available_models, load_model, model_names

@@ -21,7 +21,8 @@ from llmos.kernel.errors import ConfigError, DurabilityUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
-from llmos.home import llmos_home
+from llmos.home import audit_log, llmos_home
+from llmos.kernel.audit import AuditLog
 from llmos.kernel.memory import MemoryStore
 from llmos.memory import MemoryManager, Policy
 from llmos.syscalls import TABLE, Sys
@@ -41,7 +42,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
                mcp_servers: Mapping | str | Path | None = "config",
                embedder: Embedder | None = MINILM, durable: str | None = "embedded",
                resume: bool = True, durable_capacity: int = params.DURABLE_CAPACITY,
-               api_url: str | None = None) -> AsyncIterator[Kernel]:
+               api_url: str | None = None, audit: bool = True) -> AsyncIterator[Kernel]:
     """Boot a kernel for the duration of an `async with` block.
 
     `model`: a model name (loaded off the event loop), a loaded `Model` or driver, or None
@@ -67,6 +68,9 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
     durable processes. With `resume` (the default), unfinished durable processes whose
     kernel is gone resume in this one as it boots; `resume=False` leaves them for
     `kernel.durability.list()` / `resume(id)`.
+
+    `audit`: append every refused call and every sensitive one to LLMOS_HOME/audit.log
+    (`llmos audit` prints it; kernel/audit.py).
     """
     Scheduler(policy, max_batch=max_batch, quantum=quantum, max_queue=max_queue)  # fail fast on bad settings, before a load
     plugins.load()  # the plugins' models, tools and apps (once per process)
@@ -80,12 +84,20 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel = await stack.enter_async_context(Kernel(TABLE, Sys, driver=driver, scheduler=scheduler,
                                                         memory=memory_system))
         kernel.tools = toolbox
+        if audit:
+            _audit(stack, kernel)
         # A driver that cannot score options (a remote server) has tool choices generated as
         # constrained JSON instead of scored.
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
         await _durability(stack, kernel, durable, resume, durable_capacity, api_url)
         yield kernel
+
+
+def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:
+    kernel.audit = AuditLog(audit_log(llmos_home()), kernel)
+    kernel.dispatcher.listeners.append(kernel.audit.listener)
+    stack.callback(kernel.audit.close)
 
 
 def load_driver(name: str, dtype: str | None = None) -> ModelDriver:
@@ -126,6 +138,7 @@ async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None
 async def _tools(stack: AsyncExitStack, tools: Iterable[Tool | Callable],
                  mcp_servers: Mapping | str | Path | None) -> ToolBox:
     toolbox = ToolBox([*REGISTERED.values(), *map(registration, tools)], workspaces=llmos_home() / "workspaces")
+    stack.push_async_callback(toolbox.aclose)  # its warm jailed workers end with the kernel
     if mcp_servers == "config":
         mcp_servers = llmos_home() / "mcp.json"
         if not mcp_servers.is_file():

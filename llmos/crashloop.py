@@ -56,7 +56,7 @@ def append(name, line):
         out.write(line + "\n")
 
 
-@llmos.tool
+@llmos.tool(sends_data=False)  # it appends to a local file, and sends nothing out
 def ledger(agent: int, turn: int) -> str:
     """Note that this call ran (the crash loop's tool)."""
     append("tools.log", f"{agent} {turn} {PID}")

@@ -12,6 +12,11 @@ def llmos_home() -> Path:
     return home
 
 
+def audit_log(home: Path) -> Path:
+    """The append-only log of refused and sensitive calls (llmos.kernel.audit)."""
+    return home / "audit.log"
+
+
 DATABASE_ENV = "LLMOS_DATABASE_URL"  # a cluster's durable database (PostgreSQL), shared by its kernels
 
 

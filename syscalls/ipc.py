@@ -34,6 +34,9 @@ class Recv(Request[Message]):
 
     timeout: float | None = Field(default=None, ge=0)
 
+    def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        return untrusted_message(answer)
+
 
 TopicName = Field(min_length=1, max_length=128)
 
@@ -71,6 +74,12 @@ class Publish(Request[int]):
 
     topic: str = TopicName
     payload: Any  # each subscriber gets its own copy, as a Message whose `topic` is set
+
+
+def untrusted_message(message: Any) -> str | None:
+    if isinstance(message, Message) and message.untrusted:
+        return f"a message from process {message.sender} ({message.sender_name}), which had read untrusted text"
+    return None
 
 
 async def sys_send(kernel: Kernel, caller: Process, req: Send) -> Message:

@@ -21,8 +21,13 @@ from llmos.kernel.journal import idempotency_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.memory import MemoryItem, MemoryStore, Metadata
 from llmos.kernel.process import Process
+from llmos.kernel.security import NONE, UNTRUSTED_MEMORY, Effects
 
 Namespace = Field(default=None, min_length=1, max_length=200)
+
+
+def _other_namespace(request: Any, caller: Process) -> str | None:
+    return request.namespace if request.namespace is not None and request.namespace != caller.name else None
 
 
 def _in_namespace(request: Any, caller: Process, access: str) -> Iterator[Need]:
@@ -46,6 +51,11 @@ class Remember(Request[str]):
     def needs(self, caller: Process) -> Iterator[Need]:
         return _in_namespace(self, caller, capabilities.MEMORY_WRITE)
 
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        other = _other_namespace(self, caller)  # another process's namespace: it will read this
+        return NONE if other is None else Effects(audit=f"writes the memory of namespace {other!r}",
+                                                  egress=f"the memory of namespace {other!r}")
+
 
 class Recall(Request[list[MemoryItem]]):
     """The `k` stored items closest in meaning to `query`, best first, each with its score."""
@@ -63,6 +73,18 @@ class Recall(Request[list[MemoryItem]]):
     def needs(self, caller: Process) -> Iterator[Need]:
         return _in_namespace(self, caller, capabilities.MEMORY_READ)
 
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        other = _other_namespace(self, caller)
+        return NONE if other is None else Effects(audit=f"reads the memory of namespace {other!r}")
+
+    def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        other = _other_namespace(self, caller)
+        if other is not None and answer:  # what another process wrote
+            return f"memories of namespace {other!r}"
+        if any(item.metadata.get(UNTRUSTED_MEMORY) for item in answer or ()):
+            return "memories written by a process that had read untrusted text"
+        return None
+
 
 class Forget(Request[None]):
     """Delete the item `id` from the namespace (ENOENT if it is not there)."""
@@ -78,6 +100,10 @@ class Forget(Request[None]):
     def needs(self, caller: Process) -> Iterator[Need]:
         return _in_namespace(self, caller, capabilities.MEMORY_WRITE)
 
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        other = _other_namespace(self, caller)
+        return NONE if other is None else Effects(audit=f"deletes from the memory of namespace {other!r}")
+
 
 async def _store(kernel: Kernel) -> MemoryStore:
     if kernel.memory is None:
@@ -90,6 +116,8 @@ async def sys_remember(kernel: Kernel, caller: Process, req: Remember) -> str:
     store = await _store(kernel)
     item_id = key_id(idempotency_key())  # a durable process's write, replayed, overwrites itself
     meta: Metadata = {"kind": "note", "pid": caller.pid, "at": time.time(), **(req.metadata or {})}
+    if caller.untrusted:  # whoever recalls it reads what untrusted text may have steered (kernel/security.py)
+        meta[UNTRUSTED_MEMORY] = True
     await store.add(ns, [req.text], [meta], [item_id])
     if ns == caller.name and kernel.memory is not None:
         kernel.memory.note_remembered(caller)

@@ -21,6 +21,7 @@ from llmos.kernel.durable import RestartPolicy
 from llmos.kernel.errors import InvalidRequest, PermissionDenied
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, Quotas
+from llmos.kernel.security import Effects
 from llmos.kernel.stats import KernelStatistics, TraceEvent
 
 Priority = Field(ge=params.NICE_MIN, le=params.NICE_MAX)
@@ -66,6 +67,11 @@ class Spawn(Request[ProcessInfo]):
         if isinstance(self.app, str) and runs_a_file(self.app):
             yield capabilities.PROC_EXEC
 
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        granted = caller.capabilities if self.caps is None else capabilities.narrow(caller.capabilities, self.caps)
+        beyond = sorted(granted - capabilities.DEFAULT_APP)
+        return Effects(audit=f"the child may {', '.join(beyond)}" if beyond else None)
+
 
 def runs_a_file(ref: str) -> bool:
     """Whether an app reference names a Python file ("path/app.py[:attr]"): running it runs
@@ -83,6 +89,11 @@ class Wait(Request[ExitStatus]):
 
     pid: int
     timeout: float | None = Field(default=None, ge=0)
+
+    def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        if isinstance(answer, ExitStatus) and answer.untrusted:
+            return f"the result of process {answer.pid} ({answer.name}), which had read untrusted text"
+        return None
 
 
 class Kill(Request[None]):

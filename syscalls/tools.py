@@ -16,11 +16,12 @@ from pydantic import Field
 
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
-from llmos.kernel.capabilities import Need
+from llmos.kernel.capabilities import NET, Need
 from llmos.kernel.errors import NoSuchTool, ToolTimeout, ToolUnavailable
 from llmos.kernel.journal import current_step_key
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
+from llmos.kernel.security import NONE, Effects
 from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec
 
 
@@ -44,6 +45,20 @@ class CallTool(Request[Any]):
 
     def needs(self, caller: Process) -> Iterator[Need]:
         yield tool_capability(self.name)
+
+    def effects(self, kernel: Kernel, caller: Process) -> Effects:
+        spec = kernel.tools.get(self.name) if kernel.tools is not None else None
+        if spec is None:
+            return NONE
+        network = spec.sandboxed and kernel.dispatcher.permits(caller, NET)  # its jail has the network
+        sends = "the network" if network else f"tool {self.name!r} can send data out" if spec.sends_data else None
+        audit = [why for why, yes in ((f"tool {self.name!r} has side effects", not spec.read_only),
+                                      ("it may reach the network", network)) if yes]
+        return Effects(audit="; ".join(audit) or None, egress=sends)
+
+    def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        spec = kernel.tools.get(self.name) if kernel.tools is not None else None
+        return None if spec is not None and spec.trusted_output else f"the result of tool {self.name!r}"
 
 
 class ListTools(Request[list[ToolSpec]]):
@@ -77,8 +92,9 @@ async def sys_call_tool(kernel: Kernel, caller: Process, req: CallTool) -> Any:
     began = time.perf_counter()
     try:
         with anyio.move_on_after(timeout):
-            return await tools.call(spec.name, req.arguments, ToolContext(pid=caller.pid, process=caller.name,
-                                                                            idempotency_key=current_step_key()))
+            context = ToolContext(pid=caller.pid, process=caller.name, idempotency_key=current_step_key(),
+                                  network=kernel.dispatcher.permits(caller, NET))
+            return await tools.call(spec.name, req.arguments, context)
         raise ToolTimeout(f"tool {spec.name!r} did not finish within {timeout:g} s and was stopped")
     finally:
         caller.stats.tool_calls += 1

@@ -12,6 +12,7 @@ import llmos
 from llmos.apps import registry
 from llmos.apps.shell import views
 from llmos.apps.shell.errors import ShellError
+from llmos.syscalls import DEFAULT_APP_CAPS
 
 if TYPE_CHECKING:  # the session imports the commands
     from llmos.apps.shell.session import Command, Shell
@@ -21,17 +22,30 @@ MEMORY_CAPS = frozenset({"memory", "memory.read.*", "memory.write.*", "console"}
 
 
 async def run(shell: Shell, words: list[str]) -> None:
-    """run APP [ARGS...] [&]: start an app; in the foreground unless the line ends with &."""
+    """run [--allow CAP]... APP [ARGS...] [&]: start an app (with capabilities beyond the
+    defaults if allowed); in the foreground unless the line ends with &."""
     background = bool(words) and words[-1] == "&"
-    words = words[:-1] if background else words
-    if not words:
-        raise ShellError("usage: run APP [ARGS...] [&]   (`apps` lists the apps)")
     command = " ".join(["run", *words])
+    allowed, words = _allowed(words[:-1] if background else words)
+    if not words:
+        raise ShellError("usage: run [--allow CAP]... APP [ARGS...] [&]   (`apps` lists the apps)")
+    caps = DEFAULT_APP_CAPS | allowed
     if background:
-        job = await shell.start(words[0], words[1:], background=True, command=command)
+        job = await shell.start(words[0], words[1:], background=True, command=command, caps=caps)
         shell.out.print(f"[{job.number}] {job.pid}", highlight=False)
         return
-    await shell.run_in_foreground(words[0], words[1:], command=command)
+    await shell.run_in_foreground(words[0], words[1:], command=command, caps=caps)
+
+
+def _allowed(words: list[str]) -> tuple[frozenset[str], list[str]]:
+    """The capabilities of leading `--allow CAP` pairs, and the words after them."""
+    allowed: set[str] = set()
+    while words and words[0] == "--allow":
+        if len(words) < 2:
+            raise ShellError("--allow needs a capability: run --allow tool.run_python APP ...")
+        allowed.add(words[1])
+        words = words[2:]
+    return frozenset(allowed), words
 
 
 async def chat(shell: Shell, words: list[str]) -> None:

@@ -40,7 +40,8 @@ PROMPT = "llmos> "
 Command = Callable[["Shell", list[str]], Awaitable[None]]
 # The shell's rights: what any app has, and control of every process, the user's app files,
 # every memory namespace and every tool, which its commands hand on (narrowed) to what it starts.
-SHELL_CAPS = DEFAULT_APP_CAPS | {"proc.admin", "proc.exec", "memory.read.*", "memory.write.*", "tool.*"}
+# The user's own agent: what it starts may be granted any of these (`run --allow CAP`).
+SHELL_CAPS = DEFAULT_APP_CAPS | {"proc.admin", "proc.exec", "memory.read.*", "memory.write.*", "tool.*", "net"}
 
 
 class Shell:

@@ -77,10 +77,21 @@ def top_view(procs: list[ProcessInfo], stats: KernelStatistics, tokens_per_s: fl
         ("llmos top", "bold"), f"  model {model}  processes {len(live)}  ",
         f"batch {sched.running}  queue {sched.waiting}  ",
         (f"{tokens_per_s:.1f} tokens/s", "bold green"), f"  policy {sched.policy}",
+        f"  loop lag p99 {stats.loop.lag_p99_s * 1000:.1f} ms, {stats.loop.stalls} stalls" if stats.loop else "",
         ("   (Ctrl-C to leave)", "dim"))
     driver = engine.driver if engine is not None else {}
     footer = Text(f"steps {engine.steps if engine else 0}  tokens {engine.tokens if engine else 0}  "
                   f"preemptions {sched.preemptions}  "
                   f"prefix-cache hit tokens {driver.get('prefix_hit_tokens', '-')}", style="dim")
     busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
-    return Group(header, footer, ps_table(busiest))
+    return Group(header, footer, *loop_blockers(procs), ps_table(busiest))
+
+
+def loop_blockers(procs: list[ProcessInfo], most: int = 3) -> list[Text]:
+    """The processes that held the event loop (everyone else froze meanwhile), worst first."""
+    worst = sorted((p for p in procs if p.stats.loop_blocks), key=lambda p: (-p.stats.loop_blocked_s, p.pid))[:most]
+    if not worst:
+        return []
+    return [Text("loop blocked by " + ", ".join(
+        f"pid {p.pid} {p.name} {p.stats.loop_blocked_s:.2f} s ({p.stats.loop_blocks}x, longest "
+        f"{p.stats.loop_block_max_s:.2f} s)" for p in worst), style="yellow")]

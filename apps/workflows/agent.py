@@ -24,6 +24,9 @@ class Agent(BaseModel):
     prompt: str = "{input}"
     description: str = ""  # what a supervisor reads when it routes tasks
     max_tokens: int | None = Field(default=None, ge=1)
+    # What this agent may do (tool.run_python, net, ...): never more than the workflow holds,
+    # which is what `llmos run` granted it (`--allow`). None: the same as the workflow.
+    caps: list[str] | None = None
 
     def task(self, text: str) -> str:
         return self.prompt.replace("{input}", text)
@@ -52,7 +55,8 @@ AgentRun = int | str  # an agent process's pid, or its durable id if it is durab
 async def start_agent(sys: Sys, spec: Agent, text: str, topic: str = TOPIC, max_tokens: int = AGENT_TOKENS,
                       durable: bool = False) -> AgentRun:
     """Start an agent; a durable one (in a durable workflow) survives the kernel with its work."""
-    info = await sys.spawn(agent, spec.model_dump(), text, topic, max_tokens, name=spec.name, durable=durable)
+    info = await sys.spawn(agent, spec.model_dump(), text, topic, max_tokens, name=spec.name, durable=durable,
+                           caps=spec.caps)
     return info.durable_id if durable and info.durable_id is not None else info.pid
 
 

@@ -34,8 +34,8 @@ async def debate(sys: Sys, writer: dict[str, Any], critic: dict[str, Any], text:
                  topic: str = TOPIC, max_tokens: int = AGENT_TOKENS) -> dict[str, Any]:
     """Draft, then `rounds` times critique and revise; returns {"output", "rounds": [...]}."""
     w, c = Agent.model_validate(writer), Agent.model_validate(critic)
-    wpid = (await sys.spawn(role, w.model_dump(), topic, max_tokens, name=w.name)).pid
-    cpid = (await sys.spawn(role, c.model_dump(), topic, max_tokens, name=c.name)).pid
+    wpid = (await sys.spawn(role, w.model_dump(), topic, max_tokens, name=w.name, caps=w.caps)).pid
+    cpid = (await sys.spawn(role, c.model_dump(), topic, max_tokens, name=c.name, caps=c.caps)).pid
     try:
         draft = await turn(sys, wpid, {"text": text})
         await sys.write(f"[{w.name}] {draft}\n")

@@ -40,9 +40,10 @@ async def mapreduce(sys: Sys, map_spec: dict[str, Any], reduce_spec: dict[str, A
     if not parts:
         raise WorkflowError("mapreduce needs at least one part")
     mapper, combiner = Agent.model_validate(map_spec), Agent.model_validate(reduce_spec)
-    red = await sys.spawn(reducer, combiner.model_dump(), len(parts), topic, max_tokens, name=combiner.name)
+    red = await sys.spawn(reducer, combiner.model_dump(), len(parts), topic, max_tokens, name=combiner.name,
+                          caps=combiner.caps)
     workers = [await sys.spawn(worker, mapper.model_dump(), part, i, red.pid, topic, max_tokens,
-                               name=f"{mapper.name}-{i + 1}") for i, part in enumerate(parts)]
+                               name=f"{mapper.name}-{i + 1}", caps=mapper.caps) for i, part in enumerate(parts)]
     try:
         for w in workers:
             await collect(sys, w.pid)

@@ -67,7 +67,7 @@ def _evaluate(node: ast.AST) -> Any:
     'Divide 1000 by 8.',
     "What's the square root of 144?",
     'Add up 23, 45 and 67.',
-))
+), read_only=True, sends_data=False, trusted_output=True)
 def calculator(expression: str) -> float | int:
     """Evaluate an arithmetic expression exactly as written, e.g. "(3 + 4) * 2 ** 10" or "sqrt(2) / 2".
 
@@ -88,7 +88,7 @@ def calculator(expression: str) -> float | int:
     'What day of the week is it today?',
     'What time is it in Tokyo right now?',
     'Tell me the current date and time.',
-))
+), read_only=True, sends_data=False, trusted_output=True)
 def current_time(timezone: str = "UTC") -> str:
     """The current date and time, in ISO 8601 form, in a time zone.
 
@@ -118,7 +118,7 @@ def inside(workspace: Path, path: str) -> Path:
     'Open the file report.txt and tell me what it says.',
     'What does my file ideas.txt contain?',
     'Print the contents of data.csv.',
-))
+), read_only=True, sends_data=False)
 def read_file(path: str, ctx: ToolContext) -> str:
     """Read a text file from your workspace folder.
 
@@ -138,7 +138,7 @@ def read_file(path: str, ctx: ToolContext) -> str:
     'Create a file list.txt with the items apples and pears.',
     'Add a line to diary.txt.',
     'Store this text in output.txt.',
-))
+), sends_data=False)
 def write_file(path: str, content: str, ctx: ToolContext, append: bool = False) -> str:
     """Write a text file in your workspace folder (its folders are created as needed).
 
@@ -193,7 +193,7 @@ def _append_once(target: Path, content: str, ledger: Path) -> None:
     'Show the contents of the docs folder.',
     'Which files are in the projects directory?',
     'Is there a file named plan.md?',
-))
+), read_only=True, sends_data=False)
 def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
     """List the files and folders (ending in "/") in a folder of your workspace.
 
@@ -207,7 +207,10 @@ def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
 
 
 # -- Python, in the sandbox -----------------------------------------------------------------------------
+# It runs jailed: it reaches nothing but its workspace, nor the network unless the caller
+# holds `net` (then the kernel counts it as sending data out: kernel/security.py).
 run_python = Tool(sandbox_worker.run_python, trusted=False, timeout=30, limits=Limits(cpu_s=10, memory_mb=256),
+                  sends_data=False,
                   examples=(
                       'Run this Python code: print(2 ** 10)',
                       'Execute this script and show the output.',

@@ -28,7 +28,8 @@ import anyio.to_thread
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from llmos.drivers.tools.sandbox import Limits, Target, run_sandboxed
+from llmos.drivers.tools.jail import JailPlan
+from llmos.drivers.tools.sandbox import Limits, Target, WarmWorkers, run_sandboxed
 from llmos.kernel import params
 from llmos.kernel.errors import InvalidToolArguments, SyscallError, ToolFailed
 from llmos.kernel.tools import JsonSchema, ToolContext, ToolSpec
@@ -43,8 +44,12 @@ class Tool:
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
                  trusted: bool | None = None, timeout: float | None = None, limits: Limits | None = None,
-                 examples: Sequence[str] = ()) -> None:
+                 examples: Sequence[str] = (), read_only: bool = False, sends_data: bool = True,
+                 trusted_output: bool = False) -> None:
         self.fn = fn
+        # What it may do (ToolSpec; kernel/security.py): a tool that says nothing is assumed
+        # to change things, send data out, and return text anyone could have written.
+        self.read_only, self.sends_data, self.trusted_output = read_only, sends_data, trusted_output
         self.examples = tuple(examples)  # requests it answers, for choosing it (ToolSpec.examples)
         self.name = name or fn.__name__
         summary, arg_docs = parse_docstring(inspect.getdoc(fn) or "")
@@ -67,7 +72,8 @@ class Tool:
 
     def spec(self, source: str = "", sandboxed: bool = False) -> ToolSpec:
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters,
-                        examples=self.examples, timeout_s=self.timeout_s, sandboxed=sandboxed, source=source)
+                        examples=self.examples, timeout_s=self.timeout_s, sandboxed=sandboxed, source=source,
+                        read_only=self.read_only, sends_data=self.sends_data, trusted_output=self.trusted_output)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments, checked and converted to the parameters' types; InvalidToolArguments if wrong."""
@@ -78,12 +84,14 @@ class Tool:
             raise InvalidToolArguments(f"bad arguments to tool {self.name!r}: {problems}") from None
         return {field: getattr(model, field) for field in type(model).model_fields}
 
-    async def run(self, arguments: Mapping[str, Any], context: ToolContext, sandboxed: bool = False) -> Any:
-        """Validate, then run in-process (a sync function in a worker thread) or in the sandbox."""
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext, sandboxed: bool = False,
+                  jail: JailPlan | None = None, workers: WarmWorkers | None = None) -> Any:
+        """Validate, then run in-process (a sync function in a worker thread) or in the
+        sandbox (jailed as `jail` says, if given; see sandbox.run_sandboxed)."""
         values = self.validate(arguments)
         if sandboxed:
             return await run_sandboxed(self.target(), self.model(**values).model_dump(mode="json"),
-                                       context.model_dump(), self.limits, self.name)
+                                       context.model_dump(), self.limits, self.name, jail, workers)
         if self.context_param:
             values[self.context_param] = context
         try:
@@ -113,16 +121,20 @@ class Tool:
 
 def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None,
          trusted: bool | None = None, timeout: float | None = None, cpu_s: float | None = None,
-         memory_mb: int | None = None, examples: Sequence[str] = ()) -> Any:
-    """Make `fn` a Tool. `trusted=False` runs it in the sandbox with `cpu_s` CPU seconds and
+         memory_mb: int | None = None, examples: Sequence[str] = (), read_only: bool = False,
+         sends_data: bool = True, trusted_output: bool = False) -> Any:
+    """Make `fn` a Tool. `trusted=False` runs it in the jail with `cpu_s` CPU seconds and
     `memory_mb` of memory; `timeout` is its wall time in seconds (default 30). `examples`:
-    a few requests it answers, in a user's words; they help a small model choose it."""
+    a few requests it answers, in a user's words; they help a small model choose it.
+    `read_only` (it changes nothing), `sends_data=False` (it cannot send what it is given
+    anywhere) and `trusted_output` (its result is not text others wrote) let the kernel
+    audit and contain it less (kernel/security.py); say them only when they are true."""
     defaults = Limits()
     limits = Limits(cpu_s=cpu_s or defaults.cpu_s, memory_mb=memory_mb or defaults.memory_mb)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         return Tool(fn, name=name, description=description, trusted=trusted, timeout=timeout, limits=limits,
-                    examples=examples)
+                    examples=examples, read_only=read_only, sends_data=sends_data, trusted_output=trusted_output)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -104,8 +104,14 @@ async def _add_tools(server: ServerConfig, client: Client, toolbox: ToolBox) -> 
     while True:
         listing = await client.list_tools(cursor=cursor)
         for remote in listing.tools:
+            # Another program's tool: its result may be anyone's text; it changes nothing only if
+            # its server says so (readOnlyHint), and reaches outside only unless it says it does
+            # not (openWorldHint false: "a closed domain").
+            hints = getattr(remote, "annotations", None)
             spec = ToolSpec(name=f"{server.name}.{remote.name}", description=remote.description or "",
-                            parameters=remote.input_schema, timeout_s=server.timeout, source=f"mcp:{server.name}")
+                            parameters=remote.input_schema, timeout_s=server.timeout, source=f"mcp:{server.name}",
+                            read_only=bool(getattr(hints, "read_only_hint", False)),
+                            sends_data=getattr(hints, "open_world_hint", None) is not False)
             toolbox.add_remote(spec, RemoteTool(client, remote, spec.name, server.timeout))
         cursor = listing.next_cursor
         if not cursor:

@@ -5,7 +5,9 @@ Protocol: one JSON request on stdin (the tool's module, file and qualname, its a
 its caller's context, the limits, the parent's sys.path); one JSON reply on the original
 stdout: {"ok": true, "value": ...} or {"ok": false, "type", "message", "code", "limit"}.
 Whatever the tool prints goes to stderr. The limits are set after the tool's module is
-imported and count from there: CPU seconds, address space added, bytes written to files.
+imported and count from there: CPU seconds, address space added, bytes written to files,
+processes. In a jail that bwrap set up as root (LLMOS_JAIL_UID set), the worker first
+becomes that user, giving up the two capabilities the jail left it, before it reads anything.
 """
 
 from __future__ import annotations
@@ -50,7 +52,17 @@ def address_space() -> int:
         return int(statm.read().split()[0]) * resource.getpagesize()
 
 
-def set_limits(cpu_s: float, memory_mb: int, file_mb: int) -> None:
+def drop_privileges() -> None:
+    """Become LLMOS_JAIL_UID (with no groups) if the jail says: from root to nobody, every
+    capability is gone, and RLIMIT_NPROC counts (root is exempt from it)."""
+    uid = os.environ.get("LLMOS_JAIL_UID")
+    if uid:
+        os.setgroups([])
+        os.setresgid(int(uid), int(uid), int(uid))
+        os.setresuid(int(uid), int(uid), int(uid))
+
+
+def set_limits(cpu_s: float, memory_mb: int, file_mb: int, processes: int | None = None) -> None:
     used = resource.getrusage(resource.RUSAGE_SELF)
     cpu = int(used.ru_utime + used.ru_stime + cpu_s + 0.999)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # soft: SIGXCPU; hard, a second on: SIGKILL
@@ -58,6 +70,8 @@ def set_limits(cpu_s: float, memory_mb: int, file_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb * 2**20, file_mb * 2**20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
 def call(target: Any, arguments: dict[str, Any], context: dict[str, Any]) -> Any:
@@ -90,18 +104,21 @@ def encode(reply: dict[str, Any], max_bytes: int) -> bytes:
 
 
 def main() -> None:
+    drop_privileges()
     request = json.load(sys.stdin)
     result = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the tool's prints go to stderr; stdout carries only the reply
     sys.path[:0] = [path for path in request["sys_path"] if path not in sys.path]
     try:
         target = load(request)
-        set_limits(request["cpu_s"], request["memory_mb"], request["file_mb"])
+        set_limits(request["cpu_s"], request["memory_mb"], request["file_mb"], request.get("processes"))
         reply = {"ok": True, "value": call(target, request["arguments"], request["context"])}
     except BaseException as exc:  # noqa: BLE001 - everything the tool raises goes back to the caller
         reply = failure(exc)
     result.write(encode(reply, request["max_output"]))
     result.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the reply is out: no interpreter teardown for the caller to wait on
 
 
 # -- run_python: the built-in tool whose body runs here, with nothing imported ---------------------

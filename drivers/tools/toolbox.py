@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmos.drivers.tools import jail
 from llmos.drivers.tools.function import Tool, as_tool
-from llmos.kernel.errors import NoSuchTool
+from llmos.drivers.tools.jail import JailPlan
+from llmos.drivers.tools.sandbox import WarmWorkers
+from llmos.kernel.errors import NoSuchTool, ToolUnavailable
 from llmos.kernel.tools import ToolContext, ToolSpec
 
 RemoteCall = Callable[[Mapping[str, Any]], Awaitable[Any]]
@@ -62,6 +65,7 @@ class ToolBox:
 
     def __init__(self, tools: Iterable[Registered] = (), *, workspaces: Path | None = None) -> None:
         self.workspaces = workspaces  # the root of the processes' workspace folders
+        self.workers = WarmWorkers()  # jailed workers started ahead (sandbox.py)
         self._specs: dict[str, ToolSpec] = {}
         self._local: dict[str, Registered] = {}
         self._remote: dict[str, RemoteCall] = {}
@@ -94,8 +98,25 @@ class ToolBox:
         entry = self._local.get(name)
         if entry is None:
             raise NoSuchTool(f"no tool named {name!r}")
-        if entry.tool.context_param and self.workspaces is not None:
+        if (entry.tool.context_param or entry.sandboxed) and self.workspaces is not None:
             folder = workspace_folder(self.workspaces, context.process)
             folder.mkdir(parents=True, exist_ok=True)
             context = context.model_copy(update={"workspace": str(folder)})
-        return await entry.tool.run(arguments, context, sandboxed=entry.sandboxed)
+        if not entry.sandboxed:
+            return await entry.tool.run(arguments, context)
+        plan = self._jail(entry.tool, context) if jail.check_or_refuse(name) else None
+        return await entry.tool.run(arguments, context, sandboxed=True, jail=plan, workers=self.workers)
+
+    def _jail(self, tool: Tool, context: ToolContext) -> JailPlan:
+        """The caller's workspace writable, the network if it may, the tool's own file (its
+        module may be a script's), and nothing of LLMOS_HOME but that workspace."""
+        if context.workspace is None:
+            raise ToolUnavailable(f"tool {tool.name!r} must run in a jail, and this kernel gives tools no "
+                                  "workspace folder to jail it in")
+        source = tool.target().file
+        return JailPlan(workspace=context.workspace, network=context.network, files=(source,) if source else (),
+                        hidden=(str(self.workspaces.parent),) if self.workspaces is not None else ())
+
+    async def aclose(self) -> None:
+        """End the warm jailed workers."""
+        await self.workers.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -82,6 +83,25 @@ def test_capabilities_can_be_narrowed(tmp_path):
     """)
     done = llmos("run", "--no-model", "--cap", "ipc", app)
     assert done.returncode == 0 and "denied EPERM" in done.stdout
+
+
+def test_run_python_needs_allow_and_the_refusal_is_in_the_audit_log(tmp_path):
+    app = write_app(tmp_path, """
+        from llmos.syscalls import PermissionDenied
+
+        async def main(sys):
+            try:
+                return (await sys.call_tool("run_python", code="6 * 7"))["result"]
+            except PermissionDenied as err:
+                return f"denied {err.code.name}"
+    """)
+    assert "denied EPERM" in llmos("run", "--no-model", app).stdout  # not among the defaults
+    allowed = llmos("run", "--no-model", "--allow", "tool.run_python", app)
+    assert allowed.returncode == 0 and "42" in allowed.stdout, allowed.stderr
+    audit = llmos("audit", "--denied")
+    assert audit.returncode == 0 and "tool.run_python" in audit.stdout and "EPERM" in audit.stdout
+    entries = llmos("audit", "--json").stdout.splitlines()
+    assert [json.loads(line)["outcome"] for line in entries] == ["EPERM", "ok"]  # the allowed call: side effects
 
 
 def test_models_lists_the_default_model():

@@ -33,8 +33,10 @@ def lines(path: Path) -> list[str]:
 # kernel dies right after call number `crash_after` (0-based) has been recorded.
 TOOL_APP = """
 import os
+import llmos
 from llmos.syscalls import ToolContext
 
+@llmos.tool(sends_data=False)  # it writes a local file, and sends nothing out
 def append_line(path: str, text: str, ctx: ToolContext) -> str:
     with open(path, "a") as out:
         out.write(f"{ctx.idempotency_key} {text}\\n")
@@ -117,12 +119,15 @@ async def test_a_tool_call_cut_off_by_a_crash_runs_again_with_the_same_idempoten
 
 async def test_idempotency_keys_reach_tools_of_durable_processes_only(apps, tmp_path) -> None:
     ref = apps.write("keys", """
+        import llmos
         from llmos.kernel.journal import idempotency_key
         from llmos.syscalls import ToolContext
 
+        @llmos.tool(read_only=True, sends_data=False, trusted_output=True)
         async def key_of(ctx: ToolContext) -> list:
             return [ctx.idempotency_key, idempotency_key()]
 
+        @llmos.tool(read_only=True, sends_data=False, trusted_output=True)
         def key_in_thread(ctx: ToolContext) -> list:
             return [ctx.idempotency_key, idempotency_key()]
 

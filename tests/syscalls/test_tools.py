@@ -20,7 +20,7 @@ from llmos.syscalls import (
 from llmos.testing import caught, result, spawn_and_wait, until_state
 
 
-@llmos.tool
+@llmos.tool(read_only=True, sends_data=False, trusted_output=True)  # as it is: pure
 def add(a: int, b: int = 0) -> int:
     """Add two integers."""
     return a + b
@@ -33,7 +33,7 @@ def slow(seconds: float) -> str:
     return "done"
 
 
-@llmos.tool
+@llmos.tool(sends_data=False)
 async def async_slow(seconds: float) -> str:
     """Sleep without a thread."""
     await anyio.sleep(seconds)
@@ -100,12 +100,12 @@ async def test_spawn_narrows_the_tools_a_child_may_call(kernel):
     assert widened == ("returned", 1)
 
 
-async def test_default_app_capabilities_grant_the_builtin_tools_only(kernel):
+async def test_default_app_capabilities_grant_only_the_builtin_tools_that_change_nothing(kernel):
     async def main(sys):
         return sorted(spec.name for spec in await sys.list_tools())
 
     names = result(await spawn_and_wait(kernel, main, caps=llmos.syscalls.DEFAULT_APP_CAPS))
-    assert names == ["calculator", "current_time", "list_files", "read_file", "run_python", "write_file"]
+    assert names == ["calculator", "current_time", "list_files", "read_file"]  # no run_python, no write_file
 
 
 async def test_an_unknown_tool_lists_the_callable_ones(kernel):

@@ -64,6 +64,20 @@ def said(sh: Shell) -> str:
 SLEEPER = f"{__file__}:sleeper"
 
 
+async def caps_of(sys):  # noqa: ANN001, ANN201
+    me = next(info for info in await sys.ps() if info.pid == sys.pid)
+    return sorted(c for c in me.capabilities if c not in llmos.syscalls.DEFAULT_APP_CAPS)
+
+
+async def test_run_allow_grants_a_job_more_than_the_defaults(shell):
+    await shell.execute(f"run {__file__}:caps_of")
+    assert said(shell) == "[]\n"
+    await shell.execute(f"run --allow tool.run_python --allow net {__file__}:caps_of")
+    assert said(shell) == "['net', 'tool.run_python']\n"
+    await shell.execute(f"run --allow proc.nonsense {__file__}:caps_of")  # not the shell's to give: not given
+    assert said(shell) == "[]\n"
+
+
 async def test_run_in_the_foreground_streams_the_output(shell, capsys):
     assert await shell.execute("run generate 'The world is'")
     assert capsys.readouterr().out == "echo: The world is\n"
@@ -154,7 +168,7 @@ async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
     ("bogus", "error: unknown command 'bogus'"),
     ("kill 999", "error: [ESRCH] no process with pid 999"),
     ("kill", "error: which process?"),
-    ("run", "error: usage: run APP"),
+    ("run", "error: usage: run [--allow CAP]... APP"),
     ("run translate", "error: [EINVAL] missing a required argument: 'text'"),
     ("run no_such_app", "error: [EINVAL] cannot import app module 'no_such_app'"),
     ("fg", "error: no current job"),

@@ -7,17 +7,19 @@ import time
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 
 server = MCPServer("echo")
+CLOSED = ToolAnnotations(readOnlyHint=True, openWorldHint=False)  # changes nothing, reaches nothing outside
 
 
-@server.tool()
+@server.tool(annotations=CLOSED)
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
 
 
-@server.tool()
+@server.tool(annotations=CLOSED)
 def shout(text: str) -> str:
     """The text in capitals."""
     return text.upper()

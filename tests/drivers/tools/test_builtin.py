@@ -38,7 +38,8 @@ async def kernel():  # its workspaces are under the test's own LLMOS_HOME (`llmo
 
 
 async def run(kernel, app, name="agent"):
-    return result(await spawn_and_wait(kernel, app, name=name, caps=llmos.syscalls.DEFAULT_APP_CAPS, timeout=30))
+    caps = llmos.syscalls.DEFAULT_APP_CAPS | {"tool.write_file", "tool.run_python"}  # beyond the defaults
+    return result(await spawn_and_wait(kernel, app, name=name, caps=caps, timeout=30))
 
 
 async def test_current_time_in_a_time_zone(kernel):

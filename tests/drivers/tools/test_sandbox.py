@@ -1,5 +1,6 @@
-"""Sandboxed tools: memory and CPU limits, a scrubbed environment, a working folder of their
-own, timeouts; every failure is one call's, and the kernel goes on."""
+"""Sandboxed tools: memory and CPU limits, a scrubbed environment, the caller's workspace as
+working folder, timeouts; every failure is one call's, and the kernel goes on. (The jail
+around them: test_jail.py.)"""
 
 from __future__ import annotations
 
@@ -64,11 +65,11 @@ async def test_secrets_in_the_environment_do_not_reach_the_tool(kernel, monkeypa
     assert await call(kernel, "read_env", name="PATH") == ("returned", os.environ["PATH"])
 
 
-async def test_each_call_has_a_working_folder_of_its_own_removed_after(kernel):
+async def test_the_working_folder_and_home_are_the_caller_s_workspace(kernel, llmos_home):
     _, first = await call(kernel, "where")
     _, second = await call(kernel, "where")
-    assert first["cwd"] != second["cwd"] and first["home"] == first["cwd"]
-    assert not Path(first["cwd"]).exists()
+    assert first == second and first["home"] == first["cwd"]
+    assert Path(first["cwd"]).parent == llmos_home / "workspaces"
 
 
 async def test_a_child_past_its_wall_timeout_is_killed(kernel):

@@ -1,0 +1,140 @@
+"""The audit log: one JSON line per refused call and per sensitive one, appended to a file.
+
+A trace listener (kernel/dispatch.py) writes an `AuditEntry` for every call that was
+refused (EPERM: a missing capability, or the injection rule of kernel/security.py) and
+every call whose request says it is sensitive (`Effects.audit`); kernel/security.py adds
+one for each call a user approved under the injection rule. Each entry: the time, the pid
+and name of the process, the call, its arguments with secrets redacted and long texts cut,
+the outcome and why it was logged.
+
+The file is opened for appending only (O_APPEND: every line lands at the end, whole, even
+with several kernels writing it) and never rewritten; `read_audit` gives it back, filtered, for
+`llmos audit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+
+from llmos.kernel.stats import TraceEvent
+
+if TYPE_CHECKING:
+    from llmos.kernel.abi import Request
+    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.process import Process
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 300  # characters of one argument's text kept in an entry
+REDACTED = "[redacted]"
+# Argument names whose values are secrets whatever they hold.
+SECRET_NAME = re.compile(r"(pass(word|phrase)?|secret|token|api[-_]?key|auth(orization)?|credential|cookie|"
+                         r"private[-_]?key)", re.IGNORECASE)
+# Values that look like secrets wherever they are: provider keys, bearer tokens, private keys.
+SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}|"
+                          r"AKIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._~+/=-]{8,}|"
+                          r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$))")
+
+
+class AuditEntry(BaseModel):
+    time: float
+    pid: int
+    process: str
+    call: str
+    arguments: dict[str, Any]
+    outcome: str  # "ok", the errno name, or "approved" (by the user, under the injection rule)
+    why: str  # "denied: ..." or what made the call sensitive
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """`value` with secrets replaced and long texts cut; `name` is its argument's name."""
+    if name and SECRET_NAME.search(name) and value not in (None, "", {}, []):
+        return REDACTED
+    if isinstance(value, str):
+        text = SECRET_VALUE.sub(REDACTED, value)
+        return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text)} characters)"
+    if isinstance(value, dict):
+        return {str(key): redact(item, str(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(item, name) for item in value]
+    return value
+
+
+def arguments_of(request: Request | None) -> dict[str, Any]:
+    if request is None:
+        return {}
+    plain = pydantic_core.to_jsonable_python(dict(request), fallback=repr)
+    return redact(plain)
+
+
+class AuditLog:
+    """Appends entries to `path`; plug `listener` into a kernel's dispatcher."""
+
+    def __init__(self, path: Path, kernel: Kernel) -> None:
+        self.path, self.kernel = path, kernel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND: each write goes to the end as one piece; 0o600: only the user reads it.
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def listener(self, event: TraceEvent, process: Process, request: Request | None, answer: Any) -> None:
+        why = self._why(event, process, request, answer)
+        if why is not None:
+            self.write(AuditEntry(time=event.at, pid=process.pid, process=process.name, call=event.call,
+                                  arguments=arguments_of(request), outcome=event.outcome, why=why))
+
+    def _why(self, event: TraceEvent, process: Process, request: Request | None, answer: Any) -> str | None:
+        if event.outcome == "EPERM":
+            return f"denied: {getattr(answer, 'message', answer)}"
+        if request is None:
+            return None
+        return request.effects(self.kernel, process).audit
+
+    def approved(self, process: Process, request: Request, why: str) -> None:
+        """A user let `process` send data out after it read untrusted text (kernel/security.py)."""
+        self.write(AuditEntry(time=time.time(), pid=process.pid, process=process.name, call=request.call,
+                              arguments=arguments_of(request), outcome="approved", why=why))
+
+    def write(self, entry: AuditEntry) -> None:
+        line = (entry.model_dump_json() + "\n").encode()
+        with self._lock:
+            if self._fd < 0:
+                return
+            os.write(self._fd, line)
+            self.written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def read_audit(path: Path, *, pid: int | None = None, denied: bool = False) -> Iterator[AuditEntry]:
+    """The entries of the log at `path`, oldest first, filtered; a damaged line is skipped
+    with a warning naming it (a crash may cut the last line)."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = AuditEntry.model_validate(json.loads(line))
+            except (ValueError, ValidationError):
+                log.warning("%s, line %d: not an audit entry; skipped", path, number)
+                continue
+            if (pid is None or entry.pid == pid) and (not denied or entry.outcome == "EPERM"):
+                yield entry
