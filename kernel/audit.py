@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import reprlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from llmos.kernel.stats import TraceEvent
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 300  # characters of one argument's text kept in an entry
+MAX_ITEMS = 50  # items of a list or keys of a mapping kept
+MAX_DEPTH = 6  # levels of nesting kept
 REDACTED = "[redacted]"
 # Argument names whose values are secrets whatever they hold.
 SECRET_NAME = re.compile(r"(pass(word|phrase)?|secret|token|api[-_]?key|auth(orization)?|credential|cookie|"
@@ -57,25 +61,32 @@ class AuditEntry(BaseModel):
     why: str  # "denied: ..." or what made the call sensitive
 
 
-def redact(value: Any, name: str = "") -> Any:
-    """`value` with secrets replaced and long texts cut; `name` is its argument's name."""
+def redact(value: Any, name: str = "", depth: int = 0) -> Any:
+    """`value` as plain JSON with secrets replaced, long texts and collections cut, and no
+    deeper than MAX_DEPTH; `name` is its argument's name. Never raises: the arguments of a
+    refused call may be any junk, and the refusal must still be logged."""
     if name and SECRET_NAME.search(name) and value not in (None, "", {}, []):
         return REDACTED
+    if value is None or isinstance(value, (bool, int)):
+        return value if not isinstance(value, int) or abs(value) < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        text = SECRET_VALUE.sub(REDACTED, value)
+        text = SECRET_VALUE.sub(REDACTED, value).encode("utf-8", "backslashreplace").decode("utf-8")
         return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text)} characters)"
-    if isinstance(value, dict):
-        return {str(key): redact(item, str(key)) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(item, name) for item in value]
-    return value
+    if depth >= MAX_DEPTH:
+        return "..."
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, Mapping):
+        return {redact(str(key)): redact(item, str(key), depth + 1) for key, item in islice(value.items(), MAX_ITEMS)}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [redact(item, name, depth + 1) for item in islice(value, MAX_ITEMS)]
+    return redact(reprlib.repr(value))  # bytes, functions, classes: what they are, briefly
 
 
 def arguments_of(request: Request | None) -> dict[str, Any]:
-    if request is None:
-        return {}
-    plain = pydantic_core.to_jsonable_python(dict(request), fallback=repr)
-    return redact(plain)
+    return {} if request is None else redact(dict(request))
 
 
 class AuditLog:
