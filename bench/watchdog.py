@@ -28,9 +28,10 @@ import anyio
 import llmos
 from llmos.kernel import params
 from llmos.syscalls import Sys
+from llmos.testing import LAG_TICK_S, lag_ticker
 
 RESULTS = Path(__file__).parent / "results" / "watchdog.json"
-TICK_S = 0.01
+TICK_S = LAG_TICK_S
 RUN_S = 3.0  # each scenario's length
 BLOCK_AT_S, BLOCK_S = 1.0, 1.0  # the blocker spins from 1 s in, for 1 s
 KILL_LIMIT_S = 1.0  # the limit for the enforcement scenario (the default is params.LOOP_BLOCK_KILL_S)
@@ -46,15 +47,7 @@ def quantile(xs: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def ticker(sys: Sys, seconds: float) -> list[tuple[float, float]]:
-    samples, stop = [], time.perf_counter() + seconds
-    for _ in range(int(seconds / TICK_S) + 1):
-        began = time.perf_counter()
-        if began >= stop:
-            break
-        await sys.sleep(TICK_S)
-        samples.append((began, time.perf_counter()))
-    return samples
+ticker = lag_ticker
 
 
 async def spinner(sys: Sys, after_s: float, seconds: float) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from llmos.kernel import params, security
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import PROC_ADMIN, Control, Need, grants
 from llmos.kernel.errors import (
-    InvalidRequest, NoSuchProcess, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall)
+    InvalidRequest, KernelFault, NoSuchProcess, PermissionDenied, QuotaExceeded, SyscallError, UnknownSyscall)
 from llmos.kernel.process import Process
 from llmos.kernel.security import Effects
 from llmos.kernel.stats import TraceEvent
@@ -127,9 +127,11 @@ class Dispatcher:
             outcome, answer = exc.code.name, exc
             await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
             raise
-        except Exception as exc:  # a handler's bug: the caller gets it, and the trace must not say "ok"
-            outcome, answer = "error", exc
-            raise
+        except Exception as exc:  # a handler's or a driver's bug: the caller gets a typed error all the same
+            log.exception("syscall %s of process %d failed on an untyped error", call, proc.pid)
+            fault = KernelFault(f"{call} failed inside the kernel: {type(exc).__name__}: {exc}")
+            outcome, answer = fault.code.name, fault
+            raise fault from exc
         finally:
             elapsed = time.perf_counter() - began
             proc.stats.syscall_time_s += elapsed

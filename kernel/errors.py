@@ -107,6 +107,14 @@ class ContextOverflow(SyscallError):
     code = Errno.E2BIG
 
 
+class KernelFault(SyscallError):
+    """The call failed on a fault inside the kernel or a driver (an exception no part of
+    the system turned into a typed error: a bug). The message names it; the kernel goes on
+    and the call may be tried again."""
+
+    code = Errno.EIO
+
+
 class ModelError(SyscallError):
     """The model driver failed while serving the request; the kernel goes on."""
 

@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
-from llmos.kernel.model import ChatMessage, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
 from llmos.kernel.scheduler import Scheduler, StepOutput
 from llmos.kernel.stats import GenerationStatistics
@@ -69,6 +69,12 @@ class GenerationService:
         self._wakeup = anyio.Event()
         scheduler.on_change = self._wake  # any change the scheduler sees may give the loop work
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
+        # Jobs the driver may still hold state for (a KV row, a stream): the last step's
+        # unfinished ones, or its whole batch if it failed. It lets go of those not in its
+        # next step; when none comes, the loop steps it over no jobs before it idles.
+        self._held: set[int] = set()
+        # A step that has not returned after this long fails its batch (see params).
+        self.step_timeout_s = params.STEP_TIMEOUT_S
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.steps = self.tokens = 0
 
@@ -133,6 +139,9 @@ class GenerationService:
         """The loop: schedule, step the driver off the event loop, account. Runs until cancelled."""
         while True:
             if not self.scheduler.has_work():
+                if self._held - self.jobs.keys():  # the driver holds jobs that have left
+                    await self._let_go()
+                    continue  # work may have come meanwhile
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
                 await anyio.sleep(params.BATCH_GATHER_S)
@@ -142,16 +151,19 @@ class GenerationService:
             before = [len(job.token_ids) for job in jobs]
             self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
+            self._held = {job.id for job in jobs}
             try:
                 pieces: list[tuple[GenerationJob, str]] = []
                 # The driver's thread only appends: it never waits on the event loop, and the
                 # pieces of a step are delivered as soon as the step returns.
-                await self.driver.step(jobs, pieces.extend)
+                await self._step(jobs, pieces.extend)
                 self._deliver(pieces)
+                self._held = {job.id for job in jobs if not job.finished}  # it released the finished
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
                 for job in jobs:
                     job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
+                    job.cancelled = True  # the driver drops it (a remote stream closes)
             finally:
                 self._running_ids = frozenset()
             self._account(jobs, before, time.perf_counter() - started)
@@ -159,6 +171,25 @@ class GenerationService:
             # the step's threads use every core, and a task that runs beside them stalls
             # each of the step's many thread barriers instead of costing its own time.
             await anyio.sleep(0)
+
+    async def _step(self, jobs: list[GenerationJob], emit: EmitFn) -> None:
+        """One driver step, bounded by `step_timeout_s`: a driver that hangs fails its batch
+        (TimeoutError) instead of leaving every generation waiting forever. A step that is
+        shielded (the compute thread's) finishes first, and then counts as done."""
+        with anyio.move_on_after(self.step_timeout_s) as bound:
+            await self.driver.step(jobs, emit)
+        if bound.cancelled_caught:
+            raise TimeoutError(f"the model did not finish a step within {self.step_timeout_s:g} s")
+
+    async def _let_go(self) -> None:
+        """Step the driver over no jobs, so that it lets go of the ones that left while it
+        held them (a failed step's batch, a generation cancelled between steps): their KV
+        rows and state are freed now, not when the next request happens to come."""
+        self._held = set()  # tried once: the driver's next step lets go of them in any case
+        try:
+            await self._step([], lambda pieces: None)
+        except Exception:
+            log.exception("model driver failed to let go of finished jobs")
 
     def _account(self, jobs: list[GenerationJob], before: list[int], elapsed: float) -> None:
         decoded = {job.id: len(job.token_ids) - n for job, n in zip(jobs, before, strict=True)}

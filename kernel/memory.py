@@ -10,11 +10,14 @@ process's conversation as the model sees it, counted in the model's own tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.kernel import params
+from llmos.kernel.errors import MemoryUnavailable, SyscallError
 from llmos.kernel.model import ChatMessage, Role, SamplingParams
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 Scalar = str | int | float | bool
 Metadata = dict[str, Scalar]
+T = TypeVar("T")
 
 
 class MemoryItem(BaseModel):
@@ -58,6 +62,54 @@ class MemoryStore(Protocol):
 
     async def aclose(self) -> None:
         """Release the store (and its writer lock)."""
+
+
+class BoundedStore:
+    """A `MemoryStore` whose every call answers: within `timeout_s` (else MemoryUnavailable,
+    "did not answer"), and with a typed error (a failure that is not a SyscallError becomes
+    MemoryUnavailable, naming it). The memory manager hands out its store wrapped in one, so
+    a stuck or broken store fails the call that met it, never a process forever; a context
+    window, which takes MemoryUnavailable as "no archive now", goes on without it. The bound
+    holds for stores that honour cancellation (a store that blocks a worker thread is waited
+    for until that thread returns)."""
+
+    def __init__(self, store: MemoryStore, timeout_s: float = params.STORE_TIMEOUT_S) -> None:
+        self.inner = store
+        self.timeout_s = timeout_s
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    async def _bounded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        with anyio.move_on_after(self.timeout_s):
+            try:
+                return await call()
+            except SyscallError:
+                raise
+            except Exception as exc:
+                raise MemoryUnavailable(f"the memory store at {self.location} failed to {what}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        raise MemoryUnavailable(f"the memory store at {self.location} did not {what} within {self.timeout_s:g} s")
+
+    async def add(self, namespace: str, texts: Sequence[str], metadatas: Sequence[Metadata],
+                  ids: Sequence[str]) -> None:
+        await self._bounded("store items", lambda: self.inner.add(namespace, texts, metadatas, ids))
+
+    async def query(self, namespace: str, text: str, k: int, where: Metadata | None = None) -> list[MemoryItem]:
+        return await self._bounded("search", lambda: self.inner.query(namespace, text, k, where))
+
+    async def get(self, namespace: str, ids: Sequence[str]) -> list[MemoryItem]:
+        return await self._bounded("read items", lambda: self.inner.get(namespace, ids))
+
+    async def delete(self, namespace: str, ids: Sequence[str]) -> None:
+        await self._bounded("delete items", lambda: self.inner.delete(namespace, ids))
+
+    async def count(self, namespace: str) -> int:
+        return await self._bounded("count items", lambda: self.inner.count(namespace))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class ContextEntry(BaseModel):

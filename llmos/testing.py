@@ -7,28 +7,31 @@ quotas); every feature that touches a model is also tested on the real one.
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import SimpleNamespace
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
 
 from llmos.drivers.text import advance
 from llmos.kernel import Kernel
-from llmos.kernel.errors import ContextOverflow, NoConsole, SyscallError
-from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
+from llmos.kernel.errors import ContextOverflow, NoConsole, SyscallError, ToolFailed
+from llmos.kernel.memory import MemoryItem, MemoryStore, Metadata
+from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob, ModelDriver
 from llmos.kernel.process import ExitStatus, ProcessInfo, ProcState
+from llmos.kernel.tools import ToolContext, ToolProvider, ToolSpec
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 
@@ -256,6 +259,54 @@ def memory_script(reply: str | Callable[[str], str] = "ok", summary: str = "summ
     return answer
 
 
+class InMemoryStore:
+    """A `MemoryStore` in a dict, for kernel tests that need a store but not its search quality
+    (the real one, chromadb with MiniLM, takes seconds to load and about 70 ms to make each
+    namespace's collection). A query ranks items by the words they share with it (score: the
+    fraction of the query's words found); `where` filters by equal metadata values only."""
+
+    location = "memory:"
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, MemoryItem]] = {}  # namespace -> id -> item
+        self.closed = False
+
+    @staticmethod
+    def _words(text: str) -> set[str]:
+        return set(re.findall(r"\w+", text.lower()))
+
+    async def add(self, namespace: str, texts: Sequence[str], metadatas: Sequence[Metadata],
+                  ids: Sequence[str]) -> None:
+        await anyio.lowlevel.checkpoint()
+        space = self.items.setdefault(namespace, {})
+        for text, metadata, item_id in zip(texts, metadatas, ids, strict=True):
+            space[item_id] = MemoryItem(id=item_id, text=text, namespace=namespace, metadata=dict(metadata))
+
+    async def query(self, namespace: str, text: str, k: int, where: Metadata | None = None) -> list[MemoryItem]:
+        await anyio.lowlevel.checkpoint()
+        asked = self._words(text) or {""}
+        found = [item.model_copy(update={"score": len(asked & self._words(item.text)) / len(asked)})
+                 for item in self.items.get(namespace, {}).values()
+                 if all(item.metadata.get(key) == value for key, value in (where or {}).items())]
+        return sorted(found, key=lambda item: -(item.score or 0))[:k]
+
+    async def get(self, namespace: str, ids: Sequence[str]) -> list[MemoryItem]:
+        await anyio.lowlevel.checkpoint()
+        space = self.items.get(namespace, {})
+        return [space[item_id] for item_id in ids if item_id in space]
+
+    async def delete(self, namespace: str, ids: Sequence[str]) -> None:
+        await anyio.lowlevel.checkpoint()
+        for item_id in ids:
+            self.items.get(namespace, {}).pop(item_id, None)
+
+    async def count(self, namespace: str) -> int:
+        return len(self.items.get(namespace, {}))
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 def free_port() -> int:
     """A TCP port free on loopback just now."""
     with socket.socket() as probe:
@@ -470,3 +521,245 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
                     config=config or EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=1),
                     dtype=torch.float32, device="cpu")
     return engine
+
+
+# -- fault injection --------------------------------------------------------------------------------
+FaultKind = Literal["step", "tool", "store"]  # a driver step, a tool call, a memory store write
+FaultAction = Literal["fail", "hang"]
+
+
+class InjectedFault(RuntimeError):
+    """What an injected failure raises where the interface names no error of its own (a driver
+    step, a store write): an untyped exception, as a broken driver or chromadb would raise."""
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """The fractions of one kind of call that fail and that hang (never return until cancelled)."""
+
+    fail: float = 0.0
+    hang: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.fail < 0 or self.hang < 0 or self.fail + self.hang > 1:
+            raise ValueError(f"fault rates must be fractions that add up to at most 1, not fail={self.fail}, "
+                             f"hang={self.hang}")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: which call it struck (`key`: "driver call 12", "pid 7 call 2") and the
+    processes it hit (a step's: every job's owner in the batch; none for an empty step)."""
+
+    kind: FaultKind
+    action: FaultAction
+    key: str
+    pids: tuple[int, ...]
+
+
+class FaultInjector:
+    """Makes a chosen fraction of driver steps, tool calls and memory store writes fail or hang,
+    by wrapping the real parts at the kernel's interfaces: `driver(ModelDriver)`,
+    `tools(ToolProvider)`, `store(MemoryStore)`. Boot a kernel with the wrapped parts, e.g.
+    `llmos.boot(injector.driver(FakeDriver()), memory=injector.store(store))` and
+    `kernel.tools = injector.tools(kernel.tools)`.
+
+    Deterministic given `seed`: whether a call is struck depends only on the seed, its kind
+    and its key, never on timing. A tool call's key is its caller's pid and how many tool
+    calls that process made before it; a store write's, the writing process's pid (or, outside
+    a process, the namespace) and its count likewise; a step's, how many steps came before it.
+
+    - fail: a step raises InjectedFault from inside the step, after the wrapped driver did its
+      work (from `emit`, on the driver's own thread, so the driver's code after `emit` does not
+      run); a tool call raises ToolFailed (the provider's contract for a failed tool); a store
+      write raises InjectedFault before it reaches the store.
+    - hang: the call never returns until cancelled (before it reaches the wrapped part).
+
+    `faults` records every fault injected and whom it hit (`hit_pids`); `calls` counts the
+    calls seen per kind. `enabled = False` lets every call through untouched.
+    """
+
+    def __init__(self, seed: int = 0, *, steps: FaultRates = FaultRates(), tools: FaultRates = FaultRates(),
+                 store: FaultRates = FaultRates()) -> None:
+        self.seed = seed
+        self.rates: dict[FaultKind, FaultRates] = {"step": steps, "tool": tools, "store": store}
+        self.enabled = True
+        self.faults: list[Fault] = []
+        self.calls: Counter[FaultKind] = Counter()
+        self._made: Counter[tuple[FaultKind, object]] = Counter()  # calls made so far, per kind and caller
+
+    # -- wrapping the real parts ------------------------------------------------------------------
+    def driver(self, inner: ModelDriver) -> FaultyDriver:
+        return FaultyDriver(inner, self)
+
+    def tools(self, inner: ToolProvider) -> FaultyTools:
+        return FaultyTools(inner, self)
+
+    def store(self, inner: MemoryStore) -> FaultyStore:
+        return FaultyStore(inner, self)
+
+    # -- what was injected ------------------------------------------------------------------------
+    def hit_pids(self) -> set[int]:
+        """Every process some injected fault hit."""
+        return {pid for fault in self.faults for pid in fault.pids}
+
+    def injected(self, kind: FaultKind | None = None, action: FaultAction | None = None) -> int:
+        """How many faults were injected (of a kind, an action)."""
+        return sum(1 for f in self.faults if kind in (None, f.kind) and action in (None, f.action))
+
+    # -- deciding ---------------------------------------------------------------------------------
+    def decide(self, kind: FaultKind, key: str) -> FaultAction | None:
+        """The fault (if any) for the call `key` of `kind`: a pure function of seed, kind and key."""
+        rates = self.rates[kind]
+        draw = random.Random(f"{self.seed}:{kind}:{key}").random()
+        if draw < rates.fail:
+            return "fail"
+        if draw < rates.fail + rates.hang:
+            return "hang"
+        return None
+
+    def strike(self, kind: FaultKind, caller: object, pids: tuple[int, ...]) -> Fault | None:
+        """Count one call of `kind` by `caller` and return the fault to inject in it, recorded,
+        if any."""
+        self.calls[kind] += 1
+        n = self._made[kind, caller]
+        self._made[kind, caller] += 1
+        key = f"{caller} call {n}"
+        action = self.decide(kind, key) if self.enabled else None
+        if action is None:
+            return None
+        fault = Fault(kind, action, key, pids)
+        self.faults.append(fault)
+        return fault
+
+
+async def _hang() -> None:
+    """Never return: the call stays in flight until whoever waits on it cancels it."""
+    await anyio.sleep_forever()
+
+
+def _current_pid() -> int | None:
+    """The pid of the process whose task runs now (the kernel names each process's task
+    "llmos-pid-N"), or None outside a process."""
+    match = re.fullmatch(r"llmos-pid-(\d+)", anyio.get_current_task().name or "")
+    return int(match.group(1)) if match else None
+
+
+class FaultyDriver:
+    """A `ModelDriver` whose steps fail or hang as its injector decides (see FaultInjector).
+    Everything else (tokenizing, `statistics`, the wrapped driver's own attributes such as a
+    transformers driver's `engine`) is the wrapped driver's."""
+
+    def __init__(self, inner: ModelDriver, injector: FaultInjector) -> None:
+        self.inner = inner
+        self.injector = injector
+        self.name = inner.name
+        self.context_length = inner.context_length
+        self.max_batch = inner.max_batch
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (a copy in the making): no recursion through it
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return self.inner.tokenize(messages)
+
+    def prepare(self, job: GenerationJob) -> None:
+        self.inner.prepare(job)
+
+    async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
+        fault = self.injector.strike("step", "driver", tuple(sorted({job.pid for job in running})))
+        if fault is None:
+            return await self.inner.step(running, emit)
+        if fault.action == "hang":
+            return await _hang()
+        emitted = False
+
+        def failing_emit(pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+            nonlocal emitted
+            emitted = True
+            raise InjectedFault(f"injected fault: {fault.kind} {fault.key} failed mid-step")
+
+        await self.inner.step(running, failing_emit)
+        if not emitted:  # a driver that had nothing to hand on fails all the same
+            raise InjectedFault(f"injected fault: {fault.kind} {fault.key} failed")
+
+
+class FaultyTools:
+    """A `ToolProvider` whose calls fail (ToolFailed) or hang as its injector decides."""
+
+    def __init__(self, inner: ToolProvider, injector: FaultInjector) -> None:
+        self.inner = inner
+        self.injector = injector
+
+    def specs(self) -> list[ToolSpec]:
+        return self.inner.specs()
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self.inner.get(name)
+
+    async def call(self, name: str, arguments: Mapping[str, Any], context: ToolContext) -> Any:
+        fault = self.injector.strike("tool", f"pid {context.pid}", (context.pid,))
+        if fault is not None and fault.action == "hang":
+            await _hang()
+        if fault is not None:
+            raise ToolFailed(f"tool {name!r} failed: injected fault ({fault.key})")
+        return await self.inner.call(name, arguments, context)
+
+
+class FaultyStore:
+    """A `MemoryStore` whose writes (`add`, `delete`) fail (InjectedFault) or hang as its
+    injector decides; reads go through untouched."""
+
+    def __init__(self, inner: MemoryStore, injector: FaultInjector) -> None:
+        self.inner = inner
+        self.injector = injector
+        self.location = inner.location
+
+    async def _write(self, namespace: str) -> None:
+        pid = _current_pid()
+        fault = self.injector.strike("store", f"pid {pid}" if pid is not None else f"namespace {namespace}",
+                                     (pid,) if pid is not None else ())
+        if fault is not None and fault.action == "hang":
+            await _hang()
+        if fault is not None:
+            raise InjectedFault(f"injected fault: store write {fault.key} failed")
+
+    async def add(self, namespace: str, texts: Sequence[str], metadatas: Sequence[Metadata],
+                  ids: Sequence[str]) -> None:
+        await self._write(namespace)
+        await self.inner.add(namespace, texts, metadatas, ids)
+
+    async def delete(self, namespace: str, ids: Sequence[str]) -> None:
+        await self._write(namespace)
+        await self.inner.delete(namespace, ids)
+
+    async def query(self, namespace: str, text: str, k: int, where: Metadata | None = None) -> list[MemoryItem]:
+        return await self.inner.query(namespace, text, k, where)
+
+    async def get(self, namespace: str, ids: Sequence[str]) -> list[MemoryItem]:
+        return await self.inner.get(namespace, ids)
+
+    async def count(self, namespace: str) -> int:
+        return await self.inner.count(namespace)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+LAG_TICK_S = 0.01  # each `lag_ticker` await
+
+
+async def lag_ticker(sys: Any, seconds: float) -> list[tuple[float, float]]:
+    """An app that makes short awaits for `seconds` and returns each one's (start, end): how
+    much later than LAG_TICK_S each ended is the event loop's lag as a process feels it."""
+    samples: list[tuple[float, float]] = []
+    stop = time.perf_counter() + seconds
+    for _ in range(int(seconds / LAG_TICK_S) + 1):  # bounded; the clock ends it first
+        began = time.perf_counter()
+        if began >= stop:
+            break
+        await sys.sleep(LAG_TICK_S)
+        samples.append((began, time.perf_counter()))
+    return samples

@@ -10,7 +10,7 @@ import anyio.to_thread
 
 from llmos.kernel import params
 from llmos.kernel.errors import ConfigError, MemoryUnavailable
-from llmos.kernel.memory import MemoryStore, ModelPort
+from llmos.kernel.memory import BoundedStore, MemoryStore, ModelPort
 from llmos.memory.policies import Policy, get_policy
 from llmos.memory.tokens import TokenCounter
 from llmos.memory.window import Window
@@ -39,8 +39,14 @@ class MemoryManager:
         self._embedder = embedder
         self._owned = False  # whether aclose() closes the store (only one we opened)
         self._opening = anyio.Lock()
+        # Every store call answers within this many seconds, with a typed error if it fails
+        # (BoundedStore): a stuck store fails the call that met it, not the process forever.
+        self.store_timeout_s = params.STORE_TIMEOUT_S
 
     async def store(self) -> MemoryStore:
+        return BoundedStore(await self._open(), self.store_timeout_s)
+
+    async def _open(self) -> MemoryStore:
         if self._store is not None:
             return self._store
         if self._spec is None:

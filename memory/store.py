@@ -86,22 +86,24 @@ class ChromaStore:
         return cls(client, url, embedder=embedder)
 
     # -- MemoryStore --------------------------------------------------------------------------
+    # A call stuck in its worker thread is abandoned when its caller is cancelled (a kill, the
+    # bound of kernel/memory.py's BoundedStore): writes are idempotent by id, reads harmless.
     async def add(self, namespace: str, texts: Sequence[str], metadatas: Sequence[Metadata],
                   ids: Sequence[str]) -> None:
         if texts:
-            await anyio.to_thread.run_sync(self._add, namespace, list(texts), list(metadatas), list(ids))
+            await anyio.to_thread.run_sync(self._add, namespace, list(texts), list(metadatas), list(ids), abandon_on_cancel=True)
 
     async def query(self, namespace: str, text: str, k: int, where: Metadata | None = None) -> list[MemoryItem]:
-        return await anyio.to_thread.run_sync(self._query, namespace, text, k, where)
+        return await anyio.to_thread.run_sync(self._query, namespace, text, k, where, abandon_on_cancel=True)
 
     async def get(self, namespace: str, ids: Sequence[str]) -> list[MemoryItem]:
-        return await anyio.to_thread.run_sync(self._get, namespace, list(ids))
+        return await anyio.to_thread.run_sync(self._get, namespace, list(ids), abandon_on_cancel=True)
 
     async def delete(self, namespace: str, ids: Sequence[str]) -> None:
-        await anyio.to_thread.run_sync(lambda: self._collection(namespace).delete(ids=list(ids)))
+        await anyio.to_thread.run_sync(lambda: self._collection(namespace).delete(ids=list(ids)), abandon_on_cancel=True)
 
     async def count(self, namespace: str) -> int:
-        return await anyio.to_thread.run_sync(lambda: self._collection(namespace).count())
+        return await anyio.to_thread.run_sync(lambda: self._collection(namespace).count(), abandon_on_cancel=True)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._close)

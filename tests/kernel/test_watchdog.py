@@ -22,10 +22,10 @@ from llmos.kernel.process import Process, Quotas
 from llmos.kernel.stats import TraceEvent
 from llmos.kernel.watchdog import BLOCKED_CALL, LoopBlocked, LoopWatchdog, Schedstat, Sighting, Stall
 from llmos.syscalls import ProcState, Sys
-from llmos.testing import process_info, until
+from llmos.testing import LAG_TICK_S, lag_ticker, process_info, until
 
 TICKERS = 50
-TICK_S = 0.01  # each ticker's short await
+TICK_S = LAG_TICK_S
 BLOCK_S = 1.0  # how long the blocker holds the loop
 LAG_P99_LIMIT_S = 0.1
 
@@ -43,17 +43,7 @@ def blocked_events(kernel: llmos.Kernel, pid: int | None = None) -> list[TraceEv
     return [e for e in kernel.trace if e.call == BLOCKED_CALL and (pid is None or e.pid == pid)]
 
 
-async def ticker(sys: Sys, seconds: float) -> list[tuple[float, float]]:
-    """Short awaits for `seconds`: each one's (start, end), to measure the loop's lag."""
-    samples: list[tuple[float, float]] = []
-    stop = time.perf_counter() + seconds
-    for _ in range(int(seconds / TICK_S) + 1):  # bounded; the clock ends it first
-        began = time.perf_counter()
-        if began >= stop:
-            break
-        await sys.sleep(TICK_S)
-        samples.append((began, time.perf_counter()))
-    return samples
+ticker = lag_ticker
 
 
 async def blocker(sys: Sys, how: str, after_s: float) -> tuple[float, float]:

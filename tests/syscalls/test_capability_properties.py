@@ -36,6 +36,7 @@ from llmos.kernel import Kernel
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control
 from llmos.kernel.dispatch import SyscallTable
+from llmos.kernel.errors import KernelFault
 from llmos.syscalls import TABLE, Sys, SyscallError
 from llmos.testing import result, spawn_and_wait
 
@@ -258,16 +259,16 @@ async def sys_boom(kernel: Kernel, caller: Any, req: Boom) -> None:
     raise RuntimeError("a bug in a handler")
 
 
-async def test_a_call_that_raised_an_untyped_error_is_not_traced_as_ok() -> None:
+async def test_a_call_that_raised_an_untyped_error_answers_a_typed_one_traced_as_such() -> None:
     async def main(sys: Any) -> str:
         try:
             await sys.syscall(Boom())
-        except RuntimeError as exc:
+        except KernelFault as exc:
             return str(exc)
         return "returned"
 
     async with Kernel(SyscallTable({**TABLE.handlers, Boom: sys_boom}), Sys) as kernel:
         said = result(await spawn_and_wait(kernel, main))
         outcomes = [e.outcome for e in kernel.trace if e.call == "boom"]
-    assert said == "a bug in a handler"
-    assert outcomes and outcomes != ["ok"]
+    assert said == "[EIO] boom failed inside the kernel: RuntimeError: a bug in a handler"
+    assert outcomes == ["EIO"]
