@@ -28,6 +28,14 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `l
 PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
 
 
+@app.callback()
+def _options(quant: Annotated[Optional[str], typer.Option(
+        "--quant", metavar="auto|none|int8|int4", help="Weights of the model's decode steps in a kernel this "
+        "command boots (LLMOS_QUANT; default auto: measured on this CPU).")] = None) -> None:
+    if quant is not None:  # read where the model loads (drivers/quant.py), here or in a child process
+        os.environ["LLMOS_QUANT"] = quant
+
+
 # Words after APP belong to the app (`llmos run qa --docs notes/ "question"`), as with `docker run`.
 APP_ARGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 

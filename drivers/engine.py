@@ -26,6 +26,7 @@ import torch
 from llmos.drivers.grammar import Grammars
 from llmos.drivers.kv_cache import BLOCK, PrefixCache, SlotCache
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
+from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
 from llmos.kernel.model import EmitFn, GenerationJob
 
@@ -79,6 +80,9 @@ class EngineConfig:
     max_batch: int = 64  # sequences decoded together (slots)
     prefill_chunk: int = 256  # prompt tokens computed per step, across newcomers
     prefix_cache_mb: int = 1024  # memory for cached prefixes (0 turns prefix caching off)
+    # Weight-only quantization of decode steps (drivers/quant.py): "none", "int8", "int4" or
+    # "auto" (measured at load); None: as load_model(quant=) or LLMOS_QUANT says, else auto.
+    quantization: str | None = None
 
 
 class Engine:
@@ -91,7 +95,7 @@ class Engine:
         self.device = device
         self.runner = LlamaRunner(model, lambda layers, kv_heads, head_dim: SlotCache(
             layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length),
-            flash=flash_attention_available(device))
+            flash=flash_attention_available(device), quantization=config.quantization or wanted_quantization())
         self.cache = self.runner.cache
         block_bytes = self.cache.bytes_per_token() * BLOCK
         self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)

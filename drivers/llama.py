@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmos.drivers import quant
 from llmos.drivers.kv_cache import SlotCache
+from llmos.drivers.quant import Choice
+
+NO_QUANT = Choice("none", 0, {})
+# What "auto" may choose, the fastest measured: both pass bench/quality.py's gate on SmolLM2
+# (perplexity within 5% of the unquantized model's; int4 with its int8 output projection).
+AUTO_KINDS = ("int8", "int4")
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
@@ -91,9 +98,11 @@ def packing_available(device: str, dtype: torch.dtype) -> bool:
 
 class Projection:
     """y = x W^T + b over one or more nn.Linear sharing an input (outputs concatenated),
-    with W prepacked for oneDNN when `pack` is set, else through F.linear."""
+    with W prepacked for oneDNN when `pack` is set, else through F.linear; and, with a
+    quantization `choice`, W also in int8 or int4 for batches of at most `choice.max_rows`
+    rows (decode steps of a few agents: drivers/quant.py)."""
 
-    def __init__(self, linears: list[nn.Linear], *, pack: bool) -> None:
+    def __init__(self, linears: list[nn.Linear], *, pack: bool, choice: Choice = NO_QUANT) -> None:
         biases = [lin.bias for lin in linears]
         if any(b is None for b in biases) and any(b is not None for b in biases):
             raise ValueError("projections that share an input must all have biases or none")
@@ -101,13 +110,28 @@ class Projection:
         self.bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight) if pack else None
         self.weight = None if pack else weight
+        quantizable = choice.kind != "none" and quant.fits(choice.kind, weight)
+        self.small = quant.quantize(weight, choice.kind) if quantizable else None
+        self.max_rows = choice.max_rows if quantizable else 0
         if not pack and len(linears) > 1:
             _share(linears, weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.small is not None and x.numel() <= self.max_rows * x.shape[-1]:
+            return self._quantized(x)
+        return self.dense(x)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.small is not None
+        y = self.small(x.reshape(-1, x.shape[-1]).to(torch.bfloat16))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype).view(*x.shape[:-1], self.small.out_features)
 
 
 def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -121,13 +145,38 @@ def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | 
         first += rows
 
 
-def _gather_layer(layer: Any, pack: bool) -> _Layer:
+def _gather_layer(layer: Any, pack: bool, choice: Choice) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
     return _Layer(attn_norm=layer.input_layernorm.weight,
-                  qkv=Projection([attn.q_proj, attn.k_proj, attn.v_proj], pack=pack),
-                  o=Projection([attn.o_proj], pack=pack), mlp_norm=layer.post_attention_layernorm.weight,
-                  gate_up=Projection([mlp.gate_proj, mlp.up_proj], pack=pack),
-                  down=Projection([mlp.down_proj], pack=pack), act=mlp.act_fn)
+                  qkv=Projection([attn.q_proj, attn.k_proj, attn.v_proj], pack=pack, choice=choice),
+                  o=Projection([attn.o_proj], pack=pack, choice=choice), mlp_norm=layer.post_attention_layernorm.weight,
+                  gate_up=Projection([mlp.gate_proj, mlp.up_proj], pack=pack, choice=choice),
+                  down=Projection([mlp.down_proj], pack=pack, choice=choice), act=mlp.act_fn)
+
+
+def _for_lm_head(choice: Choice) -> Choice:
+    """The output projection takes int8 where the layers take int4: every logit comes from it,
+    and in int4 it alone turns answers (as llama.cpp's Q4_K_M keeps it at 6 bits)."""
+    return Choice("int8", choice.max_rows, choice.measured) if choice.kind == "int4" else choice
+
+
+def choose_quantization(model: Any, wanted: str, pack: bool) -> Choice:
+    """What `wanted` ("none", "int8", "int4" or "auto") means for `model` here: "auto" times
+    the kinds in AUTO_KINDS against dense on the model's largest per-layer projection (the
+    MLP's) and takes the fastest that wins at one row; a named kind is measured the same way
+    for its row limit, and kept (at one row) even if it does not win. Only on the CPU."""
+    if wanted == "none" or not str(model.device).startswith("cpu"):
+        return NO_QUANT
+    mlp = model.model.layers[0].mlp
+    weight = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])
+    stand_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    stand_in.weight = nn.Parameter(weight, requires_grad=False)  # one linear: nothing of the model re-shared
+    trial = Projection([stand_in], pack=pack)
+    kinds = AUTO_KINDS if wanted == "auto" else (wanted,)
+    measured = quant.measure(weight, trial.dense, kinds, model.dtype)
+    if wanted != "auto" and measured.kind == "none":  # asked for: kept for single rows at least
+        return Choice(wanted, 1, measured.measured)
+    return measured
 
 
 def _swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +186,7 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaRunner:
-    def __init__(self, model: Any, cache_factory: Any, *, flash: bool = False) -> None:
+    def __init__(self, model: Any, cache_factory: Any, *, flash: bool = False, quantization: str = "none") -> None:
         arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"the llmos engine runs {SUPPORTED_ARCHITECTURES}, not {arch}")
@@ -150,8 +199,9 @@ class LlamaRunner:
         self.scale = self.head_dim**-0.5
         self.eps = cfg.rms_norm_eps
         self.packed = packing_available(str(model.device), model.dtype)
-        self.layers = [_gather_layer(layer, self.packed) for layer in model.model.layers]
-        self.lm_head = Projection([model.lm_head], pack=self.packed)
+        self.quantization = choose_quantization(model, quantization, self.packed)
+        self.layers = [_gather_layer(layer, self.packed, self.quantization) for layer in model.model.layers]
+        self.lm_head = Projection([model.lm_head], pack=self.packed, choice=_for_lm_head(self.quantization))
         self.cache: SlotCache = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,19 +100,19 @@ def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:
     stack.callback(kernel.audit.close)
 
 
-def load_driver(name: str, dtype: str | None = None) -> ModelDriver:
+def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -> ModelDriver:
     """A model by name (the plugins' models included), a remote model (LLMOS_HOME/models.toml,
     or "openai:<base_url>#<model id>"), or a local Hugging Face folder by path, loaded on the
-    drivers' compute thread. `dtype`: see `llmos.load_model`. Blocking."""
+    drivers' compute thread. `dtype`, `quant`: see `llmos.load_model`. Blocking."""
     plugins.load()
     home = llmos_home()
     remote = remote_models.lookup(name, home)  # read at each lookup, as mcp.json is at each boot
     if remote is not None:
-        if dtype is not None:
-            raise ConfigError(f"{name} is a remote model: its server decides its dtype")
+        if dtype is not None or quant is not None:
+            raise ConfigError(f"{name} is a remote model: its server decides its dtype and quantization")
         return remote.load(home)  # type: ignore[return-value]
     try:
-        return _load_local(name, dtype, home)
+        return _load_local(name, dtype, quant, home)
     except UnknownModel as exc:
         configured = [spec.name for spec in remote_models.configured(home)]
         if not configured:
@@ -120,12 +120,14 @@ def load_driver(name: str, dtype: str | None = None) -> ModelDriver:
         raise UnknownModel(f"{exc}; and in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}") from None
 
 
-def _load_local(name: str, dtype: str | None, home: Path) -> ModelDriver:
-    if dtype is None:
+def _load_local(name: str, dtype: str | None, quant: str | None, home: Path) -> ModelDriver:
+    if dtype is None and quant is None:
         return drivers.load_driver(name, home)  # type: ignore[return-value]
-    from llmos.drivers.transformers_driver import requested_dtype  # torch: only to ask for a dtype
+    from llmos.drivers.quant import requested_quantization  # torch: only to ask for these
+    from llmos.drivers.transformers_driver import requested_dtype
 
-    with requested_dtype(dtype):
+    with (requested_dtype(dtype) if dtype is not None else nullcontext(),
+          requested_quantization(quant) if quant is not None else nullcontext()):  # None: what is asked outside
         return drivers.load_driver(name, home)  # type: ignore[return-value]
 
 

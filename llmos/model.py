@@ -21,16 +21,19 @@ from llmos.runtime import Model
 __all__ = ["Dtype", "Model", "ModelListing", "available_models", "load_model", "model_names"]
 
 Dtype = Literal["auto", "float32", "bfloat16"]
+Quant = Literal["auto", "none", "int8", "int4"]
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: Dtype | None = None) -> Model:
+def load_model(name: str = DEFAULT_MODEL, *, dtype: Dtype | None = None, quant: Quant | None = None) -> Model:
     """Load a model by name (`llmos models` lists them) or a local Hugging Face folder by path.
 
     `dtype` ("float32", "bfloat16" or "auto") sets the precision on the CPU; by default
     LLMOS_DTYPE, else bfloat16 where the CPU multiplies it natively, else float32.
+    `quant` ("none", "int8", "int4" or "auto") the weights that decode steps of a few
+    agents stream (drivers/quant.py); by default LLMOS_QUANT, else measured at load.
     Raises `UnknownModel` (listing the names that exist), `ModelUnavailable`, or
-    `ConfigError` for a dtype that is not one of those."""
-    return Model(load_driver(name, dtype))
+    `ConfigError` for a dtype or quantization that is not one of those."""
+    return Model(load_driver(name, dtype, quant))
 
 
 class ModelListing(BaseModel):

@@ -22,6 +22,10 @@ import pytest
 import llmos
 from llmos.testing import llmos_server
 
+# Quantization is measured at load by default (drivers/quant.py), so two loads on a busy
+# machine may choose differently; the suite's real-model tests compare exact outputs, so
+# they run unquantized unless a test asks (tests/drivers/test_quant.py), subprocesses too.
+os.environ.setdefault("LLMOS_QUANT", "none")
 MODEL_CACHE = Path(os.environ.get("LLMOS_TEST_MODEL_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "models")
 NO_DAEMON = "http://127.0.0.1:9"  # the discard port: nothing listens there
 USER_HOME = Path.home() / ".llmos"  # read once, before any test can change HOME

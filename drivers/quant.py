@@ -1,0 +1,193 @@
+"""Weight-only quantized projections for the engine's decode steps, on PyTorch's own CPU
+kernels (no extra library: torchao's CPU int4/int8 paths call these same ATen kernels).
+
+- int8: one scale per output row (symmetric), `aten._weight_int8pack_mm`.
+- int4: groups of INT4_GROUP weights along the input, each with a scale and a zero point
+  (asymmetric), packed by `aten._convert_weight_to_int4pack_for_cpu` and multiplied by
+  `aten._weight_int4pack_mm_for_cpu`.
+
+Both take bfloat16 activations (the int8 kernel's float32 path is several times slower) and
+are fast only for a few rows: decoding one token for one or a few agents streams a quarter
+(int8) or an eighth (int4) of float32's bytes, but at 16 rows and more the dense oneDNN
+matmul wins. So a quantized projection keeps beside it the dense one the engine already
+has, and serves the rows up to `max_rows` (measured at load, `measure`) itself; prefills
+and large batches go dense. The kernels exist on every x86-64 CPU PyTorch supports (AVX2
+and AVX-512 alike); which is fastest where is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+from llmos.kernel.errors import ConfigError
+
+QUANTS = ("none", "int8", "int4")
+INT4_GROUP = 32  # weights sharing one scale and zero point
+INT4_INNER_TILES = 1  # the CPU kernel's packing parameter (its only supported value)
+QUANT_ENV = "LLMOS_QUANT"  # none | int8 | int4 | auto (the default: measured)
+TRIAL_ROWS = (1, 2, 4, 8)  # batch sizes the measurement tries
+SPEEDUP_NEEDED = 1.15  # a kernel must beat dense by this much at a batch size to take it
+
+
+_requested: ContextVar[str | None] = ContextVar("llmos_requested_quantization", default=None)
+
+
+@contextmanager
+def requested_quantization(name: str | None) -> Iterator[None]:
+    """Models loaded inside take this quantization (None: LLMOS_QUANT, else auto)."""
+    token = _requested.set(name)
+    try:
+        yield
+    finally:
+        _requested.reset(token)
+
+
+def wanted_quantization() -> str:
+    """"none", "int8", "int4" or "auto", as load_model(quant=) or LLMOS_QUANT asks; a
+    ConfigError for anything else."""
+    wanted = (_requested.get() or os.environ.get(QUANT_ENV) or "auto").strip().lower() or "auto"
+    if wanted not in (*QUANTS, "auto"):
+        raise ConfigError(f"quantization {wanted!r} (from load_model or {QUANT_ENV}): expected one of auto, "
+                          f"{', '.join(QUANTS)}")
+    return wanted
+
+
+def available(kind: str) -> bool:
+    """Whether this PyTorch build has `kind`'s CPU kernels."""
+    ops = torch.ops.aten
+    if kind == "int8":
+        return hasattr(ops, "_weight_int8pack_mm")
+    if kind == "int4":
+        return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")
+    return kind == "none"
+
+
+def fits(kind: str, weight: torch.Tensor) -> bool:
+    """Whether a (N, K) weight can take `kind` (int4 packs K in groups, N in blocks of 8)."""
+    n, k = weight.shape
+    return kind != "int4" or (k % INT4_GROUP == 0 and n % 8 == 0)
+
+
+@dataclass
+class QuantizedWeight:
+    """y = x W^T for a (N, K) weight kept in `kind`; x is (M, K) bfloat16, y (M, N) bfloat16."""
+
+    kind: str
+    out_features: int
+    data: torch.Tensor  # int8 (N, K), or int4 packed (N, K/2) uint8
+    scales: torch.Tensor  # int8: (N,) bfloat16; int4: (K/G, N, 2) bfloat16 scale and zero
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "int8":
+            return torch.ops.aten._weight_int8pack_mm(x, self.data, self.scales)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.data, INT4_GROUP, self.scales)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
+
+
+def quantize(weight: torch.Tensor, kind: str) -> QuantizedWeight:
+    """`weight` (N, K), float, in `kind` ("int8" or "int4")."""
+    n = weight.shape[0]
+    if kind == "int8":
+        codes, scale = _int8(weight)
+        return QuantizedWeight("int8", n, codes.to(torch.int8).contiguous(), scale.to(torch.bfloat16))
+    if kind != "int4":
+        raise ValueError(f"no quantization {kind!r}: expected int8 or int4")
+    codes, scale, zero = _int4(weight)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).view(n, -1), INT4_INNER_TILES)
+    scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
+    return QuantizedWeight("int4", n, packed, scales_and_zeros)
+
+
+def dequantized(weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """What `kind` ("none", "int8", "int4") keeps of `weight`, as a tensor of its shape and
+    dtype (to measure quality with any forward pass: bench/quality.py)."""
+    if kind == "none":
+        return weight.detach().clone()
+    if kind == "int8":
+        codes, scale = _int8(weight)
+        return (codes * scale[:, None]).to(weight.dtype)
+    codes, scale, zero = _int4(weight)
+    kept = (codes - 8) * scale.float()[..., None] + zero.float()[..., None]  # as the kernel computes it
+    return kept.view(weight.shape).to(weight.dtype)
+
+
+def _int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes in -127..127 (float) and one scale per row: weight ~ codes * scale."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    return torch.round(w / scale[:, None]).clamp(-127, 127), scale
+
+
+def _int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes in 0..15 (float, (N, K/G, G)), and per group a scale and the zero point the
+    kernel takes, both bfloat16 as it holds them: weight ~ (codes - 8) * scale + zero."""
+    w = weight.detach().float()
+    n, k = w.shape
+    groups = w.view(n, k // INT4_GROUP, INT4_GROUP)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    return codes, scale.to(torch.bfloat16), (low + 8 * scale).to(torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A quantization for a model's decode steps, and up to how many rows it serves."""
+
+    kind: str  # "none", "int8" or "int4"
+    max_rows: int  # batches of at most this many rows use it; 0 with "none"
+    measured: dict[str, dict[int, float]]  # kind -> rows -> ms of one trial matmul (empty if not measured)
+
+    def describe(self) -> str:
+        return "none" if self.kind == "none" else f"{self.kind} (decode batches up to {self.max_rows} rows)"
+
+
+def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor], kinds: tuple[str, ...],
+            dtype: torch.dtype, repeats: int = 5) -> Choice:
+    """The fastest of `kinds` against `dense` on `weight` (the model's largest projection),
+    and the largest trial batch at which it still beats dense by SPEEDUP_NEEDED."""
+    times: dict[str, dict[int, float]] = {"none": {}}
+    candidates = {kind: quantize(weight, kind) for kind in kinds if available(kind) and fits(kind, weight)}
+    for rows in TRIAL_ROWS:
+        x = torch.randn(rows, weight.shape[1], dtype=dtype)
+        times["none"][rows] = _best_ms(lambda: dense(x), repeats)
+        for kind, q in candidates.items():
+            xb = x.to(torch.bfloat16)
+            times.setdefault(kind, {})[rows] = _best_ms(lambda: q(xb).to(dtype), repeats)
+    best, best_rows = "none", 0
+    for kind in candidates:
+        wins = [rows for rows in TRIAL_ROWS if times["none"][rows] >= SPEEDUP_NEEDED * times[kind][rows]]
+        if 1 in wins and times[kind][1] < times.get(best, times["none"])[1]:
+            best, best_rows = kind, _prefix(wins)
+    return Choice(best, best_rows, times)
+
+
+def _prefix(rows: list[int]) -> int:
+    """The largest trial size n such that every trial size up to n is in `rows`."""
+    largest = 0
+    for size in TRIAL_ROWS:
+        if size not in rows:
+            break
+        largest = size
+    return largest
+
+
+def _best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
+    with torch.inference_mode():
+        fn()  # warm: first calls allocate
+        best = float("inf")
+        for _ in range(repeats):
+            began = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - began)
+    return best * 1000

@@ -1,0 +1,103 @@
+"""Weight-only quantization (drivers/quant.py) and the engine's quantized projections
+(drivers/llama.py `Projection`): the kernels compute what the quantized weights say, the
+choice is measured and honest, decode uses them and prefill does not, and on the real
+model a quantized engine still answers right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import llmos
+from llmos.drivers import quant
+from llmos.drivers.llama import Projection
+from llmos.drivers.quant import Choice
+from llmos.kernel.errors import ConfigError
+from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
+
+KINDS = [kind for kind in ("int8", "int4") if quant.available(kind)]
+
+
+def weight(rows: int = 256, cols: int = 128) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)) * 0.05
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_quantized_product_is_the_product_with_the_weights_it_keeps(kind):
+    w, x = weight(), torch.randn(3, 128, generator=torch.Generator().manual_seed(1))
+    got = quant.quantize(w, kind)(x.to(torch.bfloat16)).float()
+    kept = quant.dequantized(w, kind).float()
+    assert torch.allclose(got, x.to(torch.bfloat16).float() @ kept.T, atol=3e-2, rtol=2e-2)
+    error = (kept - w).abs().max().item()
+    assert error <= (0.05 * 5 / (127 if kind == "int8" else 7.5))  # about half a step of the scale
+    assert quant.quantize(w, kind).nbytes < w.numel() * (2 if kind == "int8" else 1)  # a half or a quarter of bf16
+
+
+def test_the_measured_choice_names_a_kind_and_a_row_limit_it_measured():
+    w = weight(3072, 576)
+    dense = nn.Linear(576, 3072, bias=False)
+    dense.weight = nn.Parameter(w, requires_grad=False)
+    choice = quant.measure(w, lambda x: dense(x), tuple(KINDS), torch.float32, repeats=2)
+    assert choice.kind in quant.QUANTS and set(choice.measured) == {"none", *KINDS}
+    assert (choice.kind == "none") == (choice.max_rows == 0)
+    if choice.kind != "none":  # it won at every size up to its limit
+        for rows in (r for r in quant.TRIAL_ROWS if r <= choice.max_rows):
+            assert choice.measured["none"][rows] >= quant.SPEEDUP_NEEDED * choice.measured[choice.kind][rows]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_projection_uses_the_quantized_weights_for_few_rows_and_dense_ones_for_many(kind):
+    w = weight()
+    linear = nn.Linear(128, 256, bias=True)
+    linear.weight = nn.Parameter(w, requires_grad=False)
+    projection = Projection([linear], pack=False, choice=Choice(kind, 2, {}))
+    kept = quant.dequantized(w, kind).float()
+    few, many = torch.randn(1, 2, 128), torch.randn(1, 9, 128)
+    expected_few = few.to(torch.bfloat16).float() @ kept.T + linear.bias
+    assert torch.allclose(projection(few), expected_few, atol=5e-2, rtol=2e-2)
+    assert torch.equal(projection(many), linear(many))  # past max_rows: the dense weights, exactly
+
+
+def test_a_bad_quantization_is_a_config_error(monkeypatch):
+    monkeypatch.setenv(quant.QUANT_ENV, "int3")
+    with pytest.raises(ConfigError, match="int3"):
+        quant.wanted_quantization()
+    monkeypatch.setenv(quant.QUANT_ENV, "")
+    assert quant.wanted_quantization() == "auto"
+    with quant.requested_quantization("int4"):
+        assert quant.wanted_quantization() == "int4"
+
+
+def greedy(model: llmos.Model, question: str, tokens: int = 24) -> str:
+    job = GenerationJob(id=1, pid=1, sampling=SamplingParams(max_tokens=tokens),
+                        messages=(ChatMessage(role="user", content=question),))
+    model.driver.prepare(job)
+    while not job.finished:
+        model.driver.engine.step([job], lambda pieces: None)
+    model.driver.engine.step([], lambda pieces: None)
+    return model.driver.tokenizer.decode(job.token_ids)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kind", [*KINDS, "auto"])
+def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_home, monkeypatch):
+    monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
+    model = llmos.load_model("smollm2", quant=kind)
+    runner = model.driver.engine.runner
+    if kind == "auto":  # whatever this machine measured: a kind, and a limit only with one
+        assert runner.quantization.measured and (runner.quantization.kind == "none") == (runner.lm_head.small is None)
+    else:  # the output projection in int8 beside int4 layers
+        assert runner.quantization.kind == kind and runner.lm_head.small.kind == ("int8" if kind == "int4" else kind)
+    assert "Paris" in greedy(model, "What is the capital of France?")
+    assert "4" in greedy(model, "What is 2+2?")
+
+
+@pytest.mark.model
+def test_what_load_model_does_not_name_is_left_to_the_outer_request(session_llmos_home, monkeypatch):
+    monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
+    monkeypatch.setenv(quant.QUANT_ENV, "int8")
+    with quant.requested_quantization("none"):
+        model = llmos.load_model("smollm2", dtype="float32")  # names the dtype only
+    assert model.driver.engine.runner.quantization.kind == "none"
+    assert llmos.load_model("smollm2", dtype="float32").driver.engine.runner.quantization.kind == "int8"
