@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from llmos.drivers import quant
 from llmos.drivers.kv_cache import SlotCache
-from llmos.drivers.quant import Choice
+from llmos.drivers.quant import Choice, QuantCache
 
 NO_QUANT = Choice("none", 0, {})
 # What "auto" may choose, the fastest measured: both pass bench/quality.py's gate on SmolLM2
@@ -102,7 +103,8 @@ class Projection:
     quantization `choice`, W also in int8 or int4 for batches of at most `choice.max_rows`
     rows (decode steps of a few agents: drivers/quant.py)."""
 
-    def __init__(self, linears: list[nn.Linear], *, pack: bool, choice: Choice = NO_QUANT) -> None:
+    def __init__(self, linears: list[nn.Linear], *, pack: bool, choice: Choice = NO_QUANT,
+                 cache: QuantCache | None = None, name: str = "") -> None:
         biases = [lin.bias for lin in linears]
         if any(b is None for b in biases) and any(b is not None for b in biases):
             raise ValueError("projections that share an input must all have biases or none")
@@ -111,7 +113,9 @@ class Projection:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight) if pack else None
         self.weight = None if pack else weight
         quantizable = choice.kind != "none" and quant.fits(choice.kind, weight)
-        self.small = quant.quantize(weight, choice.kind) if quantizable else None
+        self.small = None
+        if quantizable:  # read from `cache` (as `name`) when it holds it
+            self.small = cache.weight(name, weight) if cache is not None else quant.quantize(weight, choice.kind)
         self.max_rows = choice.max_rows if quantizable else 0
         if not pack and len(linears) > 1:
             _share(linears, weight, self.bias)
@@ -145,19 +149,29 @@ def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | 
         first += rows
 
 
-def _gather_layer(layer: Any, pack: bool, choice: Choice) -> _Layer:
+def _gather_layer(layer: Any, pack: bool, choice: Choice, cache: QuantCache | None = None, index: int = 0) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
+
+    def projection(linears: list[nn.Linear], part: str) -> Projection:
+        return Projection(linears, pack=pack, choice=choice, cache=cache, name=f"layers.{index}.{part}")
+
     return _Layer(attn_norm=layer.input_layernorm.weight,
-                  qkv=Projection([attn.q_proj, attn.k_proj, attn.v_proj], pack=pack, choice=choice),
-                  o=Projection([attn.o_proj], pack=pack, choice=choice), mlp_norm=layer.post_attention_layernorm.weight,
-                  gate_up=Projection([mlp.gate_proj, mlp.up_proj], pack=pack, choice=choice),
-                  down=Projection([mlp.down_proj], pack=pack, choice=choice), act=mlp.act_fn)
+                  qkv=projection([attn.q_proj, attn.k_proj, attn.v_proj], "qkv"), o=projection([attn.o_proj], "o"),
+                  mlp_norm=layer.post_attention_layernorm.weight,
+                  gate_up=projection([mlp.gate_proj, mlp.up_proj], "gate_up"), down=projection([mlp.down_proj], "down"),
+                  act=mlp.act_fn)
 
 
 def _for_lm_head(choice: Choice) -> Choice:
     """The output projection takes int8 where the layers take int4: every logit comes from it,
     and in int4 it alone turns answers (as llama.cpp's Q4_K_M keeps it at 6 bits)."""
     return Choice("int8", choice.max_rows, choice.measured) if choice.kind == "int4" else choice
+
+
+def _model_folder(model: Any) -> Path | None:
+    """The local folder the model was loaded from, where its quantized weights are cached."""
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    return folder if str(folder) and folder.is_dir() else None
 
 
 def choose_quantization(model: Any, wanted: str, pack: bool) -> Choice:
@@ -200,8 +214,15 @@ class LlamaRunner:
         self.eps = cfg.rms_norm_eps
         self.packed = packing_available(str(model.device), model.dtype)
         self.quantization = choose_quantization(model, quantization, self.packed)
-        self.layers = [_gather_layer(layer, self.packed, self.quantization) for layer in model.model.layers]
-        self.lm_head = Projection([model.lm_head], pack=self.packed, choice=_for_lm_head(self.quantization))
+        caches = {kind: QuantCache(_model_folder(model), kind, model.dtype) for kind in
+                  {self.quantization.kind, _for_lm_head(self.quantization).kind} - {"none"}}
+        self.layers = [_gather_layer(layer, self.packed, self.quantization, caches.get(self.quantization.kind), i)
+                       for i, layer in enumerate(model.model.layers)]
+        head = _for_lm_head(self.quantization)
+        self.lm_head = Projection([model.lm_head], pack=self.packed, choice=head, cache=caches.get(head.kind),
+                                  name="lm_head")
+        for cache in caches.values():
+            cache.save()
         self.cache: SlotCache = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.

@@ -101,3 +101,19 @@ def test_what_load_model_does_not_name_is_left_to_the_outer_request(session_llmo
         model = llmos.load_model("smollm2", dtype="float32")  # names the dtype only
     assert model.driver.engine.runner.quantization.kind == "none"
     assert llmos.load_model("smollm2", dtype="float32").driver.engine.runner.quantization.kind == "int8"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantized_weights_are_cached_on_disk_and_read_back_the_same(kind, tmp_path, caplog):
+    w = weight()
+    first = quant.QuantCache(tmp_path, kind, torch.float32)
+    made = first.weight("layers.0.o", w)
+    first.save()
+    again = quant.QuantCache(tmp_path, kind, torch.float32)
+    read = again.weight("layers.0.o", w)
+    assert again.made == 0 and torch.equal(read.data, made.data) and torch.equal(read.scales, made.scales)
+    again.path.write_bytes(b"not safetensors")  # a damaged cache is made again, with a warning
+    damaged = quant.QuantCache(tmp_path, kind, torch.float32)
+    assert torch.equal(damaged.weight("layers.0.o", w).data, made.data) and damaged.made == 1
+    assert "unreadable" in caplog.text
+    assert quant.QuantCache(None, kind, torch.float32).path is None  # no folder: nothing cached
