@@ -80,6 +80,19 @@ class SyscallTable:
             raise InvalidRequest(f"bad arguments to {name!r}: {_summarize(exc)}") from None
 
 
+def _typed_within(exc: BaseException) -> SyscallError | None:
+    """The first SyscallError inside an exception group, if every leaf of it is one."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    leaves = list(_leaves(exc))
+    return leaves[0] if leaves and all(isinstance(leaf, SyscallError) for leaf in leaves) else None  # type: ignore[return-value]
+
+
+def _leaves(group: BaseExceptionGroup) -> Any:
+    for exc in group.exceptions:
+        yield from _leaves(exc) if isinstance(exc, BaseExceptionGroup) else (exc,)
+
+
 def _call_name(request: Any) -> str:
     name = request.get("call") if isinstance(request, Mapping) else getattr(request, "call", None)
     return name if isinstance(name, str) and name else "?"
@@ -128,10 +141,12 @@ class Dispatcher:
             await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
             raise
         except Exception as exc:  # a handler's or a driver's bug: the caller gets a typed error all the same
-            log.exception("syscall %s of process %d failed on an untyped error", call, proc.pid)
-            fault = KernelFault(f"{call} failed inside the kernel: {type(exc).__name__}: {exc}")
-            outcome, answer = fault.code.name, fault
-            raise fault from exc
+            typed = _typed_within(exc)  # a handler's task group wraps its children's typed errors
+            if typed is None:
+                log.exception("syscall %s of process %d failed on an untyped error", call, proc.pid)
+                typed = KernelFault(f"{call} failed inside the kernel: {type(exc).__name__}: {exc}")
+            outcome, answer = typed.code.name, typed
+            raise typed from exc
         finally:
             elapsed = time.perf_counter() - began
             proc.stats.syscall_time_s += elapsed

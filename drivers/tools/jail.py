@@ -153,13 +153,17 @@ def _system(network: bool) -> list[str]:
 
 
 def code_paths(extra_files: Iterable[str] = (), hidden: Iterable[str] = ()) -> list[str]:
-    """Everything of Python a tool may need, read-only: the installation, the environment,
-    sys.path's folders, llmos's own packages (an editable install maps them elsewhere), and
-    `extra_files`; never HOME or a folder holding it, nor anything of the `hidden` folders
-    (not they, what holds them, nor what is in them)."""
-    wanted = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-              *[path for path in sys.path if path], *_llmos_package_dirs(), *extra_files]
+    """Everything of Python a tool may need, read-only: the installation and the environment,
+    llmos's own packages (an editable install maps them elsewhere), `extra_files`, and the
+    other folders on sys.path unless they lie in HOME outside the installation (the working
+    folder of `python -m`, a project with its .env, is not code to show); never HOME or a
+    folder holding it, nor anything of the `hidden` folders (they, what holds them, what is
+    in them)."""
+    installed = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     home = Path.home().resolve()
+    prefixes = [Path(p).resolve() for p in installed]
+    on_path = [p for p in sys.path if p and _shown_from_sys_path(Path(p).resolve(), home, prefixes)]
+    wanted = [*installed, *on_path, *_llmos_package_dirs(), *extra_files]
     secret = [Path(folder).resolve() for folder in hidden]
     kept: list[str] = []
     for path in sorted({os.path.realpath(p) for p in wanted if os.path.exists(p)}):
@@ -173,6 +177,14 @@ def code_paths(extra_files: Iterable[str] = (), hidden: Iterable[str] = ()) -> l
         if not any(resolved.is_relative_to(k) for k in kept):  # a folder already shown shows this one
             kept.append(path)
     return kept
+
+
+def _shown_from_sys_path(path: Path, home: Path, prefixes: list[Path]) -> bool:
+    """A sys.path folder is shown unless it is the working folder or lies in HOME outside the
+    Python installation and environment."""
+    if path == Path.cwd().resolve():
+        return False
+    return not path.is_relative_to(home) or any(path.is_relative_to(prefix) for prefix in prefixes)
 
 
 def _llmos_package_dirs() -> list[str]:

@@ -36,7 +36,7 @@ from llmos.kernel import Kernel
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control
 from llmos.kernel.dispatch import SyscallTable
-from llmos.kernel.errors import KernelFault
+from llmos.kernel.errors import InvalidRequest, KernelFault
 from llmos.syscalls import TABLE, Sys, SyscallError
 from llmos.testing import result, spawn_and_wait
 
@@ -272,3 +272,29 @@ async def test_a_call_that_raised_an_untyped_error_answers_a_typed_one_traced_as
         outcomes = [e.outcome for e in kernel.trace if e.call == "boom"]
     assert said == "[EIO] boom failed inside the kernel: RuntimeError: a bug in a handler"
     assert outcomes == ["EIO"]
+
+
+class Grouped(Request[None]):
+    """A syscall whose handler's task group fails with a typed error in a child."""
+
+    call: ClassVar[str] = "grouped"
+
+
+async def sys_grouped(kernel: Kernel, caller: Any, req: Grouped) -> None:
+    async def child() -> None:
+        raise InvalidRequest("a child's typed error")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child)
+
+
+async def test_a_typed_error_inside_a_handler_s_task_group_reaches_the_caller_as_itself() -> None:
+    async def main(sys: Any) -> str:
+        try:
+            await sys.syscall(Grouped())
+        except InvalidRequest as exc:
+            return str(exc)
+        return "returned"
+
+    async with Kernel(SyscallTable({**TABLE.handlers, Grouped: sys_grouped}), Sys) as kernel:
+        assert result(await spawn_and_wait(kernel, main)) == "[EINVAL] a child's typed error"

@@ -159,3 +159,12 @@ async def test_the_weaker_sandbox_runs_only_when_asked_and_warns_every_time(kern
         assert (await run_python(kernel, "2 + 2"))["result"] == "4"
     warnings = [r for r in caplog.records if "WITHOUT a jail" in r.getMessage()]
     assert len(warnings) == 2
+
+
+async def test_the_working_folder_on_sys_path_is_not_shown(kernel, tmp_path, monkeypatch):
+    project = tmp_path / "project"  # `python -m` from a project puts it first on sys.path
+    project.mkdir()
+    (project / ".env").write_text("API_KEY=sk-secret")
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    assert raised(await run_python(kernel, f"open({str(project / '.env')!r}).read()"), "FileNotFoundError")
