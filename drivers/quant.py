@@ -17,8 +17,10 @@ and AVX-512 alike); which is fastest where is measured, not assumed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,12 +151,14 @@ def _int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 class QuantCache:
     """A model's quantized weights on disk (MODEL/llmos-quant/KEY.safetensors), so a load
     does not quantize them again (0.6 s of a cold start for SmolLM2 in int4). KEY names the
-    kind, the source dtype, PyTorch's version and the CPU's vector width, which the packed
-    int4 layout may depend on. A folder that cannot be written is only not cached."""
+    kind, the source dtype, PyTorch's version, the CPU's vector width (which the packed int4
+    layout may depend on), and the model's weight files (size and time: weights replaced in
+    place are quantized again). A folder that cannot be written is only not cached."""
 
     def __init__(self, model_folder: Path | None, kind: str, dtype: torch.dtype) -> None:
         self.kind = kind
-        self.path = None if model_folder is None else model_folder / CACHE_FOLDER / f"{_cache_key(kind, dtype)}.safetensors"
+        self.path = (None if model_folder is None else
+                     model_folder / CACHE_FOLDER / f"{_cache_key(kind, dtype, model_folder)}.safetensors")
         self.tensors: dict[str, torch.Tensor] = {}
         self.made = 0  # weights quantized now rather than read
         if self.path is not None and self.path.is_file():
@@ -172,22 +176,41 @@ class QuantCache:
         self.made += 1
         return made
 
+    def _drop_stale(self) -> None:
+        assert self.path is not None
+        for old in _stale(self.path):
+            old.unlink(missing_ok=True)
+
     def save(self) -> None:
         """Write what was made now (atomically: a crash leaves the old file or none)."""
         if self.path is None or not self.made:
             return
         try:
             self.path.parent.mkdir(exist_ok=True)
-            partial = self.path.with_suffix(".partial")
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(partial))
-            os.replace(partial, self.path)
+            handle, partial = tempfile.mkstemp(dir=self.path.parent, suffix=".partial")  # two loads at once: two files
+            os.close(handle)
+            try:
+                save_file({k: v.contiguous() for k, v in self.tensors.items()}, partial)
+                os.replace(partial, self.path)
+            finally:
+                Path(partial).unlink(missing_ok=True)
+            self._drop_stale()
         except OSError as exc:
             log.info("quantized weights not cached in %s: %s", self.path.parent, exc)
 
 
-def _cache_key(kind: str, dtype: torch.dtype) -> str:
+def _stale(path: Path) -> list[Path]:
+    """Other caches of the same kind and dtype beside `path`: made for other weights, a torch
+    or a CPU no longer in use."""
+    kind_and_dtype = "-".join(path.stem.split("-")[:2]) + "-"
+    return [f for f in path.parent.glob(f"{kind_and_dtype}*.safetensors") if f != path]
+
+
+def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
     width = "avx512" if "avx512f" in _cpu_flags() else "avx2"
-    return f"{kind}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__.split('+')[0]}-{width}"
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_folder.glob("*.safetensors"))
+    weights = hashlib.sha256(repr(files).encode()).hexdigest()[:12]
+    return f"{kind}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__.split('+')[0]}-{width}-{weights}"
 
 
 def _shape_fits(kind: str, data: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -264,7 +264,7 @@ class DbosDurability:
             try:
                 proc = self.kernel.spawn_nowait(
                     spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
-                    caps=spec.capabilities, quotas=spec.quotas, journal=journal,
+                    caps=spec.capabilities, quotas=spec.quotas, journal=journal, untrusted=spec.untrusted,
                     parent=parent if parent is not None and not parent.state.terminal else None)
                 self._load_error.pop(durable_id, None)
                 return proc

@@ -43,8 +43,8 @@ MAX_ITEMS = 50  # items of a list or keys of a mapping kept
 MAX_DEPTH = 6  # levels of nesting kept
 REDACTED = "[redacted]"
 # Argument names whose values are secrets whatever they hold.
-SECRET_NAME = re.compile(r"(pass(word|phrase)?|secret|token|api[-_]?key|auth(orization)?|credential|cookie|"
-                         r"private[-_]?key)", re.IGNORECASE)
+SECRET_NAME = re.compile(r"(?:^|[_-])(pass|password|passphrase|secret|token|api[-_]?key|key|auth|authorization|"
+                         r"credentials?|cookie|private[-_]?key)(?:$|[_-])", re.IGNORECASE)  # whole words: not max_tokens
 # Values that look like secrets wherever they are: provider keys, bearer tokens, private keys.
 SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}|"
                           r"AKIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._~+/=-]{8,}|"
@@ -98,7 +98,7 @@ class AuditLog:
         # O_APPEND: each write goes to the end as one piece; 0o600: only the user reads it.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
-        self.written = 0
+        self.written = self.failed = 0
 
     def listener(self, event: TraceEvent, process: Process, request: Request | None, answer: Any) -> None:
         why = self._why(event, process, request, answer)
@@ -119,11 +119,17 @@ class AuditLog:
                               arguments=arguments_of(request), outcome="approved", why=why))
 
     def write(self, entry: AuditEntry) -> None:
-        line = (entry.model_dump_json() + "\n").encode()
+        line = memoryview((entry.model_dump_json() + "\n").encode())
         with self._lock:
             if self._fd < 0:
                 return
-            os.write(self._fd, line)
+            try:
+                while line:  # a short write (a full disk, a signal) goes on where it stopped
+                    line = line[os.write(self._fd, line):]
+            except OSError as exc:  # the call goes on; the loss is counted and said, never silent
+                self.failed += 1
+                log.error("audit log %s: an entry was not written (%s); %d lost so far", self.path, exc, self.failed)
+                return
             self.written += 1
 
     def close(self) -> None:

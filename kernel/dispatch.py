@@ -132,12 +132,11 @@ class Dispatcher:
                 if not proc.runnable.is_set():
                     await proc.runnable.wait()
                 answer = await self._run(proc, req, effects)
-            ingress = req.ingress(self.kernel, proc, answer)
-            if ingress is not None:  # live or replayed, that text is in the process now
-                security.mark_untrusted(proc, ingress)
+            self._note_ingress(proc, req, answer)  # live or replayed, that text is in the process now
             return answer
         except SyscallError as exc:
             outcome, answer = exc.code.name, exc
+            self._note_ingress(proc, req, exc)  # an error's message may carry what a tool said
             await self._maybe_yield()  # a loop of failing calls must not starve others, nor dodge a kill
             raise
         except Exception as exc:  # a handler's or a driver's bug: the caller gets a typed error all the same
@@ -226,6 +225,15 @@ class Dispatcher:
         pids it names may belong to a kernel that has since died."""
         self._admit(proc, req)
         return await self._run(proc, req, effects)
+
+    def _note_ingress(self, proc: Process, req: Request | None, answer: Any) -> None:
+        try:
+            ingress = req.ingress(self.kernel, proc, answer) if req is not None else None
+        except Exception:  # a request's bug must not replace the call's answer; assume the worst
+            log.exception("%s: could not tell where its answer came from", req.call if req else "?")
+            ingress = f"the answer of {req.call if req else 'a call'} (its source could not be told)"
+        if ingress is not None:
+            security.mark_untrusted(proc, ingress)
 
     async def _run(self, proc: Process, req: Request, effects: Effects = security.NONE) -> Any:
         if effects.egress is not None:  # the injection rule: asks the user, or refuses (kernel/security.py)

@@ -61,6 +61,9 @@ class DurableSpec(BaseModel):
     parent: int = params.KERNEL_PID  # the pid that spawned it, told if it fails for good (on the kernel that spawned it)
     parent_durable_id: str | None = None  # ... or, if that process is durable, its id (pids change across restarts)
     queue: str | None = None  # a cluster's queue its runs wait in for a kernel with room; None: run where spawned
+    # Where the untrusted text its parent held came from (kernel/security.py): each run, on
+    # any kernel, starts with it, as a child of that parent would.
+    untrusted: tuple[str, ...] = ()
 
 
 class DurableState(str, Enum):

@@ -125,8 +125,9 @@ class Kernel:
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,
                      caps: Iterable[str] | None = None, quotas: Quotas | None = None,
                      parent: Process | None = None, kwargs: dict[str, Any] | None = None,
-                     journal: Journal | None = None) -> Process:
-        """Start an ordinary process now (`journal`: a durable run's record, from llmos.durable)."""
+                     journal: Journal | None = None, untrusted: Iterable[str] = ()) -> Process:
+        """Start an ordinary process now (`journal`: a durable run's record, from llmos.durable;
+        `untrusted`: where untrusted text it starts with came from, besides its parent's)."""
         if self._tg is None:
             raise InvalidState("the kernel is not running; use 'async with llmos.boot() as kernel'")
         main = resolve_app(app)
@@ -135,7 +136,7 @@ class Kernel:
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
                        capabilities=granted, quotas=quotas or Quotas(), journal=journal,
-                       untrusted=list(parent.untrusted) if parent else [])  # what it was told may be untrusted
+                       untrusted=list(dict.fromkeys([*(parent.untrusted if parent else ()), *untrusted])))
         proc.cancel_scope = anyio.CancelScope()
         if proc.quotas.deadline_s is not None:
             proc.cancel_scope.deadline = anyio.current_time() + proc.quotas.deadline_s
@@ -170,7 +171,7 @@ class Kernel:
                            priority=priority, capabilities=tuple(sorted(granted)), quotas=quotas or Quotas(),
                            restart=restart or RestartPolicy(), parent=parent.pid if parent else params.KERNEL_PID,
                            parent_durable_id=None if parent is None or parent.journal is None
-                           else parent.journal.durable_id)
+                           else parent.journal.durable_id, untrusted=tuple(parent.untrusted) if parent else ())
         return await durability.spawn(spec, parent)
 
     def durable_runtime(self) -> Durability:

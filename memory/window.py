@@ -22,6 +22,7 @@ from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, InvalidRequest, MemoryUnavailable, SyscallError
 from llmos.kernel.memory import ChatPrompt, ContextEntry, ContextSnapshot, ContextStats, MemoryItem, ModelPort
 from llmos.kernel.model import ChatMessage, SamplingParams
+from llmos.kernel.security import UNTRUSTED_MEMORY, mark_untrusted
 
 if TYPE_CHECKING:
     from llmos.kernel.process import Process
@@ -196,7 +197,9 @@ class Window:
                 texts.append(piece)
                 ids.append(f"ctx-{self.uid}-{self._seq}-{n}")
                 metas.append({"kind": kind, "role": entry.role, "pid": self.proc.pid, "window": self.uid,
-                              "seq": self._seq, "chunk": n, "at": time.time()})
+                              "seq": self._seq, "chunk": n, "at": time.time(),
+                              # a later process of this name that recalls it reads untrusted text too
+                              **({UNTRUSTED_MEMORY: True} if self.proc.untrusted else {})})
         try:
             store = await self.manager.store()
             await store.add(self.namespace, texts, metas, ids)
@@ -264,6 +267,8 @@ class Window:
             if (item.score or 0) >= params.RECALL_MIN_SCORE and item.text not in present:
                 items.append(item)
                 present.add(item.text)
+                if item.metadata.get(UNTRUSTED_MEMORY):  # it goes into the prompt: so does the mark
+                    mark_untrusted(self.proc, "recalled context written after reading untrusted text")
         budget = self.policy.recall_budget(self.budget)
         while items:
             block = ChatMessage(role="system", content="\n- ".join([RECALL_HEADER, *(i.text for i in items)]))

@@ -78,6 +78,8 @@ class Recall(Request[list[MemoryItem]]):
         return NONE if other is None else Effects(audit=f"reads the memory of namespace {other!r}")
 
     def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        if not isinstance(answer, list):  # an error: no memory came back
+            return None
         other = _other_namespace(self, caller)
         if other is not None and answer:  # what another process wrote
             return f"memories of namespace {other!r}"

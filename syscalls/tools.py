@@ -17,7 +17,7 @@ from pydantic import Field
 from llmos.kernel import capabilities, params
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import NET, Need
-from llmos.kernel.errors import NoSuchTool, ToolTimeout, ToolUnavailable
+from llmos.kernel.errors import NoSuchTool, SyscallError, ToolTimeout, ToolUnavailable
 from llmos.kernel.journal import current_step_key
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
@@ -57,8 +57,12 @@ class CallTool(Request[Any]):
         return Effects(audit="; ".join(audit) or None, egress=sends)
 
     def ingress(self, kernel: Kernel, caller: Process, answer: Any) -> str | None:
+        """What the tool returned, or the message of the error it raised (a tool's own text:
+        an exception's message, a remote server's error, a jailed tool's stderr)."""
         spec = kernel.tools.get(self.name) if kernel.tools is not None else None
-        return None if spec is not None and spec.trusted_output else f"the result of tool {self.name!r}"
+        if spec is None or spec.trusted_output or not kernel.dispatcher.permits(caller, tool_capability(self.name)):
+            return None  # no such tool, or it never ran: nothing of it came back
+        return f"the {'error' if isinstance(answer, SyscallError) else 'result'} of tool {self.name!r}"
 
 
 class ListTools(Request[list[ToolSpec]]):

@@ -3,9 +3,11 @@
 What a jailed tool sees (`command`): the system's programs and libraries read-only (/usr and
 the /bin, /lib... links to it), a few files of /etc (the dynamic linker's cache, the time
 zone; with the network, name resolution and certificates: nothing else, so no /etc/passwd),
-the Python installation and the code on sys.path read-only (never HOME itself, an ancestor
-of it, or anything of LLMOS_HOME: only folders of code), its caller's workspace as the one
-writable folder (also its working folder), a fresh /tmp, its own /proc and /dev. It runs in
+the Python installation and environment, llmos's packages and the tool's own file or
+package read-only (`code_paths`: no other sys.path folder, never HOME itself or an ancestor
+of it, nothing of LLMOS_HOME; a Python installed inside HOME, pyenv's or a virtualenv, is
+shown), its caller's workspace as the one writable folder (also its working folder), a
+fresh /tmp, its own /proc and /dev. It runs in
 new PID, IPC, UTS, cgroup and (unless the caller holds the `net` capability) network
 namespaces, in a new session (no terminal to type into), dies with its parent, and can
 never gain privileges (bwrap sets no_new_privs; every mount is nosuid).
@@ -108,8 +110,9 @@ def prepare_workspace(plan: JailPlan) -> None:
     """The workspace exists and, when the jail drops to `nobody`, is nobody's to write."""
     folder = Path(plan.workspace)
     folder.mkdir(parents=True, exist_ok=True)
-    if as_root():
+    if as_root():  # nobody's to write; others may pass through it (bwrap chdirs in holding no capability)
         os.chown(folder, JAIL_UID, JAIL_UID)
+        os.chmod(folder, 0o711)
 
 
 def jail_env() -> dict[str, str]:
@@ -152,26 +155,27 @@ def _system(network: bool) -> list[str]:
     return options
 
 
-def code_paths(extra_files: Iterable[str] = (), hidden: Iterable[str] = ()) -> list[str]:
-    """Everything of Python a tool may need, read-only: the installation and the environment,
-    llmos's own packages (an editable install maps them elsewhere), `extra_files`, and the
-    other folders on sys.path unless they lie in HOME outside the installation (the working
-    folder of `python -m`, a project with its .env, is not code to show); never HOME or a
-    folder holding it, nor anything of the `hidden` folders (they, what holds them, what is
-    in them)."""
+def code_paths(extra: Iterable[str] = (), hidden: Iterable[str] = ()) -> list[str]:
+    """Everything of Python a tool may need, read-only: the installation and the environment
+    (sys.path's folders inside them: the standard library, site-packages), llmos's own
+    packages (an editable install maps them elsewhere), and `extra` (the tool's own file or
+    package folder). No other sys.path folder: a script's folder or the working folder of
+    `python -m` is no code to show (a project with its .env, the host's /tmp). Never HOME or
+    a folder holding it, nor anything of the `hidden` folders (they, what holds them, what
+    is in them)."""
     installed = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
-    home = Path.home().resolve()
     prefixes = [Path(p).resolve() for p in installed]
-    on_path = [p for p in sys.path if p and _shown_from_sys_path(Path(p).resolve(), home, prefixes)]
-    wanted = [*installed, *on_path, *_llmos_package_dirs(), *extra_files]
+    in_installation = [p for p in sys.path if p and any(Path(p).resolve().is_relative_to(x) for x in prefixes)]
+    wanted = [*installed, *in_installation, *_llmos_package_dirs(), *extra]
+    home = Path.home().resolve()
     secret = [Path(folder).resolve() for folder in hidden]
     kept: list[str] = []
     for path in sorted({os.path.realpath(p) for p in wanted if os.path.exists(p)}):
         resolved = Path(path)
         if any(s.is_relative_to(resolved) or resolved.is_relative_to(s) for s in secret):
             continue
-        if home.is_relative_to(resolved):  # HOME and its ancestors (code inside HOME, a virtualenv, is kept)
-            continue
+        if home.is_relative_to(resolved) or resolved in (Path("/"), Path("/tmp")):
+            continue  # HOME and its ancestors (code inside HOME, a virtualenv, is kept), the root, /tmp
         if resolved.parts[:2] in (("/", "etc"), ("/", "proc"), ("/", "dev")):
             continue
         if not any(resolved.is_relative_to(k) for k in kept):  # a folder already shown shows this one
@@ -179,12 +183,14 @@ def code_paths(extra_files: Iterable[str] = (), hidden: Iterable[str] = ()) -> l
     return kept
 
 
-def _shown_from_sys_path(path: Path, home: Path, prefixes: list[Path]) -> bool:
-    """A sys.path folder is shown unless it is the working folder or lies in HOME outside the
-    Python installation and environment."""
-    if path == Path.cwd().resolve():
-        return False
-    return not path.is_relative_to(home) or any(path.is_relative_to(prefix) for prefix in prefixes)
+def tool_code(module: str, file: str | None) -> tuple[str, ...]:
+    """What a jailed tool's code needs shown: its file, or the folder of the top package it
+    is in (its sibling modules), unless that is a script's module (`__main__`)."""
+    if not file:
+        return ()
+    depth = module.count(".") if module not in ("__main__", "") else 0
+    root = Path(file).resolve().parents[depth] if depth else None
+    return (str(root),) if root is not None and (root / "__init__.py").exists() else (file,)
 
 
 def _llmos_package_dirs() -> list[str]:

@@ -48,6 +48,9 @@ class ServerConfig(BaseModel):
     cwd: str | None = None
     url: str | None = None
     timeout: float = Field(default=params.TOOL_TIMEOUT_S, gt=0, le=params.MAX_TOOL_TIMEOUT_S)
+    # The user vouches that this server's tools send what they are given nowhere outside
+    # (kernel/security.py); by default they may.
+    sends_data: bool = True
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
@@ -104,14 +107,13 @@ async def _add_tools(server: ServerConfig, client: Client, toolbox: ToolBox) -> 
     while True:
         listing = await client.list_tools(cursor=cursor)
         for remote in listing.tools:
-            # Another program's tool: its result may be anyone's text; it changes nothing only if
-            # its server says so (readOnlyHint), and reaches outside only unless it says it does
-            # not (openWorldHint false: "a closed domain").
-            hints = getattr(remote, "annotations", None)
+            # Another program's tool: its result may be anyone's text, and it may send what it is
+            # given anywhere. A server's own hints (readOnlyHint, openWorldHint) cannot switch the
+            # audit or the injection rule off (the MCP spec: untrusted servers' annotations are
+            # not to be relied on); only the user's mcp.json can ("sends_data": false).
             spec = ToolSpec(name=f"{server.name}.{remote.name}", description=remote.description or "",
                             parameters=remote.input_schema, timeout_s=server.timeout, source=f"mcp:{server.name}",
-                            read_only=bool(getattr(hints, "read_only_hint", False)),
-                            sends_data=getattr(hints, "open_world_hint", None) is not False)
+                            sends_data=server.sends_data)
             toolbox.add_remote(spec, RemoteTool(client, remote, spec.name, server.timeout))
         cursor = listing.next_cursor
         if not cursor:

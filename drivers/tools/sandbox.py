@@ -149,6 +149,7 @@ class WarmWorkers:
         self.limit = limit
         self._ready: OrderedDict[JailPlan, Worker] = OrderedDict()
         self.started = self.served_warm = 0
+        self.closed = False
 
     async def take(self, jail: JailPlan) -> Worker:
         """A started worker for `jail` (the warm one if it is alive), and the next one started."""
@@ -171,12 +172,19 @@ class WarmWorkers:
         return await Worker.start(jail)
 
     async def _keep(self, jail: JailPlan, worker: Worker) -> None:
+        previous = self._ready.pop(jail, None)  # calls at once on one plan: one worker kept, the rest ended
+        if previous is not None:
+            await previous.aclose()
+        if self.closed:
+            await worker.aclose()
+            return
         self._ready[jail] = worker
         while len(self._ready) > self.limit:
             _, oldest = self._ready.popitem(last=False)
             await oldest.aclose()
 
     async def aclose(self) -> None:
+        self.closed = True
         while self._ready:
             _, worker = self._ready.popitem()
             await worker.aclose()

@@ -87,10 +87,19 @@ class ToolBox:
         self._specs[spec.name] = spec
 
     def specs(self) -> list[ToolSpec]:
-        return [self._specs[name] for name in sorted(self._specs)]
+        return [self._as_run(self._specs[name]) for name in sorted(self._specs)]
 
     def get(self, name: str) -> ToolSpec | None:
-        return self._specs.get(name)
+        spec = self._specs.get(name)
+        return None if spec is None else self._as_run(spec)
+
+    @staticmethod
+    def _as_run(spec: ToolSpec) -> ToolSpec:
+        """A sandboxed tool that cannot be jailed here runs (if the user opted in) with the
+        host's network: the kernel must count it as sending data out (kernel/security.py)."""
+        if spec.sandboxed and not spec.sends_data and jail.problem() is not None:
+            return spec.model_copy(update={"sends_data": True})
+        return spec
 
     async def call(self, name: str, arguments: Mapping[str, Any], context: ToolContext) -> Any:
         if name in self._remote:
@@ -108,13 +117,13 @@ class ToolBox:
         return await entry.tool.run(arguments, context, sandboxed=True, jail=plan, workers=self.workers)
 
     def _jail(self, tool: Tool, context: ToolContext) -> JailPlan:
-        """The caller's workspace writable, the network if it may, the tool's own file (its
-        module may be a script's), and nothing of LLMOS_HOME but that workspace."""
+        """The caller's workspace writable, the network if it may, the tool's own code (its
+        file or package), and nothing of LLMOS_HOME but that workspace."""
         if context.workspace is None:
             raise ToolUnavailable(f"tool {tool.name!r} must run in a jail, and this kernel gives tools no "
                                   "workspace folder to jail it in")
-        source = tool.target().file
-        return JailPlan(workspace=context.workspace, network=context.network, files=(source,) if source else (),
+        target = tool.target()
+        return JailPlan(workspace=context.workspace, network=context.network, files=jail.tool_code(target.module, target.file),
                         hidden=(str(self.workspaces.parent),) if self.workspaces is not None else ())
 
     async def aclose(self) -> None:

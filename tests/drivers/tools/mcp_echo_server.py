@@ -10,7 +10,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 server = MCPServer("echo")
-CLOSED = ToolAnnotations(readOnlyHint=True, openWorldHint=False)  # changes nothing, reaches nothing outside
+# What add and shout say of themselves (true, but an MCP client may not rely on it).
+CLOSED = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 
 
 @server.tool(annotations=CLOSED)

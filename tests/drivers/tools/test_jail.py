@@ -168,3 +168,8 @@ async def test_the_working_folder_on_sys_path_is_not_shown(kernel, tmp_path, mon
     monkeypatch.chdir(project)
     monkeypatch.syspath_prepend(str(project))
     assert raised(await run_python(kernel, f"open({str(project / '.env')!r}).read()"), "FileNotFoundError")
+
+
+async def test_an_unjailed_sandboxed_tool_counts_as_sending_data_out(kernel, no_bwrap):
+    assert not kernel.tools.get("read_file").sends_data  # in-process, workspace only: as it says
+    assert kernel.tools.get("run_python").sends_data  # unjailed it has the host's network

@@ -13,7 +13,9 @@ from llmos.kernel.errors import ConfigError, InvalidToolArguments, PermissionDen
 from llmos.testing import caught, result, spawn_and_wait
 
 SERVER = str(Path(__file__).with_name("mcp_echo_server.py"))
-CONFIG = {"mcpServers": {"echo": {"command": sys.executable, "args": [SERVER], "timeout": 5}}}
+# The user vouches that the echo server sends nothing out (its tools may then follow one another
+# without approval: kernel/security.py); without that, a server's tools are assumed to send.
+CONFIG = {"mcpServers": {"echo": {"command": sys.executable, "args": [SERVER], "timeout": 5, "sends_data": False}}}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,9 @@ async def test_the_servers_tools_are_listed_under_its_prefix(kernel):
     assert set(specs) == {"echo.add", "echo.shout", "echo.fail", "echo.nap", "echo.secret"}
     assert specs["echo.add"].source == "mcp:echo" and specs["echo.add"].description == "Add two integers."
     assert specs["echo.add"].parameters["required"] == ["a", "b"]
+    # what the user's configuration says counts; the server's own hints (readOnlyHint and
+    # openWorldHint false on add) do not switch the audit or the injection rule off
+    assert not specs["echo.add"].sends_data and not specs["echo.add"].read_only
 
 
 async def test_calls_reach_the_server_and_come_back(kernel):
