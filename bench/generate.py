@@ -7,7 +7,9 @@ natively, see drivers/transformers_driver.py) and (a) is also measured in that d
   (a) sequential `model.generate`, one request after another
   (b) one static padded batch through `model.generate`
   (c) transformers' continuous batching, `model.generate_batch`
-  (d) llama.cpp (llama-cpp-python) on the same GGUF, one by one (skipped if not installed)
+  (d) llama.cpp (llama-cpp-python) on the same GGUF, one by one (skipped if not installed),
+      and batching all N requests in one llama_decode a step (bench/llama_batch.py), on the
+      prompt token ids llmos's driver makes
   (e) llmos: N agent processes, each calling `sys.chat` through the kernel
   (f) the llmos engine driven directly, without the kernel (to measure the kernel's overhead)
 For N = 1, 4, 16, 64: aggregate tokens/s, time to first token p50/p95, per-request latency,
@@ -40,6 +42,7 @@ from llmos.drivers.transformers_driver import TransformersDriver
 from llmos.drivers import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
+import llama_batch
 from common import (llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers, machine, median_run, questions,
                     summarize, use_model_cache)
 
@@ -252,7 +255,8 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
             row[f"sequential_generate_{dtype_name(model)}"] = one_at_a_time(seq_same, n)
         row |= {"static_batch": compute.call(static_batch_generate, hf, tok, qs),
                 "hf_generate_batch": compute.call(hf_generate_batch, hf, tok, qs),
-                "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n)}
+                "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n),
+                "llama_cpp_batched": llama_batch.summary(model, qs, args.threads, NEW_TOKENS)}
         runs: dict[str, list[dict[str, Any]]] = {"llmos": [], "bare_engine": []}
         for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits both
             cold(model)

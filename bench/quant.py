@@ -7,7 +7,8 @@ driven directly (no kernel: what the weights change) with quant none, int8, int4
 interleaved (the machine is shared: the median round is reported); and llama.cpp
 (llama-cpp-python, the same GGUF, one request at a time) where it is installed. Decode
 tokens/s of the whole run (prefill included), time to first token, step time, and the
-ratios to quant none and to llama.cpp.
+ratios to quant none and to llama.cpp one by one; and llama.cpp batching all the requests
+(bench/llama_batch.py: one llama_decode a step, the same prompt token ids), once per N.
 
     .venv/bin/python bench/quant.py [--threads 2] [--ns 1 2 4 8] [--repeat 3]
 """
@@ -24,7 +25,8 @@ import llmos
 from llmos.drivers import compute
 
 from common import machine, questions, use_model_cache
-from generate import bare_engine, cold, llama_cpp_sequential, one_at_a_time
+import llama_batch
+from generate import NEW_TOKENS, bare_engine, cold, llama_cpp_sequential, one_at_a_time
 
 RESULTS = Path(__file__).parent / "results" / "quant.json"
 KINDS = ("none", "int8", "int4", "auto")
@@ -38,7 +40,7 @@ def median_by(runs: list[dict[str, float]], key: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     use_model_cache("llmos-bench-quant-")
@@ -61,6 +63,9 @@ def main() -> None:
         row = {kind: median_by(rounds, "tokens_per_s") for kind, rounds in runs.items()}
         if not isinstance(peer, str):
             row["llama.cpp"] = one_at_a_time(peer, n)
+        batched = llama_batch.summary(models["none"], qs, args.threads, NEW_TOKENS)
+        if not isinstance(batched, str):
+            row["llama.cpp batched"] = batched
         base = row["none"]["tokens_per_s"]
         for kind in row:
             row[kind]["vs_none"] = row[kind]["tokens_per_s"] / base
