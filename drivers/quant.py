@@ -207,7 +207,9 @@ def _stale(path: Path) -> list[Path]:
 
 
 def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
-    width = "avx512" if "avx512f" in _cpu_flags() else "avx2"
+    from llmos.drivers.transformers_driver import cpu_flags  # here: that module imports the engine, which imports this
+
+    width = "avx512" if "avx512f" in cpu_flags() else "avx2"
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_folder.glob("*.safetensors"))
     weights = hashlib.sha256(repr(files).encode()).hexdigest()[:12]
     return f"{kind}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__.split('+')[0]}-{width}-{weights}"
@@ -216,14 +218,6 @@ def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
 def _shape_fits(kind: str, data: torch.Tensor, weight: torch.Tensor) -> bool:
     n, k = weight.shape
     return data.shape[0] == n and data.shape[1] == (k if kind == "int8" else k // 2)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The audit log: one JSON line per refused call and per sensitive one, appended to a file.
 
-A trace listener (kernel/dispatch.py) writes an `AuditEntry` for every call that was
-refused (EPERM: a missing capability, or the injection rule of kernel/security.py) and
-every call whose request says it is sensitive (`Effects.audit`); kernel/security.py adds
+The dispatcher (kernel/dispatch.py) hands it each syscall as it traces it, with the call's
+`Effects` it worked out already; it writes an `AuditEntry` for every call that was refused
+(EPERM: a missing capability, or the injection rule of kernel/security.py) and every call
+whose request says it is sensitive (`Effects.audit`); kernel/security.py adds
 one for each call a user approved under the injection rule. Each entry: the time, the pid
 and name of the process, the call, its arguments with secrets redacted and long texts cut,
 the outcome and why it was logged.
@@ -33,8 +34,8 @@ from llmos.kernel.stats import TraceEvent
 
 if TYPE_CHECKING:
     from llmos.kernel.abi import Request
-    from llmos.kernel.kernel import Kernel
     from llmos.kernel.process import Process
+    from llmos.kernel.security import Effects
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +91,24 @@ def arguments_of(request: Request | None) -> dict[str, Any]:
 
 
 class AuditLog:
-    """Appends entries to `path`; plug `listener` into a kernel's dispatcher."""
+    """Appends entries to `path`; a kernel whose `audit` it is hands it every syscall."""
 
-    def __init__(self, path: Path, kernel: Kernel) -> None:
-        self.path, self.kernel = path, kernel
+    def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write goes to the end as one piece; 0o600: only the user reads it.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
         self.written = self.failed = 0
 
-    def listener(self, event: TraceEvent, process: Process, request: Request | None, answer: Any) -> None:
-        why = self._why(event, process, request, answer)
+    def record(self, event: TraceEvent, process: Process, request: Request | None, answer: Any,
+               effects: Effects) -> None:
+        """One traced syscall: written if it was refused or `effects` says it is sensitive.
+        Never raises: what goes wrong is counted and logged (`write`)."""
+        why = f"denied: {getattr(answer, 'message', answer)}" if event.outcome == "EPERM" else effects.audit
         if why is not None:
             self.write(AuditEntry(time=event.at, pid=process.pid, process=process.name, call=event.call,
                                   arguments=arguments_of(request), outcome=event.outcome, why=why))
-
-    def _why(self, event: TraceEvent, process: Process, request: Request | None, answer: Any) -> str | None:
-        if event.outcome == "EPERM":
-            return f"denied: {getattr(answer, 'message', answer)}"
-        if request is None:
-            return None
-        return request.effects(self.kernel, process).audit
 
     def approved(self, process: Process, request: Request, why: str) -> None:
         """A user let `process` send data out after it read untrusted text (kernel/security.py)."""

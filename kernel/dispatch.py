@@ -3,7 +3,7 @@
 The path, for every call: resolve the request to a known type (EINVAL/ENOSYS if not),
 check every capability it needs (EPERM), charge the syscall quota (EDQUOT), honour a
 suspension, run the handler, then account its time and append one trace event (and tell
-the trace listeners, if any). This is the only place that checks capabilities: handlers
+the trace listeners and the audit log, if any). This is the only place that checks capabilities: handlers
 trust the request they are given. It also applies the injection rule of kernel/security.py:
 a call that could send data out, from a process that has read untrusted text, needs the
 user's approval; and it notes the untrusted text a call brings in.
@@ -116,6 +116,7 @@ class Dispatcher:
         call, outcome = _call_name(request), "ok"
         req: Request | None = None
         answer: Any = None
+        effects = security.NONE
         self.calls += 1
         try:
             req = self.table.resolve(request)
@@ -149,7 +150,10 @@ class Dispatcher:
         finally:
             elapsed = time.perf_counter() - began
             proc.stats.syscall_time_s += elapsed
-            self._traced(TraceEvent(wall, proc.pid, call, elapsed, outcome), proc, req, answer)
+            event = TraceEvent(wall, proc.pid, call, elapsed, outcome)
+            self._traced(event, proc, req, answer)
+            if self.kernel.audit is not None:  # with the effects worked out once, above
+                self.kernel.audit.record(event, proc, req, answer, effects)
 
     def _traced(self, event: TraceEvent, proc: Process, req: Request | None, answer: Any) -> None:
         self.trace.append(event)

@@ -95,8 +95,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
 
 
 def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:
-    kernel.audit = AuditLog(audit_log(llmos_home()), kernel)
-    kernel.dispatcher.listeners.append(kernel.audit.listener)
+    kernel.audit = AuditLog(audit_log(llmos_home()))  # the dispatcher hands it every syscall
     stack.callback(kernel.audit.close)
 
 

@@ -36,7 +36,7 @@ from llmos.kernel import Kernel
 from llmos.kernel.abi import Request
 from llmos.kernel.capabilities import Control
 from llmos.kernel.dispatch import SyscallTable
-from llmos.kernel.errors import InvalidRequest, KernelFault
+from llmos.kernel.errors import InvalidRequest
 from llmos.syscalls import TABLE, Sys, SyscallError
 from llmos.testing import result, spawn_and_wait
 
@@ -259,21 +259,6 @@ async def sys_boom(kernel: Kernel, caller: Any, req: Boom) -> None:
     raise RuntimeError("a bug in a handler")
 
 
-async def test_a_call_that_raised_an_untyped_error_answers_a_typed_one_traced_as_such() -> None:
-    async def main(sys: Any) -> str:
-        try:
-            await sys.syscall(Boom())
-        except KernelFault as exc:
-            return str(exc)
-        return "returned"
-
-    async with Kernel(SyscallTable({**TABLE.handlers, Boom: sys_boom}), Sys) as kernel:
-        said = result(await spawn_and_wait(kernel, main))
-        outcomes = [e.outcome for e in kernel.trace if e.call == "boom"]
-    assert said == "[EIO] boom failed inside the kernel: RuntimeError: a bug in a handler"
-    assert outcomes == ["EIO"]
-
-
 class Grouped(Request[None]):
     """A syscall whose handler's task group fails with a typed error in a child."""
 
@@ -288,13 +273,21 @@ async def sys_grouped(kernel: Kernel, caller: Any, req: Grouped) -> None:
         tg.start_soon(child)
 
 
-async def test_a_typed_error_inside_a_handler_s_task_group_reaches_the_caller_as_itself() -> None:
-    async def main(sys: Any) -> str:
+@pytest.mark.parametrize(("request_type", "handler", "kind", "said"), [
+    (Boom, sys_boom, "KernelFault", "[EIO] boom failed inside the kernel: RuntimeError: a bug in a handler"),
+    (Grouped, sys_grouped, "InvalidRequest", "[EINVAL] a child's typed error"),  # the group's typed error, as itself
+], ids=["untyped", "typed-in-a-task-group"])
+async def test_what_a_handler_raises_reaches_the_caller_typed_and_is_traced_so(request_type, handler, kind,
+                                                                                said) -> None:
+    async def main(sys: Any) -> Any:
         try:
-            await sys.syscall(Grouped())
-        except InvalidRequest as exc:
-            return str(exc)
+            await sys.syscall(request_type())
+        except SyscallError as exc:
+            return type(exc).__name__, str(exc)
         return "returned"
 
-    async with Kernel(SyscallTable({**TABLE.handlers, Grouped: sys_grouped}), Sys) as kernel:
-        assert result(await spawn_and_wait(kernel, main)) == "[EINVAL] a child's typed error"
+    async with Kernel(SyscallTable({**TABLE.handlers, request_type: handler}), Sys) as kernel:
+        raised = result(await spawn_and_wait(kernel, main))
+        outcomes = [e.outcome for e in kernel.trace if e.call == request_type.call]
+    assert raised == (kind, said)
+    assert outcomes == [said[1:said.index("]")]]  # the errno name
