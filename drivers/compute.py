@@ -62,3 +62,15 @@ def _on_asyncio() -> bool:
     except RuntimeError:  # another event loop (trio)
         return False
     return True
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmos.drivers.compute import cpu_flags
 from llmos.kernel.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,8 +208,6 @@ def _stale(path: Path) -> list[Path]:
 
 
 def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
-    from llmos.drivers.transformers_driver import cpu_flags  # here: that module imports the engine, which imports this
-
     width = "avx512" if "avx512f" in cpu_flags() else "avx2"
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_folder.glob("*.safetensors"))
     weights = hashlib.sha256(repr(files).encode()).hexdigest()[:12]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llmos.drivers import compute
+from llmos.drivers.compute import cpu_flags  # the dtype reads it through this module (tests patch it here)
 from llmos.drivers.engine import Engine, EngineConfig
 from llmos.kernel.errors import ConfigError, ContextOverflow, InvalidRequest
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
@@ -62,18 +63,6 @@ def cpu_dtype() -> torch.dtype:
         return DTYPES[wanted]
     native = cpu_flags() & {"avx512_bf16", "amx_bf16"}
     return torch.bfloat16 if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags, from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def default_threads() -> int:
