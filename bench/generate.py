@@ -210,7 +210,7 @@ class StepClock:
 
 def cold(model: llmos.Model) -> None:
     """Empty the prefix cache, so a run does not reuse the prompts an earlier run computed."""
-    model.driver.engine.prefix.blocks.clear()
+    model.driver.engine.blocks.clear_cache()
 
 
 def _token_budgets(qs: list[str], max_tokens: int | list[int]) -> list[int]:
@@ -312,9 +312,9 @@ def shared_prefix(model: llmos.Model) -> dict[str, Any]:
     n_tokens = len(model.driver.tokenizer.encode(system))
     qs = questions(16)
     runs = {}
-    for label, mb in (("with_prefix_cache", 1024), ("without_prefix_cache", 0)):
+    for label, caching in (("with_prefix_cache", True), ("without_prefix_cache", False)):
         driver = compute.call(TransformersDriver, "smollm2", model.driver.model, model.driver.tokenizer,
-                              config=EngineConfig(prefix_cache_mb=mb))  # packs weights: torch work
+                              config=EngineConfig(prefix_caching=caching))  # packs weights: torch work
         runs[label] = anyio.run(lambda d=driver: llmos_agents(llmos.Model(d), qs, system=system, max_tokens=32))
         runs[label].pop("ttfts")
     speedup = runs["without_prefix_cache"]["wall_s"] / runs["with_prefix_cache"]["wall_s"]

@@ -1,11 +1,14 @@
 """The continuous-batching engine: many sequences, one model, one token per step each.
 
-`step(running)` is the whole interface. The kernel's scheduler decides which jobs run;
-the engine makes its set of live sequences match: it releases the ones no longer listed
-(finished, cancelled or preempted: their K/V go to the prefix cache, so a preempted job
-resumes almost for free), admits newcomers (copying any cached prefix), then runs one
-decode pass for every sequence that has a token to feed and one chunked prefill pass for
-the newcomers, within a token budget so running decodes never stall for long.
+`step(running)` is the whole interface. The kernel's scheduler decides which jobs run and
+gives each its KV blocks (llmos.kernel.blocks.BlockManager, which the engine owns and the
+scheduler admits by: `Engine.blocks`); the engine makes its set of live sequences match: it
+lets go of the ones no longer listed (finished, cancelled or preempted: their computed
+blocks stay in the prefix tree, so a preempted job resumes almost for free), admits
+newcomers (whatever prefix is cached is in their tables already: shared, not copied), then
+runs one decode pass for every sequence that has a token to feed and one chunked prefill
+pass for the newcomers, within a token budget so running decodes never stall for long.
+Driven without a scheduler (tests, benchmarks), it asks the block manager itself.
 
 A job with `options` is scored rather than generated (the `choose` syscall): its prompt is
 prefilled like any other; the logits at the prompt's last token give every option's first
@@ -24,10 +27,11 @@ from typing import Any
 import torch
 
 from llmos.drivers.grammar import Grammars
-from llmos.drivers.kv_cache import BLOCK, PrefixCache, SlotCache
+from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
 from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
+from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager, blocks_for
 from llmos.kernel.model import EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -36,17 +40,25 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class JobState:
     """Everything the engine keeps for a job, on `job.driver_state`. The decoder, RNG and
-    grammar state and what was streamed live on across preemptions; row and computed
-    describe the job as a live sequence and are set afresh each time it is admitted."""
+    grammar state and what was streamed live on across preemptions; `computed` (the job's
+    own field, which the block manager reads) is set afresh each time it is admitted."""
 
     job: GenerationJob = field(repr=False)
     decoder: IncrementalDecoder  # its reply's text so far
     generator: torch.Generator | None = None  # its own RNG, when it samples
     matcher: Any = None  # its grammar's state, when its output is constrained
-    row: int = -1  # its row of the slot cache, while it is live
-    computed: int = 0  # tokens whose K/V are in the row
     streamed: int = 0  # characters of job.text already emitted
+    kv_serial: int = -1  # the block allocation it runs on (BlockManager.serial)
     pending: list[int] | None = None  # a scored job's options of several tokens, once the prompt is in
+
+    @property
+    def computed(self) -> int:
+        """Tokens whose K/V are in the job's blocks."""
+        return self.job.computed
+
+    @computed.setter
+    def computed(self, value: int) -> None:
+        self.job.computed = value
 
     @property
     def tokens(self) -> list[int]:
@@ -77,9 +89,13 @@ class JobState:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_batch: int = 64  # sequences decoded together (slots)
+    max_batch: int = 64  # sequences decoded together
     prefill_chunk: int = 256  # prompt tokens computed per step, across newcomers
-    prefix_cache_mb: int = 1024  # memory for cached prefixes (0 turns prefix caching off)
+    # KV memory, for running sequences and cached prefixes alike (committed as it is used):
+    # 4 GiB holds 91 SmolLM2-135M agents with 2k-token contexts in bfloat16, 45 in float32
+    # (bench/kv_budget.py).
+    kv_cache_mb: int = 4096
+    prefix_caching: bool = True
     # Weight-only quantization of decode steps (drivers/quant.py): "none", "int8", "int4" or
     # "auto" (measured at load); None: as load_model(quant=) or LLMOS_QUANT says, else auto.
     quantization: str | None = None
@@ -93,28 +109,43 @@ class Engine:
         self.context_length = context_length
         self.config = config
         self.device = device
-        self.runner = LlamaRunner(model, lambda layers, kv_heads, head_dim: SlotCache(
-            layers, config.max_batch, kv_heads, head_dim, dtype, device, max_capacity=context_length),
-            flash=flash_attention_available(device), quantization=config.quantization or wanted_quantization())
+        self.dtype = dtype
+        self.runner = LlamaRunner(model, self._pool, flash=flash_attention_available(device),
+                                  quantization=config.quantization or wanted_quantization())
         self.cache = self.runner.cache
-        block_bytes = self.cache.bytes_per_token() * BLOCK
-        self.prefix = PrefixCache(config.prefix_cache_mb * 2**20 // block_bytes)
+        self.blocks = BlockManager(self.cache.blocks, prefix_caching=config.prefix_caching)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
         self.seqs: dict[int, JobState] = {}  # job id -> the state of each live sequence
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
+
+    def _pool(self, layers: int, kv_heads: int, head_dim: int) -> KVPool:
+        budget = self.config.kv_cache_mb * 2**20
+        blocks = KVPool.blocks_in(budget, layers, kv_heads, head_dim, self.dtype)
+        if blocks < 2:
+            raise ValueError(f"kv_cache_mb={self.config.kv_cache_mb} holds no KV block of this model "
+                             f"({KVPool.block_bytes(layers, kv_heads, head_dim, self.dtype)} bytes each)")
+        return KVPool(layers, blocks, kv_heads, head_dim, self.dtype, self.device)
+
+    def capacity_tokens(self) -> int:
+        """Tokens the KV memory holds at most (for one sequence alone)."""
+        return (self.blocks.total - 1) * BLOCK
 
     # -- the step ------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         self._sync(running)
-        ordered = self._arrange()
-        decode = [s for s in ordered if s.to_feed == 1]
-        prefill = [s for s in ordered if s.to_feed != 1]  # prompts, and options being scored
+        live = list(self.seqs.values())
+        for seq in live:  # a scheduler has grown them already; driven directly, the engine asks
+            if not self.blocks.grow(seq.job):
+                raise RuntimeError(f"KV memory is full ({self.blocks.total - 1} blocks): run fewer sequences")
+        self.cache.zero(self.blocks.take_fresh())
+        decode = [s for s in live if s.to_feed == 1]
+        prefill = [s for s in live if s.to_feed != 1]  # prompts, and options being scored
         pieces: list[tuple[GenerationJob, str]] = []
         if decode:
             pieces += self._decode(decode)
         if prefill:
-            pieces += self._prefill(prefill, first_row=len(decode))
+            pieces += self._prefill(prefill)
         self.steps += 1
         emit(pieces)
         for seq in [s for s in self.seqs.values() if s.job.finished]:
@@ -124,6 +155,8 @@ class Engine:
         wanted = {job.id for job in running if not job.cancelled and not job.finished}
         for seq in [s for s in self.seqs.values() if s.job.id not in wanted]:
             self._release(seq)
+        for seq in [s for s in self.seqs.values() if self.blocks.serial(s.job) != s.kv_serial]:
+            del self.seqs[seq.job.id]  # preempted and admitted again since the last step: new blocks
         for job in running:
             if job.cancelled:
                 job.finish_reason = "cancelled"
@@ -133,29 +166,14 @@ class Engine:
     def _admit(self, job: GenerationJob) -> None:
         if len(self.seqs) >= self.config.max_batch:
             raise RuntimeError(f"the engine holds {self.config.max_batch} sequences already")
-        row = min(set(range(self.config.max_batch)) - {s.row for s in self.seqs.values()})
-        tokens = job.prompt_ids + job.token_ids
-        self.cache.ensure_capacity(min(len(tokens) + job.max_new_tokens, self.context_length),
-                                   {s.row: s.computed for s in self.seqs.values()})
-        self.prefix.misses += len(tokens)
+        if not self.blocks.holds(job) and not self.blocks.allocate(job):
+            raise RuntimeError(f"KV memory is full ({self.blocks.total - 1} blocks): run fewer sequences")
         self.init_state(job)
         seq = self.seqs[job.id] = job.driver_state
-        seq.row, seq.computed = row, 0  # `streamed` carries over: text held back for a stop string is still owed
-        self._reuse_prefix(seq)
-
-    def _reuse_prefix(self, seq: JobState) -> None:
-        """Copy in whatever the prefix cache holds beyond what the row has computed. Checked
-        again before every prefill chunk: agents that arrived together share a system
-        prompt, and the first one to compute a block publishes it for the others."""
-        tokens = seq.tokens
-        blocks = self.prefix.lookup(tokens)
-        hit = min(len(blocks) * BLOCK, len(tokens) - 1)
-        if hit > seq.computed:
-            start = seq.computed // BLOCK * BLOCK
-            self.cache.write_prefix(seq.row, blocks, hit, start=start)
-            self.prefix.hits += hit - seq.computed
-            self.prefix.misses -= hit - seq.computed
-            seq.computed = hit
+        # What the prefix tree held is in its table already; `streamed` carries over: text
+        # held back for a stop string is still owed.
+        seq.computed = self.blocks.cached_tokens(job)
+        seq.kv_serial = self.blocks.serial(job)
 
     def init_state(self, job: GenerationJob) -> None:
         """Give a job its state (decoder, RNG, grammar matcher), once: it lives on across preemptions."""
@@ -173,45 +191,32 @@ class Engine:
         job.driver_state = state
 
     def _release(self, seq: JobState) -> None:
-        if seq.computed >= BLOCK:
-            self.prefix.insert(seq.tokens[: seq.computed], self.cache, seq.row)
+        if self.blocks.serial(seq.job) == seq.kv_serial:  # else the scheduler released it already
+            self.blocks.release(seq.job)
         del self.seqs[seq.job.id]
         if seq.job.finished or seq.job.cancelled:  # for good: drop the job <-> state cycle
             seq.job.driver_state = None
-
-    def _arrange(self) -> list[JobState]:
-        """Put decoding sequences in rows 0..d-1 and prefilling ones after them, so each
-        pass attends over a contiguous view of the cache. Returns them in row order."""
-        ordered = sorted(self.seqs.values(), key=lambda s: (s.to_feed != 1, s.row))
-        occupant = {s.row: s for s in ordered}
-        for target, seq in enumerate(ordered):  # rows below `target` are settled
-            if seq.row == target:
-                continue
-            other = occupant.get(target)
-            if other is None:
-                self.cache.move(seq.row, target, seq.computed)
-                del occupant[seq.row]
-            else:
-                self.cache.swap(seq.row, target, max(seq.computed, other.computed))
-                other.row = seq.row
-                occupant[seq.row] = other
-            seq.row = target
-            occupant[target] = seq
-        return ordered
 
     # -- passes ----------------------------------------------------------------------------------
     def _decode(self, seqs: list[JobState]) -> list[tuple[GenerationJob, str]]:
         tokens = torch.tensor([[s.job.token_ids[-1] if s.job.token_ids else s.job.prompt_ids[-1]] for s in seqs],
                               device=self.device)
         starts = torch.tensor([s.computed for s in seqs], device=self.device)
-        logits = self.runner.forward(Batch(first=0, tokens=tokens, starts=starts,
-                                           lengths=torch.ones_like(starts)))
+        logits = self.runner.forward(Batch(tables=self._tables(seqs, [s.computed + 1 for s in seqs]), tokens=tokens,
+                                           starts=starts, lengths=torch.ones_like(starts)))
         for s in seqs:
             s.computed += 1
         self.tokens_in += len(seqs)
         return self._sample_and_commit(seqs, logits)
 
-    def _prefill(self, seqs: list[JobState], first_row: int) -> list[tuple[GenerationJob, str]]:
+    def _tables(self, seqs: list[JobState], ends: list[int]) -> torch.Tensor:
+        """The block tables of a pass's rows, (B, W) padded with the null block: W blocks
+        cover every row's positions up to its end."""
+        width = blocks_for(max(ends))
+        rows = [self.blocks.table(s.job)[:width] for s in seqs]
+        return torch.tensor([row + [NULL_BLOCK] * (width - len(row)) for row in rows], device=self.device)
+
+    def _prefill(self, seqs: list[JobState]) -> list[tuple[GenerationJob, str]]:
         chunks = self._chunks(seqs)
         width = max(len(c) for _, c in chunks)
         tokens = torch.zeros((len(chunks), width), dtype=torch.long, device=self.device)
@@ -221,7 +226,8 @@ class Engine:
         lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
         scored = [i for i, (s, _) in enumerate(chunks) if s.option_chunk is not None]
         trees = {i: chunks[i][0].option_tree(self.device) for i in scored}
-        logits, spans = self.runner.forward_spans(Batch(first=first_row, tokens=tokens, starts=starts,
+        tables = self._tables([s for s, _ in chunks], [s.computed + len(c) for s, c in chunks])
+        logits, spans = self.runner.forward_spans(Batch(tables=tables, tokens=tokens, starts=starts,
                                                         lengths=lengths, trees=trees),
                                                   [(i, len(chunks[i][1])) for i in scored])
         self.tokens_in += int(lengths.sum())
@@ -239,7 +245,9 @@ class Engine:
                 break
             chunk = s.option_chunk
             if chunk is None:
-                self._reuse_prefix(s)
+                # Blocks another agent computed since this one came (a shared system prompt
+                # computed once for agents that arrived together): shared, not recomputed.
+                s.computed = self.blocks.adopt(s.job)
                 chunk = s.tokens[s.computed: s.computed + min(s.to_feed, budget)]
             chunks.append((s, chunk))
             budget -= len(chunk)
@@ -251,7 +259,7 @@ class Engine:
         done = []
         for i, (s, chunk) in zip(rows, chunks, strict=True):
             s.computed += len(chunk)
-            self.prefix.insert(s.tokens[: s.computed], self.cache, s.row)  # publish finished blocks at once
+            self.blocks.publish(s.job)  # its finished blocks, for the others at once
             if s.to_feed == 0:  # the whole prompt is in: its last logits give the first token
                 done.append((i, s))
         if not done:
@@ -338,8 +346,8 @@ class Engine:
 
     def statistics(self) -> dict[str, int]:
         return {"sequences": len(self.seqs), "steps": self.steps, "tokens_computed": self.tokens_in,
-                "tokens_generated": self.tokens_out, "cache_capacity": self.cache.capacity,
-                **{f"prefix_{k}": v for k, v in self.prefix.statistics().items()}}
+                "tokens_generated": self.tokens_out, "kv_bytes_per_token": self.cache.bytes_per_token(),
+                **self.blocks.statistics()}
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -1,5 +1,5 @@
 """A forward pass for Llama-architecture models (SmolLM2, Llama, Mistral-style) over the
-Hugging Face module's own weights, with K/V in llmos's slot cache.
+Hugging Face module's own weights, with K/V in llmos's paged KV pool (drivers/kv_cache.py).
 
 The pass is written with plain tensor functions over weights gathered once per layer, so
 a step costs few operator calls: the query/key/value projections are one matmul, the
@@ -13,8 +13,11 @@ Every operation keeps HF's order and precision (norms in float32, rotary and att
 in the model's dtype), so greedy outputs match `model.generate`: token for token in
 float32 (oneDNN's float32 sums differ from MKL's in the last bits only); in bfloat16 the
 prefill is bitwise HF's, and decoding may round differently (see `_attention`).
-K/V are never repeated per head: decoding folds each K/V head's query group into one
-attention call, prefilling lets sdpa broadcast K/V heads (`enable_gqa`).
+K/V are never repeated per head. Decoding reads each sequence's blocks in place with the
+compiled paged-attention kernel (drivers/paged.py) where it serves the model; prefilling,
+scoring and decoding without the kernel gather the rows' blocks into a contiguous copy for
+sdpa, which broadcasts K/V heads (`enable_gqa`) or folds a head's query group into its
+query axis when decoding.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmos.drivers import quant
-from llmos.drivers.kv_cache import SlotCache
+from llmos.drivers import paged, quant
+from llmos.drivers.kv_cache import KVPool
+from llmos.kernel.blocks import BLOCK
 from llmos.drivers.quant import Choice, QuantCache
 
 NO_QUANT = Choice("none", 0, {})
@@ -43,9 +47,9 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 @dataclass(frozen=True)
 class Batch:
-    """One forward pass over rows first..first+B-1 of the slot cache."""
+    """One forward pass over B sequences, each with its block table."""
 
-    first: int
+    tables: torch.Tensor  # (B, W) int64 block ids, padded with the null block; W covers starts + lengths
     tokens: torch.Tensor  # (B, Q) input ids, right-padded
     starts: torch.Tensor  # (B,) position of each row's first input token
     lengths: torch.Tensor  # (B,) valid input tokens per row (1 when decoding)
@@ -79,8 +83,10 @@ class _Pass:
     cos: torch.Tensor  # (B, Q, 1, D)
     sin: torch.Tensor  # (B, Q, 1, D), sign-folded: rotate_half(x) * sin == swap_halves(x) * sin
     mask: torch.Tensor | None  # (B, 1, G, T) decoding, (B, 1, Q, T) prefilling; None if all keys count
-    rows: torch.Tensor  # (N,) cache row of each valid input token
-    write_pos: torch.Tensor  # (N,) its position
+    blocks: torch.Tensor  # (N,) the block each valid input token's K/V goes to
+    offsets: torch.Tensor  # (N,) and its offset in that block
+    lens: torch.Tensor | None  # (B,) int32 keys each row attends when decoding with the kernel
+    tables32: torch.Tensor | None  # (B, W) int32 block tables, for the kernel
     valid_index: torch.Tensor | None  # (N,) flat index of each valid token in (B*Q), None if all are
 
 
@@ -170,8 +176,8 @@ def _for_lm_head(choice: Choice) -> Choice:
 
 def _model_folder(model: Any) -> Path | None:
     """The local folder the model was loaded from, where its quantized weights are cached."""
-    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-    return folder if str(folder) and folder.is_dir() else None
+    name = str(getattr(model.config, "_name_or_path", "") or "")  # "" for a model built in memory
+    return Path(name) if name and Path(name).is_dir() else None
 
 
 def choose_quantization(model: Any, wanted: str, pack: bool) -> Choice:
@@ -223,7 +229,11 @@ class LlamaRunner:
                                   name="lm_head")
         for cache in caches.values():
             cache.save()
-        self.cache: SlotCache = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
+        self.cache: KVPool = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
+        device, dtype = str(model.device), model.dtype
+        self.paged_decode = None  # the compiled kernel, where it serves this model here
+        if paged.supports(self.heads, self.kv_heads, self.head_dim, dtype, device):
+            self.paged_decode = paged.kernel().decode  # type: ignore[union-attr]
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.
         self.flash_decode = None
@@ -257,27 +267,31 @@ class LlamaRunner:
         positions = batch.starts[:, None] + offsets[None, :]  # (B, Q): cache positions
         valid = offsets[None, :] < batch.lengths[:, None]  # (B, Q)
         total = int((batch.starts + batch.lengths).max())
-        self.cache.scrub(batch.first, bsz, total)  # padding positions must hold finite K/V
         rotary = positions.clone() if batch.trees else positions  # a scored row's options restart their positions
         for row, (tree_positions, _) in batch.trees.items():
             rotary[row, : len(tree_positions)] = tree_positions
         cos, sin = self.model.model.rotary_emb(hidden, rotary)  # (B, Q, D)
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        rows = (torch.arange(bsz, device=hidden.device) + batch.first)[:, None].expand(bsz, qlen)
         all_valid = qlen == 1  # decode: one token per row, every one valid
         valid_index = None if all_valid else valid.reshape(-1).nonzero().squeeze(1)
+        in_place = qlen == 1 and (self.paged_decode is not None or self.flash_decode is not None)
         uniform = bool((batch.starts + batch.lengths == total).all()) and qlen == 1
-        mask = None if uniform else self._mask(positions, valid, total)
+        mask = None if uniform or in_place else self._mask(positions, valid, total)
         for row, (_, sees) in batch.trees.items():  # (B, 1, Q, T): a prefill pass's mask
             start, n = int(batch.starts[row]), sees.shape[0]
             if n > 1:  # one token sees itself under the causal mask already
                 mask[row, 0, :n, start:start + n] = sees
+        slots = positions.clamp(max=batch.tables.shape[1] * BLOCK - 1)  # padding may point past the table
+        blocks = batch.tables.gather(1, slots // BLOCK).reshape(-1)
+        offsets = (slots % BLOCK).reshape(-1)
+        lens = (batch.starts + batch.lengths).to(torch.int32) if in_place else None
+        tables32 = batch.tables.to(torch.int32) if in_place else None
         return _Pass(bsz=bsz, qlen=qlen, total=total, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
                      mask=mask,
-                     rows=rows.reshape(-1) if all_valid else rows.reshape(-1)[valid_index],
-                     write_pos=positions.reshape(-1) if all_valid else positions.reshape(-1)[valid_index],
-                     valid_index=valid_index)
+                     blocks=blocks if all_valid else blocks[valid_index],
+                     offsets=offsets if all_valid else offsets[valid_index],
+                     lens=lens, tables32=tables32, valid_index=valid_index)
 
     def _mask(self, positions: torch.Tensor, valid: torch.Tensor, total: int) -> torch.Tensor:
         keys = torch.arange(total, device=positions.device)
@@ -307,7 +321,11 @@ class LlamaRunner:
         if self.flash_decode is not None and qlen == 1:
             out = self._flash_decode(index, q, batch, shared.total)
             return layer.o(out.reshape(bsz, 1, -1))
-        keys, values = self.cache.view(index, batch.first, bsz, shared.total)  # (B, Hkv, T, D)
+        if self.paged_decode is not None and qlen == 1:  # in place, no copy of the blocks
+            out = self.paged_decode(q.reshape(bsz, hq, dim).contiguous(), self.cache.k[index], self.cache.v[index],
+                                    shared.tables32, shared.lens, self.scale)
+            return layer.o(out.reshape(bsz, 1, hq * dim))
+        keys, values = self.cache.gather(index, batch.tables, shared.total)  # (B, Hkv, T, D)
         if qlen == 1:
             # Decoding: each K/V head's query group becomes its query axis, (B, Hkv, G, D)
             # (head h = kv*G + g, as in HF's repeat_kv): several times faster than enable_gqa.
@@ -325,11 +343,11 @@ class LlamaRunner:
         k, v = k.reshape(-1, self.kv_heads, self.head_dim), v.reshape(-1, self.kv_heads, self.head_dim)
         if shared.valid_index is not None:
             k, v = k[shared.valid_index], v[shared.valid_index]
-        self.cache.write(index, shared.rows, shared.write_pos, k, v)
+        self.cache.write(index, shared.blocks, shared.offsets, k, v)
 
     def _flash_decode(self, index: int, q: torch.Tensor, batch: Batch, total: int) -> torch.Tensor:
         """One query per row against that row's cached keys: (B, 1, Hq, D). CUDA only."""
-        keys, values = self.cache.view(index, batch.first, q.shape[0], total)  # (B, Hkv, T, D)
+        keys, values = self.cache.gather(index, batch.tables, total)  # (B, Hkv, T, D)
         return self.flash_decode(q, keys.transpose(1, 2), values.transpose(1, 2),
                                  cache_seqlens=(batch.starts + batch.lengths).to(torch.int32),
                                  softmax_scale=self.scale, causal=False)

@@ -17,6 +17,7 @@ import torch
 from llmos.drivers import compute
 from llmos.drivers.compute import cpu_flags  # the dtype reads it through this module (tests patch it here)
 from llmos.drivers.engine import Engine, EngineConfig
+from llmos.kernel.blocks import tokens_needed
 from llmos.kernel.errors import ConfigError, ContextOverflow, InvalidRequest
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
 
@@ -99,6 +100,7 @@ class TransformersDriver:
         self.max_batch = config.max_batch
         self.engine = Engine(model, tokenizer, eos_ids=self.eos_ids, context_length=self.context_length,
                              config=config, dtype=model.dtype, device=device)
+        self.kv = self.engine.blocks  # the kernel's scheduler admits by these KV blocks
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -122,7 +124,18 @@ class TransformersDriver:
         if len(job.prompt_ids) >= self.context_length:
             raise ContextOverflow(f"the prompt is {len(job.prompt_ids)} tokens; {self.name}'s context window "
                                   f"is {self.context_length}, leaving no room for a reply")
+        self._fit_kv_memory(job)
         self.engine.init_state(job)  # a bad json_schema fails here, before the job is queued
+
+    def _fit_kv_memory(self, job: GenerationJob) -> None:
+        """A job must fit the KV memory alone, its whole reply included (else it would wait
+        for blocks forever): its prompt must, and its reply is cut to what is left."""
+        room = self.engine.capacity_tokens() - tokens_needed(job)
+        if room < 1:
+            raise ContextOverflow(f"the prompt needs {tokens_needed(job)} tokens of KV memory; the engine's budget "
+                                  f"holds {self.engine.capacity_tokens()} (kv_cache_mb)")
+        if job.sampling.max_tokens > room:
+            job.sampling = job.sampling.model_copy(update={"max_tokens": room})
 
     def _tokenize(self, job: GenerationJob) -> list[int]:
         if job.messages is None:

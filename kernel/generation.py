@@ -184,7 +184,7 @@ class GenerationService:
     async def _let_go(self) -> None:
         """Step the driver over no jobs, so that it lets go of the ones that left while it
         held them (a failed step's batch, a generation cancelled between steps): their KV
-        rows and state are freed now, not when the next request happens to come."""
+        blocks and state are freed now, not when the next request happens to come."""
         self._held = set()  # tried once: the driver's next step lets go of them in any case
         try:
             await self._step([], lambda pieces: None)

@@ -57,6 +57,7 @@ class Kernel:
         self.scheduler = scheduler or Scheduler()
         if driver is not None:  # the scheduler admits no more than the driver holds
             self.scheduler.max_batch = min(self.scheduler.max_batch, driver.max_batch)
+            self.scheduler.kv = getattr(driver, "kv", None)  # a driver with KV blocks admits by them
         self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot

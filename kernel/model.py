@@ -66,10 +66,11 @@ class GenerationJob:
     text: str = ""
     option_ids: list[list[int]] = field(default_factory=list)  # each option's tokens, set by `prepare`
     option_logprobs: list[list[float]] = field(default_factory=list)
+    computed: int = 0  # prompt and reply tokens whose K/V the driver holds (kernel/blocks.py keeps them)
     finish_reason: FinishReason | None = None
     error: str | None = None
     cancelled: bool = False  # set by the kernel; the driver drops the job at its next step
-    driver_state: Any = None  # a driver's own per-job state (its slot, RNG...), kept across runs
+    driver_state: Any = None  # a driver's own per-job state (its decoder, RNG...), kept across runs
     # Scheduling, written by the scheduler.
     priority: int = 0  # the owner's nice value: lower is served first under the priority policy
     arrival: int = 0  # order of arrival

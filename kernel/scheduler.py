@@ -2,10 +2,16 @@
 
 Step-shaped like vLLM's scheduler: `add` requests, `schedule()` returns the set the engine
 runs for the next token, `update_from_output` records what that step produced. The
-scheduler owns admission: the engine runs exactly the requests it names. It works on the
-one request record (`GenerationJob`) and writes only its scheduling fields. Invariant:
-every request is in exactly one of `waiting` or `running` until it finishes or is
-removed; `running` never exceeds `max_batch`; a suspended owner's requests never run.
+scheduler owns admission: the engine runs exactly the requests it names. With a driver
+that keeps K/V in blocks (`kv`, kernel/blocks.py), admission is by the KV budget too: a
+request runs only once its blocks are given (first come, first served: a request that does
+not fit stops admission rather than being overtaken), and a running request that needs a
+block more when none is left preempts the least important runner, whose blocks go back
+(its computed prefix stays cached, so it resumes cheaply). It works on the one request
+record (`GenerationJob`) and writes only its scheduling fields. Invariant: every request is
+in exactly one of `waiting` or `running` until it finishes or is removed; `running` never
+exceeds `max_batch`; only running requests hold KV blocks; a suspended owner's requests
+never run.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from llmos.kernel import params
+from llmos.kernel.blocks import BlockManager
 from llmos.kernel.errors import ConfigError, QueueFull
 from llmos.kernel.model import GenerationJob
 from llmos.kernel.stats import SchedulerStatistics
@@ -96,6 +103,7 @@ class Scheduler:
         self.waiting: dict[int, GenerationJob] = {}
         self.running: dict[int, GenerationJob] = {}
         self.preemptions = 0
+        self.kv: BlockManager | None = None  # the driver's KV blocks, if it keeps them so (set by the kernel)
         self._suspended: set[int] = set()
         self._arrivals = itertools.count()
         self._turns = itertools.count()
@@ -116,7 +124,9 @@ class Scheduler:
     def remove(self, req_id: int) -> None:
         """Forget a request (finished elsewhere, or its process was killed)."""
         self.waiting.pop(req_id, None)
-        self.running.pop(req_id, None)
+        req = self.running.pop(req_id, None)
+        if req is not None and self.kv is not None:
+            self.kv.release(req)
 
     def remove_owner(self, pid: int) -> list[int]:
         ids = [r.id for r in (*self.waiting.values(), *self.running.values()) if r.pid == pid]
@@ -149,8 +159,11 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Preempt what must yield, then fill free slots from the waiting line."""
         preempted = self._preempt()
+        preempted += self._make_room()
         admitted = []
         for req in self._eligible()[: self.max_batch - len(self.running)]:
+            if self.kv is not None and not self.kv.allocate(req):
+                break  # its blocks do not fit: it goes first once they do
             del self.waiting[req.id]
             self.running[req.id] = req
             req.turn_tokens = 0
@@ -170,11 +183,30 @@ class Scheduler:
                 if runners and self.policy.key(newcomer) < self.policy.key(runners[-1]):
                     victims.append(runners.pop())
         for req in victims:
-            del self.running[req.id]
-            req.last_turn = next(self._turns)
-            self.waiting[req.id] = req
-        self.preemptions += len(victims)
+            self._requeue(req)
         return [r.id for r in victims]
+
+    def _make_room(self) -> list[int]:
+        """Give every running request the KV blocks its next step writes, the most important
+        first; when none are left, preempt the least important runner (perhaps the asker)."""
+        if self.kv is None:
+            return []
+        preempted = []
+        for req in sorted(self.running.values(), key=self.policy.key):
+            while req.id in self.running and not self.kv.grow(req):
+                victim = max(self.running.values(), key=self.policy.key)
+                self._requeue(victim)
+                preempted.append(victim.id)
+        return preempted
+
+    def _requeue(self, req: GenerationJob) -> None:
+        """Take a running request out (its blocks go back) and make it wait again."""
+        del self.running[req.id]
+        if self.kv is not None:
+            self.kv.release(req)
+        req.last_turn = next(self._turns)
+        self.waiting[req.id] = req
+        self.preemptions += 1
 
     def update_from_output(self, output: StepOutput) -> None:
         """Account the tokens a step decoded; finished requests leave."""

@@ -506,10 +506,10 @@ def tiny_model(seed: int = 0) -> Any:
 
 def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, seed: int = 0) -> Any:
     """An `Engine` (llmos.drivers.engine) on `tiny_model(seed)` and `tiny_tokenizer()`, for
-    engine tests that run in milliseconds. `config` is an EngineConfig (default: 4 slots,
-    16-token prefill chunks, a 64-block prefix cache); `eos_ids` defaults to the
-    tokenizer's eos. The HF model is `engine.runner.model`. Its slot cache is small enough
-    to come from reused heap memory, garbage and all, as a real engine's may."""
+    engine tests that run in milliseconds. `config` is an EngineConfig (default: 4
+    sequences, 16-token prefill chunks, 1 MB of KV blocks); `eos_ids` defaults to the
+    tokenizer's eos. The HF model is `engine.runner.model`. Its KV pool is small enough to
+    come from reused heap memory, garbage and all, as a real engine's may."""
     import torch
 
     from llmos.drivers.engine import Engine, EngineConfig
@@ -518,7 +518,7 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
     tokenizer = tiny_tokenizer()
     engine = Engine(model, tokenizer, eos_ids=eos_ids if eos_ids is not None else frozenset({tokenizer.eos_token_id}),
                     context_length=model.config.max_position_embeddings,
-                    config=config or EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=1),
+                    config=config or EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1),
                     dtype=torch.float32, device="cpu")
     return engine
 

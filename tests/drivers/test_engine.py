@@ -1,6 +1,7 @@
 """The continuous-batching engine on a tiny random Llama (llmos.testing.tiny_engine), in
-milliseconds: greedy outputs against HF's own `generate`, continuous batching, the prefix
-cache, slots, preemption, sampling and stop conditions. The same behaviours on the real
+milliseconds: greedy outputs against HF's own `generate` (with the paged-attention kernel and
+without), continuous batching, KV blocks and the prefix tree, preemption, sampling and stop
+conditions. The same behaviours on the real
 SmolLM2 model are in test_transformers_driver.py and test_grammar.py."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from llmos.drivers.engine import EngineConfig, sample_top_p
-from llmos.drivers.kv_cache import BLOCK, PrefixCache
+from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager
 from llmos.kernel.model import GenerationJob, SamplingParams
 from llmos.testing import TINY_VOCAB, tiny_engine
 
@@ -76,16 +77,19 @@ def _text(engine, tokens: list[int]) -> str:
     return engine.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def _watch_passes(engine) -> list[tuple[int, int, int, int]]:
-    """Record each forward pass as (step, first row, rows, live sequences), checking during
-    every pass that the live sequences fill rows 0..n-1."""
+def _watch_passes(engine) -> list[tuple[int, int, int]]:
+    """Record each forward pass as (step, rows, live sequences), checking during every pass
+    that each row's block table is a live sequence's own, padded with the null block."""
     passes = []
     forward = engine.runner.forward_spans  # every pass goes through it
 
     def watched(batch, spans):
-        rows = sorted(s.row for s in engine.seqs.values())
-        assert rows == list(range(len(rows))), f"live rows {rows} are not compact"
-        passes.append((engine.steps, batch.first, batch.tokens.shape[0], len(rows)))
+        width = batch.tables.shape[1]
+        owned = [engine.blocks.table(s.job)[:width] for s in engine.seqs.values()]
+        for row in batch.tables.tolist():
+            used = [b for b in row if b != NULL_BLOCK]
+            assert row == used + [NULL_BLOCK] * (width - len(used)) and used in owned, f"table {row} is no one's"
+        passes.append((engine.steps, batch.tokens.shape[0], len(engine.seqs)))
         return forward(batch, spans)
 
     engine.runner.forward_spans = watched
@@ -105,8 +109,11 @@ def test_statistics_count_steps_and_tokens(engine):
     job = _job(1, _prompt(20, seed=1), max_tokens=5)
     _run(engine, [job])
     # two prefill chunks (16 + 4 tokens, the second yields the first token), then 4 decodes
+    # 1 MiB of KV memory at 512 bytes a token: 128 blocks of 16 tokens, the null block aside;
+    # 24 tokens computed: one full block stays cached, the other is free again
     assert engine.statistics() == {"sequences": 0, "steps": 2 + 4 + 1, "tokens_computed": 20 + 4,
-                                   "tokens_generated": 5, "cache_capacity": 512, "prefix_blocks": 0,
+                                   "tokens_generated": 5, "kv_bytes_per_token": 512, "kv_blocks": 127,
+                                   "kv_blocks_free": 126, "kv_blocks_cached": 1, "kv_blocks_held": 0,
                                    "prefix_hit_tokens": 0, "prefix_miss_tokens": 20}
 
 
@@ -126,6 +133,29 @@ def test_jobs_batched_together_decode_as_if_alone(engine):
     assert max(live for *_, live in passes) == 4
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["paged-kernel", "gather"])
+def test_decoding_with_the_kernel_or_by_gathering_blocks_equals_hf_generate(kernel):
+    """The compiled paged-attention kernel reads blocks in place; without it, the rows'
+    blocks are gathered for sdpa: a batch of prompts of 1 to 75 tokens decodes the same."""
+    engine = tiny_engine()
+    if kernel and engine.runner.paged_decode is None:
+        pytest.skip("the paged-attention kernel could not be built here")
+    calls = []
+    if kernel:
+        decode = engine.runner.paged_decode
+        engine.runner.paged_decode = lambda *args: calls.append(1) or decode(*args)
+    else:
+        engine.runner.paged_decode = None
+    lengths, max_tokens = (1, 2, 15, 16, 17, 33, 40, 75), (20, 18, 12, 25, 16, 9, 14, 10)
+    jobs = [_job(i, _prompt(n, seed=100 + i), max_tokens=m) for i, (n, m) in enumerate(zip(lengths, max_tokens))]
+    _run(engine, jobs[:4])
+    _steps(engine, jobs[4:], 2)
+    _run(engine, jobs[4:])
+    for job in jobs:
+        assert job.token_ids == _reference(engine, job.prompt_ids, job.sampling.max_tokens), len(job.prompt_ids)
+    assert bool(calls) == kernel
+
+
 def test_a_prompt_filling_the_context_ends_with_length(engine):
     prompt = _prompt(engine.context_length - 7, seed=3)
     job = _job(1, prompt, max_tokens=50)
@@ -134,12 +164,12 @@ def test_a_prompt_filling_the_context_ends_with_length(engine):
     assert job.token_ids == _reference(engine, prompt, 7)
 
 
-# -- the prefix cache -------------------------------------------------------------------------------
-def test_a_shared_prefix_is_copied_not_recomputed(engine):
+# -- the prefix tree -------------------------------------------------------------------------------
+def test_a_shared_prefix_is_reused_not_recomputed(engine):
     base = _prompt(70, seed=4)
     first = _job(1, base + [5, 6, 7], max_tokens=6)
     _run(engine, [first])
-    assert engine.statistics()["prefix_blocks"] >= 2
+    assert engine.statistics()["kv_blocks_cached"] == (73 + 5) // BLOCK  # what it computed, in full blocks
     before = engine.statistics()
     second = _job(2, base[:2 * BLOCK] + _prompt(10, seed=5), max_tokens=6)  # shares two blocks
     _run(engine, [second])
@@ -150,50 +180,74 @@ def test_a_shared_prefix_is_copied_not_recomputed(engine):
     assert second.token_ids == _reference(engine, second.prompt_ids, 6)
 
 
-def test_a_fully_cached_prompt_recomputes_only_its_last_token(engine):
-    prompt = _prompt(2 * BLOCK, seed=6)
+def test_running_jobs_share_prefix_blocks_by_reference(engine):
+    base = _prompt(40, seed=14)
+    first = _job(1, base + [5, 6, 7], max_tokens=8)
+    _steps(engine, [first], 2)  # 32 of its prompt tokens: two full blocks, offered to the others at once
+    second = _job(2, base[:2 * BLOCK] + _prompt(9, seed=15), max_tokens=8)
+    _steps(engine, [first, second], 1)
+    shared = engine.blocks.table(first)[:2]
+    assert engine.blocks.table(second)[:2] == shared and engine.blocks.cached_tokens(second) == 2 * BLOCK
+    assert engine.statistics()["kv_blocks_held"] == len(engine.blocks.table(first)) + len(engine.blocks.table(second)) - 2
+    _run(engine, [first, second])
+    assert set(shared) <= set(engine.blocks._cached)  # let go by both: cached, not freed
+    assert engine.statistics()["kv_blocks_held"] == 0
+    assert first.token_ids == _reference(engine, first.prompt_ids, 8)
+    assert second.token_ids == _reference(engine, second.prompt_ids, 8)
+
+
+@pytest.mark.parametrize("length, hits", [(2 * BLOCK + 1, 2 * BLOCK), (2 * BLOCK, BLOCK)])
+def test_a_cached_prompt_recomputes_only_what_follows_its_last_full_block(engine, length, hits):
+    """The last token's logits are needed, so at least it is computed again: a prompt of
+    whole blocks recomputes its last block."""
+    prompt = _prompt(length, seed=6)
     first = _job(1, prompt, max_tokens=4)
     _run(engine, [first])
-    hits = engine.prefix.hits
+    before = engine.statistics()
     again = _job(2, prompt, max_tokens=4)
     _run(engine, [again])
-    assert engine.prefix.hits - hits == 2 * BLOCK - 1  # the last token's logits are needed
+    after = engine.statistics()
+    assert after["prefix_hit_tokens"] - before["prefix_hit_tokens"] == hits
+    assert after["tokens_computed"] - before["tokens_computed"] == length - hits + 3
     assert again.token_ids == first.token_ids == _reference(engine, prompt, 4)
 
 
 def test_the_least_recently_used_prefix_is_evicted_and_recomputed_identically(engine):
-    engine.prefix = PrefixCache(max_blocks=2)
-    a, b, c = (_prompt(40, seed=s) for s in (7, 8, 9))  # one full block each
+    engine.blocks = BlockManager(4)  # three blocks: a running job holds two, one full block stays cached
+    a, b, c = (_prompt(20, seed=s) for s in (7, 8, 9))  # one full block each
 
     def run(job_id, prompt):
-        hits = engine.prefix.hits
+        hits = engine.statistics()["prefix_hit_tokens"]
         job = _job(job_id, prompt, max_tokens=4)
         _run(engine, [job])
-        return job.token_ids, engine.prefix.hits - hits
+        return job.token_ids, engine.statistics()["prefix_hit_tokens"] - hits
 
     first_a, _ = run(1, a)
     first_b, _ = run(2, b)
+    assert engine.statistics()["kv_blocks_cached"] == 2
     assert run(3, a) == (first_a, BLOCK)  # a is now the most recently used
     run(4, c)  # evicts b
-    assert len(engine.prefix.blocks) == 2
+    assert engine.statistics()["kv_blocks_cached"] == 2
     assert run(5, a)[1] == BLOCK
     assert run(6, b) == (first_b, 0)  # recomputed, to the same tokens
     assert first_b == _reference(engine, b, 4)
 
 
-def test_no_prefix_cache_recomputes_everything():
-    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=0))
+def test_no_prefix_caching_recomputes_everything():
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, prefix_caching=False))
     prompt = _prompt(70, seed=4)
     for job_id in (1, 2):
         job = _job(job_id, prompt, max_tokens=4)
         _run(engine, [job])
         assert job.token_ids == _reference(engine, prompt, 4)
-    assert engine.statistics()["prefix_blocks"] == 0 and engine.prefix.hits == 0
+    stats = engine.statistics()
+    assert stats["kv_blocks_cached"] == stats["prefix_hit_tokens"] == 0
+    assert stats["kv_blocks_free"] == stats["kv_blocks"] and stats["prefix_miss_tokens"] == 2 * 70
 
 
-# -- slots ------------------------------------------------------------------------------------------
-def test_finished_jobs_free_their_slots_and_live_rows_stay_compact():
-    engine = tiny_engine(EngineConfig(max_batch=3, prefill_chunk=16, prefix_cache_mb=1))
+# -- KV blocks -------------------------------------------------------------------------------------
+def test_finished_jobs_release_their_blocks_and_at_most_max_batch_run():
+    engine = tiny_engine(EngineConfig(max_batch=3, prefill_chunk=16, kv_cache_mb=1))
     passes = _watch_passes(engine)
     specs = [(5, 3), (20, 14), (40, 6), (9, 10), (33, 4), (50, 8)]  # (prompt length, max_tokens)
     queue = [_job(i, _prompt(n, seed=20 + i), max_tokens=m) for i, (n, m) in enumerate(specs)]
@@ -204,18 +258,35 @@ def test_finished_jobs_free_their_slots_and_live_rows_stay_compact():
             running.append(queue.pop(0))
         if running:
             engine.step(running, lambda batch: None)
-            assert set(engine.seqs) == {j.id for j in running if not j.finished}  # finished: let go at once
+            live = [j for j in running if not j.finished]
+            assert set(engine.seqs) == {j.id for j in live}  # finished: let go at once
+            assert all(not engine.blocks.holds(j) for j in running if j.finished)
+            assert engine.statistics()["kv_blocks_held"] == sum(engine.blocks.blocks_held(j) for j in live)
             peak = max(peak, len(engine.seqs))
-    assert peak == 3 and not engine.seqs
-    for step in {s for s, *_ in passes}:  # each step's passes cover rows 0.. contiguously
-        firsts = [(first, rows) for s, first, rows, _ in passes if s == step]
-        assert firsts[0][0] == 0 and all(f == p + r for (p, r), (f, _) in zip(firsts, firsts[1:]))
+    assert peak == 3 and not engine.seqs and max(rows for _, rows, _ in passes) <= 3
+    stats = engine.statistics()
+    assert stats["kv_blocks_held"] == 0 and stats["kv_blocks_free"] + stats["kv_blocks_cached"] == stats["kv_blocks"]
     for job in jobs:
         assert job.token_ids == _reference(engine, job.prompt_ids, job.sampling.max_tokens)
 
 
+def test_an_engine_driven_past_its_kv_memory_refuses():
+    engine = tiny_engine()
+    engine.blocks = BlockManager(4)  # three blocks of 16 tokens
+    grows = _job(1, _prompt(40, seed=25), max_tokens=20)
+    _steps(engine, [grows], 3 + 8)  # the prompt, then decodes up to 48 tokens: three blocks
+    assert engine.blocks.blocks_held(grows) == 3 and len(grows.token_ids) == 9
+    with pytest.raises(RuntimeError, match="KV memory is full"):
+        _steps(engine, [grows], 1)  # a fourth block is needed
+    engine.step([], lambda batch: None)
+    assert engine.statistics()["kv_blocks_held"] == 0
+    one, two = _job(2, _prompt(30, seed=26), max_tokens=4), _job(3, _prompt(30, seed=27), max_tokens=4)
+    with pytest.raises(RuntimeError, match="KV memory is full"):
+        engine.step([one, two], lambda batch: None)  # two blocks each
+
+
 def test_admitting_more_jobs_than_slots_is_refused():
-    engine = tiny_engine(EngineConfig(max_batch=2, prefill_chunk=16, prefix_cache_mb=1))
+    engine = tiny_engine(EngineConfig(max_batch=2, prefill_chunk=16, kv_cache_mb=1))
     jobs = [_job(i, _prompt(5, seed=i), max_tokens=4) for i in range(3)]
     with pytest.raises(RuntimeError, match="2 sequences"):
         engine.step(jobs, lambda batch: None)
@@ -238,20 +309,21 @@ def test_a_cancelled_job_is_dropped_and_the_others_go_on(engine):
 
 
 # -- preemption -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("prefix_cache_mb", [1, 0])
-def test_a_preempted_job_resumes_where_it_stopped(prefix_cache_mb):
-    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=prefix_cache_mb))
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_a_preempted_job_resumes_where_it_stopped(prefix_caching):
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, prefix_caching=prefix_caching))
     job = _job(1, _prompt(40, seed=40), max_tokens=30)
-    _steps(engine, [job], 10)
+    _steps(engine, [job], 10)  # the prompt in 3 chunks (the last samples a token), 7 decodes: 47 computed
     done = list(job.token_ids)
     other = _job(2, _prompt(20, seed=41), max_tokens=8)
-    _steps(engine, [other], 4)  # the job is out; another sequence takes its row
-    assert set(engine.seqs) == {2} and job.token_ids == done
-    hits = engine.prefix.hits
+    _steps(engine, [other], 4)  # the job is out: its two full blocks stay cached
+    assert set(engine.seqs) == {2} and job.token_ids == done and not engine.blocks.holds(job)
+    assert engine.statistics()["kv_blocks_cached"] == (2 if prefix_caching else 0)
+    hits = engine.statistics()["prefix_hit_tokens"]
     _run(engine, [job, other])
     assert job.token_ids == _reference(engine, job.prompt_ids, 30)
     assert other.token_ids == _reference(engine, other.prompt_ids, 8)
-    assert engine.prefix.hits - hits == (BLOCK if prefix_cache_mb else 0)  # resumed from the prefix cache
+    assert engine.statistics()["prefix_hit_tokens"] - hits == (2 * BLOCK if prefix_caching else 0)  # resumed from its blocks
 
 
 def test_a_job_preempted_mid_prefill_resumes(engine):
@@ -259,10 +331,10 @@ def test_a_job_preempted_mid_prefill_resumes(engine):
     _steps(engine, [job], 2)  # 32 of its 75 prompt tokens
     assert not job.token_ids
     engine.step([], lambda batch: None)
-    assert not engine.seqs
+    assert not engine.seqs and engine.statistics()["kv_blocks_cached"] == 2
     _run(engine, [job])
     assert job.token_ids == _reference(engine, job.prompt_ids, 10)
-    assert engine.prefix.hits == BLOCK
+    assert engine.statistics()["prefix_hit_tokens"] == 2 * BLOCK
 
 
 # -- sampling ---------------------------------------------------------------------------------------
@@ -415,9 +487,14 @@ def test_an_unseeded_sampler_leaves_the_global_rng_alone(engine):
         assert torch.equal(torch.rand(3), expected)
 
 
-def test_never_written_cache_positions_do_not_reach_the_outputs(engine):
-    engine.cache.k.fill_(float("nan"))  # what reused heap (or CUDA caching-allocator) memory may hold
-    engine.cache.v.fill_(float("nan"))
+@pytest.mark.parametrize("kernel", [True, False], ids=["paged-kernel", "gather"])
+def test_never_written_cache_positions_do_not_reach_the_outputs(engine, kernel):
+    if not kernel:
+        engine.runner.paged_decode = None
+    # what reused heap (or CUDA caching-allocator) memory may hold; the null block is zeroed
+    # once, when the pool is made
+    engine.cache.k[:, NULL_BLOCK + 1:].fill_(float("nan"))
+    engine.cache.v[:, NULL_BLOCK + 1:].fill_(float("nan"))
     short, long = _job(1, _prompt(5, seed=90), max_tokens=6), _job(2, _prompt(9, seed=91), max_tokens=6)
     _run(engine, [short, long])
     assert long.token_ids == _reference(engine, long.prompt_ids, 6)  # the longest row sees no unwritten key

@@ -63,7 +63,7 @@ def test_default_dtype_prefill_is_bitwise_model_generates(smollm2):
     query group folded together, whose rounding differs from HF's in the last bit and may
     flip a near-tie later on."""
     driver = smollm2.driver
-    driver.engine.prefix.blocks.clear()
+    driver.engine.blocks.clear_cache()
     for i, question in enumerate(QUESTIONS):
         job = _job(i, driver, question=question, max_tokens=1)
         _run(driver, [job])
@@ -150,17 +150,17 @@ def test_a_preempted_sequence_resumes_with_the_same_greedy_text(smollm2):
     prompt = "Here is a list of the largest cities in Europe, with their countries and populations: 1."
     whole = _job(1, driver, prompt=prompt, max_tokens=40)
     _run(driver, [whole])
-    driver.engine.prefix.blocks.clear()
+    driver.engine.blocks.clear_cache()
     split = _job(2, driver, prompt=prompt, max_tokens=40)
     for _ in range(25):
         driver.engine.step([split], lambda batch: None)
     driver.engine.step([], lambda batch: None)  # preempted: the engine lets it go
     assert not driver.engine.seqs and len(split.token_ids) == 25  # prefill also yields the first token
-    assert len(split.prompt_ids) + 24 >= 32 and driver.engine.prefix.blocks
-    hits_before = driver.engine.prefix.hits
+    assert len(split.prompt_ids) + 24 >= 32 and driver.engine.blocks.statistics()["kv_blocks_cached"]
+    hits_before = driver.engine.blocks.hit_tokens
     _run(driver, [split])
     assert split.token_ids == whole.token_ids
-    assert driver.engine.prefix.hits - hits_before >= 32  # resumed from the prefix cache
+    assert driver.engine.blocks.hit_tokens - hits_before >= 32  # resumed from the prefix cache
 
 
 def test_a_shared_prefix_is_computed_once(smollm2):
@@ -168,14 +168,18 @@ def test_a_shared_prefix_is_computed_once(smollm2):
     system = "You are a careful assistant. " * 30  # ~200 tokens shared by both
     first = _job(1, driver, question="Name a fruit.", system=system, max_tokens=4)
     _run(driver, [first])
-    hits_before = driver.engine.prefix.hits
+    hits_before = driver.engine.blocks.hit_tokens
     second = _job(2, driver, question="Name a color.", system=system, max_tokens=4)
     _run(driver, [second])
-    assert driver.engine.prefix.hits - hits_before >= 160
+    assert driver.engine.blocks.hit_tokens - hits_before >= 160
     fresh = _job(3, driver, question="Name a color.", system=system, max_tokens=4)
-    driver.engine.prefix.blocks.clear()
+    driver.engine.blocks.clear_cache()
     _run(driver, [fresh])
-    assert second.token_ids == fresh.token_ids  # reusing cached K/V changes nothing
+    # Reusing cached K/V changes nothing but rounding: the prompt's logits agree; in bfloat16
+    # a later near-tie may go either way (a fresh prefill rounds its K/V in other chunks).
+    assert second.token_ids[0] == fresh.token_ids[0]
+    if driver.model.dtype == torch.float32:
+        assert second.token_ids == fresh.token_ids
 
 
 def test_long_prompts_are_prefilled_in_chunks_while_others_decode(smollm2):
@@ -212,29 +216,31 @@ def test_reports_real_context_length(smollm2):
     assert smollm2.context_length == 8192
 
 
-def test_the_cache_grows_for_a_long_request_and_keeps_running_ones(smollm2):
+def test_a_long_request_beside_a_short_one_holds_blocks_only_while_it_runs(smollm2):
     driver = smollm2.driver
+    driver.engine.blocks.clear_cache()
     short = _job(1, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
     driver.engine.step([short], lambda batch: None)
-    capacity = driver.engine.cache.capacity
-    long = _job(2, driver, prompt="word " * (capacity + 50), max_tokens=4)
+    long = _job(2, driver, prompt="word " * 1000, max_tokens=4)
     _run(driver, [short, long])
-    assert driver.engine.cache.capacity > capacity
+    stats = driver.engine.statistics()
+    assert stats["kv_blocks_held"] == 0 and stats["kv_blocks_cached"] >= len(long.prompt_ids) // 16
     alone = _job(3, driver, prompt="Count: 1, 2, 3, 4,", max_tokens=12)
+    driver.engine.blocks.clear_cache()
     _run(driver, [alone])
-    assert short.token_ids == alone.token_ids  # its K/V survived the move to the bigger cache
+    assert short.token_ids == alone.token_ids  # the long one's blocks never touched its K/V
 
 
 def test_agents_arriving_together_share_a_system_prompt(smollm2):
     driver = smollm2.driver
-    driver.engine.prefix.blocks.clear()
+    driver.engine.blocks.clear_cache()
     system = "You are one of many careful agents. " * 40  # ~320 tokens, longer than a prefill chunk
     jobs = [_job(i, driver, question=q, system=system, max_tokens=4) for i, q in enumerate(QUESTIONS)]
-    hits_before = driver.engine.prefix.hits
+    hits_before = driver.engine.blocks.hit_tokens
     _run(driver, jobs)
     # The first prefill chunk (256 tokens) is computed by one agent and copied by the
     # others; the rest of the prompt may be computed side by side in the next chunk.
-    assert driver.engine.prefix.hits - hits_before >= (len(jobs) - 1) * driver.engine.config.prefill_chunk
+    assert driver.engine.blocks.hit_tokens - hits_before >= (len(jobs) - 1) * driver.engine.config.prefill_chunk
 
 
 def test_load_model_refuses_a_bad_dtype():

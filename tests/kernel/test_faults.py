@@ -209,7 +209,7 @@ def tiny_driver() -> Any:
     from llmos.drivers.transformers_driver import TransformersDriver
 
     return TransformersDriver("tiny", tiny_model(), tiny_tokenizer(),
-                              config=EngineConfig(max_batch=4, prefill_chunk=16, prefix_cache_mb=1))
+                              config=EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1))
 
 
 async def generate(sys: Any, max_tokens: int = 8) -> Any:

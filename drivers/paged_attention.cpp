@@ -1,0 +1,170 @@
+// Decode attention over a paged KV cache (vLLM's paged attention, for the CPU): one query
+// token per sequence, its keys and values read in place from the blocks its block table
+// names, never gathered into a copy. Keys are stored transposed within a block, (D, BLOCK),
+// so a block's scores are BLOCK-wide multiply-adds with no horizontal sums; values as
+// (BLOCK, D). Float32 accumulation whatever the storage type (float32 or bfloat16).
+// The common shapes (query heads per KV head G: 1-5, 8; head size D: 16-128) are compiled
+// as constants, so the accumulators stay in vector registers; `supports` says which.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t BLOCK = 16;  // tokens per KV block: llmos.kernel.blocks.BLOCK
+
+inline float widen(float x) { return x; }
+inline float widen(c10::BFloat16 x) {
+  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+struct Shape {
+  int64_t batch, q_heads, kv_heads, table_width;
+  float scale;
+};
+
+// One (sequence, KV head): its G queries against its len keys. G and D are compile-time here.
+template <typename T, int G, int D>
+void attend(const T* q, const T* k, const T* v, const int32_t* owned, int64_t len, int64_t block_stride, int64_t h,
+            T* out, float scale, std::vector<float>& scores) {
+  const int64_t blocks = (len + BLOCK - 1) / BLOCK, padded = blocks * BLOCK;
+  scores.resize(G * padded);
+  float qf[G][D];
+  for (int g = 0; g < G; ++g)
+    for (int d = 0; d < D; ++d) qf[g][d] = widen(q[g * D + d]) * scale;
+  for (int64_t j = 0; j < blocks; ++j) {
+    const T* keys = k + owned[j] * block_stride + h * BLOCK * D;
+    float s[G][BLOCK] = {};
+    for (int d = 0; d < D; ++d) {
+      float row[BLOCK];
+#pragma omp simd
+      for (int i = 0; i < BLOCK; ++i) row[i] = widen(keys[d * BLOCK + i]);
+      for (int g = 0; g < G; ++g) {
+#pragma omp simd
+        for (int i = 0; i < BLOCK; ++i) s[g][i] += qf[g][d] * row[i];
+      }
+    }
+    for (int g = 0; g < G; ++g) std::memcpy(scores.data() + g * padded + j * BLOCK, s[g], sizeof s[g]);
+  }
+  float total[G];
+  for (int g = 0; g < G; ++g) {
+    float* sg = scores.data() + g * padded;
+    const float top = *std::max_element(sg, sg + len);
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < len; ++t) sum += (sg[t] = std::exp(sg[t] - top));
+    total[g] = sum;
+  }
+  float acc[G][D] = {};
+  for (int64_t j = 0; j < blocks; ++j) {
+    const T* values = v + owned[j] * block_stride + h * BLOCK * D;
+    const int64_t n = std::min(BLOCK, len - j * BLOCK);
+    for (int64_t i = 0; i < n; ++i) {
+      float row[D];
+#pragma omp simd
+      for (int d = 0; d < D; ++d) row[d] = widen(values[i * D + d]);
+      for (int g = 0; g < G; ++g) {
+        const float p = scores[g * padded + j * BLOCK + i];
+#pragma omp simd
+        for (int d = 0; d < D; ++d) acc[g][d] += p * row[d];
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int d = 0; d < D; ++d) out[g * D + d] = static_cast<T>(acc[g][d] / total[g]);
+}
+
+template <typename T, int G, int D>
+void decode(const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens, T* out, const Shape& s) {
+  const int64_t block_stride = s.kv_heads * BLOCK * D;
+  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / s.kv_heads, h = item % s.kv_heads;
+      const int64_t first = b * s.q_heads + h * G;  // its first query head
+      attend<T, G, D>(q + first * D, k, v, table + b * s.table_width, lens[b], block_stride, h, out + first * D,
+                      s.scale, scores);
+    }
+  });
+}
+
+template <typename T, int D>
+bool dispatch_group(int64_t group, const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens,
+                    T* out, const Shape& s) {
+  switch (group) {
+    case 1: decode<T, 1, D>(q, k, v, table, lens, out, s); return true;
+    case 2: decode<T, 2, D>(q, k, v, table, lens, out, s); return true;
+    case 3: decode<T, 3, D>(q, k, v, table, lens, out, s); return true;
+    case 4: decode<T, 4, D>(q, k, v, table, lens, out, s); return true;
+    case 5: decode<T, 5, D>(q, k, v, table, lens, out, s); return true;
+    case 8: decode<T, 8, D>(q, k, v, table, lens, out, s); return true;
+    default: return false;
+  }
+}
+
+template <typename T>
+bool dispatch(int64_t group, int64_t dim, const T* q, const T* k, const T* v, const int32_t* table,
+              const int32_t* lens, T* out, const Shape& s) {
+  switch (dim) {
+    case 16: return dispatch_group<T, 16>(group, q, k, v, table, lens, out, s);
+    case 32: return dispatch_group<T, 32>(group, q, k, v, table, lens, out, s);
+    case 64: return dispatch_group<T, 64>(group, q, k, v, table, lens, out, s);
+    case 128: return dispatch_group<T, 128>(group, q, k, v, table, lens, out, s);
+    default: return false;
+  }
+}
+
+// q (B, Hq, D); k (blocks, Hkv, D, BLOCK) and v (blocks, Hkv, BLOCK, D) of one layer;
+// table (B, W) int32 block ids; lens (B,) int32 keys to attend, each at least 1.
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& table,
+                        const at::Tensor& lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4, "paged_decode: q is (B, Hq, D), k and v 4-d");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && table.is_contiguous() &&
+                  lens.is_contiguous(), "paged_decode: inputs must be contiguous");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(), "paged_decode: dtypes differ");
+  TORCH_CHECK(table.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, "paged_decode: int32 table and lens");
+  const int64_t batch = q.size(0), q_heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
+  TORCH_CHECK(k.size(2) == dim && k.size(3) == BLOCK && v.size(2) == BLOCK && v.size(3) == dim &&
+                  v.size(0) == k.size(0) && v.size(1) == kv_heads, "paged_decode: k is (N, Hkv, D, 16), v (N, Hkv, 16, D)");
+  TORCH_CHECK(q_heads % kv_heads == 0 && table.size(0) == batch && lens.size(0) == batch,
+              "paged_decode: shapes disagree");
+  const Shape shape{batch, q_heads, kv_heads, table.size(1), static_cast<float>(scale)};
+  const int64_t group = q_heads / kv_heads;
+  auto out = at::empty_like(q);
+  bool done;
+  if (q.scalar_type() == at::kFloat) {
+    done = dispatch<float>(group, dim, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                           table.data_ptr<int32_t>(), lens.data_ptr<int32_t>(), out.data_ptr<float>(), shape);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode: float32 or bfloat16");
+    using B16 = c10::BFloat16;
+    done = dispatch<B16>(group, dim, q.data_ptr<B16>(), k.data_ptr<B16>(), v.data_ptr<B16>(), table.data_ptr<int32_t>(),
+                         lens.data_ptr<int32_t>(), out.data_ptr<B16>(), shape);
+  }
+  TORCH_CHECK(done, "paged_decode: no kernel for ", group, " query heads per KV head of size ", dim);
+  return out;
+}
+
+// Which (query heads per KV head, head size) pairs `decode` serves.
+bool supports(int64_t group, int64_t dim) {
+  return (dim == 16 || dim == 32 || dim == 64 || dim == 128) && (group <= 5 || group == 8) && group >= 1;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llmos_paged, m) {
+  m.def("decode(Tensor q, Tensor k, Tensor v, Tensor table, Tensor lens, float scale) -> Tensor");
+  m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(paged_decode));
+  m.def("supports(int group, int dim) -> bool", &supports);
+}
