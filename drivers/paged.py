@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -47,9 +48,21 @@ def _build_folder(key: str) -> Path:
     return folder
 
 
+def _ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; the one pip installs (the `ninja` package) sits
+    beside the interpreter, which a venv's python run by its path does not put on PATH."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
 def _load() -> object:
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     key = build_key()
     cpp_extension.load(name=f"llmos_paged_{key}", sources=[str(SOURCE)], extra_cflags=FLAGS,
                        extra_ldflags=["-lgomp"], build_directory=str(_build_folder(key)),
