@@ -31,9 +31,15 @@ PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fif
 @app.callback()
 def _options(quant: Annotated[Optional[str], typer.Option(
         "--quant", metavar="auto|none|int8|int4", help="Weights of the model's decode steps in a kernel this "
-        "command boots (LLMOS_QUANT; default auto: measured on this CPU).")] = None) -> None:
-    if quant is not None:  # read where the model loads (drivers/quant.py), here or in a child process
+        "command boots (LLMOS_QUANT; default auto: measured on this CPU).")] = None,
+             kv_cache_mb: Annotated[Optional[int], typer.Option(
+        "--kv-cache-mb", metavar="MB", help="KV memory of a model this command loads, for running agents and "
+        "cached prefixes alike (LLMOS_KV_CACHE_MB; default 4096, committed as it is used).")] = None) -> None:
+    # Both are read where the model loads (drivers/), here or in a child process.
+    if quant is not None:
         os.environ["LLMOS_QUANT"] = quant
+    if kv_cache_mb is not None:
+        os.environ["LLMOS_KV_CACHE_MB"] = str(kv_cache_mb)
 
 
 # Words after APP belong to the app (`llmos run qa --docs notes/ "question"`), as with `docker run`.

@@ -42,6 +42,7 @@ from llmos.drivers.transformers_driver import TransformersDriver
 from llmos.drivers import compute
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
+import charts
 import llama_batch
 from common import (llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers, machine, median_run, questions,
                     summarize, use_model_cache)
@@ -396,6 +397,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nsaved {RESULTS}")
+    charts.redraw()
 
 
 if __name__ == "__main__":

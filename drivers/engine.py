@@ -20,6 +20,7 @@ the others' work.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
 from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager, blocks_for
+from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import EmitFn, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -87,14 +89,35 @@ class JobState:
         return positions, sees
 
 
+KV_CACHE_ENV = "LLMOS_KV_CACHE_MB"
+# 4 GiB holds 91 SmolLM2-135M agents with 2k-token contexts in bfloat16, 45 in float32
+# (bench/kv_budget.py); like vLLM's default KV space on a CPU.
+DEFAULT_KV_CACHE_MB = 4096
+
+
+def kv_cache_mb(configured: int | None) -> int:
+    """The KV budget in MiB: as configured, else LLMOS_KV_CACHE_MB, else the default."""
+    if configured is not None:
+        return configured
+    raw = os.environ.get(KV_CACHE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_KV_CACHE_MB
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{KV_CACHE_ENV}={raw!r}: expected a whole number of MiB") from None
+    if value < 1:
+        raise ConfigError(f"{KV_CACHE_ENV}={raw!r}: expected at least 1 MiB")
+    return value
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch: int = 64  # sequences decoded together
     prefill_chunk: int = 256  # prompt tokens computed per step, across newcomers
-    # KV memory, for running sequences and cached prefixes alike (committed as it is used):
-    # 4 GiB holds 91 SmolLM2-135M agents with 2k-token contexts in bfloat16, 45 in float32
-    # (bench/kv_budget.py).
-    kv_cache_mb: int = 4096
+    # KV memory, for running sequences and cached prefixes alike (committed as it is used);
+    # None: LLMOS_KV_CACHE_MB, else DEFAULT_KV_CACHE_MB.
+    kv_cache_mb: int | None = None
     prefix_caching: bool = True
     # Weight-only quantization of decode steps (drivers/quant.py): "none", "int8", "int4" or
     # "auto" (measured at load); None: as load_model(quant=) or LLMOS_QUANT says, else auto.
@@ -119,11 +142,11 @@ class Engine:
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
 
     def _pool(self, layers: int, kv_heads: int, head_dim: int) -> KVPool:
-        budget = self.config.kv_cache_mb * 2**20
-        blocks = KVPool.blocks_in(budget, layers, kv_heads, head_dim, self.dtype)
+        megabytes = kv_cache_mb(self.config.kv_cache_mb)
+        blocks = KVPool.blocks_in(megabytes * 2**20, layers, kv_heads, head_dim, self.dtype)
         if blocks < 2:
-            raise ValueError(f"kv_cache_mb={self.config.kv_cache_mb} holds no KV block of this model "
-                             f"({KVPool.block_bytes(layers, kv_heads, head_dim, self.dtype)} bytes each)")
+            raise ConfigError(f"a KV budget of {megabytes} MiB holds no KV block of this model "
+                              f"({KVPool.block_bytes(layers, kv_heads, head_dim, self.dtype)} bytes each)")
         return KVPool(layers, blocks, kv_heads, head_dim, self.dtype, self.device)
 
     def capacity_tokens(self) -> int:

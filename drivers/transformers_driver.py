@@ -133,7 +133,7 @@ class TransformersDriver:
         room = self.engine.capacity_tokens() - tokens_needed(job)
         if room < 1:
             raise ContextOverflow(f"the prompt needs {tokens_needed(job)} tokens of KV memory; the engine's budget "
-                                  f"holds {self.engine.capacity_tokens()} (kv_cache_mb)")
+                                  f"holds {self.engine.capacity_tokens()} (--kv-cache-mb, LLMOS_KV_CACHE_MB)")
         if job.sampling.max_tokens > room:
             job.sampling = job.sampling.model_copy(update={"max_tokens": room})
 

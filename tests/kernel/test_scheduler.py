@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llmos.kernel.blocks import BlockManager
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import GenerationJob, SamplingParams
 from llmos.kernel.scheduler import POLICIES, Scheduler, StepOutput
@@ -230,3 +231,70 @@ def test_statistics() -> None:
     step(s)
     s.schedule()
     assert s.statistics() == SchedulerStatistics(policy="rr", waiting=1, running=1, preemptions=1, suspended_owners=0)
+
+
+# -- admission by KV blocks (kernel/blocks.py) --------------------------------------------------------
+def kv_req(i: int, prompt_tokens: int, priority: int = 0, max_tokens: int = 40) -> GenerationJob:
+    job = req(i, priority=priority, max_tokens=max_tokens)
+    job.prompt_ids = [i * 1000 + t for t in range(prompt_tokens)]  # no two requests share a prefix
+    return job
+
+
+def kv_step(s: Scheduler, finished: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """As the engine: every running request computes what it was given, then decodes a token."""
+    plan = s.schedule()
+    for i in plan.running:
+        job = s.running[i]
+        job.computed = len(job.prompt_ids) + len(job.token_ids)
+    decode(s, plan.running, frozenset(finished))
+    return plan.running
+
+
+def test_admission_stops_at_the_first_request_whose_blocks_do_not_fit() -> None:
+    s = Scheduler("fifo", max_batch=8)
+    s.kv = BlockManager(1 + 5)  # 5 usable blocks of 16 tokens
+    for i, tokens in ((1, 40), (2, 40), (3, 10)):  # 3, 3 and 1 blocks
+        s.add(kv_req(i, tokens))
+    plan = s.schedule()
+    assert plan.running == (1,)  # 2 does not fit; 3 would, but first come, first served
+    assert list(s.waiting) == [2, 3] and s.kv.blocks_held(s.running[1]) == 3
+
+
+def test_a_finished_request_gives_its_blocks_to_the_next() -> None:
+    s = Scheduler("fifo", max_batch=8)
+    s.kv = BlockManager(1 + 5)
+    s.add(kv_req(1, 40))
+    s.add(kv_req(2, 40))
+    assert kv_step(s, finished=(1,)) == (1,)
+    assert s.kv.statistics()["kv_blocks_held"] == 0  # released as it finished (its full blocks stay cached)
+    assert s.schedule().running == (2,)
+
+
+def test_a_runner_short_of_a_block_preempts_the_least_important() -> None:
+    s = Scheduler("priority", max_batch=8)
+    s.kv = BlockManager(1 + 4)
+    s.add(kv_req(1, 32, priority=0))  # 2 blocks, full: its first decoded token needs a third
+    s.add(kv_req(2, 32, priority=5))  # 2 blocks
+    assert kv_step(s) == (1, 2)
+    plan = s.schedule()  # both need a block more; only one can have it
+    assert plan.running == (1,) and plan.preempted == (2,)
+    assert s.kv.blocks_held(s.running[1]) == 3 and not s.kv.holds(s.waiting[2])
+    assert s.preemptions == 1
+
+
+def test_a_lone_runner_that_cannot_grow_waits_rather_than_fail() -> None:
+    s = Scheduler("fifo", max_batch=8)
+    s.kv = BlockManager(1 + 2)
+    s.add(kv_req(1, 32))
+    kv_step(s)
+    plan = s.schedule()  # it needs a third block; there are two in all
+    assert plan.running == () and plan.preempted == (1,) and 1 in s.waiting
+
+
+def test_removing_a_running_request_releases_its_blocks() -> None:
+    s = Scheduler("fifo", max_batch=8)
+    s.kv = BlockManager(1 + 5)
+    s.add(kv_req(1, 40))
+    s.schedule()
+    s.remove(1)
+    assert s.kv.statistics()["kv_blocks_held"] == 0 and not s.has_work()
