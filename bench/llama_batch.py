@@ -16,7 +16,8 @@ import numpy as np
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode while prefilling (n_batch)
 
 
-def summary(model: Any, questions: list[str], threads: int, new_tokens: int) -> dict[str, float] | str:
+def summary(model: Any, questions: list[str], threads: int, new_tokens: int,
+            gpu_layers: int = 0) -> dict[str, float] | str:
     """The benchmarks' row for `questions` asked together of llama.cpp, batched, on the very
     prompt token ids llmos's driver makes of the same chats (`model` is an llmos.Model); a
     reason instead where llama-cpp-python is not installed."""
@@ -25,16 +26,18 @@ def summary(model: Any, questions: list[str], threads: int, new_tokens: int) -> 
 
     prompts = [model.driver.tokenize((ChatMessage(role="user", content=q),)) for q in questions]
     try:
-        measured = batched(prompts, threads, new_tokens)
+        measured = batched(prompts, threads, new_tokens, gpu_layers)
     except ImportError:
         return "skipped: llama-cpp-python is not installed (pip install llama-cpp-python to compare)"
     return summarize([first for first, _, _ in measured], [end for _, end, _ in measured],
                      sum(count for _, _, count in measured), max(end for _, end, _ in measured))
 
 
-def batched(prompts: list[list[int]], threads: int, new_tokens: int) -> list[tuple[float, float, int]]:
+def batched(prompts: list[list[int]], threads: int, new_tokens: int,
+            gpu_layers: int = 0) -> list[tuple[float, float, int]]:
     """Greedy replies to `prompts`, all in one context: per prompt (time to its first new
-    token, time to its last, new tokens), every time from the start."""
+    token, time to its last, new tokens), every time from the start. `gpu_layers`: layers
+    llama.cpp offloads to a GPU (-1: all), where its build has one."""
     from llama_cpp import Llama
     from llama_cpp import llama_cpp as lib
 
@@ -43,7 +46,8 @@ def batched(prompts: list[list[int]], threads: int, new_tokens: int) -> list[tup
 
     if llama_cpp_extra_buffers_crash():
         llama_cpp_without_extra_buffers()
-    llm = Llama(model_path=str(SOURCE.path()), n_ctx=256, n_threads=threads, verbose=False)  # loads the weights
+    llm = Llama(model_path=str(SOURCE.path()), n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers,
+                verbose=False)  # loads the weights
     model = llm._model.model
     vocab = lib.llama_model_get_vocab(model)
     n_vocab = lib.llama_vocab_n_tokens(vocab)
