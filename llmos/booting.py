@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from llmos import drivers, plugins
+from llmos import drivers, library, plugins
 from llmos.drivers import DEFAULT_MODEL, UnknownModel, remote_models
 from llmos.drivers.embeddings import MINILM
 from llmos.drivers.decisions import GeneratedDecisions, LikelihoodDecisions
@@ -100,34 +100,54 @@ def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:
 
 
 def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -> ModelDriver:
-    """A model by name (the plugins' models included), a remote model (LLMOS_HOME/models.toml,
-    or "openai:<base_url>#<model id>"), or a local Hugging Face folder by path, loaded on the
-    drivers' compute thread. `dtype`, `quant`: see `llmos.load_model`. Blocking."""
+    """A model by name (the plugins' models included), a model of the library (LLMOS_HOME/
+    library.json: imported, derived or remote; llmos.library), a remote model (LLMOS_HOME/
+    models.toml, or "openai:<base_url>#<model id>"), or a local Hugging Face folder by path,
+    loaded on the drivers' compute thread. `dtype`, `quant`: see `llmos.load_model`. Blocking."""
     plugins.load()
     home = llmos_home()
     remote = remote_models.lookup(name, home)  # read at each lookup, as mcp.json is at each boot
     if remote is not None:
-        if dtype is not None or quant is not None:
-            raise ConfigError(f"{name} is a remote model: its server decides its dtype and quantization")
+        _refuse_settings_for_remote(name, dtype, quant)
         return remote.load(home)  # type: ignore[return-value]
     try:
         return _load_local(name, dtype, quant, home)
     except UnknownModel as exc:
         configured = [spec.name for spec in remote_models.configured(home)]
-        if not configured:
+        in_library = sorted(library.read_library(home).models)
+        if not configured and not in_library:
             raise
-        raise UnknownModel(f"{exc}; and in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}") from None
+        also = [f"in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}" if configured else "",
+                f"in the library: {', '.join(in_library)}" if in_library else ""]
+        raise UnknownModel(f"{exc}; and {'; '.join(a for a in also if a)}") from None
+
+
+def _refuse_settings_for_remote(name: str, dtype: str | None, quant: str | None) -> None:
+    if dtype is not None or quant is not None:
+        raise ConfigError(f"{name} is a remote model: its server decides its dtype and quantization")
 
 
 def _load_local(name: str, dtype: str | None, quant: str | None, home: Path) -> ModelDriver:
+    found = library.lookup(name, home)
+    if found is not None and isinstance(found[1], library.RemoteEntry):
+        _refuse_settings_for_remote(name, dtype, quant)
     if dtype is None and quant is None:
-        return drivers.load_driver(name, home)  # type: ignore[return-value]
+        return _load_named(name, found, dtype, quant, home)
     from llmos.drivers.quant import requested_quantization  # torch: only to ask for these
     from llmos.drivers.transformers_driver import requested_dtype
 
     with (requested_dtype(dtype) if dtype is not None else nullcontext(),
           requested_quantization(quant) if quant is not None else nullcontext()):  # None: what is asked outside
+        return _load_named(name, found, dtype, quant, home)
+
+
+def _load_named(name: str, found: tuple[str, library.Entry] | None, dtype: str | None, quant: str | None,
+                home: Path) -> ModelDriver:
+    if found is None:
         return drivers.load_driver(name, home)  # type: ignore[return-value]
+    # A derived model's base that is not in the library (a built-in or remote model) loads
+    # as any name does, with the same settings.
+    return library.load(found[0], found[1], home, lambda base: load_driver(base, dtype, quant))  # type: ignore[no-any-return]
 
 
 async def _driver(model: str | Model | ModelDriver | None) -> ModelDriver | None:

@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from llmos import plugins
 from llmos.booting import load_driver
-from llmos.drivers import DEFAULT_MODEL, registry, remote_models
+from llmos.drivers import registry, remote_models
 from llmos.drivers.weights import is_cached
 from llmos.home import llmos_home
+from llmos.library import default_model
 from llmos.runtime import Model
 
 __all__ = ["Dtype", "Model", "ModelListing", "available_models", "load_model", "model_names"]
@@ -24,8 +25,9 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 Quant = Literal["auto", "none", "int8", "int4"]
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: Dtype | None = None, quant: Quant | None = None) -> Model:
-    """Load a model by name (`llmos models` lists them) or a local Hugging Face folder by path.
+def load_model(name: str | None = None, *, dtype: Dtype | None = None, quant: Quant | None = None) -> Model:
+    """Load a model by name (`llmos models` lists them) or a local Hugging Face folder by path;
+    None: the library's default (`llmos models default NAME`), else DEFAULT_MODEL (smollm2).
 
     `dtype` ("float32", "bfloat16" or "auto") sets the precision on the CPU; by default
     LLMOS_DTYPE, else bfloat16 where the CPU multiplies it natively, else float32.
@@ -33,7 +35,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: Dtype | None = None, quant: 
     agents stream (drivers/quant.py); by default LLMOS_QUANT, else measured at load.
     Raises `UnknownModel` (listing the names that exist), `ModelUnavailable`, or
     `ConfigError` for a dtype or quantization that is not one of those."""
-    return Model(load_driver(name, dtype, quant))
+    return Model(load_driver(name or default_model(), dtype, quant))
 
 
 class ModelListing(BaseModel):

@@ -25,7 +25,6 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from llmos import plugins
 from llmos.booting import boot, load_driver
-from llmos.drivers import DEFAULT_MODEL
 from llmos.kernel import params
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import resolve_app
@@ -109,9 +108,12 @@ class LLMOS:
         # Ended before the interpreter joins its threads, so no worker thread keeps it waiting.
         threading._register_atexit(self.close)  # type: ignore[attr-defined]
 
-    def load_model(self, name: str = DEFAULT_MODEL) -> Model:
-        """Load a model (see `llmos models`) whose calls run on this LLMOS's kernels."""
-        return Model(load_driver(name), runtime=self)
+    def load_model(self, name: str | None = None) -> Model:
+        """Load a model (see `llmos models`) whose calls run on this LLMOS's kernels (None: the
+        library's default, else smollm2)."""
+        from llmos.library import default_model
+
+        return Model(load_driver(name or default_model()), runtime=self)
 
     def run(self, driver: ModelDriver, app: Any, *args: Any, **options: Any) -> Any:
         """Run `app(sys, *args, **options)` as a process on the kernel of `driver` and return

@@ -13,6 +13,7 @@ import uvicorn
 
 import llmos
 from llmos.home import llmos_home
+from llmos.library import default_model
 from llmos.server import auth, procs_api, telemetry, wire
 from llmos.server.app import create_app
 from llmos.server.console import DaemonConsole
@@ -27,7 +28,7 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 class ServeOptions:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    model: Any = None  # a model name, a driver; None: llmos.DEFAULT_MODEL
+    model: Any = None  # a model name, a driver; None: the library's default, else llmos.DEFAULT_MODEL
     policy: str = "fifo"
     max_queue: int | None = None
     api_key: str | None = None  # None: LLMOS_API_KEY or LLMOS_HOME/api_key
@@ -79,7 +80,7 @@ def served_models(kernel: Any) -> list[ServedModel]:
 async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any], None] = lambda url, key, kernel: None) -> None:
     """Boot the kernel and serve until cancelled or signalled (SIGINT, SIGTERM)."""
     key = resolve_key(options)
-    model = llmos.DEFAULT_MODEL if options.model is None else options.model
+    model = default_model() if options.model is None else options.model  # the library's, else smollm2
     async with llmos.boot(model, policy=options.policy, **options.boot_kwargs()) as kernel, \
             telemetry.exporting(kernel):
         kernel.console = console = DaemonConsole()  # processes' output and questions, for HTTP clients

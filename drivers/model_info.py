@@ -1,0 +1,157 @@
+"""What a model folder holds, read cheaply: config.json, the safetensors headers (never the
+weights) and the chat template. No torch: `llmos models` lists models in a fraction of a second."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmos.kernel.errors import ConfigError
+
+# The architectures llmos's fast engine runs (drivers/llama.py SUPPORTED_ARCHITECTURES, which
+# imports torch, so it is repeated here; tests/drivers/test_model_info.py checks they agree).
+FAST_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+LLAMA_ENGINE = "llama engine"
+GENERIC = "generic transformers"
+REMOTE = "remote"
+
+TEMPLATE_LINES = 8
+
+# Markers of the tool-call formats chat templates render, and the format's name.
+TOOL_FORMATS = (
+    ("<tool_call>", "<tool_call>{json}</tool_call> (Hermes/Qwen style)"),
+    ("[TOOL_CALLS]", "[TOOL_CALLS] [json] (Mistral style)"),
+    ("<|python_tag|>", "<|python_tag|> / JSON (Llama 3.1 style)"),
+    ("<start_function_call>", "<start_function_call>call:name{...} (FunctionGemma style)"),
+    ("functools[", "functools[json] (Phi style)"),
+)
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A Hugging Face model folder's vital statistics; None where the folder does not say."""
+
+    architecture: str | None
+    parameters: int | None
+    context_length: int | None
+    dtype: str | None  # the stored weights' dtypes, e.g. "F32" or "BF16+F32"
+    quantization: str | None  # config.json's quantization_config.quant_method (gptq, awq, ...)
+    layers: int | None
+    hidden_size: int | None
+    vocab_size: int | None
+    model_type: str | None
+
+    @property
+    def driver(self) -> str:
+        return driver_label(self.architecture)
+
+
+def driver_label(architecture: str | None) -> str:
+    """Which of llmos's drivers serves an architecture: the fast engine, or transformers' own."""
+    return LLAMA_ENGINE if architecture in FAST_ARCHITECTURES else GENERIC
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (a Hugging Face model folder has a config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return config
+
+
+def folder_info(folder: Path) -> FolderInfo:
+    config = read_config(folder)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    setting = lambda key: config.get(key, text.get(key))  # noqa: E731 - multimodal configs nest the LM's
+    architectures = config.get("architectures") or [None]
+    parameters, dtypes = tensor_summary(sorted(folder.glob("*.safetensors")))
+    quant = config.get("quantization_config")
+    return FolderInfo(architecture=architectures[0], parameters=parameters,
+                      context_length=setting("max_position_embeddings"), dtype=dtypes,
+                      quantization=quant.get("quant_method") if isinstance(quant, dict) else None,
+                      layers=setting("num_hidden_layers"), hidden_size=setting("hidden_size"),
+                      vocab_size=setting("vocab_size"), model_type=config.get("model_type"))
+
+
+def tensor_summary(files: list[Path]) -> tuple[int | None, str | None]:
+    """The parameters the files hold and their dtypes, from the headers alone (None: no files)."""
+    if not files:
+        return None, None
+    count, dtypes = 0, Counter[str]()
+    for path in files:
+        for shape, dtype in tensor_shapes(path):
+            elements = math.prod(shape)
+            count += elements
+            dtypes[dtype] += elements
+    return count, "+".join(dtype for dtype, _ in dtypes.most_common())
+
+
+def tensor_shapes(path: Path) -> list[tuple[list[int], str]]:
+    """Each tensor's shape and dtype in a safetensors file, read from its header by the
+    safetensors library (the file is mapped, no weight is read; numpy, not torch)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as file:
+            slices = [file.get_slice(name) for name in file.keys()]
+            return [(list(piece.get_shape()), str(piece.get_dtype())) for piece in slices]
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{path}: not a safetensors file ({exc})") from None
+
+
+def format_parameters(count: int | None) -> str:
+    """134_515_008 -> "135M"; 1_236_000_000 -> "1.2B"."""
+    if count is None:
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(count)
+
+
+def chat_template(folder: Path) -> str | None:
+    """The folder's chat template: chat_template.jinja, else tokenizer_config.json's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    tokenizer_config = folder / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        return None
+    try:
+        template = json.loads(tokenizer_config.read_text()).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    if isinstance(template, list):  # several named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def template_head(template: str | None, lines: int = TEMPLATE_LINES) -> str | None:
+    if template is None:
+        return None
+    head = template.strip().splitlines()[:lines]
+    more = len(template.strip().splitlines()) - len(head)
+    return "\n".join(head) + (f"\n... ({more} more lines)" if more > 0 else "")
+
+
+def tool_format(template: str | None) -> str | None:
+    """The tool-call format the chat template renders, if it renders tools at all."""
+    if template is None or not re.search(r"\btools\b", template):
+        return None
+    return next((name for marker, name in TOOL_FORMATS if marker in template),
+                "the template renders tools (format not recognised)")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
