@@ -136,7 +136,8 @@ class Engine:
         self.runner = LlamaRunner(model, self._pool, flash=flash_attention_available(device),
                                   quantization=config.quantization or wanted_quantization())
         self.cache = self.runner.cache
-        self.blocks = BlockManager(self.cache.blocks, prefix_caching=config.prefix_caching)
+        self.blocks = BlockManager(self.cache.blocks, prefix_caching=config.prefix_caching,
+                                   block_bytes=self.cache.bytes_per_token() * BLOCK)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
         self.seqs: dict[int, JobState] = {}  # job id -> the state of each live sequence
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()

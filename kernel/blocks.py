@@ -52,10 +52,11 @@ class _Held:
 
 
 class BlockManager:
-    def __init__(self, total: int, *, prefix_caching: bool = True) -> None:
+    def __init__(self, total: int, *, prefix_caching: bool = True, block_bytes: int = 0) -> None:
         if total < 2:
             raise ValueError("the KV memory needs at least two blocks (one is the null block)")
         self.total = total
+        self.block_bytes = block_bytes  # what one block's K/V take, for memory figures (0: unknown)
         self.prefix_caching = prefix_caching  # off: nothing is shared, a released block is free at once
         self._free = list(range(total - 1, NULL_BLOCK, -1))  # popped from the end: low ids first
         self._refs = [0] * total
@@ -184,6 +185,10 @@ class BlockManager:
     def blocks_held(self, job: GenerationJob) -> int:
         held = self._held.get(job.id)
         return len(held.table) if held is not None else 0
+
+    def bytes_held(self, job: GenerationJob) -> int:
+        """The KV memory a request's blocks take (shared prefix blocks counted in full for each)."""
+        return self.blocks_held(job) * self.block_bytes
 
     # -- inside ---------------------------------------------------------------------------------------
     def _grow(self, job: GenerationJob) -> bool:

@@ -147,6 +147,10 @@ class GenerationService:
                 await anyio.sleep(params.BATCH_GATHER_S)
                 continue
             plan = self.scheduler.schedule()
+            for preempted in plan.preempted:  # its blocks went back
+                owner = self._owners.get(preempted)
+                if owner is not None:
+                    owner.stats.kv_bytes = 0
             jobs = [self.jobs[i] for i in plan.running]
             before = [len(job.token_ids) for job in jobs]
             self._running_ids = frozenset(plan.running)
@@ -197,10 +201,12 @@ class GenerationService:
         finished = frozenset(job.id for job in jobs if job.finished or job.cancelled)
         self.scheduler.update_from_output(StepOutput(tokens=decoded, finished=finished))
         share = elapsed / max(len(jobs), 1)  # a step's time, split among those it served
+        kv = self.scheduler.kv
         for job in jobs:
             owner = self._owners.get(job.id)
             if owner is not None:
                 owner.stats.generation_time_s += share
+                owner.stats.kv_bytes = kv.bytes_held(job) if kv is not None and job.id not in finished else 0
             if job.id in finished and job.id in self.jobs:
                 self._finish(job, job.finish_reason or "cancelled")
 
@@ -222,6 +228,7 @@ class GenerationService:
     def _finish(self, job: GenerationJob, reason: str) -> None:
         job.finish_reason = job.finish_reason or reason  # type: ignore[assignment]
         owner = self._owners.pop(job.id)
+        owner.stats.kv_bytes = 0
         owner.stats.prompt_tokens += len(job.prompt_ids)
         owner.stats.completion_tokens += len(job.token_ids)
         del self.jobs[job.id]

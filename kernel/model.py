@@ -107,7 +107,9 @@ class ModelDriver(Protocol):
     """A model the kernel serves. A driver that cannot score `options` (a model behind an
     OpenAI-compatible server, llmos.drivers.remote) says so with a class attribute
     `can_score = False`: its `prepare` refuses such jobs, and the composition root has
-    tool choices generated as constrained JSON rather than scored."""
+    tool choices generated as constrained JSON rather than scored. A driver that keeps K/V
+    in blocks exposes its `kv` (kernel/blocks.py BlockManager): the kernel's scheduler then
+    admits and preempts by its free blocks."""
 
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together

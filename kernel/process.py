@@ -58,6 +58,7 @@ class ProcessStats(BaseModel):
     loop_blocks: int = 0
     loop_blocked_s: float = 0.0
     loop_block_max_s: float = 0.0
+    kv_bytes: int = 0  # KV memory its running generation holds now (kernel/blocks.py), 0 between generations
 
     @property
     def tokens(self) -> int:

@@ -18,13 +18,19 @@ DURABLE_STYLES = {"running": "green", "queued": "cyan", "unfinished": "yellow", 
 
 
 def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
-    table = Table("pid", "ppid", "name", "state", "nice", "tokens", "syscalls", "time", title=title,
+    table = Table("pid", "ppid", "name", "state", "nice", "tokens", "kv", "syscalls", "time", title=title,
                   title_justify="left")
     for p in procs:
         state = p.state.name
         table.add_row(str(p.pid), str(p.ppid), p.name, Text(state, style=STATE_STYLES.get(state, "")),
-                      str(p.priority), str(p.stats.tokens), str(p.stats.syscalls), f"{p.runtime_s:.1f}s")
+                      str(p.priority), str(p.stats.tokens), kv_memory(p.stats.kv_bytes), str(p.stats.syscalls),
+                      f"{p.runtime_s:.1f}s")
     return table
+
+
+def kv_memory(size: int) -> str:
+    """A process's KV memory for a table: "-" when it holds none."""
+    return f"{size / 2**20:.1f}M" if size else "-"
 
 
 def durable_table(infos: Iterable[DurableInfo], title: str | None = None) -> Table:
@@ -82,7 +88,9 @@ def top_view(procs: list[ProcessInfo], stats: KernelStatistics, tokens_per_s: fl
     driver = engine.driver if engine is not None else {}
     footer = Text(f"steps {engine.steps if engine else 0}  tokens {engine.tokens if engine else 0}  "
                   f"preemptions {sched.preemptions}  "
-                  f"prefix-cache hit tokens {driver.get('prefix_hit_tokens', '-')}", style="dim")
+                  f"prefix-cache hit tokens {driver.get('prefix_hit_tokens', '-')}  "
+                  f"KV blocks held {driver.get('kv_blocks_held', '-')}/{driver.get('kv_blocks', '-')} "
+                  f"(cached {driver.get('kv_blocks_cached', '-')})", style="dim")
     busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
     return Group(header, footer, *loop_blockers(procs), ps_table(busiest))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import anyio
 import pytest
 
 from llmos.drivers.engine import DEFAULT_KV_CACHE_MB, KV_CACHE_ENV, EngineConfig, kv_cache_mb
@@ -96,10 +97,23 @@ async def test_agents_beyond_the_budget_wait_for_blocks_and_all_finish_on_the_re
             peak = max(peak, driver.engine.statistics()["sequences"])
         return stream.reply.text
 
+    seen_kv: list[int] = []
+
+    async def watch(kernel: llmos.Kernel) -> None:
+        while True:  # what `ps` says each agent's running generation holds
+            seen_kv.extend(p.stats.kv_bytes for p in kernel.ps() if p.stats.kv_bytes)
+            await anyio.sleep(0.01)
+
     async with llmos.boot(llmos.Model(driver), memory=None, durable=None, embedder=None) as kernel:
-        pids = [(await kernel.spawn(agent, q)).pid for q in questions]
-        together = [(await kernel.wait(pid)).result for pid in pids]
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(watch, kernel)
+            pids = [(await kernel.spawn(agent, q)).pid for q in questions]
+            together = [(await kernel.wait(pid)).result for pid in pids]
+            watching.cancel_scope.cancel()
+        assert all(p.stats.kv_bytes == 0 for p in kernel.ps())
         alone = [(await kernel.wait((await kernel.spawn(agent, q)).pid)).result for q in questions]
     assert 2 * (tokens(questions[0]) + 8) > capacity  # two of them never fit at once
     assert peak == 1 and together == alone
     assert driver.engine.statistics()["kv_blocks_held"] == 0
+    block = driver.engine.blocks.block_bytes
+    assert seen_kv and all(size % block == 0 and block <= size <= capacity // 16 * block for size in seen_kv)
