@@ -4,6 +4,8 @@ Three evals (bench/evals/):
   tool   tool_choice.jsonl: {"prompt", "tool"}: which of the six built-in tools (or "none")
          answers the prompt
   tool-heldout  tool_choice_heldout.jsonl: the same question on 70 prompts written later, blind
+  tool-heldout2  tool_choice_heldout2.jsonl: 80 more, written blind after the "none" examples
+                 were last changed (bench/evals/README.md)
          to the `examples` the built-in tools (and "none") carry for choosing them
   route  routing.jsonl: {"task", "specialist"}, over the specialists of specialists.json
          ({"name", "description"}): which specialist the supervisor should hand the task to
@@ -41,7 +43,7 @@ Methods (METHODS below; each is one function per eval, so another plugs in besid
 Then the cost: per prompt, alternating, a tool choice by `choose` and 8 tokens generated
 from the same prompt, and the ratio of their medians.
 
-    .venv/bin/python bench/choose.py [--limit N] [--threads 2] [--evals tool,tool-heldout,route]
+    .venv/bin/python bench/choose.py [--limit N] [--threads 2] [--evals tool,tool-heldout,tool-heldout2,route]
                                      [--methods generate,choose] [--max-tokens 64]
 """
 
@@ -76,6 +78,7 @@ from llmos.syscalls import InvalidRequest, Sys
 
 HERE = Path(__file__).parent
 EVALS = HERE / "evals"
+HELDOUT = {"tool-heldout": "tool_choice_heldout.jsonl", "tool-heldout2": "tool_choice_heldout2.jsonl"}
 RESULTS = HERE / "results" / "choose.json"
 REPO_MODEL_CACHE = HERE.parent / ".cache" / "models"  # the test suite's de-quantized weights, if present
 TOOLS = ("calculator", "current_time", "read_file", "write_file", "list_files", "run_python")
@@ -326,14 +329,14 @@ def load_evals(names: list[str], limit: int | None, specialists: list[Agent]) ->
         if name == "tool":
             rows = [(r["prompt"], r["tool"]) for r in load_jsonl(EVALS / "tool_choice.jsonl")]
             evals.append(Eval("tool", rows[:limit], [*TOOLS, NONE], lambda m: m.tool))
-        elif name == "tool-heldout":  # written blind to the tools' `examples` (bench/evals/README.md)
-            rows = [(r["prompt"], r["tool"]) for r in load_jsonl(EVALS / "tool_choice_heldout.jsonl")]
-            evals.append(Eval("tool-heldout", rows[:limit], [*TOOLS, NONE], lambda m: m.tool))
+        elif name in HELDOUT:  # written blind to the tools' `examples` (bench/evals/README.md)
+            rows = [(r["prompt"], r["tool"]) for r in load_jsonl(EVALS / HELDOUT[name])]
+            evals.append(Eval(name, rows[:limit], [*TOOLS, NONE], lambda m: m.tool))
         elif name == "route":
             rows = [(r["task"], r["specialist"]) for r in load_jsonl(EVALS / "routing.jsonl")]
             evals.append(Eval("route", rows[:limit], [s.name for s in specialists], lambda m: m.route))
         else:
-            raise SystemExit(f"unknown eval {name!r}: expected tool, tool-heldout, route")
+            raise SystemExit(f"unknown eval {name!r}: expected tool, {', '.join(HELDOUT)}, route")
     for ev in evals:
         unknown = {gold for _, gold in ev.items} - set(ev.labels)
         assert not unknown, f"{ev.name}: labels {unknown} are not among {ev.labels}"
@@ -496,7 +499,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each eval")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--evals", default="tool,tool-heldout,route", help="comma-separated: tool, tool-heldout, route")
+    parser.add_argument("--evals", default="tool,tool-heldout,tool-heldout2,route",
+                        help="comma-separated: tool, tool-heldout, tool-heldout2, route")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
     parser.add_argument("--max-tokens", type=int, default=64,
                         help="max_tokens of the generate method's tool call (arguments turn, or the answer)")
