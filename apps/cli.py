@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import anyio
@@ -258,6 +259,42 @@ def serve(
                                                 max_queue=max_queue, new_key=new_key,
                                                 cluster=cluster or os.environ.get(DATABASE_ENV),
                                                 capacity=capacity, memory=memory)))
+
+
+@app.command("eval")
+def eval_cmd(
+    perplexity: Annotated[Optional[Path], typer.Option("--perplexity", metavar="FILE", help="A text file: "
+                                                       "its perplexity, scored in windows of ~450 tokens.")] = None,
+    qa: Annotated[Optional[Path], typer.Option("--qa", metavar="FILE", help='JSONL of {"question": ..., '
+                                               '"answer": ...}: exact-match and contains-answer accuracy of '
+                                               'greedy replies.')] = None,
+    tools_file: Annotated[Optional[Path], typer.Option("--tools", metavar="FILE", help='JSONL of {"prompt": ..., '
+                                                       '"tool": <name or "none">}: tool-choice accuracy and the '
+                                                       'parse rate of the calls (no tool is run).')] = None,
+    models: Annotated[Optional[str], typer.Option("--models", metavar="A,B", help="Models to compare, side by "
+                                                  "side, loaded one at a time (default: `llmos models "
+                                                  "default`).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Reply tokens (default: 32 for --qa, 64 for --tools' "
+                                                      "arguments).", min=1)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N items (windows) of each file.",
+                                                 min=1)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="OUT", help="Where to write the results "
+                                                     "(default: LLMOS_HOME/evals/eval-<time>.json).")] = None,
+    compare_loop: Annotated[bool, typer.Option("--compare-loop", help="Also run each eval's items one after "
+                                               "another, and show examples/s through the kernel against that "
+                                               "loop.")] = False,
+) -> None:
+    """Evaluate models: perplexity, QA accuracy and tool choice, every item a process of one
+    kernel (so the engine batches them); one column per model, and every item in the JSON."""
+    from llmos.apps import eval_cli  # the evals' modules load only here
+
+    chosen, inputs = _guard(lambda: eval_cli.plan(perplexity=perplexity, qa=qa, tools=tools_file, limit=limit,
+                                                  max_tokens=max_tokens, compare_loop=compare_loop))
+    names = [name.strip() for name in (models or "").split(",") if name.strip()] or [_model(None)]
+    out = json_out or eval_cli.default_output()
+    report = _guard(lambda: eval_cli.run(names, chosen, inputs))
+    eval_cli.write(report, out)
+    eval_cli.show(report, out, runner.stdout_console())
 
 
 @app.command("apps")
