@@ -84,7 +84,7 @@ def llama_cpp_extra_buffers_crash() -> bool:
     protection fault at `ldtilecfg` in ggml_backend_amx_mul_mat on the first matmul on an
     AMX CPU: the AMX weight buffer is one of those extra types. Without them llama.cpp still
     runs its AVX-512 kernels."""
-    from llmos.drivers.transformers_driver import cpu_flags
+    from llmos.drivers.compute import cpu_flags  # not torch: the llama.cpp peer's process has none
 
     return "amx_int8" in cpu_flags()
 

@@ -44,7 +44,7 @@ from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
 import charts
 import llama_batch
-from common import (llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers, machine, median_run, questions,
+from common import (machine, median_run, questions,
                     summarize, use_model_cache)
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
@@ -132,26 +132,14 @@ def hf_generate_batch(model: Any, tok: Any, qs: list[str]) -> dict[str, float] |
 
 
 def llama_cpp_sequential(qs: list[str], threads: int) -> Measured | str:
-    """(d): llama.cpp through llama-cpp-python, on the same GGUF, one request at a time."""
+    """(d): llama.cpp through llama-cpp-python, on the same GGUF, one request at a time, in a
+    process of its own (bench/llama_isolated.py says why)."""
+    import llama_isolated
+
     try:
-        from llama_cpp import Llama
+        return llama_isolated.sequential(qs, threads, NEW_TOKENS)
     except ImportError:
         return "skipped: llama-cpp-python is not installed (pip install llama-cpp-python to compare)"
-    from llmos.drivers.smollm2 import SOURCE
-
-    if llama_cpp_extra_buffers_crash():
-        llama_cpp_without_extra_buffers()
-    llm = Llama(model_path=str(SOURCE.path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
-    measured = []
-    for q in qs:
-        started, first, tokens = time.perf_counter(), None, 0
-        for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=NEW_TOKENS,
-                                                temperature=0.0, stream=True):
-            if chunk["choices"][0]["delta"].get("content"):
-                first = first or time.perf_counter()
-                tokens += 1  # llama-cpp-python streams one chunk per token
-        measured.append(((first or started) - started, time.perf_counter() - started, tokens))
-    return measured
 
 
 # -- llmos -------------------------------------------------------------------------------------------

@@ -24,13 +24,38 @@ def summary(model: Any, questions: list[str], threads: int, new_tokens: int,
     from common import summarize
     from llmos.kernel.model import ChatMessage
 
+    import llama_isolated
+
     prompts = [model.driver.tokenize((ChatMessage(role="user", content=q),)) for q in questions]
-    try:
-        measured = batched(prompts, threads, new_tokens, gpu_layers)
+    try:  # in a process of its own: beside llmos's engine llama.cpp runs at under half its speed
+        measured = llama_isolated.batched(prompts, threads, new_tokens, gpu_layers)
     except ImportError:
         return "skipped: llama-cpp-python is not installed (pip install llama-cpp-python to compare)"
     return summarize([first for first, _, _ in measured], [end for _, end, _ in measured],
                      sum(count for _, _, count in measured), max(end for _, end, _ in measured))
+
+
+def sequential(questions: list[str], threads: int, new_tokens: int) -> list[tuple[float, float, int]]:
+    """llama.cpp's own chat completions, one request at a time, streamed: per request (time
+    to its first token, time to its last, tokens)."""
+    from llama_cpp import Llama
+
+    from common import llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers
+    from llmos.drivers.smollm2 import SOURCE
+
+    if llama_cpp_extra_buffers_crash():
+        llama_cpp_without_extra_buffers()
+    llm = Llama(model_path=str(SOURCE.path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+    measured = []
+    for q in questions:
+        started, first, tokens = time.perf_counter(), None, 0
+        for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=new_tokens,
+                                                temperature=0.0, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+                tokens += 1  # llama-cpp-python streams one chunk per token
+        measured.append(((first or started) - started, time.perf_counter() - started, tokens))
+    return measured
 
 
 def batched(prompts: list[list[int]], threads: int, new_tokens: int,
