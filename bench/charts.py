@@ -66,9 +66,14 @@ def machine_line(results: dict[str, Any]) -> str:
     return f"{box.get('cpu', '?')}, {box.get('simd', '?')}, {box.get('threads', '?')} threads"
 
 
-def redraw() -> None:
-    for name, systems, what in (("generate", GENERATE_SYSTEMS, "SmolLM2-135M, 64 new tokens each"),
-                                ("quant", QUANT_SYSTEMS, "SmolLM2-135M quantized, engine driven directly")):
+CHARTS = {"generate": (GENERATE_SYSTEMS, "SmolLM2-135M, 64 new tokens each"),
+          "quant": (QUANT_SYSTEMS, "SmolLM2-135M quantized, engine driven directly")}
+
+
+def redraw(*names: str) -> None:
+    """The charts of these benchmarks' saved results (all of them by default)."""
+    for name in names or tuple(CHARTS):
+        systems, what = CHARTS[name]
         source = RESULTS / f"{name}.json"
         if not source.exists():
             continue

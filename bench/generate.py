@@ -385,7 +385,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nsaved {RESULTS}")
-    charts.redraw()
+    charts.redraw("generate")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def main() -> None:
                                            results["rows"][str(args.ns[0])].items() if "step_ms_median" in row}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    charts.redraw()
+    charts.redraw("quant")
     print(f"saved {RESULTS}")
 
 
