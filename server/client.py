@@ -126,10 +126,20 @@ def api_key() -> str | None:
 _configured_key = api_key  # for the functions whose parameter `api_key` hides it
 
 
-def find_daemon(url: str | None = None, key: str | None = _UNSET, timeout: float = 0.3) -> DaemonClient | None:
+# How long a daemon may take to answer /health: a glance for the default address (no daemon
+# there is the common case, and every command asks), longer for one named in LLMOS_URL,
+# which a busy machine may answer late (a CI run's test server did, after 0.3 s).
+PROBE_DEFAULT_S = 0.3
+PROBE_NAMED_S = 3.0
+
+
+def find_daemon(url: str | None = None, key: str | None = _UNSET, timeout: float | None = None) -> DaemonClient | None:
     """A client of the daemon at `url` (default `daemon_url()`) if one answers `GET /health`
-    within `timeout` seconds, else None. A daemon that refuses the key raises
+    within `timeout` seconds (default: PROBE_NAMED_S for an address given or in LLMOS_URL,
+    else PROBE_DEFAULT_S), else None. A daemon that refuses the key raises
     AuthenticationError rather than passing for absent."""
+    named = url is not None or bool(os.environ.get(URL_ENV, "").strip())
+    timeout = timeout if timeout is not None else PROBE_NAMED_S if named else PROBE_DEFAULT_S
     url = (url or daemon_url()).rstrip("/")
     key = _configured_key() if key is _UNSET else key
     try:
