@@ -5,8 +5,8 @@ module only stores, reads and writes.
 Layout per layer: keys (blocks, Hkv, D, BLOCK), transposed within a block, so the decode
 kernel scores a block with BLOCK-wide multiply-adds; values (blocks, Hkv, BLOCK, D).
 Allocated once for the whole budget with `torch.empty`: the OS commits pages as they are
-first written, and freed blocks are handed out again lowest first, so the memory in use
-follows the tokens held, not the budget. Invariant: a block is zeroed before a pass reads it
+first written, and a freed block is the next handed out (last in, first out), so the memory
+in use follows the most tokens held at once, not the budget. Invariant: a block is zeroed before a pass reads it
 for the first time (`zero`), since a padded row reads positions it never wrote, masked, and
 0 x NaN, which unwritten memory may hold, is NaN.
 """
