@@ -25,6 +25,7 @@ import llmos
 from llmos.drivers import compute
 
 from common import machine, questions, use_model_cache
+import charts
 import llama_batch
 from generate import NEW_TOKENS, bare_engine, cold, llama_cpp_sequential, one_at_a_time
 
