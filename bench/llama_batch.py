@@ -35,9 +35,9 @@ def summary(model: Any, questions: list[str], threads: int, new_tokens: int,
                      sum(count for _, _, count in measured), max(end for _, end, _ in measured))
 
 
-def sequential(questions: list[str], threads: int, new_tokens: int) -> list[tuple[float, float, int]]:
-    """llama.cpp's own chat completions, one request at a time, streamed: per request (time
-    to its first token, time to its last, tokens)."""
+def _load(**options: Any) -> Any:
+    """llama-cpp-python's Llama on SmolLM2's GGUF, without the extra buffer types where they
+    crash this build (bench/common.py)."""
     from llama_cpp import Llama
 
     from common import llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers
@@ -45,7 +45,13 @@ def sequential(questions: list[str], threads: int, new_tokens: int) -> list[tupl
 
     if llama_cpp_extra_buffers_crash():
         llama_cpp_without_extra_buffers()
-    llm = Llama(model_path=str(SOURCE.path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False)
+    return Llama(model_path=str(SOURCE.path()), verbose=False, **options)
+
+
+def sequential(questions: list[str], threads: int, new_tokens: int) -> list[tuple[float, float, int]]:
+    """llama.cpp's own chat completions, one request at a time, streamed: per request (time
+    to its first token, time to its last, tokens)."""
+    llm = _load(n_ctx=2048, n_threads=threads, n_batch=512)
     measured = []
     for q in questions:
         started, first, tokens = time.perf_counter(), None, 0
@@ -63,16 +69,9 @@ def batched(prompts: list[list[int]], threads: int, new_tokens: int,
     """Greedy replies to `prompts`, all in one context: per prompt (time to its first new
     token, time to its last, new tokens), every time from the start. `gpu_layers`: layers
     llama.cpp offloads to a GPU (-1: all), where its build has one."""
-    from llama_cpp import Llama
     from llama_cpp import llama_cpp as lib
 
-    from common import llama_cpp_extra_buffers_crash, llama_cpp_without_extra_buffers
-    from llmos.drivers.smollm2 import SOURCE
-
-    if llama_cpp_extra_buffers_crash():
-        llama_cpp_without_extra_buffers()
-    llm = Llama(model_path=str(SOURCE.path()), n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers,
-                verbose=False)  # loads the weights
+    llm = _load(n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers)  # the weights; contexts are made below
     model = llm._model.model
     vocab = lib.llama_model_get_vocab(model)
     n_vocab = lib.llama_vocab_n_tokens(vocab)

@@ -27,12 +27,12 @@ import llmos
 from llmos import plugins
 from llmos.drivers.tools import REGISTERED
 from llmos.eval_data import NO_TOOL, QAItem, ToolPrompt, Window, contains_answer, exact_match, share
-from llmos.kernel import generation
 from llmos.kernel.errors import ConfigError, InvalidRequest, ModelError, SyscallError
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.model import ModelDriver, SamplingParams
+from llmos.kernel.model import ModelDriver
 from llmos.syscalls import Sys
+from llmos.syscalls.choose import likelihood
 
 # Items in flight at once: enough for the engine to fill its batches, few enough that a
 # long file never queues thousands of generations.
@@ -194,20 +194,15 @@ async def perplexity(kernel: Kernel, windows: Sequence[Window], *, concurrency: 
 
     No syscall hands a process a text's token log-probabilities (`choose` gives an option's
     total after a chat prompt of its own), so each window's process submits the scoring job
-    itself, on its own behalf, as `choose` does in the kernel: a raw prompt (the window's
+    itself, on its own behalf, as `choose` does (syscalls.choose.likelihood): a raw prompt (the window's
     first word) and one option (the rest). The job is scheduled, batched and accounted as the
     process's like any generation."""
     service = scoring_service(kernel)
 
     async def score(sys: Sys, window: Window) -> _Scored:
-        caller = kernel.procs.get_live(sys.pid)
-        job = await service.submit(caller, SamplingParams(max_tokens=1), prompt=window.context,
-                                   options=(window.continuation,))
-        try:
-            done = await generation.result(job)
-        finally:
-            service.cancel(job)
-        return _Scored(sum(done.option_logprobs[0]), len(done.option_ids[0]))
+        judged = await likelihood(service, kernel.procs.get_live(sys.pid), None, (window.continuation,),
+                                  prompt=window.context)
+        return _Scored(judged.logprobs[0], judged.tokens[0])
 
     outcomes, seconds = await run_each(kernel, score, windows, concurrency=concurrency, caps=frozenset({MODEL}),
                                        name="eval-perplexity")

@@ -98,10 +98,12 @@ class _Likelihood(NamedTuple):
     prompt_tokens: int
 
 
-async def likelihood(service: GenerationService, caller: Process, messages: Sequence[ChatMessage],
-                     options: Sequence[str]) -> _Likelihood:
-    """Each option's log-probability as the reply to `messages`, in the engine, on the caller's behalf."""
-    job = await service.submit(caller, SamplingParams(max_tokens=1), messages=messages, options=tuple(options))
+async def likelihood(service: GenerationService, caller: Process, messages: Sequence[ChatMessage] | None,
+                     options: Sequence[str], *, prompt: str | None = None) -> _Likelihood:
+    """Each option's log-probability as the reply to `messages` (or as the continuation of a
+    raw `prompt`), in the engine, on the caller's behalf."""
+    job = await service.submit(caller, SamplingParams(max_tokens=1), prompt=prompt,
+                               messages=tuple(messages) if messages is not None else None, options=tuple(options))
     try:
         done = await generation.result(job)
     finally:
