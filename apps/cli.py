@@ -16,6 +16,7 @@ from rich.table import Table
 import llmos
 from llmos import plugins
 from llmos.home import DATABASE_ENV
+from llmos.finetune import DEFAULT_EPOCHS, FinetuneSettings
 from llmos.library import default_model
 from llmos.apps import audit_cli, daemon_cli, demo, durable_cli, models_cli, registry, runner, tools
 from llmos.apps.shell import views
@@ -29,6 +30,7 @@ err = Console(stderr=True, soft_wrap=True)
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (see `llmos models`) or folder "
                                                  "(default: `llmos models default`, else smollm2).")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="Scheduling policy: fifo, priority or rr.")]
+FINETUNE = FinetuneSettings()  # `llmos finetune`'s defaults
 
 
 @app.callback()
@@ -295,6 +297,46 @@ def eval_cmd(
     report = _guard(lambda: eval_cli.run(names, chosen, inputs))
     eval_cli.write(report, out)
     eval_cli.show(report, out, runner.stdout_console())
+
+
+@app.command("finetune")
+def finetune_cmd(
+    base: Annotated[str, typer.Argument(metavar="BASE", help="The model to fine-tune (`llmos models list`): a "
+                                        "local one, built in or imported.")],
+    data: Annotated[Path, typer.Option("--data", metavar="FILE", help='JSONL, one example a line: {"messages": '
+                                       '[{"role": ..., "content": ...}, ...]} (the loss on the assistant turns '
+                                       'only) or {"text": ...}.')],
+    name: Annotated[str, typer.Option("--name", help="The new model: BASE with the adapter, a derived model.")],
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: by epochs).", min=1)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help=f"Passes over the data (default {DEFAULT_EPOCHS:g}).")]
+    = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = FINETUNE.lr,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = FINETUNE.rank,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha (updates scaled by alpha / rank).")] = FINETUNE.alpha,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the batches and the initialisation.")] = FINETUNE.seed,
+    val_fraction: Annotated[float, typer.Option(help="Examples held out for the eval loss (0: none, and no early "
+                                                "stopping).")] = FINETUNE.val_fraction,
+    patience: Annotated[int, typer.Option(help="Stop after this many evals without a lower eval loss.")]
+    = FINETUNE.patience,
+    batch_size: Annotated[int, typer.Option(help="Examples a step.")] = FINETUNE.batch_size,
+    max_length: Annotated[int, typer.Option(help="Longest example, in tokens (a longer one is an error).")]
+    = FINETUNE.max_length,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between evals (default: about ten a run).")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a derived model NAME made before.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Run in this process even if a daemon answers.")] = False,
+) -> None:
+    """Fine-tune BASE with LoRA on a JSONL file into a new model NAME (its adapter in
+    LLMOS_HOME/adapters/NAME). The run is a process, `finetune NAME`, in the daemon if one
+    runs: `ps`, `top` and `kill` reach it. The data is checked before any model loads."""
+    from llmos.apps import finetune_cli  # the Trainer's modules load in the process, not here
+
+    settings = {"steps": steps, "epochs": epochs, "lr": lr, "rank": rank, "alpha": alpha, "seed": seed,
+                "val_fraction": val_fraction, "patience": patience, "batch_size": batch_size,
+                "max_length": max_length, "eval_every": eval_every}
+    job = _guard(lambda: finetune_cli.check(base, data, name, force=force, **settings))
+    status = _guard(lambda: anyio.run(lambda: finetune_cli.run(job, local=local)))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err))
 
 
 @app.command("apps")

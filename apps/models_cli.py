@@ -94,13 +94,13 @@ def create_cmd(name: Annotated[str, typer.Argument(help="The new model's name.")
                base: Annotated[str, typer.Option("--from", help="The model it derives from.")],
                system: Annotated[Optional[str], typer.Option(help="Its system prompt (given to every chat "
                                                              "that has none).")] = None,
-               adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter folder (recorded; "
-                                                               "not served yet).")] = None,
+               adapter: Annotated[Optional[Path], typer.Option(help="A PEFT LoRA adapter folder of the "
+                                                               "base (served beside it in one batch).")] = None,
                param: Annotated[Optional[list[str]], typer.Option("--param", metavar="K=V", help="A default "
                                                                   "sampling setting: temperature, top_p, "
                                                                   "max_tokens, stop (repeatable), seed.")]
                = None) -> None:
-    """A derived model (like an Ollama Modelfile): BASE with its own system prompt and defaults."""
+    """A derived model (like an Ollama Modelfile): BASE with its own system prompt, defaults and adapter."""
     _guard(lambda: library.create(name, base, system=system, adapter=adapter,
                                   params=library.parse_params(param or [])))
     _say(f"created {name} from {base}")

@@ -145,6 +145,7 @@ BUILTIN = (
     ("qa", "llmos.apps.seed.qa:main", "answer a question from documents: qa --docs FOLDER QUESTION"),
     ("workflow", "llmos.apps.workflows.spec:main", "run a multi-agent workflow described in a TOML or YAML file"),
     ("react", "llmos.apps.react:main", "answer a question by calling tools in a loop (--tools a,b --steps N)"),
+    ("finetune", "llmos.apps.finetune_app:main", "LoRA fine-tune a model: finetune BASE --data FILE.jsonl --name NEW"),
 )
 
 

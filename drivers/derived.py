@@ -1,5 +1,6 @@
 """A derived model (`llmos models create NAME --from BASE ...`, the Modelfile idea): the base
-model's driver, with its own system prompt and default sampling settings.
+model's driver, with its own system prompt, default sampling settings and LoRA adapter (served
+by the base's engine beside the base model and other adapters, in the same batch).
 
 The wrapper changes only what a job asks for, before the base driver sees it; everything
 else (stepping, KV blocks, statistics, `can_score`) is the base driver's, by delegation.
@@ -8,8 +9,10 @@ else (stepping, KV blocks, statistics, `can_score`) is the base driver's, by del
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from llmos.drivers.errors import ModelUnavailable
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob, SamplingParams
 
 DEFAULTS = SamplingParams()
@@ -17,11 +20,19 @@ DEFAULTS = SamplingParams()
 
 class DerivedDriver:
     def __init__(self, name: str, base: Any, *, system: str | None = None,
-                 sampling: Mapping[str, Any] | None = None) -> None:
+                 sampling: Mapping[str, Any] | None = None, adapter: tuple[str, Path] | None = None) -> None:
+        """`adapter`: (the name it is served under, its PEFT folder), loaded into the base's
+        engine now (blocking) unless it is there already."""
         self.name = name
         self.base = base
         self.system = system
         self.sampling = dict(sampling or {})
+        self.adapter = adapter[0] if adapter is not None else None
+        if adapter is not None:
+            if not hasattr(base, "load_adapter"):
+                raise ModelUnavailable(f"{name!r} has a LoRA adapter; {getattr(base, 'name', base)!r} is not served "
+                                       "by llmos's engine, which is what serves adapters")
+            base.load_adapter(*adapter)
 
     def __getattr__(self, attribute: str) -> Any:  # context_length, max_batch, kv, tokenizer, ...
         return getattr(self.base, attribute)
@@ -45,8 +56,12 @@ class DerivedDriver:
 
     def prepare(self, job: GenerationJob) -> None:
         if job.messages is not None:
-            job.messages = self.with_system(job.messages)
+            messages = self.with_system(job.messages)
+            if messages != job.messages:  # ids counted without the system prompt (another model's window) are stale
+                job.messages, job.prompt_ids = messages, []
         job.sampling = self.with_defaults(job.sampling)
+        if job.adapter is None:
+            job.adapter = self.adapter
         self.base.prepare(job)
 
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:

@@ -23,13 +23,16 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from llmos.drivers.generic import GenericRunner, runs_on_llama_engine
 from llmos.drivers.grammar import Grammars
 from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
+from llmos.drivers.lora import AdapterError, read_adapter
 from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager, blocks_for
@@ -133,8 +136,10 @@ class Engine:
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.runner = LlamaRunner(model, self._pool, flash=flash_attention_available(device),
-                                  quantization=config.quantization or wanted_quantization())
+        self.runner = (LlamaRunner(model, self._pool, flash=flash_attention_available(device),
+                                   quantization=config.quantization or wanted_quantization())
+                       if runs_on_llama_engine(model)  # any other causal LM: its own forward over the same KV pool
+                       else GenericRunner(model, self._pool, quantization=config.quantization or wanted_quantization()))
         self.cache = self.runner.cache
         self.blocks = BlockManager(self.cache.blocks, prefix_caching=config.prefix_caching,
                                    block_bytes=self.cache.bytes_per_token() * BLOCK)
@@ -149,6 +154,31 @@ class Engine:
             raise ConfigError(f"a KV budget of {megabytes} MiB holds no KV block of this model "
                               f"({KVPool.block_bytes(layers, kv_heads, head_dim, self.dtype)} bytes each)")
         return KVPool(layers, blocks, kv_heads, head_dim, self.dtype, self.device)
+
+    # -- LoRA adapters (drivers/lora.py) -----------------------------------------------------------
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Serve the PEFT LoRA adapter in `folder` as `name`, beside the base model and the
+        adapters loaded before. Call it between steps (on the compute thread). Loading the same
+        folder again under its name does nothing; another folder under a loaded name replaces it,
+        its cached prefixes forgotten (they were computed with the old weights)."""
+        if not isinstance(self.runner, LlamaRunner):  # LoRA patches the llama engine's own projections
+            raise AdapterError("LoRA adapters are served on the llama engine only; this model runs on the generic path")
+        folder = folder.resolve()
+        loaded = self.runner.adapters.adapters.get(name)
+        if loaded is not None and loaded.folder == folder:
+            return
+        if any(s.job.adapter == name for s in self.seqs.values()):
+            raise RuntimeError(f"adapter {name!r} is in use by a running sequence: replace it between generations")
+        adapter = read_adapter(name, folder, dtype=self.dtype, layers=len(self.runner.layers))
+        self.runner.adapters.add(adapter)
+        if loaded is not None:
+            self.blocks.clear_cache()
+
+    def unload_adapter(self, name: str) -> None:
+        if any(s.job.adapter == name for s in self.seqs.values()):
+            raise RuntimeError(f"adapter {name!r} is in use by a running sequence")
+        self.runner.adapters.remove(name)
+        self.blocks.clear_cache()
 
     def capacity_tokens(self) -> int:
         """Tokens the KV memory holds at most (for one sequence alone)."""
@@ -227,7 +257,8 @@ class Engine:
                               device=self.device)
         starts = torch.tensor([s.computed for s in seqs], device=self.device)
         logits = self.runner.forward(Batch(tables=self._tables(seqs, [s.computed + 1 for s in seqs]), tokens=tokens,
-                                           starts=starts, lengths=torch.ones_like(starts)))
+                                           starts=starts, lengths=torch.ones_like(starts),
+                                           adapters=_adapters(seqs)))
         for s in seqs:
             s.computed += 1
         self.tokens_in += len(seqs)
@@ -252,7 +283,8 @@ class Engine:
         trees = {i: chunks[i][0].option_tree(self.device) for i in scored}
         tables = self._tables([s for s, _ in chunks], [s.computed + len(c) for s, c in chunks])
         logits, spans = self.runner.forward_spans(Batch(tables=tables, tokens=tokens, starts=starts,
-                                                        lengths=lengths, trees=trees),
+                                                        lengths=lengths, trees=trees,
+                                                        adapters=_adapters([s for s, _ in chunks])),
                                                   [(i, len(chunks[i][1])) for i in scored])
         self.tokens_in += int(lengths.sum())
         for i, span in zip(scored, spans, strict=True):
@@ -372,6 +404,12 @@ class Engine:
         return {"sequences": len(self.seqs), "steps": self.steps, "tokens_computed": self.tokens_in,
                 "tokens_generated": self.tokens_out, "kv_bytes_per_token": self.cache.bytes_per_token(),
                 **self.blocks.statistics()}
+
+
+def _adapters(seqs: Sequence[JobState]) -> tuple[str | None, ...]:
+    """Each row's adapter, or () when every row runs the base model (the pass skips LoRA)."""
+    names = tuple(s.job.adapter for s in seqs)
+    return names if any(names) else ()
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

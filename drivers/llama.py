@@ -34,6 +34,7 @@ from torch import nn
 
 from llmos.drivers import paged, quant
 from llmos.drivers.kv_cache import KVPool
+from llmos.drivers.lora import AdapterSet, Selection
 from llmos.kernel.blocks import BLOCK
 from llmos.drivers.quant import Choice, QuantCache
 
@@ -58,6 +59,8 @@ class Batch:
     # sees (Q, Q) bool). Their tokens still go to consecutive cache positions from `starts`,
     # and still see every cached position before it.
     trees: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Each row's LoRA adapter (drivers/lora.py), None for the base model; empty: all the base.
+    adapters: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class _Pass:
     lens: torch.Tensor | None  # (B,) int32 keys each row attends when decoding with the kernel
     tables32: torch.Tensor | None  # (B, W) int32 block tables, for the kernel
     valid_index: torch.Tensor | None  # (N,) flat index of each valid token in (B*Q), None if all are
+    lora: Selection | None  # the rows' adapters, None if every row runs the base model
 
 
 def flash_attention_available(device: str) -> bool:
@@ -230,6 +234,7 @@ class LlamaRunner:
         for cache in caches.values():
             cache.save()
         self.cache: KVPool = cache_factory(len(self.layers), self.kv_heads, self.head_dim)
+        self.adapters = self._adapter_set(cfg, str(model.device))
         device, dtype = str(model.device), model.dtype
         self.paged_decode = None  # the compiled kernel, where it serves this model here
         if paged.supports(self.heads, self.kv_heads, self.head_dim, dtype, device):
@@ -241,6 +246,14 @@ class LlamaRunner:
             from flash_attn import flash_attn_with_kvcache
 
             self.flash_decode = flash_attn_with_kvcache
+
+    def _adapter_set(self, cfg: Any, device: str) -> AdapterSet:
+        hidden, inner = cfg.hidden_size, cfg.intermediate_size
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        modules = {"qkv": [q, kv, kv], "o": [hidden], "gate_up": [inner, inner], "down": [hidden]}
+        inputs = {"qkv": hidden, "o": q, "gate_up": hidden, "down": inner}
+        return AdapterSet(layers=len(self.layers), widths={p: (inputs[p], sum(w)) for p, w in modules.items()},
+                          module_widths=modules, device=device)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B, vocab) at each row's last valid input token; K/V of valid tokens cached."""
@@ -255,7 +268,7 @@ class LlamaRunner:
         shared = self._prepare(batch, hidden)
         for index, layer in enumerate(self.layers):
             hidden += self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
-            hidden += self._mlp(layer, self._norm(hidden, layer.mlp_norm))
+            hidden += self._mlp(index, layer, self._norm(hidden, layer.mlp_norm), shared)
         spanned = [self.lm_head(self.model.model.norm(hidden[row, :n])).float() for row, n in spans]
         last = (batch.lengths - 1).clamp(min=0)
         final = self.model.model.norm(hidden[torch.arange(shared.bsz), last])  # (B, H)
@@ -291,7 +304,8 @@ class LlamaRunner:
                      mask=mask,
                      blocks=blocks if all_valid else blocks[valid_index],
                      offsets=offsets if all_valid else offsets[valid_index],
-                     lens=lens, tables32=tables32, valid_index=valid_index)
+                     lens=lens, tables32=tables32, valid_index=valid_index,
+                     lora=self.adapters.selection(batch.adapters, qlen) if batch.adapters else None)
 
     def _mask(self, positions: torch.Tensor, valid: torch.Tensor, total: int) -> torch.Tensor:
         keys = torch.arange(total, device=positions.device)
@@ -307,36 +321,43 @@ class LlamaRunner:
         (F.rms_norm of the float32 upcast is bitwise HF's x * rsqrt(mean(x²) + eps))."""
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
-    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = layer.gate_up(x).chunk(2, dim=-1)
-        return layer.down(layer.act(gate) * up)
+    def _project(self, projection: Projection, index: int, part: str, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
+        """The layer's projection `part` of x, with each row's LoRA adapter added."""
+        y = projection(x)
+        if shared.lora is not None and (delta := self.adapters.delta(index, part, x, shared.lora)) is not None:
+            y = y + delta.to(y.dtype)
+        return y
+
+    def _mlp(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
+        gate, up = self._project(layer.gate_up, index, "gate_up", x, shared).chunk(2, dim=-1)
+        return self._project(layer.down, index, "down", layer.act(gate) * up, shared)
 
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass, batch: Batch) -> torch.Tensor:
         bsz, qlen, hq, hkv, dim = shared.bsz, shared.qlen, self.heads, self.kv_heads, self.head_dim
-        qkv = layer.qkv(x).view(bsz, qlen, hq + 2 * hkv, dim)
+        qkv = self._project(layer.qkv, index, "qkv", x, shared).view(bsz, qlen, hq + 2 * hkv, dim)
         qk = qkv[:, :, : hq + hkv]
         qk = qk * shared.cos + _swap_halves(qk) * shared.sin  # rotary, queries and keys at once
         q, k, v = qk[:, :, :hq], qk[:, :, hq:], qkv[:, :, hq + hkv:]  # (B, Q, heads, D)
         self._store(index, k, v, shared)
         if self.flash_decode is not None and qlen == 1:
             out = self._flash_decode(index, q, batch, shared.total)
-            return layer.o(out.reshape(bsz, 1, -1))
+            return self._project(layer.o, index, "o", out.reshape(bsz, 1, -1), shared)
         if self.paged_decode is not None and qlen == 1:  # in place, no copy of the blocks
             out = self.paged_decode(q.reshape(bsz, hq, dim).contiguous(), self.cache.k[index], self.cache.v[index],
                                     shared.tables32, shared.lens, self.scale)
-            return layer.o(out.reshape(bsz, 1, hq * dim))
+            return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         keys, values = self.cache.gather(index, batch.tables, shared.total)  # (B, Hkv, T, D)
         if qlen == 1:
             # Decoding: each K/V head's query group becomes its query axis, (B, Hkv, G, D)
             # (head h = kv*G + g, as in HF's repeat_kv): several times faster than enable_gqa.
             out = F.scaled_dot_product_attention(q.reshape(bsz, hkv, self.group, dim), keys, values,
                                                  attn_mask=shared.mask, scale=self.scale)
-            return layer.o(out.reshape(bsz, 1, hq * dim))
+            return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         # Prefilling: HF's layout, so the kernel blocks the queries as model.generate's does
         # and the rounding, hence greedy outputs in bfloat16, match it.
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=shared.mask,
                                              scale=self.scale, enable_gqa=True)
-        return layer.o(out.transpose(1, 2).reshape(bsz, qlen, hq * dim))
+        return self._project(layer.o, index, "o", out.transpose(1, 2).reshape(bsz, qlen, hq * dim), shared)
 
     def _store(self, index: int, k: torch.Tensor, v: torch.Tensor, shared: _Pass) -> None:
         """Write the valid tokens' K/V (B, Q, Hkv, D) into the cache."""

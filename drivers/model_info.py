@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from llmos.kernel.errors import ConfigError
 FAST_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 LLAMA_ENGINE = "llama engine"
 GENERIC = "generic transformers"
+UNSUPPORTED = "unsupported"
 REMOTE = "remote"
+# The layers whose state the generic path (drivers/generic.py) keeps: K/V in the paged pool.
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 TEMPLATE_LINES = 8
 
@@ -45,15 +49,35 @@ class FolderInfo:
     hidden_size: int | None
     vocab_size: int | None
     model_type: str | None
+    refusal: str | None = None  # why the generic path cannot run it (generic_refusal), if it cannot
 
     @property
     def driver(self) -> str:
-        return driver_label(self.architecture)
+        return driver_label(self.architecture, self.refusal)
 
 
-def driver_label(architecture: str | None) -> str:
-    """Which of llmos's drivers serves an architecture: the fast engine, or transformers' own."""
-    return LLAMA_ENGINE if architecture in FAST_ARCHITECTURES else GENERIC
+def driver_label(architecture: str | None, refusal: str | None = None) -> str:
+    """Which path runs an architecture: the fast llama engine, the generic path (the model's own
+    forward over the engine's paged KV), or neither (and why)."""
+    if architecture in FAST_ARCHITECTURES:
+        return LLAMA_ENGINE
+    return f"{UNSUPPORTED}: {refusal}" if refusal else GENERIC
+
+
+def generic_refusal(config: Mapping[str, Any]) -> str | None:
+    """Why the generic path cannot run a model of this configuration (config.json, or a loaded
+    config's to_dict()); None if it can. The path keeps every layer's state as K/V in the paged
+    pool and masks attention causally itself, so every layer must be causal attention."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else {}
+    setting = lambda key: config.get(key, text.get(key))  # noqa: E731 - multimodal configs nest the LM's
+    if all(setting(key) is None for key in ("num_attention_heads", "n_head", "num_heads")):
+        return "it has no attention heads (a recurrent model?)"
+    others = sorted(set(setting("layer_types") or ()) - set(ATTENTION_LAYER_TYPES))
+    if others:
+        return f"its {', '.join(others)} layers keep state that is not K/V"
+    if setting("use_bidirectional_attention") or setting("is_causal") is False:
+        return "its attention is bidirectional, not causal"
+    return None
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -80,7 +104,8 @@ def folder_info(folder: Path) -> FolderInfo:
                       context_length=setting("max_position_embeddings"), dtype=dtypes,
                       quantization=quant.get("quant_method") if isinstance(quant, dict) else None,
                       layers=setting("num_hidden_layers"), hidden_size=setting("hidden_size"),
-                      vocab_size=setting("vocab_size"), model_type=config.get("model_type"))
+                      vocab_size=setting("vocab_size"), model_type=config.get("model_type"),
+                      refusal=generic_refusal(config))
 
 
 def tensor_summary(files: list[Path]) -> tuple[int | None, str | None]:

@@ -80,10 +80,15 @@ def load_transformers_folder(folder: Path, name: str | None = None) -> Transform
     torch.set_num_threads(default_threads())
     device, attn, dtype = pick_device_and_attention()
     with quiet_hf_progress():
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
+        except ValueError as exc:  # an architecture without sdpa (Gemma 2: its scores are soft-capped)
+            if "attention implementation" not in str(exc):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
     model = model.to(device).eval()
-    log.info("%s: %s attention, %s on %s, %d threads", name or folder.name, attn, dtype, device,
-             torch.get_num_threads())
+    log.info("%s: %s attention, %s on %s, %d threads", name or folder.name, model.config._attn_implementation, dtype,
+             device, torch.get_num_threads())
     return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device)
 
 
@@ -115,6 +120,8 @@ class TransformersDriver:
         return list(encoded["input_ids"])
 
     def prepare(self, job: GenerationJob) -> None:
+        if job.adapter is not None and job.adapter not in self.adapters():
+            raise InvalidRequest(f"{self.name} has no adapter {job.adapter!r} loaded")
         if not job.prompt_ids:  # else tokenized by this driver already (a context window's exact count)
             job.prompt_ids = self._tokenize(job)
         if job.options is not None:
@@ -139,8 +146,22 @@ class TransformersDriver:
 
     def _tokenize(self, job: GenerationJob) -> list[int]:
         if job.messages is None:
-            return self.tokenizer.encode(job.prompt or "", add_special_tokens=False)
+            # The tokenizer's own special tokens: a BOS where it adds one (Gemma's text degenerates
+            # without it; SmolLM2's adds none), as the chat template starts with one.
+            return self.tokenizer.encode(job.prompt or "")
         return self.tokenize(job.messages)
+
+    # -- LoRA adapters, served side by side in one batch (drivers/lora.py) --------------------------
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Serve a PEFT LoRA adapter of this model as `name` from now on, without a restart
+        (jobs with `adapter=name` use it). Blocking: it runs between two engine steps."""
+        compute.call(self.engine.load_adapter, name, folder)
+
+    def unload_adapter(self, name: str) -> None:
+        compute.call(self.engine.unload_adapter, name)
+
+    def adapters(self) -> list[str]:
+        return list(self.engine.runner.adapters.adapters)
 
     # -- decoding --------------------------------------------------------------------------------
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:

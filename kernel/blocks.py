@@ -27,9 +27,16 @@ from llmos.kernel.model import GenerationJob
 
 BLOCK = 16  # tokens per KV block (drivers/paged_attention.cpp is compiled for it)
 NULL_BLOCK = 0
-_ROOT = -1  # the parent of a prompt's first block
+_ROOT = -1  # the parent of a prompt's first block, for the base model
 
-Key = tuple[int, tuple[int, ...]]  # (parent block, the block's tokens)
+Parent = int | tuple[int, str]  # a block, or the root of an adapter's tree: (_ROOT, adapter)
+Key = tuple[Parent, tuple[int, ...]]  # (parent block, the block's tokens)
+
+
+def _root(job: GenerationJob) -> Parent:
+    """Where a job's prefix starts in the tree: K/V depend on the weights, so each LoRA
+    adapter's prefixes are a tree of their own, never shared with the base model's."""
+    return _ROOT if job.adapter is None else (_ROOT, job.adapter)
 
 
 def blocks_for(tokens: int) -> int:
@@ -62,7 +69,7 @@ class BlockManager:
         self._refs = [0] * total
         self._tree: dict[Key, int] = {}  # cached and held blocks of computed prefixes
         self._key: dict[int, Key] = {}  # block -> its key in the tree
-        self._children: dict[int, set[int]] = {}
+        self._children: dict[Parent, set[int]] = {}
         self._cached: OrderedDict[int, None] = OrderedDict()  # in the tree, no references: eviction order
         self._held: dict[int, _Held] = {}  # job id -> its blocks
         self._fresh: list[int] = []  # handed out since the driver last zeroed new blocks
@@ -78,7 +85,7 @@ class BlockManager:
             if job.id in self._held:
                 return self._grow(job)
             tokens = job.prompt_ids + job.token_ids
-            shared = self._match(tokens)
+            shared = self._match(tokens, _root(job))
             need = blocks_for(tokens_needed(job)) - len(shared)
             if need > len(self._free) + len(self._cached) - sum(1 for b in shared if self._refs[b] == 0):
                 return False
@@ -145,7 +152,7 @@ class BlockManager:
             tokens = job.prompt_ids + job.token_ids
             if held is None:
                 return job.computed
-            shared = self._match(tokens)
+            shared = self._match(tokens, _root(job))
             if len(shared) * BLOCK <= job.computed:
                 return job.computed
             # From the first block: where this request computed a block of its own beside
@@ -201,10 +208,11 @@ class BlockManager:
         held.table += self._take(need)
         return True
 
-    def _match(self, tokens: list[int]) -> list[int]:
+    def _match(self, tokens: list[int], root: Parent = _ROOT) -> list[int]:
         """The blocks of the longest computed prefix of `tokens`, leaving at least its last
         token to compute (its logits are what the next step needs)."""
-        found, parent = [], _ROOT
+        found: list[int] = []
+        parent = root
         if not self.prefix_caching:
             return found
         for start in range(0, len(tokens) - 1 - BLOCK + 1, BLOCK):
@@ -219,7 +227,7 @@ class BlockManager:
         if not self.prefix_caching:
             return
         tokens = job.prompt_ids + job.token_ids
-        parent = _ROOT
+        parent = _root(job)
         for i in range(min(job.computed, len(tokens)) // BLOCK):
             block = table[i]
             key = (parent, tuple(tokens[i * BLOCK:(i + 1) * BLOCK]))

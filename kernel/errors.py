@@ -121,6 +121,13 @@ class ModelError(SyscallError):
     code = Errno.EIO
 
 
+class ModelNotServed(SyscallError):
+    """The kernel cannot serve that model to a process: unknown, or not a variant (a derived
+    model, a LoRA adapter) of the model it runs."""
+
+    code = Errno.ENODEV
+
+
 class InvalidState(SyscallError):
     """The target is not in a state that allows this (e.g. resume of a running process)."""
 

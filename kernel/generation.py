@@ -60,8 +60,12 @@ async def pieces(job: GenerationJob) -> AsyncIterator[str]:
 
 
 class GenerationService:
-    def __init__(self, driver: ModelDriver, scheduler: Scheduler) -> None:
+    def __init__(self, driver: ModelDriver, scheduler: Scheduler,
+                 variants: dict[str, ModelDriver] | None = None) -> None:
         self.driver = driver
+        # Drivers over `driver`'s engine (a derived model, an adapter): a process with
+        # `model` set prepares its jobs with that one; every job steps on `driver`.
+        self.variants = variants if variants is not None else {}
         self.scheduler = scheduler
         self.jobs: dict[int, GenerationJob] = {}
         self._owners: dict[int, Process] = {}
@@ -88,7 +92,7 @@ class GenerationService:
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
                             messages=tuple(messages) if messages is not None else None,
                             prompt_ids=list(prompt_ids or ()), options=options)
-        await anyio.to_thread.run_sync(self.driver.prepare, job)  # tokenizing only
+        await anyio.to_thread.run_sync(self.driver_for(proc).prepare, job)  # tokenizing only
         if options is not None:  # room after the prompt for the options side by side (see Engine)
             needed = max(1, sum(len(ids) - 1 for ids in job.option_ids))
             job.sampling = job.sampling.model_copy(update={"max_tokens": needed})
@@ -102,6 +106,10 @@ class GenerationService:
         self.jobs[job.id] = job
         self._owners[job.id] = proc
         return job
+
+    def driver_for(self, proc: Process) -> ModelDriver:
+        """The driver that prepares `proc`'s jobs: its variant of the model, if it chose one."""
+        return self.variants[proc.model] if proc.model is not None else self.driver
 
     def _wake(self) -> None:
         self._wakeup.set()

@@ -25,8 +25,8 @@ from llmos.kernel.audit import AuditLog
 from llmos.kernel.console import Console
 from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
-from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, NoSuchProcess,
-                                 SyscallError, Timeout)
+from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, ModelNotServed,
+                                 NoSuchProcess, SyscallError, Timeout)
 from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
@@ -58,7 +58,12 @@ class Kernel:
         if driver is not None:  # the scheduler admits no more than the driver holds
             self.scheduler.max_batch = min(self.scheduler.max_batch, driver.max_batch)
             self.scheduler.kv = getattr(driver, "kv", None)  # a driver with KV blocks admits by them
-        self.generation = GenerationService(driver, self.scheduler) if driver is not None else None
+        # Variants of the driver's model a process may use instead (derived models, LoRA
+        # adapters served in the same batch): loaded by name on first use through
+        # `variant_loader` (plugged in by llmos.boot), kept for the kernel's life.
+        self.variants: dict[str, ModelDriver] = {}
+        self.variant_loader: Callable[[str], ModelDriver] | None = None
+        self.generation = GenerationService(driver, self.scheduler, self.variants) if driver is not None else None
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
         if memory is not None:
@@ -277,6 +282,27 @@ class Kernel:
         proc = self.procs.get_live(pid)
         proc.priority = priority
         self.scheduler.set_priority(pid, priority)
+
+    async def set_model(self, pid: int, name: str | None) -> None:
+        """Move a process to another variant of the kernel's model (a derived model or LoRA
+        adapter of it, loaded now if need be, without a restart), or back to the model itself
+        (None, or its name). Its context window is kept; its next generation uses the variant."""
+        proc = self.procs.get_live(pid)
+        if name is None or (self.driver is not None and name == self.driver.name):
+            proc.model = None
+            return
+        if name not in self.variants:
+            self.variants[name] = await self._load_variant(name)
+        proc.model = name
+
+    async def _load_variant(self, name: str) -> ModelDriver:
+        if self.generation is None or self.variant_loader is None:
+            raise ModelNotServed(f"this kernel serves {'no model' if self.driver is None else self.driver.name} "
+                                 f"and cannot load variants of it, so not {name!r}")
+        try:
+            return await anyio.to_thread.run_sync(self.variant_loader, name)
+        except ValueError as exc:  # ConfigError and its kind: unknown, another base, a bad adapter
+            raise ModelNotServed(str(exc)) from None
 
     def ps(self, include_ended: bool = False) -> list[ProcessInfo]:
         procs = list(self.procs.live.values())

@@ -60,6 +60,9 @@ class GenerationJob:
     # Score these continuations of the prompt instead of generating (the `choose` syscall):
     # the driver fills `option_logprobs`, one log-probability per token of each option.
     options: tuple[str, ...] | None = None
+    # The LoRA adapter of the driver's model it runs with (a name the driver has loaded; set by
+    # the driver of a derived model at `prepare`), None for the base model.
+    adapter: str | None = None
     # Progress, written by the driver.
     prompt_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)

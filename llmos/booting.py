@@ -90,6 +90,8 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         # constrained JSON instead of scored.
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
+        if driver is not None:
+            kernel.variant_loader = lambda name: library.load_variant(name, driver, llmos_home())
         await _durability(stack, kernel, durable, resume, durable_capacity, api_url)
         yield kernel
 

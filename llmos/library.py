@@ -35,7 +35,7 @@ from llmos.drivers import DEFAULT_MODEL, compute, registry, remote_models
 from llmos.drivers.errors import ModelUnavailable, UnknownModel
 from llmos.drivers.model_info import has_tokenizer, read_config
 from llmos.drivers.remote_models import RemoteModel
-from llmos.drivers.weights import convert_gguf, is_cached
+from llmos.drivers.weights import convert_gguf, ensure_cached, is_cached
 from llmos.home import llmos_home
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import SamplingParams
@@ -79,7 +79,7 @@ class DerivedEntry(BaseModel):
     base: str = Field(min_length=1)
     system: str | None = None
     params: SamplingDefaults = Field(default_factory=SamplingDefaults)  # type: ignore[valid-type]
-    adapter: str | None = None  # a PEFT LoRA folder (recorded; not served yet)
+    adapter: str | None = None  # a PEFT LoRA folder, absolute (served by the base's engine: drivers/lora.py)
 
 
 class RemoteEntry(BaseModel):
@@ -260,16 +260,35 @@ def validate_params(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(name: str, base: str, *, system: str | None = None, adapter: Path | None = None,
-           params: dict[str, Any] | None = None, home: Path | None = None) -> None:
-    """A derived model: `base` with its own system prompt, sampling defaults and adapter."""
+           params: dict[str, Any] | None = None, home: Path | None = None, replace: bool = False) -> None:
+    """A derived model: `base` with its own system prompt, sampling defaults and adapter.
+    `replace`: a derived model already called `name` is replaced (any other entry is an error)."""
     home = home or llmos_home()
     adapter_path = _check_adapter(adapter) if adapter is not None else None
     defaults = validate_params(params or {})
     with editing(home) as library:
+        if replace:
+            _drop_derived(library, name)
         _check_new_name(name, library, home)
         if not known(base, library, home):
             raise UnknownModel(f"no model named {base!r} to derive {name!r} from (see `llmos models list`)")
         library.models[name] = DerivedEntry(base=base, system=system, params=defaults, adapter=adapter_path)
+
+
+def check_new_name(name: str, home: Path | None = None, *, replace: bool = False) -> None:
+    """ConfigError unless `create(name, ..., replace=replace)` may use `name`: checked before
+    long work (a fine-tuning run) whose result is registered under it."""
+    home = home or llmos_home()
+    library = read_library(home)
+    if replace:
+        _drop_derived(library, name)
+    _check_new_name(name, library, home)
+
+
+def _drop_derived(library: Library, name: str) -> None:
+    found = library.find(name)
+    if found is not None and isinstance(found[1], DerivedEntry):
+        del library.models[found[0]]
 
 
 def _check_adapter(adapter: Path) -> str:
@@ -344,6 +363,45 @@ def set_default(name: str | None, home: Path | None = None) -> None:
 
 
 # -- loading -------------------------------------------------------------------------------------------
+class NoLocalFolder(ConfigError):
+    """The model has no Hugging Face folder on this machine to train from: a remote model, a
+    derived one (its base has), or a registered model whose weights llmos does not fetch."""
+
+
+def local_folder(name: str, home: Path | None = None) -> Path:
+    """The Hugging Face folder (config.json, safetensors, tokenizer) of the local model `name`,
+    resolved in `llmos.booting.load_driver`'s order: remote, registered name or folder path,
+    then the library. A registered model's GGUF is de-quantized first if it is not yet."""
+    home = home or llmos_home()
+    plugins.load()
+    if remote_models.lookup(name, home) is not None:
+        raise NoLocalFolder(f"{name!r} is a remote model: its weights are on its server, not here")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _cached_folder(path.resolve(), name)
+    spec = builtin(name)
+    if spec is not None:
+        if spec.source is None:
+            raise NoLocalFolder(f"{spec.name!r} is registered without a GGUF source: llmos does not know its folder "
+                                "(import its Hugging Face folder with `llmos models import` and use that name)")
+        ensure_cached(spec.source, spec.cache_folder(home))
+        return spec.cache_folder(home)
+    key, entry = _entry(read_library(home), name, home)
+    if isinstance(entry, FolderEntry):
+        return _cached_folder(Path(entry.path), key)
+    if isinstance(entry, GgufEntry):
+        return _cached_folder(Path(entry.folder), key)
+    if isinstance(entry, DerivedEntry):
+        raise NoLocalFolder(f"{key!r} is a derived model (of {entry.base!r}): name a model with weights of its own")
+    raise NoLocalFolder(f"{key!r} is a remote model: its weights are on its server, not here")
+
+
+def _cached_folder(folder: Path, name: str) -> Path:
+    if not is_cached(folder):
+        raise ModelUnavailable(f"{name!r}: {folder} holds no config.json and *.safetensors")
+    return folder
+
+
 def lookup(name: str, home: Path) -> tuple[str, Entry] | None:
     """The library entry a name loads, or None: built-in names and folder paths come first
     (a corrupt manifest then stops no built-in model from loading)."""
@@ -369,20 +427,68 @@ def load(name: str, entry: Entry, home: Path, load_other: Callable[[str], Any]) 
     return compute.call(load_transformers_folder, folder, name=name)
 
 
-def _load_derived(name: str, entry: DerivedEntry, home: Path, load_other: Callable[[str], Any]) -> Any:
+def _load_derived(name: str, entry: DerivedEntry, home: Path, load_other: Callable[[str], Any],
+                  base: Any = None) -> Any:
+    """`base`: the root base's driver, when it is loaded already (a kernel's)."""
     from llmos.drivers.derived import DerivedDriver
 
     chain = derivation(name, entry, home)
-    if any(link.adapter is not None for _, link in chain):
-        raise ModelUnavailable(f"{name!r} has an adapter: adapters are not served yet")
+    # The nearest adapter counts, served under the name of the model that declares it, so the
+    # models derived from one fine-tune share its weights in the engine.
+    adapter = next(((link_name, Path(link.adapter)) for link_name, link in chain if link.adapter is not None), None)
+    if adapter is not None:
+        if not adapter[1].is_dir():
+            raise ModelUnavailable(f"library model {name!r}: its adapter folder {adapter[1]} is gone (or "
+                                   f"`llmos models rm {adapter[0]}`)")
+        from llmos.drivers.lora import read_config
+
+        read_config(adapter[1])  # a bad adapter fails before its base loads
     system = next((link.system for _, link in chain if link.system is not None), None)
     params: dict[str, Any] = {}
     for _, link in reversed(chain):  # the nearer the derivation, the later it writes, the more it counts
         params.update(link.params.model_dump(exclude_none=True))
     root = chain[-1][1].base
-    found = read_library(home).find(root)
-    base = load(found[0], found[1], home, load_other) if found is not None else load_other(root)
-    return DerivedDriver(name, base, system=system, sampling=params)
+    if base is None:
+        found = read_library(home).find(root)
+        base = load(found[0], found[1], home, load_other) if found is not None else load_other(root)
+    return DerivedDriver(name, base, system=system, sampling=params, adapter=adapter)
+
+
+def load_variant(name: str, running: Any, home: Path) -> Any:
+    """A driver for the library model `name` over the model a kernel runs (`running`: its
+    driver; a derived model's driver counts as its base): `name` must derive from that base,
+    its system prompt, defaults and adapter applied by the variant, the base's engine shared.
+    Blocking (it may read an adapter's weights)."""
+    from llmos.drivers.derived import DerivedDriver
+
+    engine = running.base if isinstance(running, DerivedDriver) else running
+    if name == engine.name:
+        return engine
+    found = read_library(home).find(name)
+    if found is None or not isinstance(found[1], DerivedEntry):
+        raise UnknownModel(f"{name!r} is not a derived model of the library (`llmos models create` / "
+                           f"`llmos finetune` make them): a kernel serves variants of {engine.name!r} only")
+    chain = derivation(found[0], found[1], home)
+    root = chain[-1][1].base
+    if root != engine.name:
+        raise ModelUnavailable(f"{found[0]!r} derives from {root!r}; this kernel runs {engine.name!r} "
+                               "(one base model per kernel)")
+    return _load_derived(found[0], found[1], home, lambda base: engine, base=engine)
+
+
+def variants_of(base: str, home: Path) -> list[str]:
+    """The library's derived models whose root base is `base` (what a kernel running it can
+    serve beside it: Kernel.set_model); a broken entry is left out, not raised."""
+    library = read_library(home)
+    names = []
+    for name, entry in library.models.items():
+        if isinstance(entry, DerivedEntry):
+            try:
+                if derivation(name, entry, home)[-1][1].base == base:
+                    names.append(name)
+            except ConfigError:
+                continue
+    return sorted(names)
 
 
 def derivation(name: str, entry: DerivedEntry, home: Path) -> list[tuple[str, DerivedEntry]]:

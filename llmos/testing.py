@@ -504,6 +504,20 @@ def tiny_model(seed: int = 0) -> Any:
     return model
 
 
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread while a test runs (as an autouse fixture of tiny-model tests): a
+    model this small gains nothing from more threads, and on a busy machine every operator
+    would wait at OpenMP's barrier for a worker whose core is taken."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, seed: int = 0) -> Any:
     """An `Engine` (llmos.drivers.engine) on `tiny_model(seed)` and `tiny_tokenizer()`, for
     engine tests that run in milliseconds. `config` is an EngineConfig (default: 4
@@ -521,6 +535,39 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
                     config=config or EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1),
                     dtype=torch.float32, device="cpu")
     return engine
+
+
+def random_lora(model: Any, folder: Path, *, seed: int = 0, rank: int = 4,
+                targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                b_std: float = 0.05, **config: Any) -> Path:
+    """A PEFT LoRA adapter of `model` with random (non-zero) factors, saved to `folder` as
+    `peft`'s save_pretrained writes it; `model` itself is left untouched. `config`: more
+    LoraConfig settings (lora_alpha, use_rslora, ...). `b_std`: the spread of the B factors
+    (A is peft's random init): how far the adapter moves the model."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    settings = {"r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets), "init_lora_weights": False, **config}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tuned = get_peft_model(copy.deepcopy(model), LoraConfig(**settings))
+        for name, parameter in tuned.named_parameters():
+            if "lora_B" in name:  # small beside the base's weights, as after real training
+                parameter.data.normal_(0.0, b_std)
+    tuned.save_pretrained(str(folder))
+    return folder
+
+
+def merged_with_lora(model: Any, folder: Path) -> Any:
+    """A copy of `model` with the adapter in `folder` merged into its weights (peft's own
+    arithmetic): the reference an engine serving the adapter must match."""
+    import copy
+
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(copy.deepcopy(model), str(folder)).merge_and_unload().eval()
 
 
 # -- fault injection --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import uvicorn
 
 import llmos
 from llmos.home import llmos_home
-from llmos.library import default_model
+from llmos.library import default_model, variants_of
 from llmos.server import auth, procs_api, telemetry, wire
 from llmos.server.app import create_app
 from llmos.server.console import DaemonConsole
@@ -77,6 +77,14 @@ def served_models(kernel: Any) -> list[ServedModel]:
     return models
 
 
+def variant_names(kernel: Any) -> list[str]:
+    """The library's derived models of the kernel's model (its base, if it runs a derived one)."""
+    if kernel.driver is None or kernel.variant_loader is None:
+        return []
+    base = getattr(kernel.driver, "base", kernel.driver)
+    return variants_of(base.name, llmos_home())
+
+
 async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any], None] = lambda url, key, kernel: None) -> None:
     """Boot the kernel and serve until cancelled or signalled (SIGINT, SIGTERM)."""
     key = resolve_key(options)
@@ -85,7 +93,8 @@ async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any]
             telemetry.exporting(kernel):
         kernel.console = console = DaemonConsole()  # processes' output and questions, for HTTP clients
         gateway = await Gateway.start(kernel)
-        app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key)
+        app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key,
+                         variants=lambda: variant_names(kernel))
         app.state.kernel = kernel
         app.state.console = console
         config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,9 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     kind: str = "chat"  # or "embedding"
     created: int = field(default_factory=now)
+    # A variant of the kernel's model (a derived model or LoRA adapter of the library): its
+    # requests' processes move to it (`set_model`) before they generate.
+    variant: bool = False
 
     def listing(self) -> dict[str, Any]:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "llmos",
@@ -53,12 +56,23 @@ class OpenAIState:
     gateway: Gateway
     models: list[ServedModel]
     embedder: Any = None  # llmos.kernel.model.Embedder, None without one
+    # The names of the variants of the kernel's model in the library now (read at each
+    # request: a fine-tune made while the daemon runs is served at once).
+    variants: Callable[[], list[str]] = lambda: []
+
+    def all_models(self) -> list[ServedModel]:
+        chat = next((m for m in self.models if m.kind == "chat"), None)
+        if chat is None:
+            return list(self.models)
+        return [*self.models, *(ServedModel(id=name, context_length=chat.context_length, variant=True)
+                                for name in self.variants() if name != chat.id)]
 
     def find(self, name: str, kind: str) -> ServedModel:
-        for model in self.models:
+        served = self.all_models()
+        for model in served:
             if model.kind == kind and (name == model.id or name in model.aliases):
                 return model
-        raise errors.model_not_found(name, [m.id for m in self.models if m.kind == kind])
+        raise errors.model_not_found(name, [m.id for m in served if m.kind == kind])
 
 
 def _state(request: Request) -> OpenAIState:
@@ -67,16 +81,16 @@ def _state(request: Request) -> OpenAIState:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [model.listing() for model in _state(request).models]}
+    return {"object": "list", "data": [model.listing() for model in _state(request).all_models()]}
 
 
 @router.get("/v1/models/{name:path}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
     state = _state(request)
-    for model in state.models:
+    for model in state.all_models():
         if name == model.id or name in model.aliases:
             return model.listing()
-    raise errors.model_not_found(name, [m.id for m in state.models])
+    raise errors.model_not_found(name, [m.id for m in state.all_models()])
 
 
 # -- chat ----------------------------------------------------------------------------------
@@ -127,8 +141,20 @@ def chat_completion(reply: Reply, cid: str, model: str) -> dict[str, Any]:
             "usage": Usage.of(reply.prompt_tokens, reply.completion_tokens).model_dump()}
 
 
-async def _chat_pieces(sys: Sys, fields: dict[str, Any]) -> AsyncIterator[Any]:
+async def on_model(sys: Sys, model: ServedModel) -> None:
+    """Move the request's process to the model it asked for, when that is a variant."""
+    if model.variant:
+        await sys.set_model(model.id)
+
+
+async def _chat(sys: Sys, model: ServedModel, fields: dict[str, Any]) -> Reply:
+    await on_model(sys, model)
+    return await sys.chat(**fields)
+
+
+async def _chat_pieces(sys: Sys, model: ServedModel, fields: dict[str, Any]) -> AsyncIterator[Any]:
     """_STARTED, then the text pieces, then the Reply (alone, when a tool was called)."""
+    await on_model(sys, model)
     result = await sys.chat(**fields, stream=True)
     yield _STARTED
     if isinstance(result, Reply):
@@ -146,10 +172,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     fields = chat_fields(body, model)
     cid = completion_id("chatcmpl")
     if not body.stream:
-        reply = await unless_hung_up(request, lambda: state.gateway.call("openai.chat", lambda sys: sys.chat(**fields),
+        reply = await unless_hung_up(request, lambda: state.gateway.call("openai.chat",
+                                                                          lambda sys: _chat(sys, model, fields),
                                                                           REQUEST_CAPS))
         return chat_completion(reply, cid, model.id)
-    items = await state.gateway.stream("openai.chat", lambda sys: _chat_pieces(sys, fields), REQUEST_CAPS)
+    items = await state.gateway.stream("openai.chat", lambda sys: _chat_pieces(sys, model, fields), REQUEST_CAPS)
     return _sse(_chat_chunks(items, cid, model.id, body.include_usage))
 
 
@@ -177,10 +204,12 @@ async def _chat_chunks(items: AsyncIterator[Any], cid: str, model: str, usage: b
 
 
 # -- completions ---------------------------------------------------------------------------
-async def _generate_all(sys: Sys, prompts: list[str], sampling: dict[str, Any]) -> AsyncIterator[Any]:
+async def _generate_all(sys: Sys, model: ServedModel, prompts: list[str],
+                        sampling: dict[str, Any]) -> AsyncIterator[Any]:
     """(index, piece) and (index, Reply) for each prompt. All are queued before any is read,
     so they generate together in one batch; streams are read one after the other (a later
     one's text waits in its job's outbox meanwhile)."""
+    await on_model(sys, model)
     results = [await sys.generate(prompt, **sampling, stream=True) for prompt in prompts]
     yield _STARTED
     for index, result in enumerate(results):
@@ -201,7 +230,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     sampling = body.sampling(default_max_tokens=model.context_length)
     cid = completion_id("cmpl")
     items = await state.gateway.stream("openai.completion",
-                                       lambda sys: _generate_all(sys, prompts, sampling), REQUEST_CAPS)
+                                       lambda sys: _generate_all(sys, model, prompts, sampling), REQUEST_CAPS)
     if body.stream:
         return _sse(_completion_chunks(items, cid, model.id, body.include_usage))
     replies: dict[int, Reply] = {}

@@ -17,7 +17,7 @@ from llmos.syscalls.context import ContextAppend, ContextClear, ContextInfo, Con
 from llmos.syscalls.memory import Forget, Recall, Remember
 from llmos.syscalls.console import AskUser, Write
 from llmos.syscalls.ipc import Publish, Recv, Send, Subscribe, Unsubscribe
-from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, Sleep, Spawn, Stats, Suspend, Trace, Wait
+from llmos.syscalls.proc import GetPid, Kill, Nice, Ps, Resume, SetStatus, Sleep, Spawn, Stats, Suspend, Trace, Wait
 from llmos.syscalls.generate import ToolCall
 from llmos.syscalls.choose import Choice, Choose
 from llmos.kernel.durable import DurableInfo, DurableState, RestartPolicy
@@ -30,7 +30,7 @@ from llmos.syscalls.table import TABLE
 
 __all__ = [
     "Chat", "ChatMessage", "DEFAULT_APP_CAPS", "ExitStatus", "Generate", "GetPid", "Kill", "Message", "Nice", "ProcState", "ProcessInfo",
-    "Ps", "Quotas", "Recv", "Reply", "Resume", "SamplingParams", "Send", "Sleep", "Spawn", "Suspend", "Sys", "TABLE",
+    "Ps", "Quotas", "Recv", "Reply", "Resume", "SamplingParams", "Send", "SetStatus", "Sleep", "Spawn", "Suspend", "Sys", "TABLE",
     "TextStream", "Wait", *_errors,
     "ContextAppend", "ContextClear", "ContextEntry", "ContextInfo", "ContextPin", "ContextRestore", "ContextSave",
     "ContextSnapshot", "ContextStats", "Forget", "MemoryItem", "Recall", "Remember",

@@ -26,6 +26,7 @@ from llmos.kernel.stats import KernelStatistics, TraceEvent
 
 Priority = Field(ge=params.NICE_MIN, le=params.NICE_MAX)
 OptionalPriority = Field(default=None, ge=params.NICE_MIN, le=params.NICE_MAX)
+MAX_STATUS_CHARS = 200  # a status is one line of a table, not a log
 
 
 def _raising(caller: Process, priority: int | None) -> Iterator[Need]:
@@ -145,6 +146,40 @@ class Nice(Request[None]):
         return self.pid is None  # a resumed process keeps the priority it gave itself
 
 
+class SetModel(Request[None]):
+    """Move a process (by default the caller) to another variant of the kernel's model: a
+    derived model or LoRA adapter of it from the library, loaded now if need be (ENODEV if
+    it is unknown or of another base), served in the same batches as the rest; None or the
+    model's own name: back to it. Its context window is kept."""
+
+    call: ClassVar[str] = "set_model"
+    positional: ClassVar[tuple[str, ...]] = ("model", "pid")
+
+    model: str | None = Field(min_length=1, max_length=128)
+    pid: int | None = None
+
+    def needs(self, caller: Process) -> Iterator[Need]:
+        if self.pid is not None:
+            yield Control(self.pid)
+
+    def reapply_on_replay(self) -> bool:
+        return self.pid is None  # a resumed process keeps the model it chose for itself
+
+
+class SetStatus(Request[None]):
+    """Say in one line what the caller is doing ("step 12/100 loss 2.31"), shown by `ps` and
+    `top` until it says something else; "" clears it."""
+
+    call: ClassVar[str] = "set_status"
+    replay_matches_arguments: ClassVar[bool] = False  # its answer is None, whatever it says
+    positional: ClassVar[tuple[str, ...]] = ("text",)
+
+    text: str = Field(max_length=MAX_STATUS_CHARS)
+
+    def reapply_on_replay(self) -> bool:
+        return True  # a resumed process shows what it last said
+
+
 class Ps(Request[list[ProcessInfo]]):
     """The live processes (and, with `include_ended`, the ended ones not yet reaped)."""
 
@@ -228,6 +263,14 @@ async def sys_nice(kernel: Kernel, caller: Process, req: Nice) -> None:
     kernel.nice(_unprotected(kernel, caller.pid if req.pid is None else req.pid, "renice"), req.priority)
 
 
+async def sys_set_model(kernel: Kernel, caller: Process, req: SetModel) -> None:
+    await kernel.set_model(caller.pid if req.pid is None else req.pid, req.model)
+
+
+async def sys_set_status(kernel: Kernel, caller: Process, req: SetStatus) -> None:
+    caller.status = " ".join(req.text.split()) or None  # one line, whatever the text held
+
+
 async def sys_ps(kernel: Kernel, caller: Process, req: Ps) -> list[ProcessInfo]:
     return kernel.ps(include_ended=req.include_ended)
 
@@ -251,5 +294,6 @@ async def sys_trace(kernel: Kernel, caller: Process, req: Trace) -> list[TraceEv
 
 HANDLERS = {
     Spawn: sys_spawn, Wait: sys_wait, Kill: sys_kill, Suspend: sys_suspend, Resume: sys_resume,
-    Nice: sys_nice, Ps: sys_ps, GetPid: sys_getpid, Sleep: sys_sleep, Stats: sys_stats, Trace: sys_trace,
+    Nice: sys_nice, SetModel: sys_set_model, SetStatus: sys_set_status, Ps: sys_ps, GetPid: sys_getpid,
+    Sleep: sys_sleep, Stats: sys_stats, Trace: sys_trace,
 }

@@ -90,6 +90,16 @@ class Sys:
     async def send(self, /, to: int | str, payload: Any) -> llmos.kernel.ipc.Message:
         """Deliver a copy of `payload` to one process's mailbox, without blocking."""
         ...
+    async def set_model(self, /, model: str | None, pid: int | None = ...) -> None:
+        """Move a process (by default the caller) to another variant of the kernel's model: a
+        derived model or LoRA adapter of it from the library, loaded now if need be (ENODEV if
+        it is unknown or of another base), served in the same batches as the rest; None or the
+        model's own name: back to it. Its context window is kept."""
+        ...
+    async def set_status(self, /, text: str) -> None:
+        """Say in one line what the caller is doing ("step 12/100 loss 2.31"), shown by `ps` and
+        `top` until it says something else; "" clears it."""
+        ...
     async def sleep(self, /, seconds: float) -> None:
         ...
     async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ..., durable: bool = ..., restart: Any = ...) -> llmos.kernel.process.ProcessInfo:

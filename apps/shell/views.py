@@ -18,13 +18,19 @@ DURABLE_STYLES = {"running": "green", "queued": "cyan", "unfinished": "yellow", 
 
 
 def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
-    table = Table("pid", "ppid", "name", "state", "nice", "tokens", "kv", "syscalls", "time", title=title,
-                  title_justify="left")
+    """One row a process; a "model" column when some process runs a variant of the kernel's
+    model (sys.set_model), a "status" column when some process said what it is doing (sys.set_status)."""
+    procs = list(procs)
+    said = any(p.status for p in procs)
+    variants = any(p.model for p in procs)
+    table = Table("pid", "ppid", "name", "state", "nice", *(("model",) if variants else ()), "tokens", "kv",
+                  "syscalls", "time", *(("status",) if said else ()), title=title, title_justify="left")
     for p in procs:
         state = p.state.name
         table.add_row(str(p.pid), str(p.ppid), p.name, Text(state, style=STATE_STYLES.get(state, "")),
-                      str(p.priority), str(p.stats.tokens), kv_memory(p.stats.kv_bytes), str(p.stats.syscalls),
-                      f"{p.runtime_s:.1f}s")
+                      str(p.priority), *((p.model or "-",) if variants else ()), str(p.stats.tokens),
+                      kv_memory(p.stats.kv_bytes), str(p.stats.syscalls),
+                      f"{p.runtime_s:.1f}s", *((p.status or "",) if said else ()))
     return table
 
 

@@ -15,7 +15,7 @@ import torch
 from llmos.drivers.engine import EngineConfig, sample_top_p
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager
 from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import TINY_VOCAB, tiny_engine
+from llmos.testing import TINY_VOCAB, tiny_engine, one_torch_thread
 
 EOS = TINY_VOCAB - 1
 COLORS = {"type": "object", "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
@@ -24,14 +24,7 @@ COLORS = {"type": "object", "properties": {"colors": {"type": "array", "items": 
           "required": ["colors", "ok"], "additionalProperties": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A model this small gains nothing from more threads, and on a busy machine every
-    operator would wait at OpenMP's barrier for a worker whose core is taken."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def hf_folder(folder: Path, architecture: str = "LlamaForCausalLM", template: st
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({
         "architectures": [architecture], "model_type": "llama", "max_position_embeddings": 2048,
-        "num_hidden_layers": 2, "hidden_size": 8, "vocab_size": 100}))
+        "num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2, "vocab_size": 100}))
     write_safetensors(folder / "model.safetensors", {"embed": ("F32", [100, 8]), "norm": ("BF16", [8])})
     (folder / "tokenizer.json").write_text("{}")
     if template is not None:
@@ -46,6 +46,25 @@ def test_folder_info_reads_config_and_headers(tmp_path):
                                                                                     "F32+BF16")
     assert info.driver == model_info.LLAMA_ENGINE
     assert model_info.folder_info(hf_folder(tmp_path / "g", "Gemma3ForCausalLM")).driver == model_info.GENERIC
+
+
+@pytest.mark.parametrize("config, label", [
+    ({"architectures": ["Gemma3ForCausalLM"], "num_attention_heads": 4,
+      "layer_types": ["sliding_attention", "full_attention"]}, model_info.GENERIC),
+    ({"architectures": ["Gemma3ForConditionalGeneration"], "text_config": {"num_attention_heads": 4}},
+     model_info.GENERIC),
+    ({"architectures": ["MambaForCausalLM"], "state_size": 16},
+     "unsupported: it has no attention heads (a recurrent model?)"),
+    ({"architectures": ["Qwen3NextForCausalLM"], "num_attention_heads": 4,
+      "layer_types": ["linear_attention", "full_attention"]},
+     "unsupported: its linear_attention layers keep state that is not K/V"),
+    ({"architectures": ["Gemma3TextModel"], "num_attention_heads": 4, "use_bidirectional_attention": True},
+     "unsupported: its attention is bidirectional, not causal"),
+    ({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4}, model_info.LLAMA_ENGINE),
+])
+def test_the_driver_says_which_path_runs_the_model_from_its_config(config, label):
+    """The engine's choice (drivers/generic.py refuses by the same generic_refusal), read without torch."""
+    assert model_info.driver_label(config["architectures"][0], model_info.generic_refusal(config)) == label
 
 
 def test_bad_files_are_config_errors_naming_them(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import llmos
-from llmos import library
+from llmos import booting, library
 from llmos.drivers.derived import DerivedDriver
 from llmos.kernel.model import ChatMessage
 from llmos.testing import FakeDriver
@@ -181,10 +181,11 @@ def test_a_derived_model_wraps_its_base_with_the_nearest_settings(llmos_home):
     assert (driver.system, driver.sampling) == ("Arr.", {"temperature": 0.0, "max_tokens": 9})
 
 
-def test_an_adapter_is_not_served_yet(tmp_path):
+def test_a_bad_adapter_fails_before_its_base_loads(tmp_path, monkeypatch):
     (tmp_path / "adapter_config.json").write_text("{}")
     library.create("tuned", "smollm2", adapter=tmp_path)
-    with pytest.raises(llmos.ModelUnavailable, match="adapters are not served yet"):
+    monkeypatch.setattr(booting.drivers, "load_driver", lambda *a: pytest.fail("the base was loaded"))
+    with pytest.raises(llmos.ConfigError, match="adapter_config.json: not a LoRA adapter config"):
         llmos.load_model("tuned")
 
 

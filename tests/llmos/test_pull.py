@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,35 @@ def test_a_chunked_gguf_is_installed_assembled_converted_and_imported(tmp_path, 
     finally:
         library.remove("chunky")  # its converted folder lives in the suite's shared model cache
         sys.modules.pop("chunky_gguf", None)
+
+
+def test_a_pulled_model_gets_the_chat_format_its_gguf_left_out(tmp_path, monkeypatch, llmos_home):
+    """gemma3-270m's GGUF has no chat template: Gemma's is added, and its end of turn is an eos."""
+    from tokenizers import Tokenizer, models
+
+    package = tmp_path / "site" / "plain_gguf"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "plain.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    item = pull.Pullable("plain", "a test model", ("plain-gguf",), GgufSource("plain_gguf", "plain.gguf", "plain-gguf"),
+                         chat=pull.CATALOG["gemma3-270m"].chat)
+    monkeypatch.setitem(pull.CATALOG, "plain", item)
+    monkeypatch.setattr(pull, "installed", lambda name: True)
+
+    def convert(gguf, cache):
+        cache.mkdir(parents=True)
+        (cache / "config.json").write_text("{}")
+        (cache / "model.safetensors").write_bytes(b"")
+        Tokenizer(models.WordLevel({"<eos>": 0, "<end_of_turn>": 1, "[UNK]": 2}, unk_token="[UNK]")).save(
+            str(cache / "tokenizer.json"))
+        (cache / "generation_config.json").write_text('{"eos_token_id": 0}')
+
+    try:
+        pull.pull("plain", install=no_pip, convert=convert)
+        folder = Path(library.read_library().models["plain"].folder)
+        assert "<start_of_turn>" in (folder / "chat_template.jinja").read_text()
+        assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == [0, 1]
+    finally:
+        library.remove("plain")
+        sys.modules.pop("plain_gguf", None)

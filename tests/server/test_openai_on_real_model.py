@@ -117,3 +117,28 @@ async def test_choose_over_http_routes_to_the_fitting_specialist(smollm2_server:
     assert answer.status_code == 200, answer.text
     assert answer.json()["option"] == "translator"
     assert len(answer.json()["logprobs"]) == 3 and len(answer.json()["similarities"]) == 3
+
+
+async def test_a_fine_tune_in_the_library_is_served_by_name_beside_the_base(ai, smollm2, session_llmos_home,
+                                                                             tmp_path, monkeypatch):
+    from llmos import library
+    from llmos.testing import random_lora
+
+    monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))  # the daemon's library
+    library.create("smollm2-shifted", "smollm2",
+                   adapter=random_lora(smollm2.driver.model, tmp_path / "shifted", seed=5, b_std=0.2))
+    try:
+        listed = [m.id for m in (await ai.models.list()).data]
+        assert "smollm2-shifted" in listed and "smollm2" in listed
+        messages = [{"role": "user", "content": "Name three colours."}]
+        base, tuned = [await ai.chat.completions.create(model=name, temperature=0, max_tokens=12, messages=messages)
+                       for name in ("smollm2", "smollm2-shifted")]
+        assert tuned.model == "smollm2-shifted" and tuned.choices[0].message.content != base.choices[0].message.content
+        stream = await ai.chat.completions.create(model="smollm2-shifted", temperature=0, max_tokens=12,
+                                                  messages=messages, stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == \
+            tuned.choices[0].message.content
+    finally:
+        library.remove("smollm2-shifted")
+    with pytest.raises(openai.NotFoundError):
+        await ai.chat.completions.create(model="smollm2-shifted", max_tokens=4, messages=messages)

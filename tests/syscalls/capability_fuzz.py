@@ -186,6 +186,8 @@ GENERATORS: dict[str, Callable[[Chooser], dict[str, Any]]] = {
     "suspend": lambda ch: {"pid": target(ch)},
     "resume": lambda ch: {"pid": target(ch)},
     "nice": lambda ch: {"priority": ch.integer(-20, 19), **({"pid": target(ch)} if ch.boolean() else {})},
+    "set_model": lambda ch: {"model": ch.choice([None, "no-such-model"]), **({"pid": target(ch)} if ch.boolean() else {})},
+    "set_status": lambda ch: {"text": _text(ch)},
     "ps": lambda ch: {"include_ended": ch.boolean()},
     "getpid": lambda ch: {},
     "sleep": lambda ch: {"seconds": ch.choice(SMALL_FLOATS)},
@@ -520,6 +522,7 @@ def nested(depth: int) -> Any:
 BASELINE: dict[str, dict[str, Any]] = {
     "spawn": {"app": idle}, "wait": {"pid": Target("child"), "timeout": 0}, "kill": {"pid": Target("ended")},
     "suspend": {"pid": Target("grandchild")}, "resume": {"pid": Target("grandchild")}, "nice": {"priority": 0},
+    "set_model": {"model": None}, "set_status": {"text": "step 1/2"},
     "sleep": {"seconds": 0}, "send": {"to": Target("self"), "payload": 1}, "recv": {"timeout": 0},
     "subscribe": {"topic": "t"}, "unsubscribe": {"topic": "t"}, "publish": {"topic": "t", "payload": 1},
     "chat": {"message": "hi", "max_tokens": 4}, "generate": {"prompt": "hi", "max_tokens": 4},

@@ -137,6 +137,8 @@ def documented_needs(req: Any, caller: Any) -> set[Any]:
         needs = {Control(req.pid)}
     elif call == "nice":
         needs = admin_to_raise | ({Control(req.pid)} if req.pid is not None else set())
+    elif call == "set_model":
+        needs = {Control(req.pid)} if req.pid is not None else set()
     elif call == "trace":
         needs = {"proc.admin"} if req.pid is None else {Control(req.pid, gone_ok=True)}
     elif call in ("send", "recv", "subscribe", "unsubscribe", "publish"):
@@ -155,7 +157,8 @@ def documented_needs(req: Any, caller: Any) -> set[Any]:
         needs = {f"tool.{req.name}"}
     elif call in ("durable.resume", "durable.cancel"):
         needs = {"proc.admin"}
-    elif call in ("ps", "getpid", "sleep", "stats", "list_tools", "durable.ps", "durable.info", "durable.wait") \
+    elif call in ("ps", "getpid", "sleep", "stats", "list_tools", "durable.ps", "durable.info", "durable.wait",
+                  "set_status") \
             or call.startswith("context."):
         needs = set()
     else:

@@ -440,3 +440,18 @@ async def test_sleep_sleeps_and_rejects_negative_seconds() -> None:
         slept, err = result(await spawn_and_wait(kernel, main))
     assert 0.045 <= slept < 0.5
     assert type(err) is InvalidRequest and err.code is Errno.EINVAL
+
+
+async def test_set_status_is_shown_by_ps_as_one_line_until_cleared() -> None:
+    async def main(sys):  # noqa: ANN001
+        await sys.set_status("step 1/10\nloss  2.5")
+        mine = [p for p in await sys.ps() if p.pid == sys.pid][0]
+        too_long = await caught(sys.set_status("x" * 201))
+        await sys.set_status("")
+        cleared = [p for p in await sys.ps() if p.pid == sys.pid][0]
+        return mine.status, too_long, cleared.status
+
+    async with llmos.boot(None) as kernel:
+        said, too_long, cleared = result(await spawn_and_wait(kernel, main))
+    assert said == "step 1/10 loss 2.5"
+    assert type(too_long) is InvalidRequest and cleared is None
