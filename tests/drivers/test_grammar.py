@@ -53,8 +53,12 @@ def test_constrained_and_free_sequences_share_a_batch(smollm2):
     assert set(json.loads(jobs[3].text)["colors"]) <= {"red", "green", "blue"}
 
 
-def test_grammar_state_survives_preemption(smollm2):
-    driver = smollm2.driver
+def test_grammar_state_survives_preemption(smollm2_f32):
+    # float32: the resumed job recomputes its reply's last partial block in a prefill pass, which
+    # in bfloat16 rounds differently from the decode passes that first computed it, and a
+    # near-tie in the number flipped with what earlier tests had left in the prefix cache.
+    driver = smollm2_f32.driver
+    driver.engine.blocks.clear_cache()
     whole = _job(1, driver, "Give the largest city of Italy and its population.", json_schema=CITY, max_tokens=60)
     _run(driver, [whole])
     split = _job(2, driver, "Give the largest city of Italy and its population.", json_schema=CITY, max_tokens=60)
