@@ -96,7 +96,7 @@ async def idle(sys: Sys) -> None:
     await anyio.sleep_forever()
 
 
-async def test_set_model_refuses_unknown_models_and_other_bases(smollm2_f32, tuned):
+async def test_set_model_refuses_unknown_models_and_moves_back_to_the_base(smollm2_f32, tuned):
     async with llmos.boot(smollm2_f32, memory=None) as kernel:
         proc = await kernel.spawn(idle)
         with pytest.raises(ModelNotServed, match="no-such"):
