@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,21 @@ class Engine:
         emit(pieces)
         for seq in [s for s in self.seqs.values() if s.job.finished]:
             self._release(seq)
+
+    def burst(self, running: Sequence[GenerationJob], emit: EmitFn, go_on: Callable[[], bool], max_steps: int) -> int:
+        """Steps of the same batch back to back (kernel/model.py BurstingDriver): stops after
+        `max_steps`, after a step that ended a job (the kernel must see it leave) or ran none, when
+        `go_on()` says no, or when a job's next step finds no free KV block (the kernel's
+        scheduler then preempts someone). Returns the steps run, at least one."""
+        steps = 0
+        while True:
+            self.step(running, emit)
+            steps += 1
+            ended = not running or any(job.finished or job.cancelled for job in running)  # (none: it let go)
+            if steps >= max_steps or ended or not go_on():
+                return steps
+            if not all(self.blocks.grow(job) for job in running):
+                return steps
 
     def _sync(self, running: Sequence[GenerationJob]) -> None:
         wanted = {job.id for job in running if not job.cancelled and not job.finished}

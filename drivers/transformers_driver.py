@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -168,6 +168,11 @@ class TransformersDriver:
         """One engine step on the compute thread: every running job gains at most one token
         (see Engine.step). Once started it completes, even if the caller is cancelled."""
         await compute.run(self.engine.step, running, emit)
+
+    async def burst(self, running: Sequence[GenerationJob], emit: EmitFn, go_on: Callable[[], bool],
+                    max_steps: int) -> int:
+        """Up to `max_steps` engine steps back to back on the compute thread (see Engine.burst)."""
+        return await compute.run(self.engine.burst, running, emit, go_on, max_steps)
 
     def statistics(self) -> dict[str, int]:
         return self.engine.statistics()

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import anyio
 import anyio.to_thread
@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
-from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.model import BurstingDriver, ChatMessage, EmitFn, GenerationJob, ModelDriver, SamplingParams
 from llmos.kernel.process import Process
 from llmos.kernel.scheduler import Scheduler, StepOutput
 from llmos.kernel.stats import GenerationStatistics
@@ -72,6 +72,12 @@ class GenerationService:
         self._ids = itertools.count(1)
         self._wakeup = anyio.Event()
         scheduler.on_change = self._wake  # any change the scheduler sees may give the loop work
+        # Set by every change that may alter the next step's batch (a request, a suspend, a
+        # cancel): a burst of steps (see `_advance`) ends at the step after it.
+        self._changed = False
+        # The pids of the processes that may still ask for a generation (set by the kernel);
+        # once each of them has one queued, the loop starts at once instead of gathering.
+        self.askers: Callable[[], Iterable[int]] | None = None
         self._running_ids: frozenset[int] = frozenset()  # the batch the driver holds now
         # Jobs the driver may still hold state for (a KV row, a stream): the last step's
         # unfinished ones, or its whole batch if it failed. It lets go of those not in its
@@ -112,6 +118,7 @@ class GenerationService:
         return self.variants[proc.model] if proc.model is not None else self.driver
 
     def _wake(self) -> None:
+        self._changed = True
         self._wakeup.set()
 
     def _fit_budget(self, proc: Process, job: GenerationJob) -> SamplingParams:
@@ -135,6 +142,7 @@ class GenerationService:
         if job.id not in self.jobs:
             return
         job.cancelled = True
+        self._changed = True
         if job.id not in self._running_ids:
             self._finish(job, "cancelled")
 
@@ -152,7 +160,8 @@ class GenerationService:
                     continue  # work may have come meanwhile
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-                await anyio.sleep(params.BATCH_GATHER_S)
+                if not self._everyone_asked():
+                    await anyio.sleep(params.BATCH_GATHER_S)
                 continue
             plan = self.scheduler.schedule()
             for preempted in plan.preempted:  # its blocks went back
@@ -164,12 +173,9 @@ class GenerationService:
             self._running_ids = frozenset(plan.running)
             started = time.perf_counter()
             self._held = {job.id for job in jobs}
+            steps = 1
             try:
-                pieces: list[tuple[GenerationJob, str]] = []
-                # The driver's thread only appends: it never waits on the event loop, and the
-                # pieces of a step are delivered as soon as the step returns.
-                await self._step(jobs, pieces.extend)
-                self._deliver(pieces)
+                steps = await self._advance(jobs)
                 self._held = {job.id for job in jobs if not job.finished}  # it released the finished
             except Exception as exc:  # a driver failure fails its batch, never the kernel
                 log.exception("model driver failed")
@@ -178,20 +184,69 @@ class GenerationService:
                     job.cancelled = True  # the driver drops it (a remote stream closes)
             finally:
                 self._running_ids = frozenset()
-            self._account(jobs, before, time.perf_counter() - started)
+            self._account(jobs, before, time.perf_counter() - started, steps)
             # Let the processes just handed text run before the next step starts: on a CPU
             # the step's threads use every core, and a task that runs beside them stalls
             # each of the step's many thread barriers instead of costing its own time.
             await anyio.sleep(0)
 
-    async def _step(self, jobs: list[GenerationJob], emit: EmitFn) -> None:
-        """One driver step, bounded by `step_timeout_s`: a driver that hangs fails its batch
-        (TimeoutError) instead of leaving every generation waiting forever. A step that is
-        shielded (the compute thread's) finishes first, and then counts as done."""
+    def _everyone_asked(self) -> bool:
+        """Whether every process that may ask for a generation has one queued already: then
+        no request is left to gather into the first batch."""
+        if self.askers is None:
+            return False
+        asking = {job.pid for job in self.jobs.values()}
+        return all(pid in asking for pid in self.askers())
+
+    async def _advance(self, jobs: list[GenerationJob]) -> int:
+        """Step the batch once, or in a burst when nobody waits for a slot; the text is
+        delivered when it returns. Returns the steps run."""
+        burst = self._burst_size()
+        self._changed = False
+        pieces: list[tuple[GenerationJob, str]] = []
+        # The driver's thread only appends: it never waits on the event loop, and the loop's
+        # thread sleeps meanwhile (woken in the middle of a step, it would stall the step's
+        # OpenMP barriers on 2 cores: ~10% of a one-agent decode).
+        try:
+            return await self._step(jobs, pieces.extend, burst)
+        finally:  # a burst that fails still hands out what its earlier steps made
+            self._deliver(pieces)
+
+    def _burst_goes_on(self, jobs: list[GenerationJob]) -> Callable[[], bool]:
+        """Whether a burst of steps over `jobs` may take another (asked on the driver's
+        thread): not after a change the scheduler must see, nor past DECODE_BURST_S (the
+        text waits for the burst's end), nor once a job has its first token (its time to
+        first token is not to wait for the burst)."""
+        started = time.perf_counter()
+        unstarted = [job for job in jobs if not job.token_ids]
+
+        def goes_on() -> bool:
+            return (not self._changed and time.perf_counter() - started < params.DECODE_BURST_S
+                    and not any(job.token_ids for job in unstarted))
+        return goes_on
+
+    def _burst_size(self) -> int:
+        """How many steps the next may run back to back: one while a request waits for a
+        slot (the scheduler must decide again after each step), or if the driver cannot."""
+        if (params.DECODE_BURST_STEPS <= 1 or not isinstance(self.driver, BurstingDriver)
+                or self.scheduler.someone_waits()):
+            return 1
+        return params.DECODE_BURST_STEPS
+
+    async def _step(self, jobs: list[GenerationJob], emit: EmitFn, burst: int = 1) -> int:
+        """One driver step (or a burst of up to `burst`), bounded by `step_timeout_s`: a
+        driver that hangs fails its batch (TimeoutError) instead of leaving every generation
+        waiting forever. A step that is shielded (the compute thread's) finishes first, and
+        then counts as done. Returns the steps run."""
+        steps = 1
         with anyio.move_on_after(self.step_timeout_s) as bound:
-            await self.driver.step(jobs, emit)
+            if burst > 1:
+                steps = await self.driver.burst(jobs, emit, self._burst_goes_on(jobs), burst)  # type: ignore[attr-defined]
+            else:
+                await self.driver.step(jobs, emit)
         if bound.cancelled_caught:
             raise TimeoutError(f"the model did not finish a step within {self.step_timeout_s:g} s")
+        return steps
 
     async def _let_go(self) -> None:
         """Step the driver over no jobs, so that it lets go of the ones that left while it
@@ -203,9 +258,9 @@ class GenerationService:
         except Exception:
             log.exception("model driver failed to let go of finished jobs")
 
-    def _account(self, jobs: list[GenerationJob], before: list[int], elapsed: float) -> None:
+    def _account(self, jobs: list[GenerationJob], before: list[int], elapsed: float, steps: int) -> None:
         decoded = {job.id: len(job.token_ids) - n for job, n in zip(jobs, before, strict=True)}
-        self._count(sum(decoded.values()))
+        self._count(sum(decoded.values()), steps)
         finished = frozenset(job.id for job in jobs if job.finished or job.cancelled)
         self.scheduler.update_from_output(StepOutput(tokens=decoded, finished=finished))
         share = elapsed / max(len(jobs), 1)  # a step's time, split among those it served
@@ -218,9 +273,9 @@ class GenerationService:
             if job.id in finished and job.id in self.jobs:
                 self._finish(job, job.finish_reason or "cancelled")
 
-    def _count(self, tokens: int) -> None:
+    def _count(self, tokens: int, steps: int) -> None:
         now = time.perf_counter()
-        self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+        self.steps, self.tokens = self.steps + steps, self.tokens + tokens
         self._recent.append((now, tokens))
         while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
             self._recent.popleft()

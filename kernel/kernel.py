@@ -64,6 +64,8 @@ class Kernel:
         self.variants: dict[str, ModelDriver] = {}
         self.variant_loader: Callable[[str], ModelDriver] | None = None
         self.generation = GenerationService(driver, self.scheduler, self.variants) if driver is not None else None
+        if self.generation is not None:
+            self.generation.askers = self._askers
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
         if memory is not None:
@@ -82,6 +84,10 @@ class Kernel:
         self.booted_at = time.time()
         # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
         self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
+
+    def _askers(self) -> list[int]:
+        """The processes that may ask for a generation: the live ones not suspended."""
+        return [p.pid for p in self.procs.live.values() if p.state is not ProcState.SUSPENDED]
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Kernel:

@@ -135,3 +135,17 @@ class ModelDriver(Protocol):
         are not in `running` are let go (preempted, cancelled); a job that comes back resumes
         where it stopped. Newcomers may spend several steps on their prompt before their
         first token."""
+
+
+@runtime_checkable
+class BurstingDriver(Protocol):
+    """A driver that can also run several steps of one batch back to back on its own thread
+    (`burst`): the kernel uses it when nothing waits for a slot, and saves the two thread
+    hand-offs a step otherwise costs (about 0.6 ms a step on 2 cores: 5% of a 13 ms decode)."""
+
+    async def burst(self, running: Sequence[GenerationJob], emit: EmitFn, go_on: Callable[[], bool],
+                    max_steps: int) -> int:
+        """Steps of `running`, as `step` does them, until `max_steps` are done or one of
+        them ends a job (finished or cancelled), or `go_on()` says no, or a job's next step
+        would find no free KV block; at least one. `emit` and `go_on` are called on the
+        driver's thread, after each step. Returns the steps run."""

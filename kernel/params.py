@@ -62,6 +62,15 @@ CHOICE_VECTOR_CACHE = 4096  # option texts whose sentence vectors are kept betwe
 # After the model goes idle and a request arrives, wait this long before starting a batch
 # so that requests issued together (agents spawned together) are served together.
 BATCH_GATHER_S = 0.01
+# While nothing waits for a slot, the generation loop lets the driver run several steps of
+# the same batch back to back on its thread, and hands out their text at the end (as vLLM's
+# multi-step scheduling does): each step saves the two thread hand-offs a step costs, and the
+# loop's thread, asleep meanwhile, no longer stalls the step's OpenMP barriers. A burst ends
+# after DECODE_BURST_STEPS steps or DECODE_BURST_S seconds (the text's delay), at a job's first
+# token, and at the step after a new request, suspend or cancel, a finished job or a full KV
+# memory: so it delays no one's turn. DECODE_BURST_STEPS = 1 turns bursts off.
+DECODE_BURST_STEPS = 8
+DECODE_BURST_S = 0.1
 # A driver step that has not returned after this long fails its batch (ModelError), so a hung
 # driver cannot leave every generation waiting forever. A real step takes well under a second
 # on a CPU; this is a backstop, not a pace. (A step running on the compute thread cannot be

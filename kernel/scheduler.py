@@ -154,7 +154,11 @@ class Scheduler:
         return sorted((r for r in self.waiting.values() if r.pid not in self._suspended), key=self.policy.key)
 
     def has_work(self) -> bool:
-        return bool(self.running) or any(r.pid not in self._suspended for r in self.waiting.values())
+        return bool(self.running) or self.someone_waits()
+
+    def someone_waits(self) -> bool:
+        """Whether a request that may run waits for a slot or for KV blocks."""
+        return any(r.pid not in self._suspended for r in self.waiting.values())
 
     def schedule(self) -> SchedulerOutput:
         """Preempt what must yield, then fill free slots from the waiting line."""

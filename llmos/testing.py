@@ -537,6 +537,20 @@ def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, se
     return engine
 
 
+def tiny_driver(config: Any = None, *, endless: bool = False) -> Any:
+    """A transformers driver (the engine, KV blocks and all) on `tiny_model()`: milliseconds a
+    step, for kernel tests of the real generation path. `config` as tiny_engine's; `endless`:
+    it never samples eos, so only max_tokens or a cancel ends a generation."""
+    from llmos.drivers.engine import EngineConfig
+    from llmos.drivers.transformers_driver import TransformersDriver
+
+    driver = TransformersDriver("tiny", tiny_model(), tiny_tokenizer(),
+                                config=config or EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1))
+    if endless:
+        driver.engine.eos_ids = frozenset()
+    return driver
+
+
 def random_lora(model: Any, folder: Path, *, seed: int = 0, rank: int = 4,
                 targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                 b_std: float = 0.05, **config: Any) -> Path:
@@ -716,9 +730,29 @@ class FaultyDriver:
         self.inner.prepare(job)
 
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
-        fault = self.injector.strike("step", "driver", tuple(sorted({job.pid for job in running})))
+        fault = self._strike(running)
         if fault is None:
             return await self.inner.step(running, emit)
+        await self._faulty_step(fault, running, emit)
+
+    async def burst(self, running: Sequence[GenerationJob], emit: EmitFn, go_on: Callable[[], bool],
+                    max_steps: int) -> int:
+        """The wrapped driver's burst (if it has none, a step), unless a fault strikes: a burst
+        counts as one call, and a struck one is a faulty step."""
+        fault = self._strike(running)
+        if fault is not None:
+            await self._faulty_step(fault, running, emit)
+            return 1
+        inner = getattr(self.inner, "burst", None)
+        if inner is None:
+            await self.inner.step(running, emit)
+            return 1
+        return await inner(running, emit, go_on, max_steps)
+
+    def _strike(self, running: Sequence[GenerationJob]) -> Fault | None:
+        return self.injector.strike("step", "driver", tuple(sorted({job.pid for job in running})))
+
+    async def _faulty_step(self, fault: Fault, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         if fault.action == "hang":
             return await _hang()
         emitted = False

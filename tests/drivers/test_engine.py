@@ -554,3 +554,50 @@ def test_a_cancelled_scoring_job_ends_cancelled(engine):
     job.cancelled = True
     _run(engine, [job])
     assert job.finish_reason == "cancelled" and not engine.seqs
+
+
+# -- bursts: several steps of one batch back to back (Engine.burst) -------------------------------------
+@pytest.fixture
+def endless():
+    """A tiny engine that never samples eos: only max_tokens, a cancel or the burst ends a job."""
+    return tiny_engine(eos_ids=frozenset())
+
+
+def test_a_burst_is_the_steps_it_runs_and_stops_at_its_length(endless):
+    engine, stepped = endless, tiny_engine(eos_ids=frozenset())
+    alone, burst = _job(1, _prompt(20, seed=60), max_tokens=30), _job(1, _prompt(20, seed=60), max_tokens=30)
+    _steps(stepped, [alone], 8)
+    pieces = []
+    assert engine.burst([burst], pieces.extend, lambda: True, 8) == 8
+    assert burst.token_ids == alone.token_ids and len(burst.token_ids) == 7  # the 2nd prefill pass gives one
+    assert "".join(piece for _, piece in pieces) == _text(engine, burst.token_ids)
+    assert engine.steps == 8
+
+
+def test_a_burst_stops_after_the_step_that_ends_a_job(endless):
+    engine = endless
+    short, long = _job(1, _prompt(10, seed=61), max_tokens=3), _job(2, _prompt(12, seed=62), max_tokens=30)
+    assert engine.burst([short, long], lambda pieces: None, lambda: True, 16) == 3  # prompt pass + 2 more tokens
+    assert short.finish_reason == "length" and len(short.token_ids) == 3 and not long.finished
+    long.cancelled = True
+    assert engine.burst([long], lambda pieces: None, lambda: True, 16) == 1
+    assert long.finish_reason == "cancelled" and not engine.seqs
+
+
+def test_a_burst_stops_when_told_or_before_a_step_that_finds_no_kv_block(endless):
+    engine = endless
+    job = _job(1, _prompt(12, seed=63), max_tokens=30)
+    asked = []
+
+    def go_on() -> bool:
+        asked.append(len(job.token_ids))
+        return len(asked) < 3
+
+    assert engine.burst([job], lambda pieces: None, go_on, 16) == 3 and asked == [1, 2, 3]
+    engine.step([], lambda pieces: None)
+    engine.blocks = BlockManager(3)  # two blocks of 16 tokens
+    grows = _job(2, _prompt(20, seed=64), max_tokens=30)
+    steps = engine.burst([grows], lambda pieces: None, lambda: True, 30)
+    # 32 positions computed; feeding its last token would need a 33rd: it stopped rather than fail.
+    assert len(grows.prompt_ids) + len(grows.token_ids) == 33 and steps == 2 + 12
+    assert not grows.finished and engine.blocks.blocks_held(grows) == 2

@@ -97,3 +97,35 @@ async def test_structured_output_through_sys_chat(smollm2):
         results = [(await kernel.wait(p.pid)).result for p in procs]
     assert all(set(r) == {"answer", "confidence"} and r["confidence"] in ("low", "medium", "high") for r in results)
     assert "Paris" in results[0]["answer"]
+
+
+@pytest.mark.parametrize("agents", [1, 3])
+async def test_bursts_of_steps_give_the_text_of_single_steps(smollm2_f32, monkeypatch, agents):
+    # Float32 and an empty prefix cache for both runs, so that the passes are the same ones.
+    from llmos.kernel import params
+
+    engine, driver = smollm2_f32.driver.engine, smollm2_f32.driver
+    questions = list(QUESTIONS)[:agents]
+
+    async def answers() -> list[str]:
+        engine.blocks.clear_cache()
+        async with llmos.boot(smollm2_f32, memory=None) as kernel:
+            procs = [await kernel.spawn(ask, q) for q in questions]
+            return [(await kernel.wait(p.pid)).result for p in procs]
+
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 1)
+    alone = await answers()
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 8)
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    calls, steps_before = 0, engine.steps
+    burst = driver.burst
+
+    async def counted(*args):  # noqa: ANN002, ANN202
+        nonlocal calls
+        calls += 1
+        return await burst(*args)
+
+    monkeypatch.setattr(driver, "burst", counted)
+    bursting = await answers()
+    assert bursting == alone
+    assert 0 < calls < (engine.steps - steps_before) / 2

@@ -31,7 +31,7 @@ from llmos.kernel.memory import MemoryStore
 from llmos.kernel.model import ModelDriver
 from llmos.kernel.process import ProcState
 from llmos.testing import (FakeDriver, FaultInjector, FaultRates, InMemoryStore, caught, result, spawn_and_wait,
-                           tiny_model, tiny_tokenizer, until)
+                           tiny_driver, until)
 
 TEN_PERCENT = FaultRates(fail=0.07, hang=0.03)  # a tenth of each kind of call is struck
 TOOL_TIMEOUT_S = 0.5  # the bound on a hung tool call (the caller's timeout)
@@ -203,15 +203,6 @@ def figures(injector: FaultInjector, run_figures: dict[str, Any], before: Resour
 
 
 # -- the bound each part gets ---------------------------------------------------------------------------
-def tiny_driver() -> Any:
-    """A transformers driver (the engine, KV rows and all) on the tiny random Llama: milliseconds a step."""
-    from llmos.drivers.engine import EngineConfig
-    from llmos.drivers.transformers_driver import TransformersDriver
-
-    return TransformersDriver("tiny", tiny_model(), tiny_tokenizer(),
-                              config=EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1))
-
-
 async def generate(sys: Any, max_tokens: int = 8) -> Any:
     """The reply as ("returned", reply), or the SyscallError."""
     return await caught(sys.generate("the cat sat on the mat", max_tokens=max_tokens))

@@ -1,13 +1,19 @@
-"""The generation service on the FakeDriver: one job record from submit to finish, and a
-serve loop that wakes on every change the scheduler sees."""
+"""The generation service: one job record from submit to finish, a serve loop that wakes on
+every change the scheduler sees (on the FakeDriver), and bursts of steps that end at the next
+change and gather waits only for processes that may still ask (on the tiny real engine)."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import anyio
+import pytest
 
 import llmos
+from llmos.kernel import params
 from llmos.kernel.process import ProcState
-from llmos.testing import FakeDriver, result, until
+from llmos.testing import FakeDriver, one_torch_thread, result, tiny_driver, until
 
 STORY = " ".join(f"w{i}" for i in range(40))
 
@@ -49,3 +55,102 @@ async def test_a_job_is_one_record_from_submit_to_finish() -> None:
     assert job.outbox.done.is_set() and job.first_token_at is not None
     assert reply.first_token_s == job.first_token_at - job.submitted_at
     assert reply.completion_tokens == len(job.token_ids) == 3
+
+
+# -- bursts of steps, and the gather wait (the tiny real engine) ------------------------------------------
+one_thread = pytest.fixture(autouse=True)(one_torch_thread)
+TINY = {"memory": None, "embedder": None, "durable": None, "mcp_servers": None}
+
+
+class Steps:
+    """Records every engine step of a driver (when it began, the jobs it ran), and how many
+    driver calls the loop made (a step or a burst: each one hand-off to the compute thread)."""
+
+    def __init__(self, driver: Any) -> None:
+        self.steps: list[tuple[float, frozenset[int]]] = []
+        self.jobs: dict[int, Any] = {}
+        self.calls = 0
+        engine_step, driver_step, driver_burst = driver.engine.step, driver.step, driver.burst
+
+        def step(running: Any, emit: Any) -> None:
+            self.steps.append((time.perf_counter(), frozenset(job.id for job in running)))
+            self.jobs |= {job.id: job for job in running}
+            engine_step(running, emit)
+
+        async def counted_step(*args: Any) -> Any:
+            self.calls += 1
+            return await driver_step(*args)
+
+        async def counted_burst(*args: Any) -> Any:
+            self.calls += 1
+            return await driver_burst(*args)
+
+        driver.engine.step, driver.step, driver.burst = step, counted_step, counted_burst
+
+    def after(self, moment: float) -> list[frozenset[int]]:
+        """The jobs of each step that began after `moment`."""
+        return [ids for began, ids in self.steps if began > moment]
+
+    def job_of(self, pid: int) -> Any:
+        [job] = [job for job in self.jobs.values() if job.pid == pid]
+        return job
+
+
+async def _generate(sys: Any, prompt: str = "the cat sat on the mat", max_tokens: int = 40) -> Any:
+    return await sys.generate(prompt, max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("burst", [1, 8])
+async def test_a_lone_generation_runs_in_bursts_with_the_same_text(monkeypatch, burst) -> None:
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", burst)
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)  # only the step count bounds a burst here
+    driver = tiny_driver(endless=True)
+    seen = Steps(driver)
+    async with llmos.boot(driver, **TINY) as kernel:
+        reply = result(await kernel.wait((await kernel.spawn(_generate)).pid, timeout=30))
+    assert reply.completion_tokens == 40 and reply.finish_reason == "length"
+    steps = len(seen.steps)  # its prompt pass gives the 1st token, 39 more steps the others
+    assert steps == 40
+    # One call for the prompt pass, then bursts of 8 (8, 8, 8, 8, 7); else one a step.
+    assert seen.calls == (steps if burst == 1 else 1 + 5)
+    alone = tiny_driver(endless=True)
+    async with llmos.boot(alone, **TINY) as kernel:
+        monkeypatch.setattr(params, "DECODE_BURST_STEPS", 1)
+        assert result(await kernel.wait((await kernel.spawn(_generate)).pid, timeout=30)).text == reply.text
+
+
+async def test_a_request_or_a_suspend_mid_burst_counts_from_the_next_step(monkeypatch) -> None:
+    # A burst asks after each step whether anything changed; a change that lands while it
+    # asks may let one more step begin, never two.
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    driver = tiny_driver(endless=True)
+    seen = Steps(driver)
+    async with llmos.boot(driver, **TINY) as kernel:
+        long = await kernel.spawn(_generate, "a long story", 400)
+        await until(lambda: len(seen.steps) >= 12, timeout=30)
+        assert seen.calls < len(seen.steps) / 2  # bursting
+        short = await kernel.spawn(_generate, "a short one", 6)
+        await kernel.wait(short.pid, timeout=30)
+        job = seen.job_of(short.pid)
+        after = seen.after(job.submitted_at)
+        first = next(n for n, ids in enumerate(after) if job.id in ids)
+        assert first <= 1 and all(job.id in ids for ids in after[first:first + len(job.token_ids)])
+        kernel.suspend(long.pid)
+        suspended = time.perf_counter()
+        await anyio.sleep(0.1)  # a hundred tiny steps' time
+        assert sum(1 for ids in seen.after(suspended) if ids) <= 1  # (a step of none lets go of it)
+        kernel.kill(long.pid)
+
+
+async def _idle(sys: Any) -> None:
+    await anyio.sleep_forever()
+
+
+async def test_the_gather_wait_is_skipped_once_every_process_has_asked(monkeypatch) -> None:
+    monkeypatch.setattr(params, "BATCH_GATHER_S", 2.0)
+    async with llmos.boot(tiny_driver(), **TINY) as kernel:
+        alone = result(await kernel.wait((await kernel.spawn(_generate, "hi", 2)).pid, timeout=30))
+        idle = await kernel.spawn(_idle)  # may still ask: a request gathers for it
+        gathered = result(await kernel.wait((await kernel.spawn(_generate, "hi", 2)).pid, timeout=30))
+        kernel.kill(idle.pid)
+    assert alone.first_token_s < 1.0 <= 2.0 <= gathered.first_token_s
