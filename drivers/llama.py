@@ -237,8 +237,13 @@ class LlamaRunner:
         self.adapters = self._adapter_set(cfg, str(model.device))
         device, dtype = str(model.device), model.dtype
         self.paged_decode = None  # the compiled kernel, where it serves this model here
+        # Its fused norm, rotary and K/V store, where the weights are quantized: there no
+        # pass is promised bitwise equal to HF's (they round once where HF rounds twice).
+        self.fused: Any = None
         if paged.supports(self.heads, self.kv_heads, self.head_dim, dtype, device):
             self.paged_decode = paged.kernel().decode  # type: ignore[union-attr]
+            if self.quantization.kind != "none":
+                self.fused = paged.kernel()
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.
         self.flash_decode = None
@@ -319,6 +324,8 @@ class LlamaRunner:
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """LlamaRMSNorm in its precision: statistics in float32, scaled in the model's dtype
         (F.rms_norm of the float32 upcast is bitwise HF's x * rsqrt(mean(x²) + eps))."""
+        if self.fused is not None:  # the same arithmetic in one call
+            return self.fused.rms_norm(x, weight, self.eps)
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def _project(self, projection: Projection, index: int, part: str, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
@@ -335,6 +342,12 @@ class LlamaRunner:
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass, batch: Batch) -> torch.Tensor:
         bsz, qlen, hq, hkv, dim = shared.bsz, shared.qlen, self.heads, self.kv_heads, self.head_dim
         qkv = self._project(layer.qkv, index, "qkv", x, shared).view(bsz, qlen, hq + 2 * hkv, dim)
+        if self.fused is not None and qlen == 1:  # rotary, K/V store and paged attention: two calls
+            q = self.fused.rope_store(qkv.view(bsz, hq + 2 * hkv, dim), shared.cos.view(bsz, dim),
+                                      shared.sin.view(bsz, dim), self.cache.k[index], self.cache.v[index],
+                                      shared.blocks, shared.offsets, hq)
+            out = self.paged_decode(q, self.cache.k[index], self.cache.v[index], shared.tables32, shared.lens, self.scale)
+            return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         qk = qkv[:, :, : hq + hkv]
         qk = qk * shared.cos + _swap_halves(qk) * shared.sin  # rotary, queries and keys at once
         q, k, v = qk[:, :, :hq], qk[:, :, hq:], qkv[:, :, hq + hkv:]  # (B, Q, heads, D)

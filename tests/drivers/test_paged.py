@@ -1,0 +1,79 @@
+"""The compiled operators of drivers/paged_attention.cpp beside the PyTorch code they replace:
+the fused RMSNorm, and decode's rotary embedding with its K/V store (the quantized path).
+Paged attention itself is checked through the engine (test_engine.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from llmos.drivers import paged
+from llmos.drivers.kv_cache import KVPool
+from llmos.drivers.llama import _swap_halves
+from llmos.kernel.model import GenerationJob, SamplingParams
+from llmos.testing import one_torch_thread, tiny_engine
+
+ops = paged.kernel()
+pytestmark = pytest.mark.skipif(ops is None, reason="the compiled kernel could not be built here")
+one_thread = pytest.fixture(autouse=True)(one_torch_thread)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_norm_is_llama_s_rms_norm(dtype):
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to(dtype)
+    norm.weight.data = torch.randn(576).to(dtype)
+    x = (torch.randn(5, 3, 576) * 4).to(dtype)
+    got, want = ops.rms_norm(x, norm.weight.data, 1e-5), norm(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    if dtype == torch.bfloat16:  # the float32 statistics differ below bfloat16's rounding
+        assert (got != want).float().mean() < 0.001
+        torch.testing.assert_close(got, want, atol=0.02, rtol=0.01)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        ops.rms_norm(x, norm.weight.data.float() if dtype != torch.float32 else norm.weight.data.double(), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_blocks_say(dtype):
+    torch.manual_seed(1)
+    batch, q_heads, kv_heads, dim = 3, 6, 2, 32
+    qkv = torch.randn(batch, q_heads + 2 * kv_heads, dim).to(dtype)
+    angles = torch.rand(batch, dim // 2) * 6
+    cos = torch.cat([angles.cos(), angles.cos()], -1).to(dtype)
+    sin = torch.cat([-angles.sin(), angles.sin()], -1).to(dtype)  # the first half negated, as the runner folds it
+    blocks, offsets = torch.tensor([4, 1, 6]), torch.tensor([0, 15, 7])
+    fused, python = KVPool(1, 8, kv_heads, dim, dtype, "cpu"), KVPool(1, 8, kv_heads, dim, dtype, "cpu")
+    for pool in (fused, python):
+        pool.zero(list(range(8)))
+    q = ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, offsets, q_heads)
+
+    turned = (qkv[:, : q_heads + kv_heads].float() * cos[:, None].float()
+              + _swap_halves(qkv[:, : q_heads + kv_heads]).float() * sin[:, None].float())
+    python.write(0, blocks, offsets, turned[:, q_heads:].to(dtype), qkv[:, q_heads + kv_heads:])
+    tolerance = {"atol": 0.02, "rtol": 0.01} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
+    torch.testing.assert_close(q, turned[:, :q_heads].to(dtype), **tolerance)
+    for block in blocks.tolist():
+        torch.testing.assert_close(fused.k[0, block], python.k[0, block], **tolerance)
+        assert torch.equal(fused.v[0, block], python.v[0, block])  # values are copied as they are
+    untouched = [b for b in range(8) if b not in blocks.tolist()]
+    assert torch.equal(fused.k[0, untouched], python.k[0, untouched])
+    with pytest.raises(RuntimeError, match="shapes disagree"):
+        ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, offsets, q_heads + 1)
+
+
+def test_the_engine_decodes_the_same_tokens_with_the_fused_operators():
+    prompts = [[5, 17, 99, 3, 42, 8], list(range(30, 70))]
+
+    def decode(fused: bool) -> list[list[int]]:
+        engine = tiny_engine(eos_ids=frozenset())
+        engine.runner.fused = ops if fused else None
+        jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=24), prompt_ids=p)
+                for i, p in enumerate(prompts)]
+        while not all(job.finished for job in jobs):
+            engine.step([job for job in jobs if not job.finished], lambda pieces: None)
+        return [job.token_ids for job in jobs]
+
+    assert decode(fused=True) == decode(fused=False)
