@@ -13,15 +13,17 @@ natively, see drivers/transformers_driver.py) and (a) is also measured in that d
   (e) llmos: N agent processes, each calling `sys.chat` through the kernel
   (f) the llmos engine driven directly, without the kernel (to measure the kernel's overhead)
 For N = 1, 4, 16, 64: aggregate tokens/s, time to first token p50/p95, per-request latency,
-and ratios to (a) and (d). (e) and (f) run --repeat times, interleaved, and the median run
-is reported (the machine is shared: one run of each can be off by tens of percent). Then:
+and ratios to (a) and (d). (d), (e) and (f) run in --repeat rounds, one after another in each
+round; the median run of each is reported, and llmos's ratio to each peer is the median of
+the rounds' ratios (the machine is shared: one run can be off by tens of percent). (c) runs
+after everything else, as its worker thread slows later torch work in the process. Then:
 requests arriving at ~2/s; 16 agents sharing a 600-token system prompt with and without
 prefix caching; a short request behind 16 long ones under FIFO and round-robin. (a) and
 (d) serve one request at a time, so their rate does not depend on N: they run
 --sequential requests, and N requests arriving together are given those requests'
 measured times back to back.
 
-    .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 3]
+    .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -230,33 +232,62 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
 
 # -- the runs ------------------------------------------------------------------------------------------
 def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """The table: the transformers baselines once per N; llama.cpp, llmos and the bare engine
+    in --repeat rounds, one after another in each, and the ratios of each round's pair (the
+    median of those is what a slow spell of the shared machine disturbs least). transformers'
+    generate_batch runs after everything else (`hf_generate_batch_rows`): its worker thread
+    leaves a second OpenMP team behind, which would slow every later torch step."""
     hf, tok = baseline.driver.model, baseline.driver.tokenizer
     out: dict[str, Any] = {}
     seq = compute.call(sequential_generate, hf, tok, questions(args.sequential))
     other_dtype = model.driver.model.dtype != hf.dtype
     seq_same = (compute.call(sequential_generate, model.driver.model, tok, questions(args.sequential)) if other_dtype
                 else None)
-    cpp = compute.call(llama_cpp_sequential, questions(args.sequential), args.threads)
     for n in ns:
         qs = questions(n)
         row: dict[str, Any] = {"sequential_generate": one_at_a_time(seq, n)}
         if seq_same is not None:
             row[f"sequential_generate_{dtype_name(model)}"] = one_at_a_time(seq_same, n)
-        row |= {"static_batch": compute.call(static_batch_generate, hf, tok, qs),
-                "hf_generate_batch": compute.call(hf_generate_batch, hf, tok, qs),
-                "llama_cpp_sequential": cpp if isinstance(cpp, str) else one_at_a_time(cpp, n),
-                "llama_cpp_batched": llama_batch.summary(model, qs, args.threads, NEW_TOKENS)}
-        runs: dict[str, list[dict[str, Any]]] = {"llmos": [], "bare_engine": []}
-        for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits both
+        row["static_batch"] = compute.call(static_batch_generate, hf, tok, qs)
+        runs: dict[str, list[Any]] = {"llama_cpp_sequential": [], "llama_cpp_batched": [], "llmos": [],
+                                      "bare_engine": []}
+        for _ in range(args.repeat):  # one after another, so a slow spell of the machine hits all
+            cpp = llama_cpp_sequential(questions(args.sequential), args.threads)
+            runs["llama_cpp_sequential"].append(cpp if isinstance(cpp, str) else one_at_a_time(cpp, n))
+            runs["llama_cpp_batched"].append(llama_batch.summary(model, qs, args.threads, NEW_TOKENS))
             cold(model)
             runs["llmos"].append(anyio.run(lambda: llmos_agents(model, qs)))
             runs["llmos"][-1].pop("ttfts")
             cold(model)  # else the bare engine would find these very prompts in the prefix cache
             runs["bare_engine"].append(compute.call(bare_engine, model.driver, qs))
-        row |= {name: median_run(r) for name, r in runs.items()}
+        row |= {name: r[0] if isinstance(r[0], str) else median_run(r) for name, r in runs.items()}
+        row["paired_ratios"] = paired_ratios(runs)
         out[str(n)] = row
         report_throughput(n, row)
     return out
+
+
+def paired_ratios(runs: dict[str, list[Any]]) -> dict[str, float]:
+    """llmos's tokens/s over each peer's in the same round, the median over the rounds."""
+    ratios = {}
+    for peer in ("llama_cpp_sequential", "llama_cpp_batched", "bare_engine"):
+        pairs = [mine["tokens_per_s"] / theirs["tokens_per_s"] for mine, theirs in zip(runs["llmos"], runs[peer],
+                                                                                      strict=True)
+                 if isinstance(theirs, dict)]
+        if pairs:
+            ratios[f"llmos_over_{peer}"] = statistics.median(pairs)
+    return ratios
+
+
+def hf_generate_batch_rows(baseline: llmos.Model, ns: list[int], throughput_rows: dict[str, Any]) -> None:
+    """(c) for every N, into the table's rows: run last (see `throughput`)."""
+    hf, tok = baseline.driver.model, baseline.driver.tokenizer
+    for n in ns:
+        row = throughput_rows[str(n)]
+        row["hf_generate_batch"] = compute.call(hf_generate_batch, hf, tok, questions(n))
+        result = row["hf_generate_batch"]
+        print(f"transformers generate_batch, N = {n}: "
+              + (result if isinstance(result, str) else f"{result['tokens_per_s']:.1f} tok/s"))
 
 
 def dtype_name(model: llmos.Model) -> str:
@@ -269,6 +300,8 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
     print(f"\nN = {n}")
     print(f"  {'method':24} {'tok/s':>8} {'x seq':>7} {'x l.cpp':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8}")
     for name, r in row.items():
+        if name == "paired_ratios":
+            continue
         if isinstance(r, str):
             print(f"  {name:24} {r}")
             continue
@@ -282,8 +315,11 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
     print(f"  kernel time between engine steps: {row['llmos']['gap_ms_median']:.2f} ms median, "
           f"{row['llmos']['gap_share'] * 100:.1f}% of the run; engine step {row['llmos']['step_ms_median']:.1f} ms "
           f"under the kernel, {row['bare_engine']['step_ms_median']:.1f} ms bare (medians)")
-    print(f"  kernel overhead (llmos vs bare engine, medians of {len(row['llmos']['tokens_per_s_runs'])}): "
-          f"{(row['bare_engine']['tokens_per_s'] / row['llmos']['tokens_per_s'] - 1) * 100:+.1f}%")
+    ratios, rounds = row["paired_ratios"], len(row["llmos"]["tokens_per_s_runs"])
+    print(f"  llmos over its peers, the median of {rounds} rounds' ratios: "
+          + ", ".join(f"{peer.removeprefix('llmos_over_')} x{ratio:.2f}" for peer, ratio in ratios.items()))
+    if "llmos_over_bare_engine" in ratios:
+        print(f"  kernel overhead (bare engine over llmos, paired): {(1 / ratios['llmos_over_bare_engine'] - 1) * 100:+.1f}%")
 
 
 def staggered(model: llmos.Model) -> dict[str, Any]:
@@ -367,7 +403,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sequential", type=int, default=4, help="requests the one-at-a-time baselines run")
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 64], help="agent counts to measure")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of llmos and of the bare engine per N")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds per N of llama.cpp (one by one and batched), llmos and the bare engine")
     parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
     args = parser.parse_args()
@@ -382,6 +419,7 @@ def main() -> None:
                                "repeat": args.repeat, "throughput": throughput(model, baseline, ns, args)}
     for name in [] if args.quick else args.runs:
         results[name] = EXTRA_RUNS[name](model)
+    hf_generate_batch_rows(baseline, ns, results["throughput"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nsaved {RESULTS}")

@@ -253,6 +253,12 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
                   sin.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
               "rope_store: dtypes differ");
   TORCH_CHECK(blocks.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong, "rope_store: int64 blocks");
+  const int64_t* block_ids = blocks.data_ptr<int64_t>();
+  const int64_t* offset_ids = offsets.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {  // a write past the pool would corrupt memory silently
+    TORCH_CHECK(block_ids[b] >= 0 && block_ids[b] < k.size(0) && offset_ids[b] >= 0 && offset_ids[b] < BLOCK,
+                "rope_store: row ", b, " writes to block ", block_ids[b], " offset ", offset_ids[b], " of ", k.size(0));
+  }
   auto q = at::empty({batch, q_heads, dim}, qkv.options());
   if (qkv.scalar_type() == at::kFloat) {
     rope_store_rows<float>(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), k.data_ptr<float>(),

@@ -62,6 +62,10 @@ def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_bl
     assert torch.equal(fused.k[0, untouched], python.k[0, untouched])
     with pytest.raises(RuntimeError, match="shapes disagree"):
         ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, offsets, q_heads + 1)
+    with pytest.raises(RuntimeError, match="row 2 writes to block 8 offset 7 of 8"):  # never past the pool
+        ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], torch.tensor([4, 1, 8]), offsets, q_heads)
+    with pytest.raises(RuntimeError, match="offset 16"):
+        ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, torch.tensor([0, 16, 7]), q_heads)
 
 
 def test_the_engine_decodes_the_same_tokens_with_the_fused_operators():
