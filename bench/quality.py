@@ -28,6 +28,8 @@ from llmos.drivers import compute, quant
 from llmos.drivers.transformers_driver import cpu_dtype
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 
+from common import use_model_cache
+
 RESULTS = Path(__file__).parent / "results" / "quality.json"
 TEXT = Path(__file__).parent.parent / "README.md"
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+2?", "Write one sentence about the sea.",
@@ -127,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    use_model_cache("llmos-bench-quality-")  # never ~/.llmos
     compute.call(torch.set_num_threads, args.threads)
     with quant.requested_quantization("none"):  # the dtypes alone first
         models = {dtype: llmos.load_model("smollm2", dtype=dtype) for dtype in ("float32", "bfloat16")}
