@@ -84,6 +84,18 @@ def fits(kind: str, weight: torch.Tensor) -> bool:
     return kind != "int4" or (k % INT4_GROUP == 0 and n % 8 == 0)
 
 
+ALIGNMENT = 64  # bytes: an AVX-512 register, and what PyTorch's CPU allocator gives
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, copied if it does not start on a 64-byte boundary. Weights read back from the
+    safetensors cache start wherever the file puts them (8-byte aligned), and torch 2.13's
+    CPU int8 kernel (`_weight_int8pack_mm`, bfloat16 activations) reads them with aligned
+    vector loads from 4 rows on: on this AVX-512 machine SmolLM2's lm_head segfaulted within
+    seconds of repeated 4-8 row calls from the cache, never once copied to an aligned block."""
+    return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+
+
 @dataclass
 class QuantizedWeight:
     """y = x W^T for a (N, K) weight kept in `kind`; x is (M, K) bfloat16, y (M, N) bfloat16."""
@@ -92,6 +104,9 @@ class QuantizedWeight:
     out_features: int
     data: torch.Tensor  # int8 (N, K), or int4 packed (N, K/2) uint8
     scales: torch.Tensor  # int8: (N,) bfloat16; int4: (K/G, N, 2) bfloat16 scale and zero
+
+    def __post_init__(self) -> None:
+        self.data, self.scales = aligned(self.data), aligned(self.scales)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "int8":

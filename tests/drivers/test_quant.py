@@ -117,3 +117,22 @@ def test_quantized_weights_are_cached_on_disk_and_read_back_the_same(kind, tmp_p
     assert torch.equal(damaged.weight("layers.0.o", w).data, made.data) and damaged.made == 1
     assert "unreadable" in caplog.text
     assert quant.QuantCache(None, kind, torch.float32).path is None  # no folder: nothing cached
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weights_read_back_from_the_cache_start_on_a_64_byte_boundary(kind, tmp_path):
+    # torch's int8 kernel reads its weights with aligned vector loads from 4 rows on; read
+    # back from a safetensors file they started 8-byte aligned, and 4-8 row calls segfaulted.
+    names = [f"layers.{i}.o" for i in range(5)]  # several tensors: the file's offsets differ
+    first = quant.QuantCache(tmp_path, kind, torch.float32)
+    made = {name: first.weight(name, weight()) for name in names}
+    first.save()
+    again = quant.QuantCache(tmp_path, kind, torch.float32)
+    for name in names:
+        read = again.weight(name, weight())
+        assert read.data.data_ptr() % quant.ALIGNMENT == 0 and read.scales.data_ptr() % quant.ALIGNMENT == 0
+        x = torch.randn(8, read.data.shape[1] * (2 if kind == "int4" else 1), dtype=torch.bfloat16)
+        assert torch.equal(read(x), made[name](x))
+    odd = torch.zeros(100, dtype=torch.int8)[3:67]
+    assert odd.data_ptr() % quant.ALIGNMENT != 0 and quant.aligned(odd).data_ptr() % quant.ALIGNMENT == 0
+    assert torch.equal(quant.aligned(odd), odd)
