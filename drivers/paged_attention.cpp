@@ -262,14 +262,13 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
   auto q = at::empty({batch, q_heads, dim}, qkv.options());
   if (qkv.scalar_type() == at::kFloat) {
     rope_store_rows<float>(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), k.data_ptr<float>(),
-                           v.data_ptr<float>(), blocks.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
-                           q.data_ptr<float>(), batch, q_heads, kv_heads, dim);
+                           v.data_ptr<float>(), block_ids, offset_ids, q.data_ptr<float>(), batch, q_heads, kv_heads,
+                           dim);
   } else {
     TORCH_CHECK(qkv.scalar_type() == at::kBFloat16, "rope_store: float32 or bfloat16");
     using B16 = c10::BFloat16;
     rope_store_rows<B16>(qkv.data_ptr<B16>(), cos.data_ptr<B16>(), sin.data_ptr<B16>(), k.data_ptr<B16>(),
-                         v.data_ptr<B16>(), blocks.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), q.data_ptr<B16>(),
-                         batch, q_heads, kv_heads, dim);
+                         v.data_ptr<B16>(), block_ids, offset_ids, q.data_ptr<B16>(), batch, q_heads, kv_heads, dim);
   }
   return q;
 }

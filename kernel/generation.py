@@ -66,6 +66,7 @@ class GenerationService:
         # Drivers over `driver`'s engine (a derived model, an adapter): a process with
         # `model` set prepares its jobs with that one; every job steps on `driver`.
         self.variants = variants if variants is not None else {}
+        self._can_burst = isinstance(driver, BurstingDriver)  # once: a protocol check walks its members
         self.scheduler = scheduler
         self.jobs: dict[int, GenerationJob] = {}
         self._owners: dict[int, Process] = {}
@@ -228,8 +229,7 @@ class GenerationService:
     def _burst_size(self) -> int:
         """How many steps the next may run back to back: one while a request waits for a
         slot (the scheduler must decide again after each step), or if the driver cannot."""
-        if (params.DECODE_BURST_STEPS <= 1 or not isinstance(self.driver, BurstingDriver)
-                or self.scheduler.someone_waits()):
+        if params.DECODE_BURST_STEPS <= 1 or not self._can_burst or self.scheduler.someone_waits():
             return 1
         return params.DECODE_BURST_STEPS
 

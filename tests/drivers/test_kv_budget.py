@@ -13,7 +13,7 @@ from llmos.drivers.transformers_driver import TransformersDriver
 from llmos.kernel.blocks import BlockManager
 from llmos.kernel.errors import ConfigError, ContextOverflow
 from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import tiny_engine, tiny_model, tiny_tokenizer
+from llmos.testing import tiny_driver, tiny_engine
 
 
 def test_the_budget_comes_from_the_config_then_the_environment_then_the_default(monkeypatch):
@@ -50,13 +50,8 @@ def test_the_cli_option_sets_the_environment_for_what_it_boots(monkeypatch):
     assert os.environ.pop(KV_CACHE_ENV) == "300"
 
 
-def _driver(budget_mb: int) -> TransformersDriver:
-    return TransformersDriver("tiny", tiny_model(), tiny_tokenizer(),
-                              config=EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=budget_mb))
-
-
 def test_a_prompt_the_budget_cannot_hold_is_refused_and_a_long_reply_is_cut_to_it():
-    driver = _driver(1)
+    driver = tiny_driver()  # a 1 MB KV budget
     driver.engine.blocks = BlockManager(10)  # 9 usable blocks, 144 tokens: less than the 512-token context
     capacity = driver.engine.capacity_tokens()
     assert capacity == 144

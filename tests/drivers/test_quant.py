@@ -89,6 +89,11 @@ def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_
         assert runner.quantization.measured and (runner.quantization.kind == "none") == (runner.lm_head.small is None)
     else:  # the output projection in int8 beside int4 layers
         assert runner.quantization.kind == kind and runner.lm_head.small.kind == ("int8" if kind == "int4" else kind)
+    quantized = [p.small for p in (*[part for layer in runner.layers for part in (layer.qkv, layer.o, layer.gate_up,
+                                                                                 layer.down)], runner.lm_head)
+                 if p.small is not None]
+    # Read back from the cache, each starts on a 64-byte boundary (torch's int8 kernel needs it).
+    assert all(q.data.data_ptr() % quant.ALIGNMENT == 0 for q in quantized)
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
 
