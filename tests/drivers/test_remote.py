@@ -603,7 +603,7 @@ runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 
 @pytest.fixture(scope="module")
 def llama_cpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
     from llmos.drivers.smollm2 import SOURCE
 
     port = free_port()
