@@ -24,20 +24,22 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmos.drivers.generic import GenericRunner, runs_on_llama_engine
 from llmos.drivers.grammar import Grammars
 from llmos.drivers.kv_cache import KVPool
-from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available
+from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available, runs_on_llama_engine
 from llmos.drivers.lora import AdapterError, read_adapter
 from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager, blocks_for
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import EmitFn, GenerationJob
+
+if TYPE_CHECKING:
+    from llmos.drivers.generic import GenericRunner
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +138,22 @@ class Engine:
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.runner = (LlamaRunner(model, self._pool, flash=flash_attention_available(device),
-                                   quantization=config.quantization or wanted_quantization())
-                       if runs_on_llama_engine(model)  # any other causal LM: its own forward over the same KV pool
-                       else GenericRunner(model, self._pool, quantization=config.quantization or wanted_quantization()))
+        self.runner = self._runner(model, config.quantization or wanted_quantization())
         self.cache = self.runner.cache
         self.blocks = BlockManager(self.cache.blocks, prefix_caching=config.prefix_caching,
                                    block_bytes=self.cache.bytes_per_token() * BLOCK)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, eos_ids)
         self.seqs: dict[int, JobState] = {}  # job id -> the state of each live sequence
         self.steps = self.tokens_out = self.tokens_in = 0  # counters for statistics()
+
+    def _runner(self, model: object, quantization: str) -> LlamaRunner | GenericRunner:
+        if runs_on_llama_engine(model):
+            return LlamaRunner(model, self._pool, flash=flash_attention_available(self.device), quantization=quantization)
+        # Any other causal LM: its own forward over the same KV pool. Imported here, as it imports
+        # transformers' cache classes (half a second of a cold start that needs none of it).
+        from llmos.drivers.generic import GenericRunner
+
+        return GenericRunner(model, self._pool, quantization=quantization)
 
     def _pool(self, layers: int, kv_heads: int, head_dim: int) -> KVPool:
         megabytes = kv_cache_mb(self.config.kv_cache_mb)

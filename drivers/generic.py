@@ -35,7 +35,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from llmos.drivers.kv_cache import KVPool
-from llmos.drivers.llama import NO_QUANT, SUPPORTED_ARCHITECTURES, Batch
+from llmos.drivers.llama import NO_QUANT, Batch, architecture_of
 from llmos.drivers.model_info import generic_refusal
 from llmos.kernel.blocks import BLOCK
 from llmos.kernel.errors import ConfigError
@@ -46,15 +46,6 @@ log = logging.getLogger(__name__)
 # flex-attention its own block masks): any other is switched to sdpa.
 MASKED_ATTENTION = ("sdpa", "eager")
 SLIDING = "sliding_attention"
-
-
-def architecture_of(model: Any) -> str:
-    return (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-
-
-def runs_on_llama_engine(model: Any) -> bool:
-    """Whether the llama engine (drivers/llama.py) runs `model`; every other causal LM takes the generic path."""
-    return architecture_of(model) in SUPPORTED_ARCHITECTURES
 
 
 @dataclass(frozen=True)

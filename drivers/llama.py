@@ -46,6 +46,16 @@ AUTO_KINDS = ("int8", "int4")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 
+def architecture_of(model: Any) -> str:
+    return (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+
+
+def runs_on_llama_engine(model: Any) -> bool:
+    """Whether the llama engine runs `model`; every other causal LM takes the generic path
+    (drivers/generic.py)."""
+    return architecture_of(model) in SUPPORTED_ARCHITECTURES
+
+
 @dataclass(frozen=True)
 class Batch:
     """One forward pass over B sequences, each with its block table."""
@@ -180,6 +190,8 @@ def _for_lm_head(choice: Choice) -> Choice:
 
 def _model_folder(model: Any) -> Path | None:
     """The local folder the model was loaded from, where its quantized weights are cached."""
+    if getattr(model, "folder", None) is not None:  # read by drivers/llama_checkpoint.py
+        return Path(model.folder)
     name = str(getattr(model.config, "_name_or_path", "") or "")  # "" for a model built in memory
     return Path(name) if name and Path(name).is_dir() else None
 

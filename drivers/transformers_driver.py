@@ -17,6 +17,7 @@ import torch
 from llmos.drivers import compute
 from llmos.drivers.compute import cpu_flags  # the dtype reads it through this module (tests patch it here)
 from llmos.drivers.engine import Engine, EngineConfig
+from llmos.drivers.llama_checkpoint import CheckpointLlama, CheckpointMismatch, load_checkpoint, read_config
 from llmos.kernel.blocks import tokens_needed
 from llmos.kernel.errors import ConfigError, ContextOverflow, InvalidRequest
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
@@ -72,31 +73,59 @@ def default_threads() -> int:
 
 def load_transformers_folder(folder: Path, name: str | None = None) -> TransformersDriver:
     """Any local Hugging Face causal-LM folder (config.json + safetensors), as a driver.
-    Run it on the compute thread (llmos.drivers.registry.load_driver does)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmos.drivers.weights import quiet_hf_progress
+    Run it on the compute thread (llmos.drivers.registry.load_driver does). A Llama-shaped
+    checkpoint on the CPU is read without transformers' model classes (drivers/llama_checkpoint.py:
+    seconds less of a cold start); any other model through `from_pretrained`."""
+    from transformers import AutoTokenizer
 
     torch.set_num_threads(default_threads())
     device, attn, dtype = pick_device_and_attention()
+    model = _read_checkpoint(folder, dtype) if device == "cpu" else None
+    if model is None:
+        model = _from_pretrained(folder, dtype, attn).to(device).eval()
+    log.info("%s: %s, %s on %s, %d threads", name or folder.name, _described(model), dtype, device,
+             torch.get_num_threads())
+    return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device,
+                              folder=folder)
+
+
+def _read_checkpoint(folder: Path, dtype: torch.dtype) -> Any:
+    config = read_config(folder)
+    if config is None:
+        return None
+    try:
+        return load_checkpoint(folder, config, dtype)
+    except CheckpointMismatch as exc:
+        log.info("%s; loading it through transformers", exc)
+        return None
+
+
+def _from_pretrained(folder: Path, dtype: torch.dtype, attn: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from llmos.drivers.weights import quiet_hf_progress
+
     with quiet_hf_progress():
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn)
         except ValueError as exc:  # an architecture without sdpa (Gemma 2: its scores are soft-capped)
             if "attention implementation" not in str(exc):
                 raise
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
-    model = model.to(device).eval()
-    log.info("%s: %s attention, %s on %s, %d threads", name or folder.name, model.config._attn_implementation, dtype,
-             device, torch.get_num_threads())
-    return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device)
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+
+
+def _described(model: Any) -> str:
+    implementation = getattr(model.config, "_attn_implementation", None)
+    return f"{implementation} attention" if implementation else "read by llmos (llama engine)"
 
 
 class TransformersDriver:
     def __init__(self, name: str, model: Any, tokenizer: Any, *, device: str = "cpu",
-                 config: EngineConfig | None = None) -> None:
+                 config: EngineConfig | None = None, folder: Path | None = None) -> None:
         self.name = name
-        self.model = model
+        self.model = model  # what the engine runs: transformers' module, or llama_checkpoint's weights
+        self.folder = folder
+        self._hf_model: Any = None if isinstance(model, CheckpointLlama) else model
         self.tokenizer = tokenizer
         self.device = device
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -109,9 +138,22 @@ class TransformersDriver:
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
+        if isinstance(self.model, CheckpointLlama):
+            ids.update(self.model.eos_token_ids())
+        else:
+            configured = getattr(self.model.generation_config, "eos_token_id", None)
+            ids.update(configured if isinstance(configured, list) else [configured])
         return frozenset(i for i in ids if i is not None)
+
+    @property
+    def hf_model(self) -> Any:
+        """transformers' module of the same checkpoint in the same dtype: what tests and
+        benchmarks hold the engine to (`generate`, logits, peft). Where the engine runs weights
+        read without transformers, it is loaded from the folder on first use (a second copy)."""
+        if self._hf_model is None:
+            assert self.folder is not None  # a module read by llmos always comes from a folder
+            self._hf_model = _from_pretrained(self.folder, self.model.dtype, "sdpa").eval()
+        return self._hf_model
 
     # -- prompts -----------------------------------------------------------------------------
     def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:

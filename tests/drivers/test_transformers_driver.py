@@ -38,7 +38,7 @@ def _run(driver, jobs, pieces=None):
 
 def _reference(driver, job, n):
     ids = torch.tensor([job.prompt_ids])
-    out = driver.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    out = driver.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
     return [t for t in out[0, ids.shape[1]:].tolist() if t not in driver.eos_ids]
 
 
@@ -69,7 +69,7 @@ def test_default_dtype_prefill_is_bitwise_model_generates(smollm2):
         _run(driver, [job])
         ids = torch.tensor([job.prompt_ids])
         with torch.inference_mode():
-            expected = driver.model(ids).logits[0, -1].argmax().item()
+            expected = driver.hf_model(ids).logits[0, -1].argmax().item()
         assert job.token_ids == [expected] or (expected in driver.eos_ids and not job.token_ids)
     job = _job(9, driver, question="What is the capital of France?", max_tokens=24)
     _run(driver, [job])

@@ -25,7 +25,7 @@ QUESTION = "Name three colours of the rainbow."
 def tuned(smollm2_f32, tmp_path):
     """Two random adapters of SmolLM2 in the library ("warm", "cool"), unloaded afterwards
     from the session's shared engine."""
-    model = smollm2_f32.driver.model
+    model = smollm2_f32.driver.hf_model
     folders = {"warm": random_lora(model, tmp_path / "warm", seed=11, rank=8),
                "cool": random_lora(model, tmp_path / "cool", seed=12, rank=4, b_std=0.2,
                                    targets=("q_proj", "v_proj", "down_proj"))}
@@ -69,7 +69,7 @@ def test_the_engine_with_an_adapter_gives_what_peft_merged_gives(smollm2_f32, tu
     while not job.finished:
         engine.step([job], lambda pieces: None)
     engine.step([], lambda pieces: None)
-    merged = merged_with_lora(driver.model, tuned["warm"])
+    merged = merged_with_lora(driver.hf_model, tuned["warm"])
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         out = merged.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)

@@ -20,7 +20,7 @@ def reference_logprobs(model: llmos.Model, prompt: list[int], option: str) -> fl
     driver = model.driver
     ids = driver.tokenizer.encode(option, add_special_tokens=False)
     with torch.inference_mode():
-        logits = driver.model(torch.tensor([prompt + ids])).logits[0].float()
+        logits = driver.hf_model(torch.tensor([prompt + ids])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     return sum(float(logprobs[len(prompt) - 1 + i, t]) for i, t in enumerate(ids))
 

@@ -126,7 +126,7 @@ async def test_a_fine_tune_in_the_library_is_served_by_name_beside_the_base(ai, 
 
     monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))  # the daemon's library
     library.create("smollm2-shifted", "smollm2",
-                   adapter=random_lora(smollm2.driver.model, tmp_path / "shifted", seed=5, b_std=0.2))
+                   adapter=random_lora(smollm2.driver.hf_model, tmp_path / "shifted", seed=5, b_std=0.2))
     try:
         listed = [m.id for m in (await ai.models.list()).data]
         assert "smollm2-shifted" in listed and "smollm2" in listed
