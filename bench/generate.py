@@ -237,7 +237,7 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
     median of those is what a slow spell of the shared machine disturbs least). transformers'
     generate_batch runs after everything else (`hf_generate_batch_rows`): its worker thread
     leaves a second OpenMP team behind, which would slow every later torch step."""
-    hf, tok = baseline.driver.hf_model, baseline.driver.tokenizer
+    hf, tok = baseline.driver.hf_model, baseline.driver.hf_tokenizer
     out: dict[str, Any] = {}
     seq = compute.call(sequential_generate, hf, tok, questions(args.sequential))
     other_dtype = model.driver.model.dtype != hf.dtype
@@ -281,7 +281,7 @@ def paired_ratios(runs: dict[str, list[Any]]) -> dict[str, float]:
 
 def hf_generate_batch_rows(baseline: llmos.Model, ns: list[int], throughput_rows: dict[str, Any]) -> None:
     """(c) for every N, into the table's rows: run last (see `throughput`)."""
-    hf, tok = baseline.driver.hf_model, baseline.driver.tokenizer
+    hf, tok = baseline.driver.hf_model, baseline.driver.hf_tokenizer
     for n in ns:
         row = throughput_rows[str(n)]
         row["hf_generate_batch"] = compute.call(hf_generate_batch, hf, tok, questions(n))

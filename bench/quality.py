@@ -42,7 +42,7 @@ PERPLEXITY_GATE = 0.05  # a quantization may raise perplexity by at most this sh
 
 
 def perplexity(model: llmos.Model, tokens: int = 2048) -> float:
-    hf, tok = model.driver.hf_model, model.driver.tokenizer
+    hf, tok = model.driver.hf_model, model.driver.hf_tokenizer
     ids = tok(TEXT.read_text(), return_tensors="pt").input_ids[:, :tokens]
     with torch.inference_mode():
         return float(torch.exp(hf(ids, labels=ids).loss.float()))
@@ -62,7 +62,7 @@ def engine_replies(model: llmos.Model) -> list[list[int]]:
 
 
 def reference_replies(model: llmos.Model) -> list[list[int]]:
-    hf, tok, eos = model.driver.hf_model, model.driver.tokenizer, model.driver.eos_ids
+    hf, tok, eos = model.driver.hf_model, model.driver.hf_tokenizer, model.driver.eos_ids
     replies = []
     for question in QUESTIONS:
         ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
@@ -85,7 +85,7 @@ def agreement(replies: list[list[int]], reference: list[list[int]]) -> dict[str,
 def quantized_perplexity(model: llmos.Model, kind: str, tokens: int = 2048) -> float:
     """Perplexity with the weights `kind` keeps in the engine (drivers/quant.py: the decoder's
     projections in `kind`, the output projection in int8 when they are int4), put back after."""
-    hf, tok = model.driver.hf_model, model.driver.tokenizer
+    hf, tok = model.driver.hf_model, model.driver.hf_tokenizer
     ids = tok(TEXT.read_text(), return_tensors="pt").input_ids[:, :tokens]
     linears = [m for layer in hf.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
     originals = [m.weight.data for m in linears]

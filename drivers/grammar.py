@@ -9,6 +9,7 @@ on the first constrained request.
 from __future__ import annotations
 
 import json
+from copy import copy
 from typing import Any
 
 import torch
@@ -23,18 +24,23 @@ COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 
 
 class Grammars:
-    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> None:
-        self._hf_tokenizer = hf_tokenizer
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> None:
+        self._text_tokenizer = tokenizer  # transformers' fast tokenizer or drivers/tokenizer.py's
         self.vocab_size = vocab_size
         self._eos_ids = sorted(eos_ids)
         self._tokenizer: Any = None
 
     def _ll_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            import llguidance.hf
+            from llguidance import LLTokenizer
 
-            self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size,
-                                                           eos_token=self._eos_ids)
+            backend = getattr(self._text_tokenizer, "backend_tokenizer", None)  # the Rust tokenizer both wrap
+            if backend is None:
+                raise InvalidRequest("constrained decoding needs a fast (tokenizers) tokenizer; this model has none")
+            backend = copy(backend)  # as llguidance.hf serializes it: without padding or truncation
+            backend.no_padding()
+            backend.no_truncation()
+            self._tokenizer = LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=self._eos_ids)
         return self._tokenizer
 
     def json_matcher(self, schema: dict[str, Any]) -> Any:

@@ -84,7 +84,7 @@ class CheckpointConfig(BaseModel):
     def runs_here(self) -> bool:
         """Whether these modules compute what transformers' would for this config."""
         window = self.sliding_window
-        return (self.architectures[:1] and self.architectures[0] in FAST_ARCHITECTURES and self.hidden_act == "silu"
+        return (bool(self.architectures) and self.architectures[0] in FAST_ARCHITECTURES and self.hidden_act == "silu"
                 and self.rope_type == "default" and (window is None or window >= self.max_position_embeddings))
 
 

@@ -18,6 +18,7 @@ from llmos.drivers import compute
 from llmos.drivers.compute import cpu_flags  # the dtype reads it through this module (tests patch it here)
 from llmos.drivers.engine import Engine, EngineConfig
 from llmos.drivers.llama_checkpoint import CheckpointLlama, CheckpointMismatch, load_checkpoint, read_config
+from llmos.drivers.tokenizer import ChatTokenizer, read_tokenizer
 from llmos.kernel.blocks import tokens_needed
 from llmos.kernel.errors import ConfigError, ContextOverflow, InvalidRequest
 from llmos.kernel.model import ChatMessage, EmitFn, GenerationJob
@@ -75,9 +76,8 @@ def load_transformers_folder(folder: Path, name: str | None = None) -> Transform
     """Any local Hugging Face causal-LM folder (config.json + safetensors), as a driver.
     Run it on the compute thread (llmos.drivers.registry.load_driver does). A Llama-shaped
     checkpoint on the CPU is read without transformers' model classes (drivers/llama_checkpoint.py:
-    seconds less of a cold start); any other model through `from_pretrained`."""
-    from transformers import AutoTokenizer
-
+    seconds less of a cold start); any other model through `from_pretrained`. Likewise its
+    tokenizer (drivers/tokenizer.py), else transformers' AutoTokenizer."""
     torch.set_num_threads(default_threads())
     device, attn, dtype = pick_device_and_attention()
     model = _read_checkpoint(folder, dtype) if device == "cpu" else None
@@ -85,8 +85,14 @@ def load_transformers_folder(folder: Path, name: str | None = None) -> Transform
         model = _from_pretrained(folder, dtype, attn).to(device).eval()
     log.info("%s: %s, %s on %s, %d threads", name or folder.name, _described(model), dtype, device,
              torch.get_num_threads())
-    return TransformersDriver(name or folder.name, model, AutoTokenizer.from_pretrained(folder), device=device,
-                              folder=folder)
+    return TransformersDriver(name or folder.name, model, read_tokenizer(folder) or _auto_tokenizer(folder),
+                              device=device, folder=folder)
+
+
+def _auto_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def _read_checkpoint(folder: Path, dtype: torch.dtype) -> Any:
@@ -126,6 +132,7 @@ class TransformersDriver:
         self.model = model  # what the engine runs: transformers' module, or llama_checkpoint's weights
         self.folder = folder
         self._hf_model: Any = None if isinstance(model, CheckpointLlama) else model
+        self._hf_tokenizer: Any = None if isinstance(tokenizer, ChatTokenizer) else tokenizer
         self.tokenizer = tokenizer
         self.device = device
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -154,6 +161,15 @@ class TransformersDriver:
             assert self.folder is not None  # a module read by llmos always comes from a folder
             self._hf_model = _from_pretrained(self.folder, self.model.dtype, "sdpa").eval()
         return self._hf_model
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        """transformers' tokenizer of the same folder (its whole API: batches, tensors), loaded
+        on first use where the driver reads the folder's tokenizer itself."""
+        if self._hf_tokenizer is None:
+            assert self.folder is not None  # a ChatTokenizer always comes from a folder
+            self._hf_tokenizer = _auto_tokenizer(self.folder)
+        return self._hf_tokenizer
 
     # -- prompts -----------------------------------------------------------------------------
     def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:

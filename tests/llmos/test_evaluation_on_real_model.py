@@ -19,7 +19,7 @@ def reference_perplexity(model, texts: list[str]) -> float:  # noqa: ANN001
     """bench/quality.py's way: the Hugging Face model's own loss over each text's tokens."""
     import torch
 
-    hf, tokenizer = model.driver.hf_model, model.driver.tokenizer
+    hf, tokenizer = model.driver.hf_model, model.driver.hf_tokenizer
     total = count = 0.0
     with torch.inference_mode():
         for text in texts:
