@@ -17,6 +17,9 @@ PROC_ADMIN = "proc.admin"  # control processes that are not yourself or your des
 PROC_EXEC = "proc.exec"
 IPC = "ipc"  # send and receive messages
 MODEL_GENERATE = "model.generate"  # use the model (chat, generate)
+# Change the model library (import, create, cp, rm, default, add, pull): the kernel's LLMOS_HOME
+# for every user of it. Listing and showing models need nothing.
+MODELS_ADMIN = "models.admin"
 MEMORY = "memory"  # remember, recall and forget in the process's own namespace
 # Another process's namespace NS: "memory.read.NS" to recall from it, "memory.write.NS" to
 # remember into it or forget from it; "memory.read.*" reads every namespace.

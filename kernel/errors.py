@@ -128,6 +128,12 @@ class ModelNotServed(SyscallError):
     code = Errno.ENODEV
 
 
+class NoSuchModel(SyscallError):
+    """No model in the library (or built in, or remote) has this name; the message lists them."""
+
+    code = Errno.ENOENT
+
+
 class InvalidState(SyscallError):
     """The target is not in a state that allows this (e.g. resume of a running process)."""
 

@@ -31,6 +31,7 @@ from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
 from llmos.kernel.journal import Journal, forget_step_key
+from llmos.kernel.library import ModelLibrary
 from llmos.kernel.loader import bind, resolve_app
 from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import Embedder, ModelDriver
@@ -76,6 +77,7 @@ class Kernel:
         self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
         self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
         self.durability: Durability | None = None  # durable processes' runtime (llmos.durable), by llmos.boot
+        self.library: ModelLibrary | None = None  # the models.* syscalls' library (llmos.library_port), by llmos.boot
         self.topics: dict[str, set[int]] = {}  # topic name -> pids subscribed to it
         # Processes no syscall may kill, suspend or renice (a daemon's own, like init): only
         # the kernel's shutdown ends them. Set by whoever starts such a process.
@@ -185,6 +187,16 @@ class Kernel:
                            parent_durable_id=None if parent is None or parent.journal is None
                            else parent.journal.durable_id, untrusted=tuple(parent.untrusted) if parent else ())
         return await durability.spawn(spec, parent)
+
+    def model_library(self) -> ModelLibrary:
+        """The model library, or ModelNotServed (ENODEV) for a kernel booted without one."""
+        if self.library is None:
+            raise ModelNotServed("this kernel has no model library (it was not booted by llmos.boot)")
+        return self.library
+
+    def loaded_models(self) -> list[str]:
+        """The models this kernel has loaded: its own and the variants its processes use."""
+        return ([self.driver.name] if self.driver is not None else []) + list(self.variants)
 
     def durable_runtime(self) -> Durability:
         """The durable runtime, or DurabilityUnavailable (ENODEV) for a kernel without one."""

@@ -22,6 +22,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
 from llmos.home import audit_log, llmos_home
+from llmos.library_port import HomeLibrary
 from llmos.kernel.audit import AuditLog
 from llmos.kernel.memory import MemoryStore
 from llmos.memory import MemoryManager, Policy
@@ -90,6 +91,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         # constrained JSON instead of scored.
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
+        kernel.library = HomeLibrary(llmos_home())
         if driver is not None:
             kernel.variant_loader = lambda name: library.load_variant(name, driver, llmos_home())
         await _durability(stack, kernel, durable, resume, durable_capacity, api_url)

@@ -8,8 +8,6 @@ import re
 from collections.abc import Collection
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from llmos import plugins
 from llmos.drivers import registry, remote_models
 from llmos.drivers.errors import UnknownModel
@@ -19,37 +17,11 @@ from llmos.drivers.remote_models import RemoteModel
 from llmos.drivers.weights import is_cached
 from llmos.home import llmos_home
 from llmos.kernel.errors import ConfigError
+from llmos.kernel.library import ModelCard, ModelRow
 from llmos.library import (DerivedEntry, Entry, FolderEntry, GgufEntry, RemoteEntry, Library, default_model,
                            derivation, manifest_path, read_library)
 
 GGUF_QUANT = re.compile(r"(?i)(?:^|[.\-_])((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?=\.gguf$)")
-
-
-class ModelRow(BaseModel):
-    """One line of `llmos models list`; "-" where a value is not known without loading."""
-
-    name: str
-    kind: str  # built-in, folder, gguf, derived, remote, models.toml
-    architecture: str = "-"
-    parameters: str = "-"
-    context_length: str = "-"
-    dtype: str = "-"
-    location: str = "-"
-    driver: str = "-"
-    loaded: str = "-"  # "yes" / "no" when a running kernel says; "-" when no one asked
-    default: bool = False
-
-
-class ModelCard(BaseModel):
-    """What `llmos models show NAME` prints."""
-
-    name: str
-    facts: list[tuple[str, str]]
-    chat_template: str | None = None  # its first lines
-    tool_format: str | None = None
-    system: str | None = None
-    params: dict[str, object] = {}
-    adapters: list[str] = []
 
 
 def list_models(home: Path | None = None, loaded: Collection[str] | None = None) -> list[ModelRow]:

@@ -7,9 +7,11 @@ quotas); every feature that touches a model is also tested on the real one.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -334,6 +336,18 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float, what: st
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not start on port {port}") from None
             time.sleep(0.1)
+
+
+def library_folder(folder: Path, context_length: int = 2048) -> Path:
+    """A Hugging Face model folder as far as the model library looks (a Llama config.json, a
+    safetensors header over one small tensor, a tokenizer.json): importable, not loadable."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
+                                                    "max_position_embeddings": context_length}))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from llmos.server import auth, choose_api, durable_api, errors, observe_api, openai_api, procs_api, remote, tokenize_api
+from llmos.server import auth, choose_api, durable_api, errors, library_api, observe_api, openai_api, procs_api, remote, tokenize_api
 from llmos.server.gateway import Gateway
 from llmos.server.hangup import ClientGone
 from llmos.server.openai_schema import Unsupported
@@ -35,6 +35,7 @@ def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedd
     app.include_router(observe_api.router)
     app.include_router(procs_api.router)
     app.include_router(durable_api.router)
+    app.include_router(library_api.router)
     app.include_router(remote.router)
 
     @app.get("/health")

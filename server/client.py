@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -35,7 +36,7 @@ import httpx
 from llmos.home import llmos_home
 from llmos.server import errors, wire
 from llmos.syscalls import (
-    DurableInfo, ExitStatus, InvalidRequest, KernelStatistics, NoConsole, ProcessInfo, Quotas, Reply, RestartPolicy, Sys,
+    DurableInfo, ExitStatus, InvalidRequest, KernelStatistics, ModelCard, ModelRow, NoConsole, ProcessInfo, Quotas, Reply, RestartPolicy, Sys,
     SyscallError, TextStream,
     TraceEvent, resolve_app)
 from llmos.syscalls.errors import Errno
@@ -315,6 +316,45 @@ class DaemonClient:
     async def durable_cancel(self, durable_id: str, reason: str = "cancelled") -> DurableInfo:
         return DurableInfo.model_validate(await self.request("POST", f"/v1/durable/{durable_id}/cancel",
                                                              json={"reason": reason}))
+
+    # -- the model library (the daemon's LLMOS_HOME; /v1/library) ---------------------------------
+    async def models(self) -> list[ModelRow]:
+        listing = await self.request("GET", "/v1/library")
+        return [ModelRow.model_validate(row) for row in listing["data"]]
+
+    async def show_model(self, name: str) -> ModelCard:
+        return ModelCard.model_validate(await self.request("GET", f"/v1/library/{quote(name, safe='')}"))
+
+    async def import_model(self, path: str, name: str | None = None) -> str:
+        """Import a folder or .gguf of the daemon's machine; the name it got."""
+        body = {"path": path, "name": name}
+        return str((await self.request("POST", "/v1/library/import", json=body))["name"])
+
+    async def create_model(self, name: str, base: str, *, system: str | None = None, adapter: str | None = None,
+                           params: dict[str, Any] | None = None) -> None:
+        await self.request("POST", "/v1/library", json={"name": name, "base": base, "system": system,
+                                                        "adapter": adapter, "params": params or {}})
+
+    async def copy_model(self, source: str, destination: str) -> None:
+        await self.request("POST", f"/v1/library/{quote(source, safe='')}/copy", json={"destination": destination})
+
+    async def remove_model(self, name: str) -> str:
+        return str((await self.request("DELETE", f"/v1/library/{quote(name, safe='')}"))["message"])
+
+    async def default_model(self) -> str:
+        return str((await self.request("GET", "/v1/default-model"))["default"])
+
+    async def set_default_model(self, name: str | None) -> str:
+        """Set (None: clear) the default; the default now."""
+        return str((await self.request("PUT", "/v1/default-model", json={"name": name}))["default"])
+
+    async def add_remote_model(self, name: str, url: str, *, model_id: str | None = None,
+                               api_key_env: str | None = None) -> None:
+        await self.request("POST", "/v1/library/remote", json={"name": name, "url": url, "model_id": model_id,
+                                                               "api_key_env": api_key_env})
+
+    async def pull_model(self, name: str) -> str:
+        return str((await self.request("POST", "/v1/library/pull", json={"name": name}))["message"])
 
     async def kill(self, pid: int, reason: str | None = None) -> ProcessInfo:
         return await self._control(pid, "kill", {"reason": reason} if reason else None)

@@ -23,6 +23,9 @@ from llmos.syscalls.choose import Choice, Choose
 from llmos.kernel.durable import DurableInfo, DurableState, RestartPolicy
 from llmos.syscalls.durable import DurableCancel, DurableInfoRequest, DurablePs, DurableResume, DurableWait
 from llmos.kernel.abi import Request
+from llmos.kernel.library import ModelCard, ModelRow
+from llmos.syscalls.models import (ModelsAdd, ModelsCopy, ModelsCreate, ModelsDefault, ModelsImport, ModelsList,
+                                   ModelsPull, ModelsRemove, ModelsSetDefault, ModelsShow)
 from llmos.kernel.stats import GenerationStatistics, KernelStatistics, SchedulerStatistics, TraceEvent
 from llmos.syscalls.tools import CallTool, ListTools, ToolContext, ToolSpec
 from llmos.syscalls.sys import Sys
@@ -38,4 +41,6 @@ __all__ = [
     "CallTool", "ListTools", "ToolCall", "ToolContext", "ToolSpec",
     "Choice", "Choose", "Request", "DurableCancel", "DurableInfo", "DurableInfoRequest", "DurablePs",
     "DurableResume", "DurableState", "DurableWait", "RestartPolicy", "Stats", "Trace", "GenerationStatistics", "KernelStatistics", "SchedulerStatistics", "TraceEvent",
+    "ModelCard", "ModelRow", "ModelsAdd", "ModelsCopy", "ModelsCreate", "ModelsDefault", "ModelsImport", "ModelsList",
+    "ModelsPull", "ModelsRemove", "ModelsSetDefault", "ModelsShow",
 ]

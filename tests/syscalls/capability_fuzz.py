@@ -224,7 +224,24 @@ GENERATORS: dict[str, Callable[[Chooser], dict[str, Any]]] = {
     "durable.wait": lambda ch: {"id": "abc", "timeout": 0},
     "durable.resume": lambda ch: {"id": "abc"},
     "durable.cancel": lambda ch: {"id": "abc"},
+    # The library is the test's own LLMOS_HOME; no name pulls (pip) or imports anything real.
+    "models.list": lambda ch: {},
+    "models.show": lambda ch: {"name": ch.choice(("smollm2", "nope"))},
+    "models.default": lambda ch: {},
+    "models.import_path": lambda ch: {"path": ch.choice(("/no/such/model", "/")), **_model_name(ch)},
+    "models.create": lambda ch: {"name": ch.choice(("mine", "bad name")), "base": ch.choice(("smollm2", "nope")),
+                                 **({"system": _text(ch)} if ch.boolean() else {}),
+                                 **({"params": {"temperature": ch.choice((0.5, -1))}} if ch.boolean() else {})},
+    "models.cp": lambda ch: {"source": ch.choice(("smollm2", "nope")), "destination": ch.choice(("copy", "x/y"))},
+    "models.rm": lambda ch: {"name": ch.choice(("smollm2", "nope", "mine"))},
+    "models.set_default": lambda ch: {"name": ch.choice(("smollm2", "nope", None))},
+    "models.add": lambda ch: {"name": "far", "url": ch.choice(("http://127.0.0.1:9/v1", "ftp://x"))},
+    "models.pull": lambda ch: {"name": ch.choice(("nope", "no-such-model"))},
 }
+
+
+def _model_name(ch: Chooser) -> dict[str, Any]:
+    return {"name": ch.choice(("mine", "bad name"))} if ch.boolean() else {}
 
 
 def plausible_call(ch: Chooser, name: str | None = None) -> dict[str, Any]:
@@ -533,6 +550,10 @@ BASELINE: dict[str, dict[str, Any]] = {
     "call_tool": {"name": "calculator", "arguments": {"expression": "1+1"}},
     "durable.info": {"id": "abc"}, "durable.wait": {"id": "abc", "timeout": 0}, "durable.resume": {"id": "abc"},
     "durable.cancel": {"id": "abc"},
+    "models.show": {"name": "nope"}, "models.import_path": {"path": "/no/such/model"},
+    "models.create": {"name": "mine", "base": "nope"}, "models.cp": {"source": "nope", "destination": "copy"},
+    "models.rm": {"name": "nope"}, "models.set_default": {"name": "nope"},
+    "models.add": {"name": "far", "url": "ftp://x"}, "models.pull": {"name": "nope"},
 }
 # Junk that would have a spawn import or run something: an app reference is only ever one of these.
 APP_JUNK = ("", ":", "a:b:c", "\x00", "\x00.py", "\ud800", "\ud800.py", "~no_such_user_llmos/app.py", "/", "/.py",

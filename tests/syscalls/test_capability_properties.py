@@ -157,8 +157,11 @@ def documented_needs(req: Any, caller: Any) -> set[Any]:
         needs = {f"tool.{req.name}"}
     elif call in ("durable.resume", "durable.cancel"):
         needs = {"proc.admin"}
+    elif call in ("models.import_path", "models.create", "models.cp", "models.rm", "models.set_default",
+                  "models.add", "models.pull"):
+        needs = {"models.admin"}
     elif call in ("ps", "getpid", "sleep", "stats", "list_tools", "durable.ps", "durable.info", "durable.wait",
-                  "set_status") \
+                  "set_status", "models.list", "models.show", "models.default") \
             or call.startswith("context."):
         needs = set()
     else:
@@ -184,7 +187,7 @@ def test_what_each_call_needs_is_the_documented_policy(data: st.DataObject, prio
 def test_every_syscall_has_a_generator_and_a_documented_policy() -> None:
     assert sorted(set(CALLS) - set(fuzz.GENERATORS)) == []
     assert sorted(set(CALLS) - set(fuzz.BASELINE) - {"ps", "getpid", "stats", "trace", "list_tools", "durable.ps",
-                                                     "context.clear", "context.snapshot", "context.stats"}) == []
+                                                     "models.list", "models.default", "context.clear", "context.snapshot", "context.stats"}) == []
 
 
 # -- random and boundary values for every field ------------------------------------------------------------------
