@@ -33,9 +33,12 @@ YIELD_INTERVAL_S = 0.002
 # Event-loop watchdog (kernel/watchdog.py) ---------------------------------------------
 # Every process is a task on the kernel's one event loop: one synchronous call (time.sleep,
 # a busy loop, blocking I/O) in an async app stalls every other process.
-LOOP_HEARTBEAT_S = 0.02  # a task on the loop sleeps this long at a time; its lateness is the loop's lag (0: off)
+# A task on the loop sleeps this long at a time; its lateness is the loop's lag (0: off). Each
+# beat wakes the loop thread, which on a 2-core machine takes a core from the engine's OpenMP
+# threads mid-step: at 20 ms a beat, one agent decoded 0-7% slower (paired probes), so 0.1 s.
+LOOP_HEARTBEAT_S = 0.1
 LOOP_STALL_S = 0.1  # a heartbeat this late means something holds the loop: the watchdog names it
-LOOP_LAG_SAMPLES = 3000  # the heartbeats (a minute's) that the lag percentiles in `stats` are taken over
+LOOP_LAG_SAMPLES = 600  # the heartbeats (a minute's) that the lag percentiles in `stats` are taken over
 # A process that holds the loop in its own code this long is stopped (KILLED, its reason says
 # for how long): the others have been frozen for as long. 0: never.
 LOOP_BLOCK_KILL_S = 5.0
