@@ -27,30 +27,17 @@ def daemon(local: bool = False) -> DaemonClient | None:
     return None if local else find_daemon()
 
 
-async def check_model(client: DaemonClient, model: str | None) -> None:
-    """A model asked for by name must be the one the daemon serves (it loads no other)."""
-    if model is None:
-        return
-    listing = (await client.request("GET", "/v1/models"))["data"]
-    served = [entry for entry in listing if entry.get("kind", "chat") == "chat"]
-    if not any(model == entry["id"] or model in entry.get("aliases", ()) for entry in served):
-        names = ", ".join(entry["id"] for entry in served) or "no model"
-        raise InvalidRequest(f"the daemon at {client.url} serves {names}, not {model!r}; "
-                             "use --local to load it in this process")
-
-
 async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, model: str | None,
                         caps: frozenset[str], quotas: dict[str, Any], console: runner.StdioConsole) -> ExitStatus:
     """Start APP in the daemon and relay its output and questions here until it ends;
     Ctrl-C kills it (as it would a process of an in-process kernel)."""
-    await check_model(client, model)
     positional, options = registry.parse_argv(argv)
     name = app if app in registry.APPS else None
     ref = registry.portable(app)
     if ref != app and not is_local(client.url):
         raise InvalidRequest(f"{app} is a file here, and the daemon at {client.url} is on another machine: "
                              f"use `llmos run --remote {client.url} {app}` to run it here with its syscalls there")
-    info = await client.spawn(ref, positional, options, name=name, caps=caps, quotas=quotas)
+    info = await client.spawn(ref, positional, options, name=name, caps=caps, quotas=quotas, model=model)
     status = await runner.until_interrupted(relay(client, info.pid, console))
     if status is None:  # Ctrl-C
         await client.kill(info.pid, "interrupted (Ctrl-C)")

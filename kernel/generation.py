@@ -87,6 +87,7 @@ class GenerationService:
         # A step that has not returned after this long fails its batch (see params).
         self.step_timeout_s = params.STEP_TIMEOUT_S
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
+        self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
         self.steps = self.tokens = 0
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
@@ -109,6 +110,8 @@ class GenerationService:
                                   f"do not fit the model's context window of {self.driver.context_length}")
         job.priority = proc.priority  # as it is now: a `nice` may have come while it was tokenized
         job.submitted_at, job.outbox = time.perf_counter(), Outbox()
+        if self.closed:  # unloaded while the request was prepared
+            raise ModelError(f"{self.driver.name} was unloaded while this request was prepared; ask again")
         self.scheduler.add(job)  # first: a full queue (QueueFull) leaves nothing behind
         self.jobs[job.id] = job
         self._owners[job.id] = proc

@@ -25,8 +25,8 @@ from llmos.kernel.audit import AuditLog
 from llmos.kernel.console import Console
 from llmos.kernel.decisions import DecisionPolicy
 from llmos.kernel.dispatch import Dispatcher, SyscallTable
-from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, ModelNotServed,
-                                 NoSuchProcess, SyscallError, Timeout)
+from llmos.kernel.errors import (DurabilityUnavailable, InvalidRequest, InvalidState, MailboxFull, ModelError,
+                                 ModelNotServed, NoSuchProcess, SyscallError, Timeout)
 from llmos.kernel.durable import Durability, DurableSpec, RestartPolicy
 from llmos.kernel.generation import GenerationService
 from llmos.kernel.ipc import Message
@@ -35,6 +35,7 @@ from llmos.kernel.library import ModelLibrary
 from llmos.kernel.loader import bind, resolve_app
 from llmos.kernel.memory import MemorySystem
 from llmos.kernel.model import Embedder, ModelDriver
+from llmos.kernel.model_pool import ModelPool, Resident, weight_bytes
 from llmos.kernel.ports import KernelModelPort
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcState, Quotas
 from llmos.kernel.proctable import ProcessTable
@@ -56,21 +57,28 @@ class Kernel:
         self.dispatcher = Dispatcher(self, table)
         self.driver = driver
         self.scheduler = scheduler or Scheduler()
+        self.batch_limit = self.scheduler.max_batch  # as asked, before any driver's own limit
         if driver is not None:  # the scheduler admits no more than the driver holds
             self.scheduler.max_batch = min(self.scheduler.max_batch, driver.max_batch)
             self.scheduler.kv = getattr(driver, "kv", None)  # a driver with KV blocks admits by them
         # Variants of the driver's model a process may use instead (derived models, LoRA
-        # adapters served in the same batch): loaded by name on first use through
-        # `variant_loader` (plugged in by llmos.boot), kept for the kernel's life.
+        # adapters served in the same batch): loaded by name on first use through the pool's
+        # loader (plugged in by llmos.boot), kept for the kernel's life.
         self.variants: dict[str, ModelDriver] = {}
-        self.variant_loader: Callable[[str], ModelDriver] | None = None
         self.generation = GenerationService(driver, self.scheduler, self.variants) if driver is not None else None
         if self.generation is not None:
-            self.generation.askers = self._askers
+            self.generation.askers = lambda: self._askers(None)
+        # Models of other bases processes moved to (`set_model`), each with its own loop;
+        # idle ones unload (kernel/model_pool.py).
+        self.models = ModelPool(self._service_for_base, self._start_resident,
+                                own_bytes=weight_bytes(driver) if driver is not None else 0,
+                                keep_alive_s=params.MODEL_KEEP_ALIVE_S, max_loaded=params.MAX_LOADED_MODELS,
+                                budget_bytes=params.MODEL_MEMORY_BUDGET)
         self._make_handle = handle
         self.memory = memory  # the store and context windows (llmos.memory), plugged in by llmos.boot
         if memory is not None:
-            memory.attach(KernelModelPort(driver, self.generation, self.dispatcher))
+            memory.attach(KernelModelPort(self.base_driver_for, self.driver_named, self.generation_for,
+                                          self.dispatcher))
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
         self.audit: AuditLog | None = None  # refused and sensitive calls, appended to a file (by llmos.boot)
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
@@ -87,9 +95,63 @@ class Kernel:
         # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
         self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
 
-    def _askers(self) -> list[int]:
-        """The processes that may ask for a generation: the live ones not suspended."""
-        return [p.pid for p in self.procs.live.values() if p.state is not ProcState.SUSPENDED]
+    def _askers(self, base: str | None) -> list[int]:
+        """The processes that may ask a generation of base `base` (None: the kernel's own
+        model): the live ones on it, not suspended."""
+        return [p.pid for p in self.procs.live.values() if p.state is not ProcState.SUSPENDED and p.base == base]
+
+    def _service_for_base(self, base: str, driver: ModelDriver, variants: dict[str, ModelDriver]) -> GenerationService:
+        """A generation loop for another base model: a scheduler like the kernel's own (its
+        policy and limits, the same suspended processes), admitting by that model's KV."""
+        scheduler = Scheduler(self.scheduler.policy.name, max_batch=min(self.batch_limit, driver.max_batch),
+                              quantum=self.scheduler.quantum, max_queue=self.scheduler.max_queue,
+                              suspended=self.scheduler.suspended)
+        scheduler.kv = getattr(driver, "kv", None)
+        service = GenerationService(driver, scheduler, variants)
+        service.askers = lambda: self._askers(base)
+        return service
+
+    def _start_resident(self, resident: Resident) -> None:
+        async def serve() -> None:
+            with resident.scope:
+                await resident.service.serve()
+
+        self.start_service(serve, f"llmos-generation-{resident.name}")
+
+    def services(self) -> list[GenerationService]:
+        """Every generation loop: the kernel's own model's, then the other bases'."""
+        return ([self.generation] if self.generation is not None else []) + list(self.models.services())
+
+    def base_driver_for(self, proc: Process) -> ModelDriver | None:
+        """The base model `proc` generates with (its variant's engine), as loaded now."""
+        if proc.base is None:
+            return self.driver
+        resident = self.models.residents.get(proc.base)
+        if resident is None:
+            raise ModelError(f"{proc.base}, the model of process {proc.pid}, was unloaded while idle; its next "
+                             "generation loads it again")
+        return resident.driver
+
+    def driver_named(self, name: str) -> ModelDriver:
+        """A base model loaded now, by name; ModelError if it is not."""
+        if self.driver is not None and name == self.driver.name:
+            return self.driver
+        resident = self.models.residents.get(name)
+        if resident is None:
+            raise ModelError(f"{name} is not loaded now (it was unloaded while idle; a generation loads it again)")
+        return resident.driver
+
+    async def generation_for(self, proc: Process) -> GenerationService:
+        """The loop that serves `proc`'s model, its base loaded again if it was unloaded."""
+        if proc.base is None:
+            if self.generation is None:
+                raise ModelError("this kernel has no model loaded; boot it with a model to use choose, chat or "
+                                 "generate")
+            return self.generation
+        resident = await self.models.resident(proc.base)
+        if proc.model is not None:
+            await self.models.variant(resident, proc.model)
+        return resident.service
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Kernel:
@@ -98,6 +160,7 @@ class Kernel:
             self._tg.start_soon(self.watchdog.run, name="llmos-watchdog")
         if self.generation is not None:
             self._tg.start_soon(self.generation.serve, name="llmos-generation")
+        self._tg.start_soon(self.models.reap_idle, name="llmos-model-keep-alive")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -150,7 +213,8 @@ class Kernel:
         proc = Process(pid=self.procs.allocate_pid(), ppid=parent.pid if parent else params.KERNEL_PID,
                        name=name or getattr(main, "__qualname__", "app"), priority=priority,
                        capabilities=granted, quotas=quotas or Quotas(), journal=journal,
-                       untrusted=list(dict.fromkeys([*(parent.untrusted if parent else ()), *untrusted])))
+                       untrusted=list(dict.fromkeys([*(parent.untrusted if parent else ()), *untrusted])),
+                       model=parent.model if parent else None, base=parent.base if parent else None)
         proc.cancel_scope = anyio.CancelScope()
         if proc.quotas.deadline_s is not None:
             proc.cancel_scope.deadline = anyio.current_time() + proc.quotas.deadline_s
@@ -160,12 +224,18 @@ class Kernel:
         return proc
 
     async def spawn(self, app: Any, *args: Any, durable: bool = False, restart: RestartPolicy | None = None,
-                    **options: Any) -> ProcessInfo:
+                    model: str | None = None, **options: Any) -> ProcessInfo:
         """Start `app(sys, *args)` as a new process; returns its snapshot (with its pid).
-        `durable=True`: it survives the kernel (see `spawn_durable`); `restart`: supervised."""
+        `durable=True`: it survives the kernel (see `spawn_durable`); `restart`: supervised.
+        `model`: what it generates with instead of its parent's model (loaded first)."""
         if durable or restart is not None:
+            refuse_model_for_durable(model)
             return await self.spawn_durable(app, args, restart=restart, **options)
-        return self.spawn_nowait(app, *args, **options).info()
+        chosen = await self.resolve_model(model) if model is not None else None
+        proc = self.spawn_nowait(app, *args, **options)
+        if chosen is not None:  # before its task first runs
+            proc.model, proc.base = chosen
+        return proc.info()
 
     async def spawn_durable(self, app: Any, args: tuple[Any, ...] = (), *, kwargs: dict[str, Any] | None = None,
                             name: str | None = None, priority: int = params.DEFAULT_NICE,
@@ -195,8 +265,11 @@ class Kernel:
         return self.library
 
     def loaded_models(self) -> list[str]:
-        """The models this kernel has loaded: its own and the variants its processes use."""
-        return ([self.driver.name] if self.driver is not None else []) + list(self.variants)
+        """The models this kernel has loaded: its own, the other bases, and their variants."""
+        names = ([self.driver.name] if self.driver is not None else []) + list(self.variants)
+        for resident in self.models.residents.values():
+            names += [name for name in resident.variants if name not in names]
+        return names
 
     def durable_runtime(self) -> Durability:
         """The durable runtime, or DurabilityUnavailable (ENODEV) for a kernel without one."""
@@ -242,8 +315,8 @@ class Kernel:
             log.info("pid %d (%s) failed: %s", proc.pid, proc.name, reason)
 
     def _cleanup(self, proc: Process) -> None:
-        if self.generation is not None:
-            self.generation.cancel_owner(proc.pid)
+        for service in self.services():
+            service.cancel_owner(proc.pid)
         self.scheduler.resume(proc.pid)
         if proc.mailbox_send is not None:
             proc.mailbox_send.close()
@@ -275,8 +348,8 @@ class Kernel:
         assert proc.cancel_scope is not None
         proc.cancel_scope.cancel()
         proc.runnable.set()  # a suspended process must wake to die
-        if self.generation is not None:
-            self.generation.cancel_owner(pid)
+        for service in self.services():
+            service.cancel_owner(pid)
 
     def suspend(self, pid: int) -> None:
         proc = self.procs.get_live(pid)
@@ -285,7 +358,8 @@ class Kernel:
         proc.state_before_suspend = proc.state
         proc.state = ProcState.SUSPENDED
         proc.runnable = anyio.Event()  # anyio events cannot be cleared: a fresh, unset one
-        self.scheduler.suspend(pid)
+        for scheduler in self._schedulers():
+            scheduler.suspend(pid)
 
     def resume(self, pid: int) -> None:
         proc = self.procs.get_live(pid)
@@ -293,33 +367,57 @@ class Kernel:
             raise InvalidState(f"process {pid} is not suspended (it is {proc.state.name})")
         proc.state = proc.state_before_suspend or ProcState.RUNNING
         proc.runnable.set()
-        self.scheduler.resume(pid)
+        for scheduler in self._schedulers():
+            scheduler.resume(pid)
 
     def nice(self, pid: int, priority: int) -> None:
         _check_priority(priority)
         proc = self.procs.get_live(pid)
         proc.priority = priority
-        self.scheduler.set_priority(pid, priority)
+        for scheduler in self._schedulers():
+            scheduler.set_priority(pid, priority)
+
+    def _schedulers(self) -> list[Scheduler]:
+        """The kernel's scheduler and those of the other bases loaded (one suspended set)."""
+        return [self.scheduler, *(service.scheduler for service in self.models.services())]
 
     async def set_model(self, pid: int, name: str | None) -> None:
-        """Move a process to another variant of the kernel's model (a derived model or LoRA
-        adapter of it, loaded now if need be, without a restart), or back to the model itself
-        (None, or its name). Its context window is kept; its next generation uses the variant."""
+        """Move a process to another model: a variant of the kernel's model (a derived model or
+        LoRA adapter, served in the same batches), or a model of another base (loaded beside
+        the kernel's, kernel/model_pool.py), or back to the kernel's model (None, or its name).
+        Its context window is kept; its next generation uses the model."""
         proc = self.procs.get_live(pid)
+        chosen = await self.resolve_model(name)
+        proc.model, proc.base = chosen
+
+    async def resolve_model(self, name: str | None) -> tuple[str | None, str | None]:
+        """(model, base) for a process on `name`, loaded now if need be (ModelNotServed if
+        it cannot be): (None, None) is the kernel's own model."""
         if name is None or (self.driver is not None and name == self.driver.name):
-            proc.model = None
-            return
-        if name not in self.variants:
+            return None, None
+        if name in self.variants:
+            return name, None
+        if self.models.loader is None:
+            raise ModelNotServed(f"this kernel serves {'no model' if self.driver is None else self.driver.name} "
+                                 f"and cannot load others, so not {name!r}")
+        base = await self.models.base_of(name)
+        if self.driver is not None and base == self._own_base().name:
             self.variants[name] = await self._load_variant(name)
-        proc.model = name
+            return name, None
+        resident = await self.models.resident(base)
+        await self.models.variant(resident, name)
+        return name, base
+
+    def _own_base(self) -> ModelDriver:
+        assert self.driver is not None
+        return getattr(self.driver, "base", None) or self.driver  # a derived model runs on its base's engine
 
     async def _load_variant(self, name: str) -> ModelDriver:
-        if self.generation is None or self.variant_loader is None:
-            raise ModelNotServed(f"this kernel serves {'no model' if self.driver is None else self.driver.name} "
-                                 f"and cannot load variants of it, so not {name!r}")
+        loader, own = self.models.loader, self._own_base()
+        assert loader is not None
         try:
-            return await anyio.to_thread.run_sync(self.variant_loader, name)
-        except ValueError as exc:  # ConfigError and its kind: unknown, another base, a bad adapter
+            return await anyio.to_thread.run_sync(lambda: loader.load_variant(name, own))
+        except ValueError as exc:  # ConfigError and its kind: a bad adapter
             raise ModelNotServed(str(exc)) from None
 
     def ps(self, include_ended: bool = False) -> list[ProcessInfo]:
@@ -414,6 +512,12 @@ class Kernel:
 def _check_priority(priority: int) -> None:
     if not params.NICE_MIN <= priority <= params.NICE_MAX:
         raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
+
+
+def refuse_model_for_durable(model: str | None) -> None:
+    if model is not None:
+        raise InvalidRequest("a durable process chooses its model itself (sys.set_model in its app, which its "
+                             "record replays), not at spawn")
 
 
 def _granted(priority: int, parent: Process | None, caps: Iterable[str] | None) -> frozenset[str]:

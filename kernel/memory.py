@@ -191,13 +191,16 @@ class ModelPort(Protocol):
     token counts, and a generation on a process's behalf (the kernel implements it in
     llmos.kernel.ports and hands it over with `MemorySystem.attach`)."""
 
-    @property
-    def context_length(self) -> int:
-        """The model's context length; ModelError for a kernel without a model."""
+    def model_name(self, proc: Process) -> str:
+        """The base model `proc` generates with now (its token counts are that model's)."""
 
-    def tokenize(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The chat prompt's token ids, the model's template applied (blocking: long texts
-        belong in a worker thread). A prompt too long for the model is tokenized whole."""
+    def context_length(self, proc: Process) -> int:
+        """That model's context length; ModelError for a kernel without a model."""
+
+    def tokenize(self, model: str, messages: Sequence[ChatMessage]) -> list[int]:
+        """The chat prompt's token ids in base model `model` (a `model_name`), its template
+        applied (blocking: long texts belong in a worker thread); ModelError if it is not
+        loaded now. A prompt too long for the model is tokenized whole."""
 
     def can_generate(self, proc: Process) -> bool:
         """Whether the kernel has a model and `proc` may use it."""

@@ -30,6 +30,13 @@ TRACE_SIZE = 10_000  # syscall trace events kept in the kernel's ring buffer
 # (seconds), so a process looping on cheap syscalls cannot starve its siblings.
 YIELD_INTERVAL_S = 0.002
 
+# Models of other bases than the kernel's own (kernel/model_pool.py), as Ollama keeps them --
+MODEL_KEEP_ALIVE_S = 300.0  # one with nothing to generate this long unloads (Ollama's 5 minutes)
+# Bases loaded at once, the kernel's own counted: loading one more first unloads the least
+# recently used idle one.
+MAX_LOADED_MODELS = 3
+MODEL_MEMORY_BUDGET: int | None = None  # bytes of weights all loaded bases may hold (None: only MAX_LOADED_MODELS)
+
 # Event-loop watchdog (kernel/watchdog.py) ---------------------------------------------
 # Every process is a task on the kernel's one event loop: one synchronous call (time.sleep,
 # a busy loop, blocking I/O) in an async app stalls every other process.

@@ -83,7 +83,7 @@ class ProcessInfo(BaseModel):
     ended_at: float | None
     durable_id: str | None = None  # set for a durable process: its id across kernels and restarts
     untrusted: tuple[str, ...] = ()  # where untrusted text in its context came from (kernel/security.py)
-    model: str | None = None  # the variant of the kernel's model it generates with (Kernel.set_model); None: the model
+    model: str | None = None  # the model it generates with if not the kernel's own (Kernel.set_model); None: that one
     status: str | None = None  # what it says it is doing (sys.set_status), for ps and top; None: nothing said
 
     @property
@@ -140,7 +140,8 @@ class Process:
     journal: Journal | None = None  # a durable process's record (kernel/journal.py), through which its syscalls go
     # Where the untrusted text in its context came from (kernel/security.py); empty: none.
     untrusted: list[str] = field(default_factory=list)
-    model: str | None = None  # a variant of the kernel's model (a derived model, an adapter): Kernel.set_model
+    model: str | None = None  # the model it generates with, if not the kernel's (Kernel.set_model)
+    base: str | None = None  # the base `model` runs on, if not the kernel's model (kernel/model_pool.py)
     status: str | None = None  # its own one-line account of its progress (sys.set_status)
 
     def __post_init__(self) -> None:

@@ -93,7 +93,10 @@ def make_policy(name: str) -> Policy:
 
 class Scheduler:
     def __init__(self, policy: str = params.DEFAULT_POLICY, max_batch: int = params.MAX_BATCH,
-                 quantum: int = params.RR_QUANTUM_TOKENS, max_queue: int = params.MAX_QUEUE) -> None:
+                 quantum: int = params.RR_QUANTUM_TOKENS, max_queue: int = params.MAX_QUEUE,
+                 suspended: set[int] | None = None) -> None:
+        """`suspended`: the set of suspended pids, shared with the kernel's other schedulers
+        (one per base model loaded), so a suspension holds on every model."""
         if max_batch < 1 or quantum < 1 or max_queue < 1:
             raise ConfigError("max_batch, quantum and max_queue must be at least 1")
         self.policy = make_policy(policy)
@@ -104,7 +107,7 @@ class Scheduler:
         self.running: dict[int, GenerationJob] = {}
         self.preemptions = 0
         self.kv: BlockManager | None = None  # the driver's KV blocks, if it keeps them so (set by the kernel)
-        self._suspended: set[int] = set()
+        self.suspended: set[int] = suspended if suspended is not None else set()
         self._arrivals = itertools.count()
         self._turns = itertools.count()
         # Called after every change that may give a step work (a request added, an owner
@@ -136,11 +139,11 @@ class Scheduler:
 
     # -- process control ------------------------------------------------------------------
     def suspend(self, pid: int) -> None:
-        self._suspended.add(pid)
+        self.suspended.add(pid)
         self.on_change()
 
     def resume(self, pid: int) -> None:
-        self._suspended.discard(pid)
+        self.suspended.discard(pid)
         self.on_change()
 
     def set_priority(self, pid: int, priority: int) -> None:
@@ -151,14 +154,14 @@ class Scheduler:
 
     # -- the step ---------------------------------------------------------------------------
     def _eligible(self) -> list[GenerationJob]:
-        return sorted((r for r in self.waiting.values() if r.pid not in self._suspended), key=self.policy.key)
+        return sorted((r for r in self.waiting.values() if r.pid not in self.suspended), key=self.policy.key)
 
     def has_work(self) -> bool:
         return bool(self.running) or self.someone_waits()
 
     def someone_waits(self) -> bool:
         """Whether a request that may run waits for a slot or for KV blocks."""
-        return any(r.pid not in self._suspended for r in self.waiting.values())
+        return any(r.pid not in self.suspended for r in self.waiting.values())
 
     def schedule(self) -> SchedulerOutput:
         """Preempt what must yield, then fill free slots from the waiting line."""
@@ -175,7 +178,7 @@ class Scheduler:
         return SchedulerOutput(running=tuple(self.running), admitted=tuple(admitted), preempted=tuple(preempted))
 
     def _preempt(self) -> list[int]:
-        victims = [r for r in self.running.values() if r.pid in self._suspended]
+        victims = [r for r in self.running.values() if r.pid in self.suspended]
         waiting = self._eligible()
         short = len(waiting) - (self.max_batch - len(self.running) + len(victims))  # waiters without a slot
         if short > 0 and self.policy.preemption == "quantum":
@@ -223,4 +226,4 @@ class Scheduler:
 
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(policy=self.policy.name, waiting=len(self.waiting), running=len(self.running),
-                                   preemptions=self.preemptions, suspended_owners=len(self._suspended))
+                                   preemptions=self.preemptions, suspended_owners=len(self.suspended))

@@ -4,10 +4,11 @@ driver, the memory system (with the drivers' embedding model) and the tools."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
@@ -29,6 +30,7 @@ from llmos.memory import MemoryManager, Policy
 from llmos.syscalls import TABLE, Sys
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # llmos.runtime (Model's home) boots kernels with this module
     from llmos.runtime import Model
@@ -92,10 +94,55 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel.decisions = LikelihoodDecisions() if getattr(driver, "can_score", True) else GeneratedDecisions()
         kernel.embedder = embedder
         kernel.library = HomeLibrary(llmos_home())
-        if driver is not None:
-            kernel.variant_loader = lambda name: library.load_variant(name, driver, llmos_home())
+        kernel.models.loader = HomeModelLoader(llmos_home())
+        _keep_models_as_configured(kernel)
         await _durability(stack, kernel, durable, resume, durable_capacity, api_url)
         yield kernel
+
+
+class HomeModelLoader:
+    """The kernel's ModelLoader (kernel/model_pool.py): models by name as `load_driver`
+    loads them, variants from the library of `home`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def base_of(self, name: str) -> str:
+        plugins.load()
+        return library.root_base(name, self.home)
+
+    def load_base(self, name: str) -> ModelDriver:
+        return load_driver(name)
+
+    def load_variant(self, name: str, base: ModelDriver) -> ModelDriver:
+        return library.load_variant(name, base, self.home)  # type: ignore[no-any-return]
+
+
+# Ollama's OLLAMA_KEEP_ALIVE and OLLAMA_MAX_LOADED_MODELS, for the models of other bases a
+# kernel loads beside its own (kernel/model_pool.py); the budget is in GiB of weights.
+KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV = "LLMOS_KEEP_ALIVE", "LLMOS_MAX_LOADED_MODELS", "LLMOS_MODEL_MEMORY"
+
+
+def _keep_models_as_configured(kernel: Kernel) -> None:
+    pool = kernel.models
+    pool.keep_alive_s = _env_number(KEEP_ALIVE_ENV, pool.keep_alive_s, float, minimum=0.0)
+    pool.max_loaded = _env_number(MAX_LOADED_ENV, pool.max_loaded, int, minimum=1)
+    budget = _env_number(MODEL_MEMORY_ENV, None, float, minimum=0.0)
+    if budget is not None:
+        pool.budget_bytes = int(budget * 2**30)
+
+
+def _env_number(name: str, default: T, kind: Callable[[str], T], minimum: float) -> T:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+    if value < minimum:  # type: ignore[operator]
+        raise ConfigError(f"{name}={raw!r}: at least {minimum:g}")
+    return value
 
 
 def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:
@@ -114,8 +161,9 @@ def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -
     if remote is not None:
         _refuse_settings_for_remote(name, dtype, quant)
         return remote.load(home)  # type: ignore[return-value]
+    before = resident_bytes()
     try:
-        return _load_local(name, dtype, quant, home)
+        driver = _load_local(name, dtype, quant, home)
     except UnknownModel as exc:
         configured = [spec.name for spec in remote_models.configured(home)]
         in_library = sorted(library.read_library(home).models)
@@ -124,6 +172,19 @@ def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -
         also = [f"in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}" if configured else "",
                 f"in the library: {', '.join(in_library)}" if in_library else ""]
         raise UnknownModel(f"{exc}; and {'; '.join(a for a in also if a)}") from None
+    # What a kernel's model pool budgets it by (kernel/model_pool.py): the memory the process
+    # took on while it loaded (weights, their packed and quantized copies, the KV pool).
+    driver.memory_bytes = max(0, resident_bytes() - before)  # type: ignore[attr-defined]
+    return driver
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux's /proc/self/statm; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _refuse_settings_for_remote(name: str, dtype: str | None, quant: str | None) -> None:

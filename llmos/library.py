@@ -476,6 +476,20 @@ def load_variant(name: str, running: Any, home: Path) -> Any:
     return _load_derived(found[0], found[1], home, lambda base: engine, base=engine)
 
 
+def root_base(name: str, home: Path) -> str:
+    """The base model `name` runs on: the root of a derived model's derivation, else `name`
+    itself (a built-in, library, remote or plugin model, or a model folder's path)."""
+    library = read_library(home)
+    found = library.find(name)
+    if found is not None and isinstance(found[1], DerivedEntry):
+        return derivation(found[0], found[1], home)[-1][1].base
+    if found is not None:
+        return found[0]
+    if known(name, library, home) or Path(name).expanduser().is_dir():
+        return name
+    raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
+
+
 def variants_of(base: str, home: Path) -> list[str]:
     """The library's derived models whose root base is `base` (what a kernel running it can
     serve beside it: Kernel.set_model); a broken entry is left out, not raised."""

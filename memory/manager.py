@@ -65,7 +65,13 @@ class MemoryManager:
 
     def attach(self, port: ModelPort) -> None:
         self.port = port
-        self.counter = TokenCounter(port)
+        self._counters: dict[str, TokenCounter] = {}  # by model name: each model counts in its own tokens
+
+    def counter(self, model: str) -> TokenCounter:
+        """The token counter of base model `model` (a `ModelPort.model_name`)."""
+        if model not in self._counters:
+            self._counters[model] = TokenCounter(lambda messages: self.port.tokenize(model, messages))
+        return self._counters[model]
 
     def window(self, proc: Process) -> Window:
         if proc.context is None:

@@ -1,4 +1,4 @@
-"""Counting messages in the model's own tokens, through the kernel's `ModelPort.tokenize`.
+"""Counting messages in a model's own tokens, through the kernel's `ModelPort.tokenize`.
 
 `tokenize` renders messages with the model's chat template, so the counts include the
 template's framing. A message's count is what it adds to a prompt that
@@ -9,22 +9,23 @@ Blocking: call these in a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
-from llmos.kernel.memory import ModelPort
 from llmos.kernel.model import ChatMessage
 
 _ANCHOR = ChatMessage(role="system", content="x")
 
 
 class TokenCounter:
-    def __init__(self, port: ModelPort) -> None:
-        self.port = port
+    """Counts in one model's tokens (`tokenize`: its chat template and tokenizer)."""
+
+    def __init__(self, tokenize: Callable[[Sequence[ChatMessage]], list[int]]) -> None:
+        self.tokenize = tokenize
 
     def prompt(self, messages: Sequence[ChatMessage]) -> int:
         """Exact tokens of a chat prompt, the generation prompt included."""
-        return len(self.port.tokenize(messages))
+        return len(self.tokenize(messages))
 
     def message(self, message: ChatMessage) -> int:
         """What `message` adds to a prompt."""

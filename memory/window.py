@@ -62,6 +62,7 @@ class Window:
         self._seq = 0  # archived messages so far, numbering their ids
         self._stats = dict(evicted=0, summaries=0, summary_failures=0, recalled=0, last_prompt_tokens=0)
         self._lock = anyio.Lock()  # one paging operation at a time
+        self._counted_in: str | None = None  # the model the entries' token counts are in
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -70,11 +71,11 @@ class Window:
 
     @property
     def context_length(self) -> int:
-        return self.port.context_length
+        return self.port.context_length(self.proc)
 
     @property
     def budget(self) -> int:
-        return self.manager.budget(self.port.context_length)
+        return self.manager.budget(self.context_length)
 
     def _tokens(self, entries: Sequence[ContextEntry]) -> int:
         return sum(e.tokens or 0 for e in entries)
@@ -87,9 +88,19 @@ class Window:
         return await anyio.to_thread.run_sync(fn)
 
     def _counter(self) -> TokenCounter:
-        counter = self.manager.counter
+        counter = self.manager.counter(self._model())
         counter.base, counter.no_system_surcharge  # noqa: B018 - its fixed costs, measured once, on tiny prompts
         return counter
+
+    def _model(self) -> str:
+        """The base model the process generates with now. Its entries' counts are in that
+        model's tokens: when the process moves to another base, they are counted again."""
+        model = self.port.model_name(self.proc)
+        if model != self._counted_in:
+            if self._counted_in is not None:
+                self.entries = [e.model_copy(update={"tokens": None}) for e in self.entries]
+            self._counted_in = model
+        return model
 
     async def _count(self, *messages: ChatMessage) -> list[int]:
         counter = self._counter()
@@ -97,6 +108,7 @@ class Window:
                                     sum(len(m.content) for m in messages))
 
     async def _count_missing(self) -> None:
+        self._model()  # counts in another model's tokens are missing too
         missing = [i for i, e in enumerate(self.entries) if e.tokens is None]
         if missing:
             counts = await self._count(*(as_message(self.entries[i]) for i in missing))
@@ -144,7 +156,9 @@ class Window:
 
     async def _exact(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt's token ids, the chat template applied."""
-        return await self._blocking(lambda: self.port.tokenize(messages), sum(len(m.content) for m in messages))
+        model = self._model()
+        return await self._blocking(lambda: self.port.tokenize(model, messages),
+                                    sum(len(m.content) for m in messages))
 
     def _overflow(self, tokens: int, what: str) -> ContextOverflow:
         return ContextOverflow(f"{what} need {tokens} tokens, but the context window is {self.context_length} tokens "
@@ -300,7 +314,7 @@ class Window:
             return self.entries[index]
 
     def _check_pinned_fit(self, extra: int) -> None:
-        total = self.manager.counter.base + self._tokens([e for e in self.entries if e.pinned]) + extra
+        total = self._counter().base + self._tokens([e for e in self.entries if e.pinned]) + extra
         if total >= self.context_length:
             raise self._overflow(total, "the pinned messages")
 

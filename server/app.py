@@ -19,16 +19,19 @@ from llmos.syscalls import SyscallError
 
 
 def create_app(gateway: Gateway, *, models: list[openai_api.ServedModel], embedder: Any = None,
-               api_key: str | None = None, variants: Callable[[], list[str]] = lambda: []) -> FastAPI:
-    """`variants`: the names of the library's variants of the kernel's model (derived models,
-    fine-tunes), asked at each request."""
+               api_key: str | None = None, listed: Callable[[], list[tuple[str, int | None]]] = lambda: [],
+               loadable: Callable[[], list[tuple[str, int | None]]] = lambda: []) -> FastAPI:
+    """Besides `models`, with their context lengths: `listed`, the ones /v1/models shows
+    (variants of the kernel's model, other models loaded now); `loadable`, every other model
+    a request may name (loaded on demand). Both are asked when needed."""
     app = FastAPI(title="llmos", summary="An operating system for language-model agents, over HTTP.",
                   dependencies=[Depends(auth.check)], docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_key = api_key
     if api_key is None:  # loopback only, without a key: a page whose DNS name rebinds to 127.0.0.1 is refused
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(auth.LOOPBACK_NAMES))
     app.state.gateway = gateway
-    app.state.openai = openai_api.OpenAIState(gateway=gateway, models=models, embedder=embedder, variants=variants)
+    app.state.openai = openai_api.OpenAIState(gateway=gateway, models=models, embedder=embedder,
+                                                 listed=listed, loadable=loadable)
     app.include_router(openai_api.router)
     app.include_router(choose_api.router)  # an llmos extension: the choose syscall
     app.include_router(tokenize_api.router)  # token counts for remote kernels (llmos.drivers.remote)

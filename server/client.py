@@ -247,13 +247,15 @@ class DaemonClient:
     async def spawn(self, app: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
                     name: str | None = None, caps: Iterable[str] | None = None,
                     quotas: Quotas | Mapping[str, Any] | None = None, priority: int | None = None,
-                    durable: bool = False, restart: RestartPolicy | None = None) -> ProcessInfo:
+                    durable: bool = False, restart: RestartPolicy | None = None,
+                    model: str | None = None) -> ProcessInfo:
         """Start an app in the daemon: a registered app's name, "module:attr" or
         "path/app.py:attr" (a path on the daemon's machine, from its working directory).
-        `durable`: it survives the daemon (its `durable_id` names it); `restart`: supervised."""
+        `durable`: it survives the daemon (its `durable_id` names it); `restart`: supervised;
+        `model`: what it generates with, if not the daemon's model (loaded there first)."""
         body: dict[str, Any] = {"app": app, "args": wire.jsonable(list(args)), "kwargs": wire.jsonable(dict(kwargs or {}))}
         body.update(_options(name=name, caps=caps, quotas=quotas, priority=priority,
-                             durable=durable or None, restart=restart))
+                             durable=durable or None, restart=restart, model=model))
         return ProcessInfo.model_validate(await self.request("POST", "/v1/processes", json=body))
 
     async def ps(self, include_ended: bool = False) -> list[ProcessInfo]:

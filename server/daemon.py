@@ -14,6 +14,7 @@ import uvicorn
 import llmos
 from llmos.home import llmos_home
 from llmos.library import default_model, variants_of
+from llmos.library_listing import list_models
 from llmos.server import auth, procs_api, telemetry, wire
 from llmos.server.app import create_app
 from llmos.server.console import DaemonConsole
@@ -77,12 +78,24 @@ def served_models(kernel: Any) -> list[ServedModel]:
     return models
 
 
-def variant_names(kernel: Any) -> list[str]:
-    """The library's derived models of the kernel's model (its base, if it runs a derived one)."""
-    if kernel.driver is None or kernel.variant_loader is None:
+def listed_models(kernel: Any) -> list[tuple[str, int | None]]:
+    """What /v1/models lists besides the kernel's model: the library's derived models of it
+    (of its base, if it runs a derived one), and the other models it has loaded now."""
+    if kernel.driver is None or kernel.models.loader is None:
         return []
     base = getattr(kernel.driver, "base", kernel.driver)
-    return variants_of(base.name, llmos_home())
+    loaded = [(name, resident.driver.context_length) for resident in kernel.models.residents.values()
+              for name in resident.variants]
+    return [*((name, None) for name in variants_of(base.name, llmos_home())), *loaded]
+
+
+def loadable_models(kernel: Any) -> list[tuple[str, int | None]]:
+    """Every model a request may name besides those: each of `llmos models list` that runs
+    here (a model of another base loads on demand, and unloads when idle)."""
+    if kernel.driver is None or kernel.models.loader is None:
+        return []
+    return [(row.name, int(row.context_length) if row.context_length.isdigit() else None)
+            for row in list_models(llmos_home()) if not row.driver.startswith("unsupported")]
 
 
 async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any], None] = lambda url, key, kernel: None) -> None:
@@ -94,7 +107,7 @@ async def serve(options: ServeOptions, on_ready: Callable[[str, str | None, Any]
         kernel.console = console = DaemonConsole()  # processes' output and questions, for HTTP clients
         gateway = await Gateway.start(kernel)
         app = create_app(gateway, models=served_models(kernel), embedder=kernel.embedder, api_key=key,
-                         variants=lambda: variant_names(kernel))
+                         listed=lambda: listed_models(kernel), loadable=lambda: loadable_models(kernel))
         app.state.kernel = kernel
         app.state.console = console
         config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",

@@ -41,8 +41,8 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     kind: str = "chat"  # or "embedding"
     created: int = field(default_factory=now)
-    # A variant of the kernel's model (a derived model or LoRA adapter of the library): its
-    # requests' processes move to it (`set_model`) before they generate.
+    # Not the kernel's own model (a variant of it, or a model of another base the kernel
+    # loads on demand): its requests' processes move to it (`set_model`) before they generate.
     variant: bool = False
 
     def listing(self) -> dict[str, Any]:
@@ -56,20 +56,26 @@ class OpenAIState:
     gateway: Gateway
     models: list[ServedModel]
     embedder: Any = None  # llmos.kernel.model.Embedder, None without one
-    # The names of the variants of the kernel's model in the library now (read at each
-    # request: a fine-tune made while the daemon runs is served at once).
-    variants: Callable[[], list[str]] = lambda: []
+    # Besides `models`, with their context lengths (read when asked: a fine-tune made while
+    # the daemon runs is served at once): `listed`, what /v1/models shows (the variants of
+    # the kernel's model and the other models it has loaded now); `loadable`, every other
+    # model a request may name (the library's: loaded on demand).
+    listed: Callable[[], list[tuple[str, int | None]]] = lambda: []
+    loadable: Callable[[], list[tuple[str, int | None]]] = lambda: []
 
     def all_models(self) -> list[ServedModel]:
+        return self._with(self.listed())
+
+    def _with(self, others: list[tuple[str, int | None]]) -> list[ServedModel]:
         chat = next((m for m in self.models if m.kind == "chat"), None)
         if chat is None:
             return list(self.models)
-        return [*self.models, *(ServedModel(id=name, context_length=chat.context_length, variant=True)
-                                for name in self.variants() if name != chat.id)]
+        return [*self.models, *(ServedModel(id=name, context_length=length or chat.context_length, variant=True)
+                                for name, length in others if name != chat.id)]
 
     def find(self, name: str, kind: str) -> ServedModel:
         served = self.all_models()
-        for model in served:
+        for model in [*served, *(self._with(self.loadable()) if kind == "chat" else [])]:
             if model.kind == kind and (name == model.id or name in model.aliases):
                 return model
         raise errors.model_not_found(name, [m.id for m in served if m.kind == kind])

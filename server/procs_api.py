@@ -56,6 +56,7 @@ class SpawnBody(_Body):
     priority: int | None = None  # the nice value; default llmosd's own
     durable: bool = False  # it survives the daemon: recorded, resumed at the next boot (see /v1/durable)
     restart: RestartPolicy | None = None  # supervision: restart it when it ends, as the policy says
+    model: str | None = Field(default=None, min_length=1, max_length=128)  # default: the daemon's model
 
 
 class KillBody(_Body):
@@ -177,7 +178,8 @@ async def spawn(body: SpawnBody, request: Request) -> dict[str, Any]:
     app, name = resolve(body)
     caps = DEFAULT_APP_CAPS if body.caps is None else frozenset(body.caps)
     info = await state.sys.spawn(app, *body.args, kwargs=body.kwargs, name=name, caps=caps, quotas=body.quotas,
-                                 priority=body.priority, durable=body.durable, restart=body.restart)
+                                 priority=body.priority, durable=body.durable, restart=body.restart,
+                                 model=body.model)
     state.owned.add(info.pid)
     return _info(info)
 

@@ -86,10 +86,9 @@ def policy(kernel: Kernel) -> DecisionPolicy:
     return kernel.decisions
 
 
-def service(kernel: Kernel) -> GenerationService:
-    if kernel.generation is None:
-        raise ModelError("this kernel has no model loaded; boot it with a model to use choose, chat or generate")
-    return kernel.generation
+async def service(kernel: Kernel, caller: Process) -> GenerationService:
+    """The generation loop of the caller's model (another base's is loaded if need be)."""
+    return await kernel.generation_for(caller)
 
 
 class _Likelihood(NamedTuple):
@@ -159,10 +158,11 @@ async def decide(kernel: Kernel, caller: Process, question: str, options: Sequen
     began = time.perf_counter()
     if kernel.generation is None and kernel.embedder is None:
         raise ModelError("this kernel has neither a model nor an embedder to choose with")
-    judged = None
+    judged, scorer = None, None
     if kernel.generation is not None:
+        scorer = await service(kernel, caller)
         messages = policy(kernel).choice_messages(question, options, descriptions, system)
-        judged = await likelihood(kernel.generation, caller, messages, options)
+        judged = await likelihood(scorer, caller, messages, options)
     meant = await similarity(kernel.embedder, question, options, descriptions, examples) if kernel.embedder else None
     scores = [0.0] * len(options)
     if judged is not None:
@@ -176,7 +176,7 @@ async def decide(kernel: Kernel, caller: Process, question: str, options: Sequen
                   logprobs=tuple(judged.logprobs) if judged else None, tokens=tuple(judged.tokens) if judged else None,
                   similarities=tuple(meant) if meant is not None else None,
                   prompt_tokens=judged.prompt_tokens if judged else 0,
-                  model=kernel.generation.driver.name if kernel.generation else None,
+                  model=scorer.driver.name if scorer is not None else None,
                   elapsed_s=time.perf_counter() - began)
 
 

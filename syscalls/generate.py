@@ -179,7 +179,7 @@ async def _serve(service: GenerationService, job: GenerationJob, stream: bool,
 
 
 async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextStream:
-    service = choose.service(kernel)
+    service = await choose.service(kernel, caller)
     if req.offered_names() is not None and req.tool_choice != "none":
         call = await _choose_tool(kernel, service, caller, req)
         if call is not None:
@@ -274,7 +274,7 @@ class _OnBehalf:
 
 
 async def sys_generate(kernel: Kernel, caller: Process, req: Generate) -> Reply | TextStream:
-    service = choose.service(kernel)
+    service = await choose.service(kernel, caller)
     job = await service.submit(caller, req.sampling(), prompt=req.prompt)
     return await _serve(service, job, req.stream)
 

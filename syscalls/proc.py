@@ -44,7 +44,8 @@ class Spawn(Request[ProcessInfo]):
     """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
     pid). The arguments are checked against the app's signature first (EINVAL). With
     `durable=True` it survives the kernel (see `durable.wait`); `restart=RestartPolicy(...)`
-    restarts it when it ends, as the policy says."""
+    restarts it when it ends, as the policy says. It generates with the caller's model unless
+    `model` names another (see `set_model`), loaded first."""
 
     call: ClassVar[str] = "spawn"
     capability: ClassVar[str | None] = capabilities.PROC_SPAWN
@@ -62,6 +63,7 @@ class Spawn(Request[ProcessInfo]):
     # its arguments JSON); `restart` supervises it (and makes it durable).
     durable: bool = False
     restart: RestartPolicy | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=128)  # default: the caller's model
 
     def needs(self, caller: Process) -> Iterator[Need]:
         yield from _raising(caller, self.priority)
@@ -223,12 +225,9 @@ class Trace(Request[list[TraceEvent]]):
 
 async def sys_spawn(kernel: Kernel, caller: Process, req: Spawn) -> ProcessInfo:
     priority = caller.priority if req.priority is None else req.priority
-    if req.durable or req.restart is not None:
-        return await kernel.spawn_durable(req.app, req.args, kwargs=req.kwargs, name=req.name, priority=priority,
-                                          caps=req.caps, quotas=req.quotas, parent=caller, restart=req.restart)
-    proc = kernel.spawn_nowait(req.app, *req.args, kwargs=req.kwargs, name=req.name, priority=priority,
-                               caps=req.caps, quotas=req.quotas, parent=caller)
-    return proc.info()
+    return await kernel.spawn(req.app, *req.args, durable=req.durable, restart=req.restart, model=req.model,
+                              kwargs=req.kwargs, name=req.name, priority=priority, caps=req.caps, quotas=req.quotas,
+                              parent=caller)
 
 
 async def sys_wait(kernel: Kernel, caller: Process, req: Wait) -> ExitStatus:

@@ -103,11 +103,12 @@ class Sys:
         ...
     async def sleep(self, /, seconds: float) -> None:
         ...
-    async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ..., durable: bool = ..., restart: Any = ...) -> llmos.kernel.process.ProcessInfo:
+    async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ..., durable: bool = ..., restart: Any = ..., model: str | None = ...) -> llmos.kernel.process.ProcessInfo:
         """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its
         pid). The arguments are checked against the app's signature first (EINVAL). With
         `durable=True` it survives the kernel (see `durable.wait`); `restart=RestartPolicy(...)`
-        restarts it when it ends, as the policy says."""
+        restarts it when it ends, as the policy says. It generates with the caller's model unless
+        `model` names another (see `set_model`), loaded first."""
         ...
     async def stats(self, /) -> llmos.kernel.stats.KernelStatistics:
         """The kernel's figures: its processes, and the model engine's queue, batch and rate."""
