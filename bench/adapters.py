@@ -82,10 +82,10 @@ def main() -> None:
     base = llmos.load_model("smollm2").driver
     names = [f"tune{i}" for i in range(args.adapters)]
     folder = Path(tempfile.mkdtemp(prefix="llmos-bench-adapters-"))
-    folders = {name: random_lora(base.model, folder / name, seed=i, rank=args.rank) for i, name in enumerate(names)}
+    folders = {name: random_lora(base.hf_model, folder / name, seed=i, rank=args.rank) for i, name in enumerate(names)}
     for name, path in folders.items():
         base.load_adapter(name, path)
-    merged = [TransformersDriver(name, merged_with_lora(base.model, path), base.tokenizer,
+    merged = [TransformersDriver(name, merged_with_lora(base.hf_model, path), base.tokenizer,
                                  config=EngineConfig(kv_cache_mb=512))
               for name, path in folders.items()]
     qs = questions(args.agents)

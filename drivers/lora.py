@@ -135,11 +135,21 @@ def read_config(folder: Path) -> LoraConfig:
 
 @dataclass
 class _Fused:
-    """One layer's fused projection for every loaded adapter: A_cat, B_cat and each adapter's columns."""
+    """One layer's fused projection for every loaded adapter: A_cat, B_cat and each adapter's
+    columns. A pass multiplies by the transposes, laid out once here: a strided view of A or B
+    costs a copy in every one of a step's hundreds of small matmuls."""
 
     a: torch.Tensor  # (R, in)
     b: torch.Tensor  # (out, R)
     columns: dict[str, slice]
+    a_t: torch.Tensor = field(init=False)  # (in, R), contiguous
+    b_t: torch.Tensor = field(init=False)  # (R, out), contiguous
+    singles: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(init=False)  # an adapter's own A^T, B^T
+
+    def __post_init__(self) -> None:
+        self.a_t, self.b_t = self.a.T.contiguous(), self.b.T.contiguous()
+        self.singles = {name: (self.a_t[:, cols].contiguous(), self.b_t[cols].contiguous())
+                        for name, cols in self.columns.items()}
 
 
 @dataclass
@@ -240,13 +250,12 @@ class AdapterSet:
             return None
         flat = x.reshape(-1, x.shape[-1])
         if selection.single is not None:
-            cols = fused.columns.get(selection.single)
-            if cols is None:  # this adapter leaves the part alone
+            single = fused.singles.get(selection.single)
+            if single is None:  # this adapter leaves the part alone
                 return None
-            low = flat @ fused.a[cols].T
-            return (low @ fused.b[:, cols].T).view(*x.shape[:-1], -1)
-        low = (flat @ fused.a.T) * selection.masks[part]
-        return (low @ fused.b.T).view(*x.shape[:-1], -1)
+            return ((flat @ single[0]) @ single[1]).view(*x.shape[:-1], -1)
+        low = (flat @ fused.a_t) * selection.masks[part]
+        return (low @ fused.b_t).view(*x.shape[:-1], -1)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": a.name, "folder": str(a.folder), "modules": sorted(a.modules)} for a in self.adapters.values()]
