@@ -173,7 +173,8 @@ def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -
                 f"in the library: {', '.join(in_library)}" if in_library else ""]
         raise UnknownModel(f"{exc}; and {'; '.join(a for a in also if a)}") from None
     # What a kernel's model pool budgets it by (kernel/model_pool.py): the memory the process
-    # took on while it loaded (weights, their packed and quantized copies, the KV pool).
+    # took on while it loaded: its weights, their packed and quantized copies (not the KV
+    # memory, which the engine commits as it is used).
     driver.memory_bytes = max(0, resident_bytes() - before)  # type: ignore[attr-defined]
     return driver
 
