@@ -163,6 +163,17 @@ class TransformersDriver:
         return self._hf_model
 
     @property
+    def memory_bytes(self) -> int:
+        """The bytes of its weights, each storage once (tied and fused ones share), for the
+        kernel's model budget (kernel/model_pool.py); the KV memory, committed as it is
+        used, is not counted."""
+        seen: dict[int, int] = {}
+        for tensor in (*self.model.parameters(), *self.model.buffers()):
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
+
+    @property
     def hf_tokenizer(self) -> Any:
         """transformers' tokenizer of the same folder (its whole API: batches, tensors), loaded
         on first use where the driver reads the folder's tokenizer itself."""

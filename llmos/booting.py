@@ -161,9 +161,8 @@ def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -
     if remote is not None:
         _refuse_settings_for_remote(name, dtype, quant)
         return remote.load(home)  # type: ignore[return-value]
-    before = resident_bytes()
     try:
-        driver = _load_local(name, dtype, quant, home)
+        return _load_local(name, dtype, quant, home)
     except UnknownModel as exc:
         configured = [spec.name for spec in remote_models.configured(home)]
         in_library = sorted(library.read_library(home).models)
@@ -172,20 +171,6 @@ def load_driver(name: str, dtype: str | None = None, quant: str | None = None) -
         also = [f"in {home / remote_models.CONFIG_FILE}: {', '.join(configured)}" if configured else "",
                 f"in the library: {', '.join(in_library)}" if in_library else ""]
         raise UnknownModel(f"{exc}; and {'; '.join(a for a in also if a)}") from None
-    # What a kernel's model pool budgets it by (kernel/model_pool.py): the memory the process
-    # took on while it loaded: its weights, their packed and quantized copies (not the KV
-    # memory, which the engine commits as it is used).
-    driver.memory_bytes = max(0, resident_bytes() - before)  # type: ignore[attr-defined]
-    return driver
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (Linux's /proc/self/statm; 0 where there is none)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _refuse_settings_for_remote(name: str, dtype: str | None, quant: str | None) -> None:
