@@ -10,6 +10,7 @@ SmolLM2-135M the generated choice is decided by the first token's bias and never
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -70,12 +71,22 @@ class _Prompts:
         return (ChatMessage(role="system", content=system or CHOOSER), ChatMessage(role="user", content=prompt))
 
     def tool_arguments(self, spec: ToolSpec, message: str) -> JsonTurn:
-        props = spec.parameters.get("properties", {})
-        described = [f"- {name}: {prop.get('description') or prop.get('type', 'value')}"
-                     for name, prop in props.items()]
+        props, required = spec.parameters.get("properties", {}), set(spec.parameters.get("required", ()))
+        described = [_argument(name, prop, name in required) for name, prop in props.items()]
+        optional = ["Leave out an optional argument the question does not give."] if set(props) - required else []
         prompt = "\n".join([f"Call the tool {spec.name}: {spec.description.strip()}", "Its arguments:", *described,
-                            "", f"Question: {message}", "Reply with the arguments as JSON."])
+                            "", f"Question: {message}", *optional, "Reply with the arguments as JSON."])
         return JsonTurn(prompt=prompt, schema=closed(spec.parameters or {"type": "object", "properties": {}}))
+
+
+def _argument(name: str, prop: dict[str, Any], required: bool) -> str:
+    """One argument's line. An optional one says so and what it is left out: asked for every
+    key, a small model makes up a value the question never gave (a path, for instance)."""
+    what = prop.get("description") or prop.get("type", "value")
+    if required:
+        return f"- {name}: {what}"
+    default = f", {json.dumps(prop['default'])} if left out" if "default" in prop else ""
+    return f"- {name} (optional{default}): {what}"
 
 
 def closed(schema: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,16 @@ def test_the_arguments_turn_uses_the_tool_s_schema_closed_to_other_keys() -> Non
     assert LikelihoodDecisions().tool_arguments(open_ended, "x").schema == open_ended.parameters
 
 
+def test_the_arguments_turn_says_which_arguments_may_be_left_out_and_their_defaults() -> None:
+    listing = ToolSpec(name="ls", parameters={"type": "object", "properties": {
+        "path": {"type": "string", "description": "the folder", "default": "."},
+        "hidden": {"type": "boolean"}}})
+    lines = LikelihoodDecisions().tool_arguments(listing, "Which files?").prompt.splitlines()
+    assert '- path (optional, "." if left out): the folder' in lines and "- hidden (optional): boolean" in lines
+    assert "Leave out an optional argument the question does not give." in lines
+    assert "Leave out" not in LikelihoodDecisions().tool_arguments(ADD, "What is 2 + 3?").prompt  # all required
+
+
 async def test_a_required_choice_leaves_none_out_and_one_tool_is_not_asked() -> None:
     model = Model(index=0)
     assert await LikelihoodDecisions().pick_tool([ADD, CLOCK], "hi", model, required=True) is ADD

@@ -164,20 +164,27 @@ async def cheap_calls(sys: Sys, calls: int) -> float:
     return time.perf_counter() - began
 
 
-async def timed_calls(calls: int) -> float:
-    async with boot() as kernel:
-        return (await kernel.wait((await kernel.spawn(cheap_calls, calls)).pid, timeout=20)).result
+def counted(method: Any, calls: dict[str, int], name: str) -> Any:
+    def counting(self: LoopWatchdog, *args: Any) -> Any:
+        calls[name] += 1
+        return method(self, *args)
+    return counting
 
 
-async def test_the_watchdog_costs_next_to_nothing_when_nothing_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls, with_it, without, heartbeat = 10_000, [], [], params.LOOP_HEARTBEAT_S
-    for _ in range(3):  # interleaved, the best of three: this machine is shared
-        monkeypatch.setattr(params, "LOOP_HEARTBEAT_S", 0.0)
-        without.append(await timed_calls(calls))
-        monkeypatch.setattr(params, "LOOP_HEARTBEAT_S", heartbeat)  # as the kernel runs it
-        with_it.append(await timed_calls(calls))
-    print(f"{calls} getpid calls: {min(without) * 1e3:.0f} ms without the watchdog, {min(with_it) * 1e3:.0f} ms with")
-    assert min(with_it) < min(without) * 1.15
+async def test_the_watchdog_works_per_beat_not_per_syscall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its cost is a heartbeat every LOOP_HEARTBEAT_S and a look every LOOP_STALL_S / 2, however
+    many syscalls run meanwhile: nothing on a syscall's path. What that costs in time is measured
+    by bench/watchdog.py (on and off, alternating), not here: a timed test fails on a busy host."""
+    calls: dict[str, int] = {"_settle": 0, "_check": 0}  # once per beat; once per look
+    for name in calls:
+        monkeypatch.setattr(LoopWatchdog, name, counted(getattr(LoopWatchdog, name), calls, name))
+    began = time.perf_counter()
+    async with boot() as kernel:  # the heartbeat and the watcher live as long as the kernel
+        await kernel.wait((await kernel.spawn(cheap_calls, 10_000)).pid, timeout=20)
+    elapsed = time.perf_counter() - began
+    watchdog = kernel.watchdog
+    assert calls["_settle"] <= elapsed / watchdog.heartbeat_s + 2  # +2: the beat under way at either end
+    assert calls["_check"] <= elapsed / (watchdog.stall_s / 2) + 2
 
 
 async def test_without_the_watchdog_the_kernel_reports_no_loop(monkeypatch: pytest.MonkeyPatch) -> None:
