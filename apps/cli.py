@@ -94,7 +94,7 @@ def run(
         except ValidationError as exc:
             raise typer.BadParameter(f"--restart is never, on-failure or always; --max-restarts >= 0; --within > 0 "
                                      f"({exc.error_count()} wrong)") from None
-        _run_durable(app_ref, argv, model=None if no_model else _model(model), policy=policy, caps=caps, quotas=quotas,
+        _run_durable(app_ref, argv, model=model, no_model=no_model, policy=policy, caps=caps, quotas=quotas,
                      restart=restart_policy, local=local, console=console)
     if remote is not None:
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
@@ -110,16 +110,17 @@ def run(
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
 
 
-def _run_durable(app_ref: str, argv: list[str], *, model: str | None, policy: str, caps: frozenset[str],
-                 quotas: dict[str, Any], restart: RestartPolicy, local: bool, console: runner.StdioConsole) -> None:
+def _run_durable(app_ref: str, argv: list[str], *, model: str | None, no_model: bool, policy: str,
+                 caps: frozenset[str], quotas: dict[str, Any], restart: RestartPolicy, local: bool,
+                 console: runner.StdioConsole) -> None:
     client = _guard(lambda: daemon_cli.daemon(local))
-    if client is not None:
+    if client is not None:  # --model names one of the daemon's models, as `llmos run` without --durable
         status = _guard(lambda: anyio.run(lambda: durable_cli.run_in_daemon(
-            client, app_ref, argv, caps=caps, quotas=quotas, restart=restart, console=console)))
+            client, app_ref, argv, model=model, caps=caps, quotas=quotas, restart=restart, console=console)))
     else:
         status = _guard(lambda: anyio.run(lambda: durable_cli.run_local(
-            app_ref, argv, model=model, policy=policy, caps=caps, quotas=quotas, restart=restart,
-            console=console)))
+            app_ref, argv, model=None if no_model else _model(model), policy=policy, caps=caps, quotas=quotas,
+            restart=restart, console=console)))
     if status is None:  # left unfinished (Ctrl-C): it goes on later
         raise typer.Exit(130)
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))

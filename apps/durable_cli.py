@@ -44,15 +44,15 @@ async def run_local(app: str, argv: list[str], *, model: str | None, policy: str
         return status
 
 
-async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, caps: frozenset[str],
-                        quotas: dict[str, Any], restart: RestartPolicy | None,
+async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, model: str | None,
+                        caps: frozenset[str], quotas: dict[str, Any], restart: RestartPolicy | None,
                         console: runner.StdioConsole) -> ExitStatus | None:
-    """Start APP durably in the daemon, show its output until it ends; Ctrl-C leaves it
-    running there (it is durable: it does not depend on this terminal)."""
+    """Start APP durably in the daemon (on `model`, or the daemon's), show its output until it
+    ends; Ctrl-C leaves it running there (it is durable: it does not depend on this terminal)."""
     positional, options = registry.parse_argv(argv)
     name = app if app in registry.APPS else None
     info = await client.spawn(registry.reference(app), positional, options, name=name, caps=caps,
-                              quotas=Quotas(**quotas), durable=True, restart=restart)
+                              quotas=Quotas(**quotas), durable=True, restart=restart, model=model)
     assert info.durable_id is not None
     durable_id = info.durable_id
     if info.pid:

@@ -29,8 +29,8 @@ from llmos.durable.kernels import KernelRow, Kernels
 from llmos.durable.workflows import RUN, SUPERVISOR, supervise
 from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record, failed_record
-from llmos.kernel.errors import (InvalidRequest, InvalidState, MailboxFull, NoSuchDurableProcess, NoSuchProcess,
-                                 SyscallError, Timeout)
+from llmos.kernel.errors import (InvalidRequest, InvalidState, MailboxFull, ModelNotServed, NoSuchDurableProcess,
+                                 NoSuchModel, NoSuchProcess, SyscallError, Timeout)
 from llmos.kernel.journal import Journal, current_step_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcessStats, ProcState
@@ -262,13 +262,15 @@ class DbosDurability:
         parent = self._parents.get(durable_id)
         for attempt in range(START_ATTEMPTS):
             try:
+                model, base = await self.kernel.resolve_model(spec.model)  # loaded before its task runs
                 proc = self.kernel.spawn_nowait(
                     spec.app, *spec.args, kwargs=spec.kwargs, name=spec.name, priority=spec.priority,
                     caps=spec.capabilities, quotas=spec.quotas, journal=journal, untrusted=spec.untrusted,
                     parent=parent if parent is not None and not parent.state.terminal else None)
+                proc.model, proc.base = model, base
                 self._load_error.pop(durable_id, None)
                 return proc
-            except InvalidRequest as exc:
+            except (InvalidRequest, NoSuchModel, ModelNotServed) as exc:  # not a refusal that passes
                 self._load_error[durable_id] = str(exc)
                 break
             except SyscallError as exc:

@@ -64,6 +64,7 @@ class DurableSpec(BaseModel):
     # Where the untrusted text its parent held came from (kernel/security.py): each run, on
     # any kernel, starts with it, as a child of that parent would.
     untrusted: tuple[str, ...] = ()
+    model: str | None = None  # what it generates with (None: the kernel's own model), on every run
 
 
 class DurableState(str, Enum):

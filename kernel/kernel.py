@@ -229,8 +229,7 @@ class Kernel:
         `durable=True`: it survives the kernel (see `spawn_durable`); `restart`: supervised.
         `model`: what it generates with instead of its parent's model (loaded first)."""
         if durable or restart is not None:
-            refuse_model_for_durable(model)
-            return await self.spawn_durable(app, args, restart=restart, **options)
+            return await self.spawn_durable(app, args, restart=restart, model=model, **options)
         chosen = await self.resolve_model(model) if model is not None else None
         proc = self.spawn_nowait(app, *args, **options)
         if chosen is not None:  # before its task first runs
@@ -240,10 +239,16 @@ class Kernel:
     async def spawn_durable(self, app: Any, args: tuple[Any, ...] = (), *, kwargs: dict[str, Any] | None = None,
                             name: str | None = None, priority: int = params.DEFAULT_NICE,
                             caps: Iterable[str] | None = None, quotas: Quotas | None = None,
-                            parent: Process | None = None, restart: RestartPolicy | None = None) -> ProcessInfo:
+                            parent: Process | None = None, restart: RestartPolicy | None = None,
+                            model: str | None = None) -> ProcessInfo:
         """Start a durable process: its syscalls are recorded, and it resumes after the kernel
-        dies. Its app must be importable by reference and its arguments JSON (EINVAL)."""
+        dies. Its app must be importable by reference and its arguments JSON (EINVAL). `model`
+        is recorded with it: every run generates with it (loaded first; known here, or refused now);
+        by default its parent's, as a child that is not durable inherits it."""
         durability = self.durable_runtime()
+        model = model if model is not None or parent is None else parent.model
+        if model is not None:
+            await self.resolve_model(model)
         ref = loader.reference(app)
         bind(resolve_app(ref), args, kwargs or {})
         try:  # its runs, the first one too, get the arguments as JSON gives them back
@@ -255,7 +260,8 @@ class Kernel:
                            priority=priority, capabilities=tuple(sorted(granted)), quotas=quotas or Quotas(),
                            restart=restart or RestartPolicy(), parent=parent.pid if parent else params.KERNEL_PID,
                            parent_durable_id=None if parent is None or parent.journal is None
-                           else parent.journal.durable_id, untrusted=tuple(parent.untrusted) if parent else ())
+                           else parent.journal.durable_id, untrusted=tuple(parent.untrusted) if parent else (),
+                           model=model)
         return await durability.spawn(spec, parent)
 
     def model_library(self) -> ModelLibrary:
@@ -512,12 +518,6 @@ class Kernel:
 def _check_priority(priority: int) -> None:
     if not params.NICE_MIN <= priority <= params.NICE_MAX:
         raise InvalidRequest(f"priority must be within {params.NICE_MIN}..{params.NICE_MAX}, not {priority}")
-
-
-def refuse_model_for_durable(model: str | None) -> None:
-    if model is not None:
-        raise InvalidRequest("a durable process chooses its model itself (sys.set_model in its app, which its "
-                             "record replays), not at spawn")
 
 
 def _granted(priority: int, parent: Process | None, caps: Iterable[str] | None) -> frozenset[str]:

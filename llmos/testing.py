@@ -152,6 +152,47 @@ class FakeDriver:
         return job, piece
 
 
+class WideDriver(FakeDriver):
+    """Another tokenizer: two tokens a character."""
+
+    def tokenize(self, messages):  # noqa: ANN001, ANN201
+        return [ord(c) for c in self.render_chat(messages) for _ in range(2)]
+
+    def prepare(self, job):  # noqa: ANN001, ANN201
+        job.prompt_ids = job.prompt_ids or [ord(c) for c in self.render(job) for _ in range(2)]
+        super().prepare(job)
+
+
+class FakeLoader:
+    """A kernel's ModelLoader (kernel/model_pool.py) over FakeDrivers, named as a library would
+    name them: bases "other", "third" (another tokenizer) and "fourth"; "other-terse" derives
+    from "other" (a variant over its engine). Set it as `kernel.models.loader`."""
+
+    BASES = {"other": "other", "other-terse": "other", "third": "third", "fourth": "fourth"}
+
+    def __init__(self, step_delay_s: float = 0.0, memory_bytes: int = 0) -> None:
+        self.step_delay_s, self.memory_bytes = step_delay_s, memory_bytes
+        self.loaded: list[str] = []
+
+    def base_of(self, name: str) -> str:
+        if name not in self.BASES:
+            raise ValueError(f"no model named {name!r}")
+        return self.BASES[name]
+
+    def load_base(self, name: str) -> FakeDriver:
+        self.loaded.append(name)
+        kind = WideDriver if name == "third" else FakeDriver
+        driver = kind(lambda prompt, name=name: f"{name} says hi", name=name, step_delay_s=self.step_delay_s,
+                      context_length=1000 if name == "third" else 4096)
+        driver.memory_bytes = self.memory_bytes  # type: ignore[attr-defined]
+        return driver
+
+    def load_variant(self, name: str, base: FakeDriver) -> FakeDriver:
+        if name == base.name:
+            return base
+        return base  # a derived model prepares on its base's engine here; the name is what is checked
+
+
 class ScriptedConsole:
     """A `kernel.console` for tests: records what processes write, answers questions from
     a queue (`NoConsole` once it is empty, as a closed stdin would)."""

@@ -15,6 +15,7 @@ from llmos.kernel.errors import (
     MailboxFull,
     MemoryUnavailable,
     ModelError,
+    ModelNotServed,
     NoConsole,
     NoSuchDurableProcess,
     NoSuchMemory,
@@ -38,7 +39,7 @@ from llmos.kernel.errors import (
 
 __all__ = [
     "AmbiguousName", "ContextOverflow", "Errno", "InvalidRequest", "InvalidState", "MailboxFull", "MemoryUnavailable", "ModelError",
-    "NoConsole", "NoSuchModel", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
+    "ModelNotServed", "NoConsole", "NoSuchModel", "NoSuchProcess", "PermissionDenied", "QuotaExceeded", "SyscallError", "Timeout", "TooManyProcesses", "QueueFull",
     "UnknownSyscall", "NoSuchMemory", "StoreLocked", "DurabilityUnavailable", "NoSuchDurableProcess", "ReplayDiverged",
     "InvalidToolArguments", "NoSuchTool", "ToolFailed", "ToolLimitExceeded", "ToolTimeout", "ToolUnavailable",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmos.testing import FakeDriver, served, until
+from llmos.testing import FakeDriver, FakeLoader, served, until
 
 CLI = [sys.executable, "-m", "llmos.apps.cli"]
 
@@ -120,3 +120,15 @@ def test_the_shell_runs_as_a_process_of_the_daemon(smollm2_server: str):
         shell.expect(pexpect.EOF)
     finally:
         shell.close(force=True)
+
+
+async def test_a_durable_run_generates_with_the_model_it_names(tmp_path: Path):
+    app = tmp_path / "asker.py"
+    app.write_text("async def main(sys):\n    return (await sys.chat('hello', max_tokens=8)).model\n")
+    async with served(FakeDriver(name="base")) as srv:
+        srv.kernel.models.loader = FakeLoader()  # it may load "other" beside "base"
+        result = await llmos(srv.url, "run", "--durable", "--model", "other", f"{app}:main")
+        unknown = await llmos(srv.url, "run", "--durable", "--model", "no-such", f"{app}:main")
+    assert result.returncode == 0, result.stderr.decode()
+    assert out(result).strip() == "other"
+    assert unknown.returncode != 0 and "no-such" in unknown.stderr.decode()

@@ -19,12 +19,13 @@ from llmos.syscalls import (
     DurableState,
     InvalidRequest,
     InvalidState,
+    ModelNotServed,
     NoSuchDurableProcess,
     ProcState,
     RestartPolicy,
     Timeout,
 )
-from llmos.testing import FakeDriver, process_info, result, spawn_and_wait, until_async, until_state
+from llmos.testing import FakeDriver, FakeLoader, process_info, result, spawn_and_wait, until_async, until_state
 
 BOOT: dict[str, Any] = {"memory": None, "mcp_servers": None, "embedder": None}
 
@@ -411,3 +412,57 @@ async def test_a_clean_shutdown_while_a_process_waits_for_a_durable_child(apps) 
             info = await kernel.spawn(parent)
             await until_state(kernel, info.pid, ProcState.BLOCKED, timeout=10)
             await anyio.sleep(0.2)
+
+
+# -- on a model of its own ------------------------------------------------------------------------------
+# Sleeps `rounds` times (a syscall each), then asks its model.
+ASKER = """
+async def main(sys, rounds):
+    for _ in range(rounds):
+        await sys.sleep(0.02)
+    reply = await sys.chat("hello", max_tokens=8)
+    return [reply.text, reply.model]
+"""
+
+
+async def test_a_durable_process_spawned_on_another_model_runs_every_run_there(apps) -> None:
+    ref = apps.write("asker", ASKER)
+    async with boot(FakeDriver(name="base")) as kernel:
+        kernel.models.loader = FakeLoader()
+        with pytest.raises(ModelNotServed, match="no-such"):  # refused at spawn: nothing recorded
+            await kernel.spawn(ref, 0, durable=True, model="no-such")
+        assert await kernel.durability.list() == []
+        info = await kernel.spawn(ref, 0, durable=True, model="other")
+        assert result(await kernel.durability.wait(info.durable_id, timeout=10)) == ["other says hi", "other"]
+        info = await kernel.spawn(ref, 40, durable=True, model="other")
+        await steps_at_least(kernel, info.durable_id, 3)
+    async with boot(FakeDriver(name="base"), resume=False) as kernel:  # its next run, on a new kernel
+        kernel.models.loader = FakeLoader()
+        await kernel.durability.resume(info.durable_id)
+        assert result(await kernel.durability.wait(info.durable_id, timeout=20)) == ["other says hi", "other"]
+
+
+async def test_a_durable_child_generates_with_its_parent_s_model(apps) -> None:
+    ref = apps.write("asker", ASKER)
+
+    async def parent(sys: Any) -> Any:
+        await sys.set_model("other")
+        child = await sys.spawn(ref, 0, durable=True)
+        return result(await sys.durable.wait(child.durable_id, timeout=10))
+
+    async with boot(FakeDriver(name="base")) as kernel:
+        kernel.models.loader = FakeLoader()
+        assert result(await spawn_and_wait(kernel, parent, timeout=15)) == ["other says hi", "other"]
+
+
+async def test_a_run_whose_recorded_model_is_gone_fails_for_good_saying_so(apps) -> None:
+    ref = apps.write("asker", ASKER)
+    async with boot(FakeDriver(name="base")) as kernel:
+        kernel.models.loader = FakeLoader()
+        info = await kernel.spawn(ref, 40, durable=True, model="other")
+        await steps_at_least(kernel, info.durable_id, 3)
+    async with boot(FakeDriver(name="base"), resume=False) as kernel:  # no loader: it serves "base" alone
+        kernel.models.loader = None
+        await kernel.durability.resume(info.durable_id)
+        status = await kernel.durability.wait(info.durable_id, timeout=20)
+    assert status.state is ProcState.FAILED and "other" in status.reason

@@ -4,7 +4,7 @@ the model of their process; idle models unload after their keep-alive, or to mak
 least recently used first, never a busy one); kill, suspend and nice reach every model.
 
 The kernel loads models through its ModelLoader port; here one over FakeDrivers, named as
-the library would name them ("base" and "other", and "other-terse", a derived model of
+the library would name them (llmos.testing.FakeLoader) ("base" and "other", and "other-terse", a derived model of
 "other"). The real loader (llmos.booting.HomeModelLoader) over real models is in
 tests/e2e/test_models_side_by_side.py."""
 
@@ -17,47 +17,8 @@ import llmos
 from llmos.kernel import params
 from llmos.kernel.errors import ModelNotServed
 from llmos.kernel.model_pool import Resident
-from llmos.syscalls import InvalidRequest, Sys
-from llmos.testing import FakeDriver, result, spawn_and_wait, until
-
-
-class WideDriver(FakeDriver):
-    """Another tokenizer: two tokens a character."""
-
-    def tokenize(self, messages):  # noqa: ANN001, ANN201
-        return [ord(c) for c in self.render_chat(messages) for _ in range(2)]
-
-    def prepare(self, job):  # noqa: ANN001, ANN201
-        job.prompt_ids = job.prompt_ids or [ord(c) for c in self.render(job) for _ in range(2)]
-        super().prepare(job)
-
-
-class FakeLoader:
-    """Loads FakeDrivers by name; "other-terse" derives from "other" (a variant over its engine)."""
-
-    BASES = {"other": "other", "other-terse": "other", "third": "third", "fourth": "fourth"}
-
-    def __init__(self, step_delay_s: float = 0.0, memory_bytes: int = 0) -> None:
-        self.step_delay_s, self.memory_bytes = step_delay_s, memory_bytes
-        self.loaded: list[str] = []
-
-    def base_of(self, name: str) -> str:
-        if name not in self.BASES:
-            raise ValueError(f"no model named {name!r}")
-        return self.BASES[name]
-
-    def load_base(self, name: str) -> FakeDriver:
-        self.loaded.append(name)
-        kind = WideDriver if name == "third" else FakeDriver
-        driver = kind(lambda prompt, name=name: f"{name} says hi", name=name, step_delay_s=self.step_delay_s,
-                      context_length=1000 if name == "third" else 4096)
-        driver.memory_bytes = self.memory_bytes  # type: ignore[attr-defined]
-        return driver
-
-    def load_variant(self, name: str, base: FakeDriver) -> FakeDriver:
-        if name == base.name:
-            return base
-        return base  # a derived model prepares on its base's engine here; the name is what is checked
+from llmos.syscalls import Sys
+from llmos.testing import FakeDriver, FakeLoader, result, spawn_and_wait, until
 
 
 async def idle(sys: Sys) -> None:
@@ -108,12 +69,12 @@ async def test_spawn_with_a_model_runs_the_child_there_from_its_first_call(kerne
         ("other says hi", "other")
 
 
-async def test_unknown_models_and_durable_spawns_with_a_model_are_refused(kernel):
+async def test_unknown_models_are_refused(kernel):
     proc = await kernel.spawn(idle)
     with pytest.raises(ModelNotServed, match="no-such"):
         await kernel.set_model(proc.pid, "no-such")
-    with pytest.raises(InvalidRequest, match="durable"):
-        await kernel.spawn(reply_with, None, durable=True, model="other")
+    with pytest.raises(ModelNotServed, match="no-such"):
+        await kernel.spawn(reply_with, None, model="no-such")
     assert kernel.models.residents == {}
     kernel.kill(proc.pid)
 
