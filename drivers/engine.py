@@ -20,7 +20,6 @@ the others' work.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from llmos.drivers.llama import Batch, LlamaRunner, flash_attention_available, r
 from llmos.drivers.lora import AdapterError, read_adapter
 from llmos.drivers.quant import wanted_quantization
 from llmos.drivers.text import IncrementalDecoder, advance
+from llmos.kernel import params
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK, BlockManager, blocks_for
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import EmitFn, GenerationJob
@@ -104,16 +104,7 @@ def kv_cache_mb(configured: int | None) -> int:
     """The KV budget in MiB: as configured, else LLMOS_KV_CACHE_MB, else the default."""
     if configured is not None:
         return configured
-    raw = os.environ.get(KV_CACHE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_KV_CACHE_MB
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{KV_CACHE_ENV}={raw!r}: expected a whole number of MiB") from None
-    if value < 1:
-        raise ConfigError(f"{KV_CACHE_ENV}={raw!r}: expected at least 1 MiB")
-    return value
+    return params.env_number(KV_CACHE_ENV, DEFAULT_KV_CACHE_MB, int, minimum=1, unit=" MiB")
 
 
 @dataclass(frozen=True)

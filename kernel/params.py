@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from llmos.kernel.errors import ConfigError
+
+N = TypeVar("N", int, float)
+
 # Process table ------------------------------------------------------------------
 KERNEL_PID = 0  # pid of the kernel itself: the parent of processes spawned from outside
 MAX_PROCESSES = 100_000  # live processes at once; spawn fails with EAGAIN past it
@@ -133,3 +141,19 @@ DURABLE_MAX_RECOVERIES = 10_000  # resumptions of one durable process before it 
 DURABLE_CAPACITY = 16  # in a cluster: durable processes one kernel runs at once (more wait in the queue)
 DURABLE_MAX_RESTARTS = 3  # supervision's default intensity: this many restarts ...
 DURABLE_RESTART_WINDOW_S = 60.0  # ... within this many seconds, or the process is FAILED for good
+
+
+def env_number(name: str, default: N, kind: Callable[[str], N], minimum: N, unit: str = "") -> N:
+    """A setting read from the environment variable `name`: `default` when it is unset or
+    blank, else a `kind` of at least `minimum` (ConfigError naming the variable otherwise)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    whole = kind is int
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected {'a whole' if whole else 'a'} number{unit}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: expected at least {minimum:g}{unit}")
+    return value

@@ -4,11 +4,10 @@ driver, the memory system (with the drivers' embedding model) and the tools."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
@@ -30,7 +29,6 @@ from llmos.memory import MemoryManager, Policy
 from llmos.syscalls import TABLE, Sys
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 if TYPE_CHECKING:  # llmos.runtime (Model's home) boots kernels with this module
     from llmos.runtime import Model
@@ -125,24 +123,11 @@ KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV = "LLMOS_KEEP_ALIVE", "LLMOS_MA
 
 def _keep_models_as_configured(kernel: Kernel) -> None:
     pool = kernel.models
-    pool.keep_alive_s = _env_number(KEEP_ALIVE_ENV, pool.keep_alive_s, float, minimum=0.0)
-    pool.max_loaded = _env_number(MAX_LOADED_ENV, pool.max_loaded, int, minimum=1)
-    budget = _env_number(MODEL_MEMORY_ENV, None, float, minimum=0.0)
-    if budget is not None:
+    pool.keep_alive_s = params.env_number(KEEP_ALIVE_ENV, pool.keep_alive_s, float, minimum=0.0, unit=" s")
+    pool.max_loaded = params.env_number(MAX_LOADED_ENV, pool.max_loaded, int, minimum=1, unit=" of models")
+    budget = params.env_number(MODEL_MEMORY_ENV, -1.0, float, minimum=0.0, unit=" GiB")
+    if budget >= 0:
         pool.budget_bytes = int(budget * 2**30)
-
-
-def _env_number(name: str, default: T, kind: Callable[[str], T], minimum: float) -> T:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: not a number") from None
-    if value < minimum:  # type: ignore[operator]
-        raise ConfigError(f"{name}={raw!r}: at least {minimum:g}")
-    return value
 
 
 def _audit(stack: AsyncExitStack, kernel: Kernel) -> None:

@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 import llmos
-from llmos.kernel import params
-from llmos.kernel.errors import ModelNotServed
+from llmos.booting import KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV
+from llmos.kernel.errors import ConfigError, ModelNotServed
 from llmos.kernel.model_pool import Resident
 from llmos.syscalls import Sys
 from llmos.testing import FakeDriver, FakeLoader, result, spawn_and_wait, until
@@ -166,5 +166,32 @@ async def test_a_context_window_counts_in_the_tokens_of_the_model_it_moved_to(ke
     assert len(prompt.prompt_ids) == 2 * len(third.render(prompt)) and "turn 2" in third.render(prompt)
 
 
-def test_the_defaults_are_ollamas():
-    assert params.MODEL_KEEP_ALIVE_S == 300 and params.MAX_LOADED_MODELS == 3
+# -- settings from the environment (Ollama's OLLAMA_KEEP_ALIVE, OLLAMA_MAX_LOADED_MODELS) -------------
+def boot_fake(**options):  # noqa: ANN003, ANN201
+    return llmos.boot(FakeDriver(name="base"), memory=None, mcp_servers=None, embedder=None, durable=None, **options)
+
+
+async def test_the_pool_s_limits_come_from_the_environment_at_boot(monkeypatch):
+    for name in (KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV):
+        monkeypatch.delenv(name, raising=False)
+    async with boot_fake() as kernel:
+        assert (kernel.models.keep_alive_s, kernel.models.max_loaded) == (300, 3)  # Ollama's 5 minutes and 3 models
+        assert kernel.models.budget_bytes is None
+    monkeypatch.setenv(KEEP_ALIVE_ENV, "0")  # unload as soon as idle
+    monkeypatch.setenv(MAX_LOADED_ENV, " 1 ")
+    monkeypatch.setenv(MODEL_MEMORY_ENV, "1.5")
+    async with boot_fake() as kernel:
+        assert (kernel.models.keep_alive_s, kernel.models.max_loaded) == (0.0, 1)
+        assert kernel.models.budget_bytes == 3 * 2**29
+
+
+@pytest.mark.parametrize(("name", "raw", "says"), [
+    (KEEP_ALIVE_ENV, "5m", "expected a number s"), (KEEP_ALIVE_ENV, "-1", "at least 0 s"),
+    (MAX_LOADED_ENV, "2.5", "a whole number"), (MAX_LOADED_ENV, "0", "at least 1"),
+    (MODEL_MEMORY_ENV, "lots", "GiB"), (MODEL_MEMORY_ENV, "-0.5", "at least 0 GiB"),
+])
+async def test_a_bad_pool_setting_stops_the_boot_naming_the_variable(monkeypatch, name, raw, says):
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigError, match=f"{name}=.*{says}"):
+        async with boot_fake():
+            pass
