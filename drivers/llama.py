@@ -270,7 +270,8 @@ class LlamaRunner:
         modules = {"qkv": [q, kv, kv], "o": [hidden], "gate_up": [inner, inner], "down": [hidden]}
         inputs = {"qkv": hidden, "o": q, "gate_up": hidden, "down": inner}
         return AdapterSet(layers=len(self.layers), widths={p: (inputs[p], sum(w)) for p, w in modules.items()},
-                          module_widths=modules, device=device)
+                          module_widths=modules, device=device,
+                          kernel=paged.lora_kernel(self.model.dtype, device))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B, vocab) at each row's last valid input token; K/V of valid tokens cached."""
@@ -343,9 +344,7 @@ class LlamaRunner:
     def _project(self, projection: Projection, index: int, part: str, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
         """The layer's projection `part` of x, with each row's LoRA adapter added."""
         y = projection(x)
-        if shared.lora is not None and (delta := self.adapters.delta(index, part, x, shared.lora)) is not None:
-            y = y + delta.to(y.dtype)
-        return y
+        return y if shared.lora is None else self.adapters.add_to(y, index, part, x, shared.lora)
 
     def _mlp(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
         gate, up = self._project(layer.gate_up, index, "gate_up", x, shared).chunk(2, dim=-1)

@@ -8,9 +8,12 @@ config through pydantic, the tensors through safetensors. For each of the engine
 projections (qkv, o, gate_up, down; drivers/llama.py), the loaded adapters' low-rank factors
 are concatenated once: A_cat (sum of ranks, in) and B_cat (out, sum of ranks), each adapter in
 its own column range, its scaling folded into B, and a fused projection's parts (q, k and v)
-block-diagonal in B. A pass then costs two thin matmuls per projection whatever the mix:
-x A_cat^T, masked so each row keeps only its adapter's columns, times B_cat^T. Rows without
-an adapter keep nothing; a pass where every row has the same adapter uses its columns alone.
+block-diagonal in B. On the CPU a pass costs one call of the compiled `lora_add` per
+projection (drivers/paged_attention.cpp, Punica's BGMV): each token row multiplies by its own
+adapter's columns of A_cat and B_cat^T only and adds the result to the projection in place;
+rows without an adapter are left alone. Without the kernel, two thin PyTorch matmuls per
+projection: x A_cat^T, masked so each row keeps only its adapter's columns, times B_cat^T (a
+pass where every row has the same adapter uses its columns alone).
 """
 
 from __future__ import annotations
@@ -133,22 +136,41 @@ def read_config(folder: Path) -> LoraConfig:
     return config
 
 
+class _LowRank:
+    """y + x A^T B^T through PyTorch's matmuls, each row's columns kept by `mask` (rows *
+    tokens, R) when given: where the compiled kernel is not (no compiler, not a CPU). A^T and
+    B^T are laid out once, contiguous: a strided view costs a copy in every small matmul."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:  # a (R, in), b (out, R)
+        self.a_t, self.b_t = a.T.contiguous(), b.T.contiguous()
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        low = x.reshape(-1, x.shape[-1]).to(self.a_t.dtype) @ self.a_t
+        if mask is not None:
+            low = low * mask
+        return y + (low @ self.b_t).view(y.shape).to(y.dtype)
+
+
 @dataclass
 class _Fused:
-    """One layer's fused projection for every loaded adapter: A_cat, B_cat and each adapter's
-    columns. A pass multiplies by the transposes, laid out once here: a strided view of A or B
-    costs a copy in every one of a step's hundreds of small matmuls."""
+    """One layer's fused projection for every loaded adapter: A_cat (R, in) and B_cat^T (R, out),
+    for the compiled kernel, which reads each row's own columns; or, without it, the PyTorch
+    products of them all (masked) and of each adapter's slice (a pass of one adapter)."""
 
     a: torch.Tensor  # (R, in)
     b: torch.Tensor  # (out, R)
     columns: dict[str, slice]
-    a_t: torch.Tensor = field(init=False)  # (in, R), contiguous
-    b_t: torch.Tensor = field(init=False)  # (R, out), contiguous
-    singles: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(init=False)  # an adapter's own A^T, B^T
+    kernel: Any = None  # torch.ops.llmos_paged, or None
+    bt: torch.Tensor | None = field(init=False, default=None)
+    whole: _LowRank | None = field(init=False, default=None)
+    singles: dict[str, _LowRank] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.a_t, self.b_t = self.a.T.contiguous(), self.b.T.contiguous()
-        self.singles = {name: (self.a_t[:, cols].contiguous(), self.b_t[cols].contiguous())
+        if self.kernel is not None:
+            self.bt = self.b.T.contiguous()
+            return
+        self.whole = _LowRank(self.a, self.b)
+        self.singles = {name: _LowRank(self.a[cols].contiguous(), self.b[:, cols].contiguous())
                         for name, cols in self.columns.items()}
 
 
@@ -160,6 +182,7 @@ class AdapterSet:
     widths: dict[str, tuple[int, int]]  # part -> (in features, out features of each module, concatenated)
     module_widths: dict[str, list[int]]  # part -> out features of each of its modules
     device: str = "cpu"
+    kernel: Any = None  # the compiled operators (drivers/paged.py) where they serve this dtype and device
     adapters: dict[str, Adapter] = field(default_factory=dict)
     fused: dict[tuple[int, str], _Fused] = field(default_factory=dict)
     # Column range of each adapter in each part (the same in every layer: ranks are padded).
@@ -217,7 +240,7 @@ class AdapterSet:
                 a[at:at + rank] = fa
                 b[offsets[index]:offsets[index + 1], at:at + rank] = fb
                 at += rank
-        return _Fused(a=a, b=b, columns=self.columns[part])
+        return _Fused(a=a, b=b, columns=self.columns[part], kernel=self.kernel)
 
     # -- a pass --------------------------------------------------------------------------------------
     def selection(self, row_adapters: tuple[str | None, ...], tokens_per_row: int) -> Selection | None:
@@ -227,9 +250,25 @@ class AdapterSet:
         unknown = {name for name in row_adapters if name is not None and name not in self.adapters}
         if unknown:
             raise AdapterError(f"adapter(s) not loaded: {', '.join(sorted(unknown))}")
-        names = set(row_adapters)
-        if len(names) == 1:  # every row the same adapter: its columns, no mask
+        if self.kernel is not None:
+            return Selection(single=None, masks={}, spans=self._spans(row_adapters, tokens_per_row))
+        if len(set(row_adapters)) == 1:  # every row the same adapter: its columns, no mask
             return Selection(single=row_adapters[0], masks={})
+        return Selection(single=None, masks=self._masks(row_adapters, tokens_per_row))
+
+    def _spans(self, row_adapters: tuple[str | None, ...], tokens_per_row: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """part -> (start, count) of each input token's adapter columns, int32 (count 0: none)."""
+        spans = {}
+        for part, columns in self.columns.items():
+            if columns:
+                start = [columns[n].start if n in columns else 0 for n in row_adapters]
+                count = [columns[n].stop - columns[n].start if n in columns else 0 for n in row_adapters]
+                spans[part] = tuple(torch.tensor(v, dtype=torch.int32).repeat_interleave(tokens_per_row)
+                                    for v in (start, count))
+        return spans
+
+    def _masks(self, row_adapters: tuple[str | None, ...], tokens_per_row: int) -> dict[str, torch.Tensor]:
+        """part -> (rows * tokens, R): 1 in each input token's adapter columns."""
         masks = {}
         for part, columns in self.columns.items():
             if not columns:
@@ -241,21 +280,23 @@ class AdapterSet:
                 if name in columns:
                     mask[row, columns[name]] = 1
             masks[part] = mask.repeat_interleave(tokens_per_row, dim=0)  # one row of the mask per input token
-        return Selection(single=None, masks=masks)
+        return masks
 
-    def delta(self, layer: int, part: str, x: torch.Tensor, selection: Selection) -> torch.Tensor | None:
-        """What the pass's adapters add to projection `part` of `layer` for input x (..., in)."""
+    def add_to(self, y: torch.Tensor, layer: int, part: str, x: torch.Tensor, selection: Selection) -> torch.Tensor:
+        """y, the output of projection `part` of `layer` for input x (..., in), with what the
+        pass's adapters add to it (in place, with the kernel)."""
         fused = self.fused.get((layer, part))
         if fused is None:
-            return None
-        flat = x.reshape(-1, x.shape[-1])
+            return y
+        if fused.bt is not None:
+            start, count = selection.spans[part]
+            fused.kernel.lora_add(y, x.contiguous(), fused.a, fused.bt, start, count)
+            return y
         if selection.single is not None:
             single = fused.singles.get(selection.single)
-            if single is None:  # this adapter leaves the part alone
-                return None
-            return ((flat @ single[0]) @ single[1]).view(*x.shape[:-1], -1)
-        low = (flat @ fused.a_t) * selection.masks[part]
-        return (low @ fused.b_t).view(*x.shape[:-1], -1)
+            return y if single is None else single.add_to(y, x, None)  # None: this adapter leaves the part alone
+        assert fused.whole is not None
+        return fused.whole.add_to(y, x, selection.masks[part])
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": a.name, "folder": str(a.folder), "modules": sorted(a.modules)} for a in self.adapters.values()]
@@ -263,8 +304,9 @@ class AdapterSet:
 
 @dataclass(frozen=True)
 class Selection:
-    single: str | None  # the one adapter of every row, or None for a mix
+    single: str | None  # the one adapter of every row, or None for a mix (or for the kernel)
     masks: dict[str, torch.Tensor]  # for a mix: part -> (rows * tokens, R) 0/1, each row's columns
+    spans: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # for the kernel: see `_spans`
 
 
 def _rank(adapter: Adapter, part: str) -> int:

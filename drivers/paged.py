@@ -96,3 +96,11 @@ def supports(q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, dev
         return False
     ops = kernel()
     return ops is not None and bool(ops.supports(q_heads // kv_heads, head_dim))
+
+
+def lora_kernel(dtype: torch.dtype, device: str) -> object | None:
+    """The compiled operators for LoRA passes (`lora_add`), where they serve a model of this
+    dtype here; None: the adapters' products go through PyTorch's matmuls."""
+    if not device.startswith("cpu") or dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return kernel()

@@ -273,6 +273,74 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
   return q;
 }
 
+// -- LoRA adapters in a batch (Punica's BGMV, for the CPU) ------------------------------------------------
+// y[r] += (x[r] . A[c..c+n]^T) . Bt[c..c+n] for each token row r, where [c, c+n) are the columns of
+// that row's adapter in the adapter set's concatenated factors (n = 0: the base model, nothing
+// added). Each row computes its own adapter's rank only, never its neighbours' (a masked matmul
+// over every adapter's columns would), and the add is in place: one call instead of four
+// small matmuls, a mask and an add, whose dispatch cost more than their arithmetic. Float32
+// accumulation; y is rounded once.
+template <typename T>
+void lora_rows(T* y, const T* x, const T* a, const T* bt, const int32_t* start, const int32_t* count, int64_t rows,
+               int64_t in, int64_t out, int64_t max_rank) {
+  const int64_t work = max_rank * (in + out);  // per row
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<float> xs(in), low(max_rank), acc(out);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = count[r], c = start[r];
+      if (n == 0) continue;
+      const T* xr = x + r * in;
+      for (int64_t i = 0; i < in; ++i) xs[i] = widen(xr[i]);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* aj = a + (c + j) * in;
+        float dot = 0.f;
+        for (int64_t i = 0; i < in; ++i) dot += xs[i] * widen(aj[i]);
+        low[j] = dot;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* bj = bt + (c + j) * out;
+        const float l = low[j];
+        for (int64_t o = 0; o < out; ++o) acc[o] += l * widen(bj[o]);
+      }
+      T* yr = y + r * out;
+      for (int64_t o = 0; o < out; ++o) yr[o] = T(widen(yr[o]) + acc[o]);
+    }
+  });
+}
+
+void lora_add(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& bt, const at::Tensor& start,
+              const at::Tensor& count) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&y, &x, &a, &bt, &start, &count}) {
+    TORCH_CHECK(t->is_contiguous(), "lora_add: inputs must be contiguous");
+  }
+  const int64_t in = a.size(1), out = bt.size(1), rank = a.size(0), rows = x.numel() / std::max<int64_t>(in, 1);
+  TORCH_CHECK(a.dim() == 2 && bt.dim() == 2 && bt.size(0) == rank && x.size(-1) == in && y.size(-1) == out &&
+                  y.numel() == rows * out && start.numel() == rows && count.numel() == rows,
+              "lora_add: y (..., out), x (..., in), a (R, in), bt (R, out), start and count (rows,)");
+  TORCH_CHECK(start.scalar_type() == at::kInt && count.scalar_type() == at::kInt, "lora_add: int32 columns");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() && x.scalar_type() == a.scalar_type() &&
+                  a.scalar_type() == bt.scalar_type(),
+              "lora_add: dtypes differ");
+  const int32_t* starts = start.data_ptr<int32_t>();
+  const int32_t* counts = count.data_ptr<int32_t>();
+  int64_t max_rank = 0;
+  for (int64_t r = 0; r < rows; ++r) {  // a read past the factors would return garbage silently
+    TORCH_CHECK(counts[r] >= 0 && starts[r] >= 0 && starts[r] + counts[r] <= rank,
+                "lora_add: row ", r, " reads columns ", starts[r], "+", counts[r], " of ", rank);
+    max_rank = std::max<int64_t>(max_rank, counts[r]);
+  }
+  if (y.scalar_type() == at::kFloat) {
+    lora_rows<float>(y.data_ptr<float>(), x.data_ptr<float>(), a.data_ptr<float>(), bt.data_ptr<float>(), starts,
+                     counts, rows, in, out, max_rank);
+  } else {
+    TORCH_CHECK(y.scalar_type() == at::kBFloat16, "lora_add: float32 or bfloat16");
+    using B16 = c10::BFloat16;
+    lora_rows<B16>(y.data_ptr<B16>(), x.data_ptr<B16>(), a.data_ptr<B16>(), bt.data_ptr<B16>(), starts, counts, rows,
+                   in, out, max_rank);
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmos_paged, m) {
@@ -283,5 +351,7 @@ TORCH_LIBRARY(llmos_paged, m) {
   m.impl("rope_store", c10::DispatchKey::CPU, TORCH_FN(rope_store));
   m.def("decode(Tensor q, Tensor k, Tensor v, Tensor table, Tensor lens, float scale) -> Tensor");
   m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(paged_decode));
+  m.def("lora_add(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor start, Tensor count) -> ()");
+  m.impl("lora_add", c10::DispatchKey::CPU, TORCH_FN(lora_add));
   m.def("supports(int group, int dim) -> bool", &supports);
 }

@@ -22,9 +22,15 @@ EOS = TINY_VOCAB - 1
 one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
-@pytest.fixture
-def engine():
-    return tiny_engine()
+@pytest.fixture(params=["kernel", "pytorch"])
+def engine(request):
+    """The tiny model's engine, its adapters' passes through the compiled lora_add, or through
+    PyTorch's matmuls (where the kernel cannot be built): the same tokens either way."""
+    engine = tiny_engine()
+    assert engine.runner.adapters.kernel is not None  # the machine builds it (drivers/paged.py)
+    if request.param == "pytorch":
+        engine.runner.adapters.kernel = None  # before any adapter is laid out
+    return engine
 
 
 @pytest.fixture

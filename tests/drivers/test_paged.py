@@ -1,6 +1,6 @@
 """The compiled operators of drivers/paged_attention.cpp beside the PyTorch code they replace:
-the fused RMSNorm, and decode's rotary embedding with its K/V store (the quantized path).
-Paged attention itself is checked through the engine (test_engine.py)."""
+the fused RMSNorm, decode's rotary embedding with its K/V store (the quantized path), and
+the LoRA rows of a mixed-adapter batch. Paged attention itself is checked through the engine (test_engine.py)."""
 
 from __future__ import annotations
 
@@ -81,3 +81,31 @@ def test_the_engine_decodes_the_same_tokens_with_the_fused_operators():
         return [job.token_ids for job in jobs]
 
     assert decode(fused=True) == decode(fused=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_add_adds_each_row_s_own_adapter_columns_in_place(dtype):
+    torch.manual_seed(0)
+    rows, ins, outs, rank = 6, 48, 40, 12  # three adapters of rank 4 in columns 0, 4, 8
+    a, bt = (torch.randn(rank, ins) / 4).to(dtype), (torch.randn(rank, outs) / 4).to(dtype)
+    x, y = torch.randn(rows, 1, ins).to(dtype), torch.randn(rows, 1, outs).to(dtype)
+    start = torch.tensor([0, 4, 8, 0, 0, 4], dtype=torch.int32)
+    count = torch.tensor([4, 4, 4, 0, 4, 2], dtype=torch.int32)  # row 3: the base model; row 5: a part of one
+    want = y.float().view(rows, outs).clone()
+    for r in range(rows):
+        cols = slice(int(start[r]), int(start[r] + count[r]))
+        want[r] += (x.view(rows, ins)[r].float() @ a[cols].float().T) @ bt[cols].float()
+    got = y.clone()
+    ops.lora_add(got, x, a, bt, start, count)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # rounded once, to bfloat16
+    assert torch.allclose(got.view(rows, outs).float(), want, atol=tolerance, rtol=tolerance)
+    assert torch.equal(got[3], y[3])  # no adapter: untouched
+
+
+def test_lora_add_refuses_columns_past_the_factors_and_mixed_dtypes():
+    a, bt = torch.zeros(4, 8), torch.zeros(4, 8)
+    x, y = torch.zeros(2, 8), torch.zeros(2, 8)
+    with pytest.raises(RuntimeError, match="reads columns 2\\+4 of 4"):
+        ops.lora_add(y, x, a, bt, torch.tensor([0, 2], dtype=torch.int32), torch.tensor([4, 4], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        ops.lora_add(y, x.bfloat16(), a, bt, torch.zeros(2, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
