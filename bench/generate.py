@@ -24,6 +24,7 @@ prefix caching; a short request behind 16 long ones under FIFO and round-robin. 
 measured times back to back.
 
     .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 5]
+    .venv/bin/python bench/generate.py --runs-only --runs short_behind_long   # results/generate_runs.json
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from common import (machine, median_run, questions,
                     summarize, use_model_cache)
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
+RUNS_RESULTS = RESULTS.with_name("generate_runs.json")  # --runs-only
 NEW_TOKENS = 64
 
 
@@ -348,26 +350,33 @@ def shared_prefix(model: llmos.Model) -> dict[str, Any]:
     return {"system_prompt_tokens": n_tokens, **runs, "speedup": speedup}
 
 
-def short_behind_long(model: llmos.Model) -> dict[str, Any]:
+def short_behind_long(model: llmos.Model, rounds: int = 3) -> dict[str, Any]:
     """16 long requests fill the batch (max_batch=16); a short one arrives 1 s later. The long
     ones decode all their 256 tokens (end-of-sequence ignored): one that stopped early would
-    free a slot, and FIFO's wait would measure when the first answer happens to end."""
+    free a slot, and FIFO's wait would measure when the first answer happens to end. Rounds
+    alternate the policies; the medians are kept (the wait depends on where 1 s falls in a
+    quantum, so one round says little)."""
     qs = questions(16) + ["What is the capital of France?"]
     budgets = [256] * 16 + [16]
-    out = {}
+    runs: dict[str, list[dict[str, float]]] = {"fifo": [], "rr": []}
     engine = model.driver.engine
     eos_ids, engine.eos_ids = engine.eos_ids, frozenset()
     try:
-        for policy in ("fifo", "rr"):
-            r = anyio.run(lambda p=policy: llmos_agents(model, qs, policy=p, arrivals=[0.0] * 16 + [1.0],
-                                                        max_tokens=budgets, quantum=16, max_batch=16))
-            out[policy] = {"short_ttft_s": r["ttfts"][-1], "long_ttft_p50_s": statistics.median(r["ttfts"][:16]),
-                           "wall_s": r["wall_s"]}
+        for _ in range(rounds):
+            for policy, kept in runs.items():
+                r = anyio.run(lambda p=policy: llmos_agents(model, qs, policy=p, arrivals=[0.0] * 16 + [1.0],
+                                                            max_tokens=budgets, quantum=16, max_batch=16))
+                kept.append({"short_ttft_s": r["ttfts"][-1], "long_ttft_p50_s": statistics.median(r["ttfts"][:16]),
+                             "wall_s": r["wall_s"]})
     finally:
         engine.eos_ids = eos_ids
+    out: dict[str, Any] = {policy: {key: statistics.median(run[key] for run in kept) for key in kept[0]}
+                           for policy, kept in runs.items()}
+    out["short_ttft_s_by_round"] = {policy: [round(run["short_ttft_s"], 3) for run in kept] for policy, kept in runs.items()}
     out["ttft_improvement"] = out["fifo"]["short_ttft_s"] / out["rr"]["short_ttft_s"]
     print(f"\nshort request behind 16 long ones: time to first token {out['fifo']['short_ttft_s']:.2f} s under FIFO, "
-          f"{out['rr']['short_ttft_s']:.2f} s under round-robin (x{out['ttft_improvement']:.1f})")
+          f"{out['rr']['short_ttft_s']:.2f} s under round-robin (x{out['ttft_improvement']:.1f}; medians of {rounds}: "
+          f"{out['short_ttft_s_by_round']})")
     return out
 
 
@@ -414,6 +423,8 @@ def main() -> None:
                         help="rounds per N of llama.cpp (one by one and batched), llmos and the bare engine")
     parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
+    parser.add_argument("--runs-only", action="store_true", help="no throughput table: only --runs, saved to "
+                        f"{RUNS_RESULTS.name} (the table's file is left as it is)")
     args = parser.parse_args()
     use_model_cache("llmos-bench-generate-")
     at_start = machine(args.threads)
@@ -422,15 +433,19 @@ def main() -> None:
     compute.call(torch.set_num_threads, args.threads)  # OpenMP's thread count is per calling thread; loading resets it
     ns = [1, 4] if args.quick else args.ns
     results: dict[str, Any] = {"machine": at_start, "threads": args.threads, "dtype": dtype_name(model),
-                               "baseline_dtype": dtype_name(baseline), "new_tokens": NEW_TOKENS,
-                               "repeat": args.repeat, "throughput": throughput(model, baseline, ns, args)}
+                               "baseline_dtype": dtype_name(baseline), "new_tokens": NEW_TOKENS}
+    if not args.runs_only:
+        results.update(repeat=args.repeat, throughput=throughput(model, baseline, ns, args))
     for name in [] if args.quick else args.runs:
         results[name] = EXTRA_RUNS[name](model)
-    hf_generate_batch_rows(baseline, ns, results["throughput"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nsaved {RESULTS}")
-    charts.redraw("generate")
+    saved = RUNS_RESULTS if args.runs_only else RESULTS
+    if not args.runs_only:
+        hf_generate_batch_rows(baseline, ns, results["throughput"])
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nsaved {saved}")
+    if not args.runs_only:
+        charts.redraw("generate")
 
 
 if __name__ == "__main__":
