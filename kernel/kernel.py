@@ -196,7 +196,8 @@ class Kernel:
         return KernelStatistics(booted_at=self.booted_at, live_processes=len(self.procs.live),
                                 syscalls=self.dispatcher.calls, scheduler=self.scheduler.statistics(),
                                 generation=None if self.generation is None else self.generation.statistics(),
-                                loop=self.watchdog.statistics() if self.watchdog.enabled else None)
+                                loop=self.watchdog.statistics() if self.watchdog.enabled else None,
+                                models=tuple(r.service.statistics() for r in self.models.residents.values()))
 
     # -- processes --------------------------------------------------------------------------
     def spawn_nowait(self, app: Any, *args: Any, name: str | None = None, priority: int = params.DEFAULT_NICE,

@@ -74,3 +74,5 @@ class KernelStatistics(BaseModel):
     scheduler: SchedulerStatistics
     generation: GenerationStatistics | None  # None for a kernel without a model
     loop: LoopStatistics | None = None  # None when the watchdog is off (LOOP_HEARTBEAT_S = 0)
+    # The loops of the other base models loaded beside the kernel's own (kernel/model_pool.py)
+    models: tuple[GenerationStatistics, ...] = ()

@@ -98,7 +98,13 @@ def top_view(procs: list[ProcessInfo], stats: KernelStatistics, tokens_per_s: fl
                   f"KV blocks held {driver.get('kv_blocks_held', '-')}/{driver.get('kv_blocks', '-')} "
                   f"(cached {driver.get('kv_blocks_cached', '-')})", style="dim")
     busiest = sorted(live, key=lambda p: (-p.stats.tokens, p.pid))
-    return Group(header, footer, *loop_blockers(procs), ps_table(busiest))
+    return Group(header, footer, *other_models(stats), *loop_blockers(procs), ps_table(busiest))
+
+
+def other_models(stats: KernelStatistics) -> list[Text]:
+    """A line for each base model loaded beside the kernel's own, with its own batch and rate."""
+    return [Text(f"also loaded: {m.model}  batch {m.scheduler.running}  queue {m.scheduler.waiting}  "
+                 f"{m.tokens_per_s:.1f} tokens/s  steps {m.steps}  tokens {m.tokens}") for m in stats.models]
 
 
 def loop_blockers(procs: list[ProcessInfo], most: int = 3) -> list[Text]:

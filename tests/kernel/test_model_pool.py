@@ -10,10 +10,14 @@ tests/e2e/test_models_side_by_side.py."""
 
 from __future__ import annotations
 
+import io
+
 import anyio
 import pytest
+from rich.console import Console
 
 import llmos
+from llmos.apps.shell import views
 from llmos.booting import KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV
 from llmos.kernel.errors import ConfigError, ModelNotServed
 from llmos.kernel.model_pool import Resident
@@ -195,3 +199,13 @@ async def test_a_bad_pool_setting_stops_the_boot_naming_the_variable(monkeypatch
     with pytest.raises(ConfigError, match=f"{name}=.*{says}"):
         async with boot_fake():
             pass
+
+
+async def test_statistics_and_top_show_the_other_loaded_models(kernel):
+    assert kernel.statistics().models == ()
+    assert result(await spawn_and_wait(kernel, reply_with, "other"))[1] == "other"
+    [other] = kernel.statistics().models
+    assert other.model == "other" and other.tokens > 0 and other.steps > 0
+    out = Console(file=io.StringIO(), width=160)
+    out.print(views.top_view(kernel.ps(include_ended=True), kernel.statistics(), 0.0, "base"))
+    assert "also loaded: other  batch 0  queue 0" in out.file.getvalue()
