@@ -80,7 +80,7 @@ class _Prompts:
 
 
 def _argument(name: str, prop: dict[str, Any], required: bool) -> str:
-    """One argument's line. An optional one says so and what it is left out: asked for every
+    """One argument's line. An optional one says so, and what it is when left out: asked for every
     key, a small model makes up a value the question never gave (a path, for instance)."""
     what = prop.get("description") or prop.get("type", "value")
     if required:

@@ -247,15 +247,15 @@ class Kernel:
         is recorded with it: every run generates with it (loaded first; known here, or refused now);
         by default its parent's, as a child that is not durable inherits it."""
         durability = self.durable_runtime()
-        model = model if model is not None or parent is None else parent.model
-        if model is not None:
-            await self.resolve_model(model)
         ref = loader.reference(app)
         bind(resolve_app(ref), args, kwargs or {})
         try:  # its runs, the first one too, get the arguments as JSON gives them back
             args, kwargs = pydantic_core.from_json(pydantic_core.to_json([args, kwargs or {}]))
         except pydantic_core.PydanticSerializationError as exc:
             raise InvalidRequest(f"a durable process's arguments must be JSON, to start it again later: {exc}") from None
+        model = model if model is not None or parent is None else parent.model
+        if model is not None:  # after the cheap checks: this may load it
+            await self.resolve_model(model)
         granted = _granted(priority, parent, caps)
         spec = DurableSpec(app=ref, args=tuple(args), kwargs=kwargs, name=name or ref.rpartition(":")[2],
                            priority=priority, capabilities=tuple(sorted(granted)), quotas=quotas or Quotas(),

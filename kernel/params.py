@@ -145,7 +145,8 @@ DURABLE_RESTART_WINDOW_S = 60.0  # ... within this many seconds, or the process 
 
 def env_number(name: str, default: N, kind: Callable[[str], N], minimum: N, unit: str = "") -> N:
     """A setting read from the environment variable `name`: `default` when it is unset or
-    blank, else a `kind` of at least `minimum` (ConfigError naming the variable otherwise)."""
+    blank, else a `kind` of at least `minimum` (ConfigError naming the variable otherwise).
+    `unit`, for the message, with its leading space: " seconds", " MiB"."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -153,7 +154,8 @@ def env_number(name: str, default: N, kind: Callable[[str], N], minimum: N, unit
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected {'a whole' if whole else 'a'} number{unit}") from None
+        raise ConfigError(f"{name}={raw!r}: expected {'a whole' if whole else 'a'} number"
+                          f"{' of' + unit if unit else ''}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r}: expected at least {minimum:g}{unit}")
     return value

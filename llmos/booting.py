@@ -123,9 +123,9 @@ KEEP_ALIVE_ENV, MAX_LOADED_ENV, MODEL_MEMORY_ENV = "LLMOS_KEEP_ALIVE", "LLMOS_MA
 
 def _keep_models_as_configured(kernel: Kernel) -> None:
     pool = kernel.models
-    pool.keep_alive_s = params.env_number(KEEP_ALIVE_ENV, pool.keep_alive_s, float, minimum=0.0, unit=" s")
-    pool.max_loaded = params.env_number(MAX_LOADED_ENV, pool.max_loaded, int, minimum=1, unit=" of models")
-    budget = params.env_number(MODEL_MEMORY_ENV, -1.0, float, minimum=0.0, unit=" GiB")
+    pool.keep_alive_s = params.env_number(KEEP_ALIVE_ENV, pool.keep_alive_s, float, minimum=0.0, unit=" seconds")
+    pool.max_loaded = params.env_number(MAX_LOADED_ENV, pool.max_loaded, int, minimum=1)
+    budget = params.env_number(MODEL_MEMORY_ENV, -1.0, float, minimum=0.0, unit=" GiB")  # -1: unset, no budget
     if budget >= 0:
         pool.budget_bytes = int(budget * 2**30)
 

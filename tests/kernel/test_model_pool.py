@@ -190,9 +190,9 @@ async def test_the_pool_s_limits_come_from_the_environment_at_boot(monkeypatch):
 
 
 @pytest.mark.parametrize(("name", "raw", "says"), [
-    (KEEP_ALIVE_ENV, "5m", "expected a number s"), (KEEP_ALIVE_ENV, "-1", "at least 0 s"),
+    (KEEP_ALIVE_ENV, "5m", "expected a number of seconds"), (KEEP_ALIVE_ENV, "-1", "at least 0 seconds"),
     (MAX_LOADED_ENV, "2.5", "a whole number"), (MAX_LOADED_ENV, "0", "at least 1"),
-    (MODEL_MEMORY_ENV, "lots", "GiB"), (MODEL_MEMORY_ENV, "-0.5", "at least 0 GiB"),
+    (MODEL_MEMORY_ENV, "lots", "a number of GiB"), (MODEL_MEMORY_ENV, "-0.5", "at least 0 GiB"),
 ])
 async def test_a_bad_pool_setting_stops_the_boot_naming_the_variable(monkeypatch, name, raw, says):
     monkeypatch.setenv(name, raw)
