@@ -50,10 +50,12 @@ MODEL_MEMORY_BUDGET: int | None = None  # bytes of weights all loaded bases may 
 # a busy loop, blocking I/O) in an async app stalls every other process.
 # A task on the loop sleeps this long at a time; its lateness is the loop's lag (0: off). Each
 # beat wakes the loop thread, which on a 2-core machine takes a core from the engine's OpenMP
-# threads mid-step: at 20 ms a beat, one agent decoded 0-7% slower (paired probes), so 0.1 s.
-LOOP_HEARTBEAT_S = 0.1
+# threads mid-step: at 20 ms a beat, one agent decoded 0-7% slower (paired probes), so ~0.1 s.
+# Not 0.1 itself: anyio's wait_all_tasks_blocked polls every 0.1 s and waits while any task's
+# timer has fired; a beat of the same period fired at each of its polls and it never returned.
+LOOP_HEARTBEAT_S = 0.09
 LOOP_STALL_S = 0.1  # a heartbeat this late means something holds the loop: the watchdog names it
-LOOP_LAG_SAMPLES = 600  # the heartbeats (a minute's) that the lag percentiles in `stats` are taken over
+LOOP_LAG_SAMPLES = 600  # the heartbeats (~a minute's) that the lag percentiles in `stats` are taken over
 # A process that holds the loop in its own code this long is stopped (KILLED, its reason says
 # for how long): the others have been frozen for as long. 0: never.
 LOOP_BLOCK_KILL_S = 5.0
