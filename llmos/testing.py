@@ -188,9 +188,7 @@ class FakeLoader:
         return driver
 
     def load_variant(self, name: str, base: FakeDriver) -> FakeDriver:
-        if name == base.name:
-            return base
-        return base  # a derived model prepares on its base's engine here; the name is what is checked
+        return base  # a base is its own variant; a derived one prepares on its base's engine here
 
 
 class ScriptedConsole:
