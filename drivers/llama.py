@@ -152,10 +152,10 @@ class Projection:
 
     def _quantized(self, x: torch.Tensor) -> torch.Tensor:
         assert self.small is not None
-        y = self.small(x.reshape(-1, x.shape[-1]).to(torch.bfloat16))
+        y = self.small(x.reshape(-1, x.shape[-1]))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.to(x.dtype).view(*x.shape[:-1], self.small.out_features)
+        return y.view(*x.shape[:-1], self.small.out_features)
 
 
 def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | None) -> None:

@@ -19,6 +19,10 @@
 #include <initializer_list>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t BLOCK = 16;  // tokens per KV block: llmos.kernel.blocks.BLOCK
@@ -341,6 +345,137 @@ void lora_add(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at:
   }
 }
 
+// -- int8 weights, float activations (weight-only quantization of decode steps) ------------------------
+// y[m, n] = scale[n] * sum_k x[m, k] * w[n, k]: a decode step's projection for a few rows,
+// reading int8 weights (a quarter of float32's bytes) and widening them to float32 in
+// registers, with x in its own precision. PyTorch's `_weight_int8pack_mm` wants bfloat16
+// activations, which a CPU without AVX-512-bf16 rounds and widens slowly; this needs none.
+// The vector width is the build's: 16 floats with AVX-512, 8 with AVX2, else 1.
+#if defined(__AVX512F__)
+using VecF = __m512;
+constexpr int64_t LANES = 16;
+inline VecF vzero() { return _mm512_setzero_ps(); }
+inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
+inline VecF vload_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(VecF v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using VecF = __m256;
+constexpr int64_t LANES = 8;
+inline VecF vzero() { return _mm256_setzero_ps(); }
+inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
+inline VecF vload_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(VecF v) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+}
+#else
+using VecF = float;
+constexpr int64_t LANES = 1;
+inline VecF vzero() { return 0.f; }
+inline VecF vload(const float* p) { return *p; }
+inline VecF vload_i8(const int8_t* p) { return static_cast<float>(*p); }
+inline VecF vfma(VecF a, VecF b, VecF c) { return a * b + c; }
+inline float vsum(VecF v) { return v; }
+#endif
+
+constexpr int64_t TILE_N = 4;  // weight rows widened once per step of k and used by MB rows of x
+
+// MB rows of x (float32, stride k) against TILE_N rows of w, into dots[MB][TILE_N]. Each
+// (row, weight row) pair has its own accumulator: independent FMA chains keep the unit busy.
+template <int MB>
+void int8_tile(const float* x, int64_t k, const int8_t* w, float (*dots)[TILE_N]) {
+  VecF acc[MB][TILE_N];
+  for (int r = 0; r < MB; ++r)
+    for (int j = 0; j < TILE_N; ++j) acc[r][j] = vzero();
+  const int64_t whole = k - k % LANES;
+  for (int64_t i = 0; i < whole; i += LANES) {
+    VecF wv[TILE_N];
+    if (i % 64 == 0) {  // the next tile's weights, a tile ahead: DRAM, not the cache, holds a model's weights
+      for (int j = 0; j < TILE_N; ++j) __builtin_prefetch(w + (TILE_N + j) * k + i);
+    }
+    for (int j = 0; j < TILE_N; ++j) wv[j] = vload_i8(w + j * k + i);
+    for (int r = 0; r < MB; ++r) {
+      const VecF xv = vload(x + r * k + i);
+      for (int j = 0; j < TILE_N; ++j) acc[r][j] = vfma(xv, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < MB; ++r) {
+    for (int j = 0; j < TILE_N; ++j) {
+      float dot = vsum(acc[r][j]);
+      for (int64_t i = whole; i < k; ++i) dot += x[r * k + i] * static_cast<float>(w[j * k + i]);
+      dots[r][j] = dot;
+    }
+  }
+}
+
+// Rows of x taken MAX_MB at a time, then two, then one. AVX2's 16 vector registers hold 2x4
+// accumulators, 4 weights and x; AVX-512's 32 hold 4x4.
+constexpr int MAX_MB = LANES == 16 ? 4 : 2;
+
+template <typename T>
+void int8_rows(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale, T* y, int64_t n) {
+  const int64_t tiles = n / TILE_N;
+  auto store = [&](int64_t first, int64_t n0, int64_t rows, const float (*dots)[TILE_N]) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < TILE_N; ++j) y[(first + r) * n + n0 + j] = T(dots[r][j] * scale[n0 + j]);
+  };
+  at::parallel_for(0, tiles, std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
+    float dots[MAX_MB][TILE_N];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * TILE_N;
+      const int8_t* wt = w + n0 * k;
+      int64_t r = 0;
+      for (; r + MAX_MB <= m; r += MAX_MB) {
+        int8_tile<MAX_MB>(x + r * k, k, wt, dots);
+        store(r, n0, MAX_MB, dots);
+      }
+      for (; r + 2 <= m; r += 2) {
+        int8_tile<2>(x + r * k, k, wt, dots);
+        store(r, n0, 2, dots);
+      }
+      if (r < m) {
+        int8_tile<1>(x + r * k, k, wt, dots);
+        store(r, n0, 1, dots);
+      }
+    }
+  });
+  for (int64_t n0 = tiles * TILE_N; n0 < n; ++n0) {  // the last n % TILE_N weight rows
+    for (int64_t r = 0; r < m; ++r) {
+      float dot = 0.f;
+      for (int64_t i = 0; i < k; ++i) dot += x[r * k + i] * static_cast<float>(w[n0 * k + i]);
+      y[r * n + n0] = T(dot * scale[n0]);
+    }
+  }
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && scale.is_contiguous(), "int8_linear: inputs must be contiguous");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar, "int8_linear: w is (N, K) int8");
+  const int64_t n = w.size(0), k = w.size(1);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "int8_linear: x is (M, K) for w (N, K)");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == n, "int8_linear: scale is (N,) float32");
+  const int64_t m = x.size(0);
+  auto y = at::empty({m, n}, x.options());
+  if (x.scalar_type() == at::kFloat) {
+    int8_rows<float>(x.data_ptr<float>(), m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), n);
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "int8_linear: x is float32 or bfloat16");
+    using B16 = c10::BFloat16;
+    std::vector<float> wide(static_cast<size_t>(m * k));  // x widened once, read by every tile
+    const B16* source = x.data_ptr<B16>();
+    for (int64_t i = 0; i < m * k; ++i) wide[i] = widen(source[i]);
+    int8_rows<B16>(wide.data(), m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<B16>(), n);
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llmos_paged, m) {
@@ -353,5 +488,7 @@ TORCH_LIBRARY(llmos_paged, m) {
   m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(paged_decode));
   m.def("lora_add(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor start, Tensor count) -> ()");
   m.impl("lora_add", c10::DispatchKey::CPU, TORCH_FN(lora_add));
+  m.def("int8_linear(Tensor x, Tensor w, Tensor scale) -> Tensor");
+  m.impl("int8_linear", c10::DispatchKey::CPU, TORCH_FN(int8_linear));
   m.def("supports(int group, int dim) -> bool", &supports);
 }

@@ -1,17 +1,19 @@
-"""Weight-only quantized projections for the engine's decode steps, on PyTorch's own CPU
-kernels (no extra library: torchao's CPU int4/int8 paths call these same ATen kernels).
+"""Weight-only quantized projections for the engine's decode steps.
 
-- int8: one scale per output row (symmetric), `aten._weight_int8pack_mm`.
+- int8: one scale per output row (symmetric). Multiplied by the compiled `int8_linear`
+  (drivers/paged_attention.cpp) where it builds: x stays in its own precision (float32 on a
+  CPU without AVX-512-bf16) and the int8 weights are widened in registers. Else by
+  PyTorch's `aten._weight_int8pack_mm`, on a bfloat16 copy of x.
 - int4: groups of INT4_GROUP weights along the input, each with a scale and a zero point
   (asymmetric), packed by `aten._convert_weight_to_int4pack_for_cpu` and multiplied by
-  `aten._weight_int4pack_mm_for_cpu`.
+  `aten._weight_int4pack_mm_for_cpu` (bfloat16 activations). torchao's CPU int4/int8 paths
+  call these same ATen kernels, so it would add nothing here.
 
-Both take bfloat16 activations (the int8 kernel's float32 path is several times slower) and
-are fast only for a few rows: decoding one token for one or a few agents streams a quarter
-(int8) or an eighth (int4) of float32's bytes, but at 16 rows and more the dense oneDNN
-matmul wins. So a quantized projection keeps beside it the dense one the engine already
-has, and serves the rows up to `max_rows` (measured at load, `measure`) itself; prefills
-and large batches go dense. The kernels exist on every x86-64 CPU PyTorch supports (AVX2
+Both are fast only for a few rows: decoding one token for one or a few agents streams a
+quarter (int8) or an eighth (int4) of float32's bytes, but at 16 rows and more the dense
+oneDNN matmul wins. So a quantized projection keeps beside it the dense one the engine
+already has, and serves the rows up to `max_rows` (measured at load, `measure`) itself;
+prefills and large batches go dense. Both run on every x86-64 CPU PyTorch supports (AVX2
 and AVX-512 alike); which is fastest where is measured, not assumed.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmos.drivers import paged
 from llmos.drivers.compute import cpu_flags
 from llmos.kernel.errors import ConfigError
 
@@ -98,7 +101,9 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class QuantizedWeight:
-    """y = x W^T for a (N, K) weight kept in `kind`; x is (M, K) bfloat16, y (M, N) bfloat16."""
+    """y = x W^T for a (N, K) weight kept in `kind`; x is (M, K) float32 or bfloat16, and y
+    (M, N) is in x's dtype. int8 goes through the compiled `int8_linear` where it builds (x in
+    its own precision), else, like int4, through PyTorch's kernel on a bfloat16 copy of x."""
 
     kind: str
     out_features: int
@@ -107,15 +112,21 @@ class QuantizedWeight:
 
     def __post_init__(self) -> None:
         self.data, self.scales = aligned(self.data), aligned(self.scales)
+        self._compiled = paged.kernel() if self.kind == "int8" else None
+        self._scales32 = self.scales.float() if self._compiled is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            return self._compiled.int8_linear(x.contiguous(), self.data, self._scales32)  # type: ignore[attr-defined]
+        low = x.to(torch.bfloat16)
         if self.kind == "int8":
-            return torch.ops.aten._weight_int8pack_mm(x, self.data, self.scales)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.data, INT4_GROUP, self.scales)
+            return torch.ops.aten._weight_int8pack_mm(low, self.data, self.scales).to(x.dtype)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(low, self.data, INT4_GROUP, self.scales).to(x.dtype)
 
     @property
     def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
+        extra = [] if self._scales32 is None else [self._scales32]
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scales, *extra))
 
 
 def quantize(weight: torch.Tensor, kind: str) -> QuantizedWeight:
@@ -256,8 +267,7 @@ def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor],
         x = torch.randn(rows, weight.shape[1], dtype=dtype)
         times["none"][rows] = _best_ms(lambda: dense(x), repeats)
         for kind, q in candidates.items():
-            xb = x.to(torch.bfloat16)
-            times.setdefault(kind, {})[rows] = _best_ms(lambda: q(xb).to(dtype), repeats)
+            times.setdefault(kind, {})[rows] = _best_ms(lambda: q(x), repeats)
     best, best_rows = "none", 0
     for kind in candidates:
         wins = [rows for rows in TRIAL_ROWS if times["none"][rows] >= SPEEDUP_NEEDED * times[kind][rows]]

@@ -109,3 +109,30 @@ def test_lora_add_refuses_columns_past_the_factors_and_mixed_dtypes():
         ops.lora_add(y, x, a, bt, torch.tensor([0, 2], dtype=torch.int32), torch.tensor([4, 4], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="dtypes differ"):
         ops.lora_add(y, x.bfloat16(), a, bt, torch.zeros(2, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_is_x_times_the_dequantized_weight(rows, dtype):
+    torch.manual_seed(0)
+    n, k = 4 * 9 + 3, 5 * 16 + 7  # weight rows past the 4-row tiles, inputs past the vector width
+    codes = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scale = torch.rand(n) / 100
+    x = torch.randn(rows, k).to(dtype)
+    want = x.float() @ (codes.float() * scale[:, None]).T
+    got = ops.int8_linear(x, codes, scale)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    tolerance = 1e-4 if dtype == torch.float32 else 0.02  # rounded once, to bfloat16
+    assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance)
+
+
+def test_int8_linear_refuses_mismatched_shapes_and_dtypes():
+    codes, scale = torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
+    with pytest.raises(RuntimeError, match="x is \\(M, K\\)"):
+        ops.int8_linear(torch.zeros(2, 15), codes, scale)
+    with pytest.raises(RuntimeError, match="w is \\(N, K\\) int8"):
+        ops.int8_linear(torch.zeros(2, 16), codes.float(), scale)
+    with pytest.raises(RuntimeError, match="scale is \\(N,\\) float32"):
+        ops.int8_linear(torch.zeros(2, 16), codes, scale.bfloat16())
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.int8_linear(torch.zeros(2, 16, dtype=torch.float64), codes, scale)
