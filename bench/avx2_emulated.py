@@ -5,17 +5,29 @@ torch's kernels are capped at AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA
 the caller: they are read when torch loads), llmos sees the CPU's flags without any avx512 or
 amx one (so it picks float32 and keys its caches as an AVX2 machine's), and its compiled
 operators are built for x86-64-v3 (AVX2, FMA) instead of -march=native, in a kernel cache of
-their own. The peer is not capped: llama-cpp-python's build uses the AVX-512 it was compiled
-for, so the ratios to llama.cpp are lower than an AVX2 machine's would be. Results go to
-results/generate_avx2_emulated.json (the main table's file is left alone).
+their own. Results go to results/generate_avx2_emulated.json (the main table's file is left
+alone).
 
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LLMOS_KERNEL_CACHE=/tmp/avx2-kernels \\
-        PYTHONPATH=bench .venv/bin/python bench/avx2_emulated.py --ns 1 16 64 --repeat 3 --runs
+The peer: llama-cpp-python's wheel picks its kernels by the CPU it finds, and no setting
+caps it, so by default it keeps its AVX-512 and the ratios are lower than an AVX2 machine's
+would be. `--llama-cpp FOLDER` runs it from a build for AVX2 alone instead (put first on the
+llama.cpp child processes' PYTHONPATH), made once with:
+
+    CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
+        -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_CPU_ALL_VARIANTS=OFF \
+        -DGGML_BACKEND_DL=OFF" .venv/bin/pip install --no-deps --target /tmp/llama-avx2 \
+        llama-cpp-python==<the installed version> --no-binary llama-cpp-python   # ~15 min on 2 cores
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LLMOS_KERNEL_CACHE=/tmp/avx2-kernels \
+        PYTHONPATH=bench .venv/bin/python bench/avx2_emulated.py --llama-cpp /tmp/llama-avx2 \
+        --ns 1 16 64 --repeat 3 --runs
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from pathlib import Path
 
 import llmos.drivers.compute as compute
 import llmos.drivers.paged as paged
@@ -29,18 +41,41 @@ def avx2_only() -> set[str]:
     return {flag for flag in _real_flags() if not flag.startswith(("avx512", "amx"))}
 
 
+def llama_cpp_build(folder: str | None) -> str:
+    """Put `folder`'s llama-cpp-python first for the llama.cpp child processes (they inherit
+    the environment); what the results call the peer's build."""
+    if folder is None:
+        return "the installed wheel (its own CPU dispatch: AVX-512 on this machine)"
+    if not (Path(folder) / "llama_cpp").is_dir():
+        sys.exit(f"--llama-cpp {folder}: no llama_cpp package there (see the docstring for the build)")
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")])
+    return f"built for AVX2 without AVX-512 or AVX-VNNI ({folder})"
+
+
 def main() -> None:
     if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
         sys.exit("set ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (see the docstring)")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--llama-cpp", default=None)
+    ours, rest = parser.parse_known_args()
+    peer = llama_cpp_build(ours.llama_cpp)
     for module in (compute, quant, paged, transformers_driver):
         module.cpu_flags = avx2_only  # type: ignore[attr-defined]
     paged.FLAGS[:] = ["-march=x86-64-v3" if flag.startswith("-march") else flag for flag in paged.FLAGS]
     import charts
+    import common
     import generate
 
+    emulated = common.machine
+
+    def machine(threads: int) -> dict[str, object]:
+        return {**emulated(threads), "emulated": "AVX2 (torch capped, llmos's compiled operators x86-64-v3)",
+                "llama_cpp_build": peer}
+
+    generate.machine = machine
     generate.RESULTS = generate.RESULTS.with_name("generate_avx2_emulated.json")
     charts.redraw = lambda *args, **kwargs: None  # the README's chart is the real machine's
-    sys.argv = ["bench/generate.py", *sys.argv[1:]]
+    sys.argv = ["bench/generate.py", *rest]
     generate.main()
 
 
