@@ -397,7 +397,9 @@ void int8_tile(const float* x, int64_t k, const int8_t* w, float (*dots)[TILE_N]
   const int64_t whole = k - k % LANES;
   for (int64_t i = 0; i < whole; i += LANES) {
     VecF wv[TILE_N];
-    if (i % 64 == 0) {  // the next tile's weights, a tile ahead: DRAM, not the cache, holds a model's weights
+    // The next tile's weights, a tile ahead: a model's weights come from DRAM, not the cache.
+    // (Past the last tile this names memory beyond w; a prefetch never faults.)
+    if (i % 64 == 0) {
       for (int j = 0; j < TILE_N; ++j) __builtin_prefetch(w + (TILE_N + j) * k + i);
     }
     for (int j = 0; j < TILE_N; ++j) wv[j] = vload_i8(w + j * k + i);
