@@ -463,17 +463,15 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int64_t n = w.size(0), k = w.size(1);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "int8_linear: x is (M, K) for w (N, K)");
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == n, "int8_linear: scale is (N,) float32");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "int8_linear: x is float32 or bfloat16");
   const int64_t m = x.size(0);
+  const at::Tensor wide = x.to(at::kFloat);  // x itself when float32; else widened once, read by every tile
   auto y = at::empty({m, n}, x.options());
+  const float* xs = wide.data_ptr<float>();
   if (x.scalar_type() == at::kFloat) {
-    int8_rows<float>(x.data_ptr<float>(), m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), n);
+    int8_rows<float>(xs, m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), n);
   } else {
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "int8_linear: x is float32 or bfloat16");
-    using B16 = c10::BFloat16;
-    std::vector<float> wide(static_cast<size_t>(m * k));  // x widened once, read by every tile
-    const B16* source = x.data_ptr<B16>();
-    for (int64_t i = 0; i < m * k; ++i) wide[i] = widen(source[i]);
-    int8_rows<B16>(wide.data(), m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<B16>(), n);
+    int8_rows<c10::BFloat16>(xs, m, k, w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<c10::BFloat16>(), n);
   }
   return y;
 }

@@ -124,6 +124,11 @@ class QuantizedWeight:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(low, self.data, INT4_GROUP, self.scales).to(x.dtype)
 
     @property
+    def compiled(self) -> bool:
+        """Whether the compiled `int8_linear` multiplies it (int8 where the operators build)."""
+        return self._compiled is not None
+
+    @property
     def nbytes(self) -> int:
         extra = [] if self._scales32 is None else [self._scales32]
         return sum(t.numel() * t.element_size() for t in (self.data, self.scales, *extra))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import llmos
-from llmos.drivers import quant
+from llmos.drivers import paged, quant
 from llmos.drivers.llama import Projection
 from llmos.drivers.quant import Choice
 from llmos.kernel.errors import ConfigError
@@ -94,6 +94,20 @@ def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_
                  if p.small is not None]
     # Read back from the cache, each starts on a 64-byte boundary (torch's int8 kernel needs it).
     assert all(q.data.data_ptr() % quant.ALIGNMENT == 0 for q in quantized)
+    assert "Paris" in greedy(model, "What is the capital of France?")
+    assert "4" in greedy(model, "What is 2+2?")
+
+
+@pytest.mark.model
+@pytest.mark.skipif("int8" not in KINDS, reason="no int8 kernel in this PyTorch build")
+def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(session_llmos_home, monkeypatch):
+    """The path of a CPU without AVX-512-bf16: float32 activations, int8 weights, and the
+    compiled int8_linear wherever the operators build (PyTorch's kernel otherwise)."""
+    monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
+    model = llmos.load_model("smollm2", dtype="float32", quant="int8")
+    runner = model.driver.engine.runner
+    quantized = [p.small for layer in runner.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    assert all(q is not None and q.compiled == (paged.kernel() is not None) for q in [*quantized, runner.lm_head.small])
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
 

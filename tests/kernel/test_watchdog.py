@@ -309,4 +309,3 @@ def test_a_stall_is_blamed_on_whom_the_watcher_saw_most() -> None:
     tie.saw(Sighting(proc, "spin (app.py:3)", True, None))
     assert tie.blamed().culprit is proc  # code ran without yielding, however little CPU it got
     assert Sighting(proc, "", True, None, cause="os").culprit is None  # the OS's hold is nobody's
-
