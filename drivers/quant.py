@@ -1,20 +1,23 @@
-"""Weight-only quantized projections for the engine's decode steps.
+"""Quantized projections for the engine's decode steps.
 
 - int8: one scale per output row (symmetric). Multiplied by the compiled `int8_linear`
-  (drivers/paged_attention.cpp) where it builds: x stays in its own precision (float32 on a
-  CPU without AVX-512-bf16) and the int8 weights are widened in registers. Else by
-  PyTorch's `aten._weight_int8pack_mm`, on a bfloat16 copy of x.
+  (drivers/paged_attention.cpp) where it builds. On AVX2 without AVX-512 it rounds each row
+  of x to int16 codes with a scale of its own (15 bits, far finer than the weights' 8) and
+  multiplies in integers (vpmaddwd: twice float FMA's multiply-adds an instruction); on
+  AVX-512 it keeps x in float32 and widens the weights in registers. Where it cannot be
+  built, PyTorch's `aten._weight_int8pack_mm`, on a bfloat16 copy of x.
 - int4: groups of INT4_GROUP weights along the input, each with a scale and a zero point
   (asymmetric), packed by `aten._convert_weight_to_int4pack_for_cpu` and multiplied by
   `aten._weight_int4pack_mm_for_cpu` (bfloat16 activations). torchao's CPU int4/int8 paths
   call these same ATen kernels, so it would add nothing here.
 
-Both are fast only for a few rows: decoding one token for one or a few agents streams a
-quarter (int8) or an eighth (int4) of float32's bytes, but at 16 rows and more the dense
-oneDNN matmul wins. So a quantized projection keeps beside it the dense one the engine
-already has, and serves the rows up to `max_rows` (measured at load, `measure`) itself;
-prefills and large batches go dense. Both run on every x86-64 CPU PyTorch supports (AVX2
-and AVX-512 alike); which is fastest where is measured, not assumed.
+Decoding one token for one or a few agents streams every weight, so a quarter (int8) or an
+eighth (int4) of float32's bytes is what makes it fast; with more rows the step is bound by
+arithmetic, where the dense oneDNN matmul is strong. So a quantized projection keeps beside
+it the dense one the engine already has, and serves itself only batches of up to `max_rows`
+rows, measured at load for each weight shape (`measure`, `row_limit`: on a 2-core Zen 3 the
+integer int8 kernel beats dense up to 16-64 rows, the float one on AVX-512 up to a few);
+prefills and larger batches go dense. Which is fastest where is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ QUANTS = ("none", "int8", "int4")
 INT4_GROUP = 32  # weights sharing one scale and zero point
 INT4_INNER_TILES = 1  # the CPU kernel's packing parameter (its only supported value)
 QUANT_ENV = "LLMOS_QUANT"  # none | int8 | int4 | auto (the default: measured)
-TRIAL_ROWS = (1, 2, 4, 8)  # batch sizes the measurement tries
+TRIAL_ROWS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes the measurement tries, smallest first
 SPEEDUP_NEEDED = 1.15  # a kernel must beat dense by this much at a batch size to take it
 
 
@@ -264,31 +267,36 @@ class Choice:
 
 def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor], kinds: tuple[str, ...],
             dtype: torch.dtype, repeats: int = 5) -> Choice:
-    """The fastest of `kinds` against `dense` on `weight` (the model's largest projection),
-    and the largest trial batch at which it still beats dense by SPEEDUP_NEEDED."""
+    """The fastest of `kinds` against `dense` on `weight` (the model's largest projection) at
+    one row, among those that beat dense there by SPEEDUP_NEEDED, and its `row_limit`."""
     times: dict[str, dict[int, float]] = {"none": {}}
-    candidates = {kind: quantize(weight, kind) for kind in kinds if available(kind) and fits(kind, weight)}
-    for rows in TRIAL_ROWS:
-        x = torch.randn(rows, weight.shape[1], dtype=dtype)
-        times["none"][rows] = _best_ms(lambda: dense(x), repeats)
-        for kind, q in candidates.items():
-            times.setdefault(kind, {})[rows] = _best_ms(lambda: q(x), repeats)
     best, best_rows = "none", 0
-    for kind in candidates:
-        wins = [rows for rows in TRIAL_ROWS if times["none"][rows] >= SPEEDUP_NEEDED * times[kind][rows]]
-        if 1 in wins and times[kind][1] < times.get(best, times["none"])[1]:
-            best, best_rows = kind, _prefix(wins)
+    for kind in kinds:
+        if not (available(kind) and fits(kind, weight)):
+            continue
+        limit, raced = row_limit(quantize(weight, kind), dense, weight.shape[1], dtype, repeats)
+        times[kind] = {rows: small for rows, (_, small) in raced.items()}
+        for rows, (dense_ms, _) in raced.items():
+            times["none"][rows] = min(dense_ms, times["none"].get(rows, dense_ms))
+        if limit and (best == "none" or times[kind][1] < times[best][1]):
+            best, best_rows = kind, limit
     return Choice(best, best_rows, times)
 
 
-def _prefix(rows: list[int]) -> int:
-    """The largest trial size n such that every trial size up to n is in `rows`."""
-    largest = 0
-    for size in TRIAL_ROWS:
-        if size not in rows:
+def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],
+              in_features: int, dtype: torch.dtype, repeats: int = 5) -> tuple[int, dict[int, tuple[float, float]]]:
+    """The largest of TRIAL_ROWS up to which `small` beats `dense` by SPEEDUP_NEEDED at every
+    trial size (0: not even at one row), and the ms each took, (dense, small) by rows. It
+    stops at the first size it loses: past it the dense matmul serves."""
+    raced: dict[int, tuple[float, float]] = {}
+    limit = 0
+    for rows in TRIAL_ROWS:
+        x = torch.randn(rows, in_features, dtype=dtype)
+        raced[rows] = (_best_ms(lambda: dense(x), repeats), _best_ms(lambda: small(x), repeats))
+        if raced[rows][0] < SPEEDUP_NEEDED * raced[rows][1]:
             break
-        largest = size
-    return largest
+        limit = rows
+    return limit, raced
 
 
 def _best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:

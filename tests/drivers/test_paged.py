@@ -111,19 +111,34 @@ def test_lora_add_refuses_columns_past_the_factors_and_mixed_dtypes():
         ops.lora_add(y, x.bfloat16(), a, bt, torch.zeros(2, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 33])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_linear_is_x_times_the_dequantized_weight(rows, dtype):
     torch.manual_seed(0)
-    n, k = 4 * 9 + 3, 5 * 16 + 7  # weight rows past the 4-row tiles, inputs past the vector width
-    codes = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    n, k = 12 * 3 + 7, 5 * 16 + 7  # weight rows past the 4- and 12-row tiles, inputs past the vector width
+    codes = torch.randint(-128, 128, (n, k), dtype=torch.int8)
     scale = torch.rand(n) / 100
     x = torch.randn(rows, k).to(dtype)
-    want = x.float() @ (codes.float() * scale[:, None]).T
+    weight = codes.float() * scale[:, None]
+    want = x.float() @ weight.T
     got = ops.int8_linear(x, codes, scale)
     assert got.dtype == dtype and got.shape == (rows, n)
-    tolerance = 1e-4 if dtype == torch.float32 else 0.02  # rounded once, to bfloat16
-    assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance)
+    # AVX2 builds round each row of x to int16 codes of at least 2^14 steps for this k: each
+    # input is off by at most half a step (its row's largest / 2^15), times its weight.
+    rounding = x.float().abs().amax(dim=1, keepdim=True) / 2**15 @ weight.abs().sum(dim=1, keepdim=True).T
+    tolerance = 1e-4 if dtype == torch.float32 else 0.02  # bfloat16: y rounded once more
+    assert ((got.float() - want).abs() <= rounding + tolerance * (1 + want.abs())).all()
+
+
+def test_int8_linear_does_not_overflow_on_long_rows_of_extremes():
+    k = 20_000  # past 4096 inputs an AVX2 build rounds x to fewer bits, so no int32 sum overflows
+    codes = torch.full((3, k), -128, dtype=torch.int8)
+    codes[1] = 127
+    x = torch.ones(2, k)
+    x[1, ::2] = -1
+    got = ops.int8_linear(x, codes, torch.ones(3))
+    want = x @ codes.float().T
+    assert torch.allclose(got, want, rtol=1e-4, atol=1.0)
 
 
 def test_int8_linear_refuses_mismatched_shapes_and_dtypes():

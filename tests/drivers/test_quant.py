@@ -5,6 +5,8 @@ model a quantized engine still answers right."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -44,6 +46,36 @@ def test_the_measured_choice_names_a_kind_and_a_row_limit_it_measured():
     if choice.kind != "none":  # it won at every size up to its limit
         for rows in (r for r in quant.TRIAL_ROWS if r <= choice.max_rows):
             assert choice.measured["none"][rows] >= quant.SPEEDUP_NEEDED * choice.measured[choice.kind][rows]
+
+
+def test_the_row_limit_is_the_last_size_before_the_kernel_first_loses():
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)
+        return x
+
+    def dense(x: torch.Tensor) -> torch.Tensor:  # three times slower up to 8 rows, instant past them
+        if x.shape[0] <= 8:
+            time.sleep(0.006)
+        return x
+
+    limit, raced = quant.row_limit(kernel, dense, 16, torch.float32, repeats=1)
+    assert limit == 8
+    assert list(raced) == [1, 2, 4, 8, 16]  # it stopped at the first loss
+    assert quant.row_limit(kernel, lambda x: x, 16, torch.float32, repeats=1)[0] == 0  # no win at one row
+
+
+def test_projections_are_measured_once_per_weight_shape_and_keep_their_floor():
+    linears = [nn.Linear(128, 256, bias=False) for _ in range(2)]
+    projections = [Projection([linear], pack=False, choice=Choice("int8", 2, {})) for linear in linears]
+    measured: dict[tuple[str, int, int], int] = {}
+    projections[0].limit_rows(measured, torch.float32, floor=0)
+    assert list(measured) == [("int8", 256, 128)] and projections[0].max_rows == measured[("int8", 256, 128)]
+    measured[("int8", 256, 128)] = 0  # as if it lost at one row: the second reads it, floored
+    projections[1].limit_rows(measured, torch.float32, floor=1)
+    assert projections[1].max_rows == 1
+    unquantized = Projection([linears[0]], pack=False)
+    unquantized.limit_rows(measured, torch.float32, floor=1)
+    assert unquantized.max_rows == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
