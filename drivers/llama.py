@@ -277,11 +277,12 @@ class LlamaRunner:
             self.flash_decode = flash_attn_with_kvcache
 
     def _limit_rows(self, dtype: torch.dtype, floor: int) -> None:
-        """Each layer projection's own row limit: on a 2-core Zen 3 (AVX2) the int8 kernel beats
-        oneDNN's float32 at 16 rows on the MLP's wide projections and not on the attention's.
-        The MLP's was measured choosing the kind (self.quantization.max_rows); the lm_head
-        keeps it, not measured again (~0.5 s of a load): there the kernel won by as much or
-        more at each size measured, its weights (the vocabulary's) coming from memory."""
+        """Each layer projection's own row limit: how far the int8 kernel leads oneDNN's float32
+        differs by shape (on a 2-core Zen 3 at 64 rows it won on some shapes and lost on
+        others). The MLP's was measured choosing the kind (self.quantization.max_rows); the
+        lm_head keeps it, not measured again (~0.5 s of a load): in microbenchmarks its lead
+        was about the MLP's or larger up to 32 rows, its weights (the vocabulary's) coming
+        from memory."""
         mlp = self.layers[0].gate_up if self.layers else None
         measured: dict[tuple[str, int, int], int] = {}
         if mlp is not None and mlp.small is not None:
