@@ -452,10 +452,11 @@ void int16_block(const int16_t* x, int64_t k, const int8_t* w, int64_t width, fl
 
 template <typename T>
 void int8_by_int16(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale, T* y, int64_t n) {
-  std::vector<int16_t> codes(static_cast<size_t>(m * k));
+  // Every step calls this ~120 times: the codes come from ATen's caching allocator, not zeroed.
+  const at::Tensor codes = at::empty({m, k}, at::TensorOptions().dtype(at::kShort));
   std::vector<float> row_scales(static_cast<size_t>(m));
-  round_rows(x, m, k, codes.data(), row_scales.data());
-  const int16_t* xq = codes.data();
+  round_rows(x, m, k, codes.data_ptr<int16_t>(), row_scales.data());
+  const int16_t* xq = codes.data_ptr<int16_t>();
   auto store = [&](int64_t first, int64_t rows, int64_t n0, int64_t width, const float (*dots)[ROW_BLOCK]) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < width; ++j)
