@@ -23,7 +23,7 @@ query axis when decoding.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,10 +121,11 @@ class Projection:
     """y = x W^T + b over one or more nn.Linear sharing an input (outputs concatenated),
     with W prepacked for oneDNN when `pack` is set, else through F.linear; and, with a
     quantization `choice`, W also in int8 or int4 for batches of at most `choice.max_rows`
-    rows (decode steps of a few agents: drivers/quant.py)."""
+    rows (decode steps of a few agents: drivers/quant.py), and in `choice.few` for batches of
+    at most `choice.few_rows`."""
 
     def __init__(self, linears: list[nn.Linear], *, pack: bool, choice: Choice = NO_QUANT,
-                 cache: QuantCache | None = None, name: str = "") -> None:
+                 caches: Mapping[str, QuantCache] | None = None, name: str = "") -> None:
         biases = [lin.bias for lin in linears]
         if any(b is None for b in biases) and any(b is not None for b in biases):
             raise ValueError("projections that share an input must all have biases or none")
@@ -133,17 +134,17 @@ class Projection:
         self.in_features = weight.shape[1]
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight) if pack else None
         self.weight = None if pack else weight
-        quantizable = choice.kind != "none" and quant.fits(choice.kind, weight)
-        self.small = None
-        if quantizable:  # read from `cache` (as `name`) when it holds it
-            self.small = cache.weight(name, weight) if cache is not None else quant.quantize(weight, choice.kind)
-        self.max_rows = choice.max_rows if quantizable else 0
+        self.small, self.max_rows = _quantized_weight(weight, choice.kind, choice.max_rows, caches, name)
+        self.few, self.few_rows = _quantized_weight(weight, choice.few, choice.few_rows, caches, name)
         if not pack and len(linears) > 1:
             _share(linears, weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.small is not None and x.numel() <= self.max_rows * x.shape[-1]:
-            return self._quantized(x)
+        rows = x.numel() // x.shape[-1]
+        if self.few is not None and rows <= self.few_rows:
+            return self._quantized(self.few, x)
+        if self.small is not None and rows <= self.max_rows:
+            return self._quantized(self.small, x)
         return self.dense(x)
 
     def limit_rows(self, measured: dict[tuple[str, int, int], int], dtype: torch.dtype, floor: int) -> None:
@@ -161,12 +162,21 @@ class Projection:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
-    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.small is not None
-        y = self.small(x.reshape(-1, x.shape[-1]))
+    def _quantized(self, weight: quant.QuantizedWeight, x: torch.Tensor) -> torch.Tensor:
+        y = weight(x.reshape(-1, x.shape[-1]))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(*x.shape[:-1], self.small.out_features)
+        return y.view(*x.shape[:-1], weight.out_features)
+
+
+def _quantized_weight(weight: torch.Tensor, kind: str, rows: int, caches: Mapping[str, QuantCache] | None,
+                      name: str) -> tuple[quant.QuantizedWeight | None, int]:
+    """`weight` in `kind` (read from its cache, as `name`, when that holds it) and the rows it
+    serves; (None, 0) for "none" or a weight `kind` cannot take."""
+    if kind == "none" or not quant.fits(kind, weight):
+        return None, 0
+    cache = (caches or {}).get(kind)
+    return (cache.weight(name, weight) if cache is not None else quant.quantize(weight, kind)), rows
 
 
 def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -180,11 +190,12 @@ def _share(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | 
         first += rows
 
 
-def _gather_layer(layer: Any, pack: bool, choice: Choice, cache: QuantCache | None = None, index: int = 0) -> _Layer:
+def _gather_layer(layer: Any, pack: bool, choice: Choice, caches: Mapping[str, QuantCache] | None = None,
+                  index: int = 0) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
 
     def projection(linears: list[nn.Linear], part: str) -> Projection:
-        return Projection(linears, pack=pack, choice=choice, cache=cache, name=f"layers.{index}.{part}")
+        return Projection(linears, pack=pack, choice=choice, caches=caches, name=f"layers.{index}.{part}")
 
     return _Layer(attn_norm=layer.input_layernorm.weight,
                   qkv=projection([attn.q_proj, attn.k_proj, attn.v_proj], "qkv"), o=projection([attn.o_proj], "o"),
@@ -196,7 +207,7 @@ def _gather_layer(layer: Any, pack: bool, choice: Choice, cache: QuantCache | No
 def _for_lm_head(choice: Choice) -> Choice:
     """The output projection takes int8 where the layers take int4: every logit comes from it,
     and in int4 it alone turns answers (as llama.cpp's Q4_K_M keeps it at 6 bits)."""
-    return Choice("int8", choice.max_rows, choice.measured) if choice.kind == "int4" else choice
+    return Choice("int8" if choice.kind == "int4" else choice.kind, choice.max_rows, choice.measured)
 
 
 def _model_folder(model: Any) -> Path | None:
@@ -248,13 +259,12 @@ class LlamaRunner:
         self.packed = packing_available(str(model.device), model.dtype)
         self.quantization = choose_quantization(model, quantization, self.packed)
         caches = {kind: QuantCache(_model_folder(model), kind, model.dtype) for kind in
-                  {self.quantization.kind, _for_lm_head(self.quantization).kind} - {"none"}}
-        self.layers = [_gather_layer(layer, self.packed, self.quantization, caches.get(self.quantization.kind), i)
+                  {self.quantization.kind, self.quantization.few, _for_lm_head(self.quantization).kind} - {"none"}}
+        self.layers = [_gather_layer(layer, self.packed, self.quantization, caches, i)
                        for i, layer in enumerate(model.model.layers)]
         self._limit_rows(model.dtype, floor=0 if quantization == "auto" else 1)
         head = _for_lm_head(self.quantization)
-        self.lm_head = Projection([model.lm_head], pack=self.packed, choice=head, cache=caches.get(head.kind),
-                                  name="lm_head")
+        self.lm_head = Projection([model.lm_head], pack=self.packed, choice=head, caches=caches, name="lm_head")
         for cache in caches.values():
             cache.save()
         self.cache: KVPool = cache_factory(len(self.layers), self.kv_heads, self.head_dim)

@@ -10,6 +10,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -375,9 +377,8 @@ float largest_code(int64_t k) {
   return static_cast<float>(std::min(32767.0, std::floor(2147483647.0 / std::max(pairs, 1.0))));
 }
 
-// x (m, k) float32 -> codes (m, k) int16 and scales (m,): x[r] ~ codes[r] * scales[r].
-void round_rows(const float* x, int64_t m, int64_t k, int16_t* codes, float* scales) {
-  const float top = largest_code(k);
+// x (m, k) float32 -> codes (m, k) int16, at most `top`, and scales (m,): x[r] ~ codes[r] * scales[r].
+void round_rows(const float* x, int64_t m, int64_t k, float top, int16_t* codes, float* scales) {
   const int64_t whole = k - k % KSTEP;
   for (int64_t r = 0; r < m; ++r) {
     const float* row = x + r * k;
@@ -409,10 +410,7 @@ inline float sum_lanes(__m256i v) {
 }
 
 // MB rows of codes (stride k) against TN weight rows from w, into dots[r][first + j]. One
-// accumulator per pair, as in the float kernel; 4x2 and 2x4 fit AVX2's 16 registers. A single
-// row of x reads one weight row at a time: one stream from DRAM, which this machine's
-// prefetchers serve near twice as fast as six side by side (Zen 3, 2 cores: 15-20 against
-// 9-11 GB/s).
+// accumulator per pair, as in the float kernel.
 template <int MB, int TN>
 void int16_tile(const int16_t* x, int64_t k, const int8_t* w, float (*dots)[ROW_BLOCK], int64_t first) {
   __m256i acc[MB][TN];
@@ -442,47 +440,180 @@ void int16_tile(const int16_t* x, int64_t k, const int8_t* w, float (*dots)[ROW_
   }
 }
 
-// MB rows of codes against the `width` weight rows of one block, TN at a time, then one by one.
-template <int MB, int TN>
-void int16_block(const int16_t* x, int64_t k, const int8_t* w, int64_t width, float (*dots)[ROW_BLOCK]) {
-  int64_t j = 0;
-  for (; j + TN <= width; j += TN) int16_tile<MB, TN>(x, k, w + j * k, dots, j);
-  for (; j < width; ++j) int16_tile<MB, 1>(x, k, w + j * k, dots, j);
+// Rows of x rounded to int16 codes (the top code `top`), with a scale each: x[r] ~ codes[r] * scales[r].
+struct Codes {
+  at::Tensor codes;  // (m, k) int16, from ATen's caching allocator (~120 calls a decode step): not zeroed
+  std::vector<float> scales;
+  const int16_t* data() const { return codes.data_ptr<int16_t>(); }
+};
+
+Codes codes_of(const float* x, int64_t m, int64_t k, float top) {
+  Codes out{at::empty({m, k}, at::TensorOptions().dtype(at::kShort)), std::vector<float>(static_cast<size_t>(m))};
+  round_rows(x, m, k, top, out.codes.data_ptr<int16_t>(), out.scales.data());
+  return out;
 }
 
-template <typename T>
-void int8_by_int16(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale, T* y, int64_t n) {
-  // Every step calls this ~120 times: the codes come from ATen's caching allocator, not zeroed.
-  const at::Tensor codes = at::empty({m, k}, at::TensorOptions().dtype(at::kShort));
-  std::vector<float> row_scales(static_cast<size_t>(m));
-  round_rows(x, m, k, codes.data_ptr<int16_t>(), row_scales.data());
-  const int16_t* xq = codes.data_ptr<int16_t>();
+// y (m, n) = rows of x against blocks of ROW_BLOCK weight rows, in parallel over the blocks.
+// `block(MB, first_row, n0, width, dots)` fills dots[r][j] for MB rows of x from `first_row`
+// and the weight rows n0..n0+width; `scale_of(r, n)` turns a dot into y. Tiles of 4, then 2,
+// then single rows of x: a block's weights come from DRAM for its first tile and from cache
+// for the rest.
+template <typename T, typename Block, typename Scale>
+void by_row_blocks(int64_t m, int64_t n, int64_t k, T* y, Block block, Scale scale_of) {
   auto store = [&](int64_t first, int64_t rows, int64_t n0, int64_t width, const float (*dots)[ROW_BLOCK]) {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < width; ++j)
-        y[(first + r) * n + n0 + j] = T(dots[r][j] * row_scales[first + r] * scale[n0 + j]);
+      for (int64_t j = 0; j < width; ++j) y[(first + r) * n + n0 + j] = T(dots[r][j] * scale_of(first + r, n0 + j));
   };
   const int64_t blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
   at::parallel_for(0, blocks, std::max<int64_t>(1, 1024 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
     float dots[4][ROW_BLOCK];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n0 = b * ROW_BLOCK, width = std::min(ROW_BLOCK, n - n0);
-      const int8_t* wb = w + n0 * k;  // read from DRAM by the first rows of x, from cache by the rest
       int64_t r = 0;
       for (; r + 4 <= m; r += 4) {
-        int16_block<4, 2>(xq + r * k, k, wb, width, dots);
+        block(std::integral_constant<int, 4>{}, r, n0, width, dots);
         store(r, 4, n0, width, dots);
       }
       for (; r + 2 <= m; r += 2) {
-        int16_block<2, 4>(xq + r * k, k, wb, width, dots);
+        block(std::integral_constant<int, 2>{}, r, n0, width, dots);
         store(r, 2, n0, width, dots);
       }
       if (r < m) {
-        int16_block<1, 1>(xq + r * k, k, wb, width, dots);
+        block(std::integral_constant<int, 1>{}, r, n0, width, dots);
         store(r, 1, n0, width, dots);
       }
     }
   });
+}
+
+// MB rows against `width` weight rows from n0, TN at a time (4x2, 2x4: what fits AVX2's 16
+// registers), then one by one. A single row of x reads one weight row at a time: one stream
+// from DRAM, which this machine's prefetchers serve near twice as fast as six side by side
+// (Zen 3, 2 cores: 15-20 against 9-11 GB/s).
+template <int MB, typename Tile>
+void tiles_of_block(int64_t width, Tile tile) {
+  constexpr int TN = MB == 4 ? 2 : MB == 2 ? 4 : 1;
+  int64_t j = 0;
+  for (; j + TN <= width; j += TN) tile(std::integral_constant<int, TN>{}, j);
+  for (; j < width; ++j) tile(std::integral_constant<int, 1>{}, j);
+}
+
+template <typename T>
+void int8_by_int16(const float* x, int64_t m, int64_t k, const int8_t* w, const float* scale, T* y, int64_t n) {
+  const Codes xq = codes_of(x, m, k, largest_code(k));
+  by_row_blocks<T>(m, n, k, y,
+      [&](auto mb, int64_t first, int64_t n0, int64_t width, float (*dots)[ROW_BLOCK]) {
+        constexpr int MB = decltype(mb)::value;
+        tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
+          int16_tile<MB, decltype(tn)::value>(xq.data() + first * k, k, w + (n0 + j) * k, dots, j);
+        });
+      },
+      [&](int64_t r, int64_t col) { return xq.scales[r] * scale[col]; });
+}
+
+// -- int4 weights ----------------------------------------------------------------------------------------
+// Groups of INT4_GROUP weights along k, each with a float16 scale and minimum: w = code * scale
+// + minimum, codes 0..15 (asymmetric, as llama.cpp's Q4_1). A row's codes come in blocks of 64
+// (32 bytes) whose 16-bit word l holds elements l, 16 + l, 32 + l and 48 + l in its four
+// nibbles, lowest first: a mask and three shifts make one block four vectors of 16 int16 codes
+// in element order, with no widening or shuffling (drivers/quant.py packs them so). Per group,
+// vpmaddwd sums code products in int32 (at most 32 * 32767 * 15: no overflow), converted to
+// float and scaled; the minimums' share is sum(minimum * the group's sum of x) per row.
+constexpr int64_t INT4_GROUP = 32;
+constexpr int64_t INT4_BLOCK = 64;   // elements a 32-byte load unpacks to
+constexpr int64_t MAX_GROUPS = 512;  // k up to 16384
+
+inline void halves_to_floats(const uint16_t* h, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  for (; i < count; ++i) out[i] = _cvtsh_ss(h[i]);
+}
+
+inline float hsum(__m256 v) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+}
+
+// MB rows of codes (stride k; their group sums `sums`, stride k / INT4_GROUP) against TN packed
+// weight rows (`w`, K/2 bytes a row; `sm`, a row's scales then its minimums), into dots[r][first + j].
+// One accumulator a pair, two for a lone pair, so that its FMAs do not wait on each other.
+template <int MB, int TN>
+void int4_tile(const int16_t* x, const float* sums, int64_t k, const uint8_t* w, const uint16_t* sm,
+               float (*dots)[ROW_BLOCK], int64_t first) {
+  constexpr int CHAINS = MB * TN == 1 ? 2 : 1;
+  const int64_t groups = k / INT4_GROUP, row_bytes = k / 2;
+  float scale[TN][MAX_GROUPS], low[TN][MAX_GROUPS];
+  for (int j = 0; j < TN; ++j) {
+    halves_to_floats(sm + j * 2 * groups, groups, scale[j]);
+    halves_to_floats(sm + j * 2 * groups + groups, groups, low[j]);
+  }
+  __m256 acc[MB][TN][CHAINS];
+  for (int r = 0; r < MB; ++r)
+    for (int j = 0; j < TN; ++j)
+      for (int c = 0; c < CHAINS; ++c) acc[r][j][c] = _mm256_setzero_ps();
+  const __m256i nibble = _mm256_set1_epi16(0x000F);
+  for (int64_t b = 0, g = 0; b < row_bytes; b += INT4_BLOCK / 2, g += 2) {
+    if (b % 64 == 0) {
+      for (int j = 0; j < TN; ++j) __builtin_prefetch(w + j * row_bytes + b + PREFETCH_AHEAD);
+    }
+    for (int j = 0; j < TN; ++j) {
+      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * row_bytes + b));
+      const __m256i c0 = _mm256_and_si256(packed, nibble);
+      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 8), nibble);
+      const __m256i c3 = _mm256_srli_epi16(packed, 12);
+      const __m256 first_scale = _mm256_broadcast_ss(&scale[j][g]), second_scale = _mm256_broadcast_ss(&scale[j][g + 1]);
+      for (int r = 0; r < MB; ++r) {
+        const __m256i* xv = reinterpret_cast<const __m256i*>(x + r * k + 2 * b);
+        const __m256i one = _mm256_add_epi32(_mm256_madd_epi16(_mm256_loadu_si256(xv), c0),
+                                             _mm256_madd_epi16(_mm256_loadu_si256(xv + 1), c1));
+        const __m256i two = _mm256_add_epi32(_mm256_madd_epi16(_mm256_loadu_si256(xv + 2), c2),
+                                             _mm256_madd_epi16(_mm256_loadu_si256(xv + 3), c3));
+        acc[r][j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(one), first_scale, acc[r][j][0]);
+        acc[r][j][CHAINS - 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(two), second_scale, acc[r][j][CHAINS - 1]);
+      }
+    }
+  }
+  for (int r = 0; r < MB; ++r) {
+    for (int j = 0; j < TN; ++j) {
+      float lows = 0.f;
+      for (int64_t g = 0; g < groups; ++g) lows += low[j][g] * sums[r * groups + g];
+      __m256 total = acc[r][j][0];
+      if constexpr (CHAINS == 2) total = _mm256_add_ps(total, acc[r][j][1]);
+      dots[r][first + j] = hsum(total) + lows;
+    }
+  }
+}
+
+// Each group's sum of codes, (m, k / INT4_GROUP), exact in float (at most 32 * 32767).
+std::vector<float> group_sums(const int16_t* codes, int64_t m, int64_t k) {
+  const int64_t groups = k / INT4_GROUP;
+  std::vector<float> sums(static_cast<size_t>(m * groups));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t s = 0;
+      for (int64_t i = 0; i < INT4_GROUP; ++i) s += codes[r * k + g * INT4_GROUP + i];
+      sums[r * groups + g] = static_cast<float>(s);
+    }
+  return sums;
+}
+
+template <typename T>
+void int4_by_int16(const float* x, int64_t m, int64_t k, const uint8_t* w, const uint16_t* sm, T* y, int64_t n) {
+  const Codes xq = codes_of(x, m, k, 32767.f);
+  const std::vector<float> sums = group_sums(xq.data(), m, k);
+  const int64_t groups = k / INT4_GROUP;
+  by_row_blocks<T>(m, n, k, y,
+      [&](auto mb, int64_t first, int64_t n0, int64_t width, float (*dots)[ROW_BLOCK]) {
+        constexpr int MB = decltype(mb)::value;
+        tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
+          int4_tile<MB, decltype(tn)::value>(xq.data() + first * k, sums.data() + first * groups, k,
+                                             w + (n0 + j) * (k / 2), sm + (n0 + j) * 2 * groups, dots, j);
+        });
+      },
+      [&](int64_t r, int64_t) { return xq.scales[r]; });
 }
 #endif  // LLMOS_INT8_BY_INT16
 
@@ -610,6 +741,41 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
+#if LLMOS_INT8_BY_INT16
+// y = x w^T for int4 weights packed as drivers/quant.py's `pack_int4` does: w (N, K/2) uint8,
+// scale_min (N, 2 K/32) float16, each row's scales then its minimums.
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale_min) {
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && scale_min.is_contiguous(), "int4_linear: inputs must be contiguous");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte, "int4_linear: w is (N, K/2) uint8");
+  const int64_t n = w.size(0), k = w.size(1) * 2;
+  TORCH_CHECK(k % INT4_BLOCK == 0 && k / INT4_GROUP <= MAX_GROUPS, "int4_linear: K must be a multiple of 64, at most ",
+              MAX_GROUPS * INT4_GROUP);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "int4_linear: x is (M, K) for w (N, K/2)");
+  TORCH_CHECK(scale_min.scalar_type() == at::kHalf && scale_min.dim() == 2 && scale_min.size(0) == n &&
+              scale_min.size(1) == 2 * k / INT4_GROUP, "int4_linear: scale_min is (N, 2 K/32) float16");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "int4_linear: x is float32 or bfloat16");
+  const int64_t m = x.size(0);
+  const at::Tensor wide = x.to(at::kFloat);
+  auto y = at::empty({m, n}, x.options());
+  const float* xs = wide.data_ptr<float>();
+  const auto* sm = reinterpret_cast<const uint16_t*>(scale_min.data_ptr<at::Half>());
+  if (x.scalar_type() == at::kFloat) {
+    int4_by_int16<float>(xs, m, k, w.data_ptr<uint8_t>(), sm, y.data_ptr<float>(), n);
+  } else {
+    int4_by_int16<c10::BFloat16>(xs, m, k, w.data_ptr<uint8_t>(), sm, y.data_ptr<c10::BFloat16>(), n);
+  }
+  return y;
+}
+#endif
+
+// Whether this build multiplies quantized weights in integers (AVX2 without AVX-512): int8
+// through int16 codes, and int4 through `int4_linear`, which only such builds have.
+#if LLMOS_INT8_BY_INT16
+bool integer_kernels() { return true; }
+#else
+bool integer_kernels() { return false; }
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(llmos_paged, m) {
@@ -625,4 +791,9 @@ TORCH_LIBRARY(llmos_paged, m) {
   m.def("int8_linear(Tensor x, Tensor w, Tensor scale) -> Tensor");
   m.impl("int8_linear", c10::DispatchKey::CPU, TORCH_FN(int8_linear));
   m.def("supports(int group, int dim) -> bool", &supports);
+  m.def("integer_kernels() -> bool", &integer_kernels);
+#if LLMOS_INT8_BY_INT16
+  m.def("int4_linear(Tensor x, Tensor w, Tensor scale_min) -> Tensor");
+  m.impl("int4_linear", c10::DispatchKey::CPU, TORCH_FN(int4_linear));
+#endif
 }

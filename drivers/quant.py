@@ -6,10 +6,12 @@
   multiplies in integers (vpmaddwd: twice float FMA's multiply-adds an instruction); on
   AVX-512 it keeps x in float32 and widens the weights in registers. Where it cannot be
   built, PyTorch's `aten._weight_int8pack_mm`, on a bfloat16 copy of x.
-- int4: groups of INT4_GROUP weights along the input, each with a scale and a zero point
-  (asymmetric), packed by `aten._convert_weight_to_int4pack_for_cpu` and multiplied by
-  `aten._weight_int4pack_mm_for_cpu` (bfloat16 activations). torchao's CPU int4/int8 paths
-  call these same ATen kernels, so it would add nothing here.
+- int4: groups of INT4_GROUP weights along the input, each with a scale and a minimum
+  (asymmetric). Where the compiled operators multiply in integers (AVX2 without AVX-512) they
+  are packed for `int4_linear` (`pack_int4`: float16 scales and minimums, x rounded to int16
+  codes as for int8); elsewhere packed by `aten._convert_weight_to_int4pack_for_cpu` and
+  multiplied by `aten._weight_int4pack_mm_for_cpu` (bfloat16 activations). torchao's CPU
+  int4/int8 paths call these same ATen kernels, so it would add nothing here.
 
 Decoding one token for one or a few agents streams every weight, so a quarter (int8) or an
 eighth (int4) of float32's bytes is what makes it fast; with more rows the step is bound by
@@ -84,10 +86,26 @@ def available(kind: str) -> bool:
     return kind == "none"
 
 
+INT4_BLOCK = 64  # `int4_linear` unpacks K in blocks of this many codes
+INT4_MAX_IN = 16384  # and takes K up to this
+
+
+def compiled_int4() -> bool:
+    """Whether int4 weights go through the compiled `int4_linear` (the integer kernels of an
+    AVX2 build without AVX-512), packed by `pack_int4`; else through PyTorch's kernel."""
+    ops = paged.kernel()
+    return ops is not None and bool(ops.integer_kernels())  # type: ignore[attr-defined]
+
+
 def fits(kind: str, weight: torch.Tensor) -> bool:
-    """Whether a (N, K) weight can take `kind` (int4 packs K in groups, N in blocks of 8)."""
+    """Whether a (N, K) weight can take `kind` (int4 packs K in groups; PyTorch's kernel packs
+    N in blocks of 8, the compiled one K in blocks of INT4_BLOCK)."""
     n, k = weight.shape
-    return kind != "int4" or (k % INT4_GROUP == 0 and n % 8 == 0)
+    if kind != "int4":
+        return True
+    if compiled_int4():
+        return k % INT4_BLOCK == 0 and k <= INT4_MAX_IN
+    return k % INT4_GROUP == 0 and n % 8 == 0
 
 
 ALIGNMENT = 64  # bytes: an AVX-512 register, and what PyTorch's CPU allocator gives
@@ -111,15 +129,20 @@ class QuantizedWeight:
     kind: str
     out_features: int
     data: torch.Tensor  # int8 (N, K), or int4 packed (N, K/2) uint8
-    scales: torch.Tensor  # int8: (N,) bfloat16; int4: (K/G, N, 2) bfloat16 scale and zero
+    # int8: (N,) bfloat16. int4: compiled, (N, 2 K/G) float16, each row's scales then its
+    # minimums; else (K/G, N, 2) bfloat16 scale and zero, PyTorch's layout.
+    scales: torch.Tensor
 
     def __post_init__(self) -> None:
         self.data, self.scales = aligned(self.data), aligned(self.scales)
-        self._compiled = paged.kernel() if self.kind == "int8" else None
-        self._scales32 = self.scales.float() if self._compiled is not None else None
+        compiled = self.kind == "int8" or (self.kind == "int4" and self.scales.dtype == torch.float16)
+        self._compiled = paged.kernel() if compiled else None
+        self._scales32 = self.scales.float() if self._compiled is not None and self.kind == "int8" else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled is not None:
+            if self.kind == "int4":
+                return self._compiled.int4_linear(x.contiguous(), self.data, self.scales)  # type: ignore[attr-defined]
             return self._compiled.int8_linear(x.contiguous(), self.data, self._scales32)  # type: ignore[attr-defined]
         low = x.to(torch.bfloat16)
         if self.kind == "int8":
@@ -128,7 +151,8 @@ class QuantizedWeight:
 
     @property
     def compiled(self) -> bool:
-        """Whether the compiled `int8_linear` multiplies it (int8 where the operators build)."""
+        """Whether a compiled operator multiplies it (`int8_linear` for int8 where the operators
+        build, `int4_linear` for int4 where they multiply in integers)."""
         return self._compiled is not None
 
     @property
@@ -145,6 +169,9 @@ def quantize(weight: torch.Tensor, kind: str) -> QuantizedWeight:
         return QuantizedWeight("int8", n, codes.to(torch.int8).contiguous(), scale.to(torch.bfloat16))
     if kind != "int4":
         raise ValueError(f"no quantization {kind!r}: expected int8 or int4")
+    if compiled_int4():
+        codes, scale, low = _int4_minimum(weight)
+        return QuantizedWeight("int4", n, pack_int4(codes), torch.cat([scale, low], dim=1).contiguous())
     codes, scale, zero = _int4(weight)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).view(n, -1), INT4_INNER_TILES)
     scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/G, N, 2)
@@ -159,8 +186,12 @@ def dequantized(weight: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "int8":
         codes, scale = _int8(weight)
         return (codes * scale[:, None]).to(weight.dtype)
-    codes, scale, zero = _int4(weight)
-    kept = (codes - 8) * scale.float()[..., None] + zero.float()[..., None]  # as the kernel computes it
+    if compiled_int4():
+        codes, scale, low = _int4_minimum(weight)
+        kept = codes * scale.float()[..., None] + low.float()[..., None]
+    else:
+        codes, scale, zero = _int4(weight)
+        kept = (codes - 8) * scale.float()[..., None] + zero.float()[..., None]  # as the kernel computes it
     return kept.view(weight.shape).to(weight.dtype)
 
 
@@ -181,6 +212,29 @@ def _int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     scale = ((high - low) / 15).clamp(min=1e-12)
     codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
     return codes, scale.to(torch.bfloat16), (low + 8 * scale).to(torch.bfloat16)
+
+
+def _int4_minimum(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes in 0..15 (float, (N, K/G, G)), and per group a scale and minimum in float16 (as
+    `int4_linear` holds them; the codes are rounded against those): weight ~ codes * scale + minimum."""
+    w = weight.detach().float()
+    n, k = w.shape
+    groups = w.view(n, k // INT4_GROUP, INT4_GROUP)
+    low = groups.amin(-1).half()
+    scale = ((groups.amax(-1) - low.float()) / 15).clamp(min=1e-6).half()  # above zero in float16 too
+    codes = torch.round((groups - low.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
+    return codes, scale, low
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K/G, G) in 0..15 -> (N, K/2) uint8 as `int4_linear` reads them: in each block
+    of 64, 16-bit word l holds codes l, 16 + l, 32 + l and 48 + l, lowest nibble first (so
+    byte 2l holds l and 16 + l, byte 2l + 1 holds 32 + l and 48 + l)."""
+    n = codes.shape[0]
+    blocks = codes.to(torch.uint8).reshape(n, -1, 4, 16)  # (N, K/64, quarter, l)
+    low_byte = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
+    high_byte = blocks[:, :, 2] | (blocks[:, :, 3] << 4)
+    return torch.stack([low_byte, high_byte], dim=-1).reshape(n, -1).contiguous()
 
 
 class QuantCache:
@@ -204,7 +258,7 @@ class QuantCache:
 
     def weight(self, name: str, weight: torch.Tensor) -> QuantizedWeight:
         data, scales = self.tensors.get(f"{name}.data"), self.tensors.get(f"{name}.scales")
-        if data is not None and scales is not None and _shape_fits(self.kind, data, weight):
+        if data is not None and scales is not None and _shape_fits(self.kind, data, scales, weight):
             return QuantizedWeight(self.kind, weight.shape[0], data, scales)
         made = quantize(weight, self.kind)
         self.tensors[f"{name}.data"], self.tensors[f"{name}.scales"] = made.data, made.scales
@@ -243,13 +297,17 @@ def _stale(path: Path) -> list[Path]:
 
 def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
     width = "avx512" if "avx512f" in cpu_flags() else "avx2"
+    if kind == "int4" and compiled_int4():
+        width += "-minimum"  # `pack_int4`'s layout, not PyTorch's
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_folder.glob("*.safetensors"))
     weights = hashlib.sha256(repr(files).encode()).hexdigest()[:12]
     return f"{kind}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__.split('+')[0]}-{width}-{weights}"
 
 
-def _shape_fits(kind: str, data: torch.Tensor, weight: torch.Tensor) -> bool:
+def _shape_fits(kind: str, data: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> bool:
     n, k = weight.shape
+    if kind == "int4" and compiled_int4() and scales.shape != (n, 2 * k // INT4_GROUP):
+        return False
     return data.shape[0] == n and data.shape[1] == (k if kind == "int8" else k // 2)
 
 
@@ -260,27 +318,66 @@ class Choice:
     kind: str  # "none", "int8" or "int4"
     max_rows: int  # batches of at most this many rows use it; 0 with "none"
     measured: dict[str, dict[int, float]]  # kind -> rows -> ms of one trial matmul (empty if not measured)
+    # A second kind before `kind` for the smallest batches, where it beats `kind` (int4's half
+    # the bytes for one or two agents, int8's fewer instructions a weight for more).
+    few: str = "none"
+    few_rows: int = 0
 
     def describe(self) -> str:
-        return "none" if self.kind == "none" else f"{self.kind} (decode batches up to {self.max_rows} rows)"
+        if self.kind == "none":
+            return "none"
+        first = f"{self.few} up to {self.few_rows} rows, then " if self.few != "none" else ""
+        return f"{first}{self.kind} (decode batches up to {self.max_rows} rows)"
 
 
 def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor], kinds: tuple[str, ...],
             dtype: torch.dtype, repeats: int = 5) -> Choice:
     """The fastest of `kinds` against `dense` on `weight` (the model's largest projection) at
-    one row, among those that beat dense there by SPEEDUP_NEEDED, and its `row_limit`."""
+    one row, among those that beat dense there by SPEEDUP_NEEDED, and its `row_limit`. Where
+    another of them beats dense up to more rows, that one is the choice and the fastest serves
+    only the batches it beats it at (`Choice.few`)."""
     times: dict[str, dict[int, float]] = {"none": {}}
-    best, best_rows = "none", 0
+    limits: dict[str, int] = {}
+    made: dict[str, QuantizedWeight] = {}
     for kind in kinds:
         if not (available(kind) and fits(kind, weight)):
             continue
-        limit, raced = row_limit(quantize(weight, kind), dense, weight.shape[1], dtype, repeats)
+        made[kind] = quantize(weight, kind)
+        limits[kind], raced = row_limit(made[kind], dense, weight.shape[1], dtype, repeats)
         times[kind] = {rows: small for rows, (_, small) in raced.items()}
         for rows, (dense_ms, _) in raced.items():
             times["none"][rows] = min(dense_ms, times["none"].get(rows, dense_ms))
-        if limit and (best == "none" or times[kind][1] < times[best][1]):
-            best, best_rows = kind, limit
-    return Choice(best, best_rows, times)
+    winners = [kind for kind in limits if limits[kind]]
+    if not winners:
+        return Choice("none", 0, times)
+    widest = max(winners, key=lambda kind: (limits[kind], -times[kind][1]))
+    for other in sorted(set(winners) - {widest}, key=lambda kind: times[kind][1]):
+        few_rows, raced = row_limit(FromMemory(made[other]), FromMemory(made[widest]), weight.shape[1], dtype, repeats)
+        times[f"{other} from memory"] = {rows: mine for rows, (_, mine) in raced.items()}
+        times[f"{widest} from memory"] = {rows: theirs for rows, (theirs, _) in raced.items()}
+        if few_rows:
+            return Choice(widest, limits[widest], times, few=other, few_rows=min(few_rows, limits[widest]))
+    return Choice(widest, limits[widest], times)
+
+
+COLD_BYTES = 96 << 20  # more than a server CPU's last-level cache (this Zen 3's: 32 MiB)
+
+
+class FromMemory:
+    """`weight`'s product, each call on the next of enough copies of it to fill COLD_BYTES,
+    so that its weights come from DRAM as a decode step's do (the trial's other calls leave
+    a lone copy in cache, where a kernel that reads fewer bytes but spends more instructions
+    a weight, like int4's, looks slower than it is)."""
+
+    def __init__(self, weight: QuantizedWeight) -> None:
+        count = -(-COLD_BYTES // max(weight.nbytes, 1))
+        self.copies = [QuantizedWeight(weight.kind, weight.out_features, weight.data.clone(), weight.scales.clone())
+                       for _ in range(count)]
+        self._turn = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._turn = (self._turn + 1) % len(self.copies)
+        return self.copies[self._turn](x)
 
 
 def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],

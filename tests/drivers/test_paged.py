@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from llmos.drivers import paged
+from llmos.drivers import paged, quant
 from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.llama import _swap_halves
 from llmos.kernel.model import GenerationJob, SamplingParams
@@ -151,3 +151,51 @@ def test_int8_linear_refuses_mismatched_shapes_and_dtypes():
         ops.int8_linear(torch.zeros(2, 16), codes, scale.bfloat16())
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ops.int8_linear(torch.zeros(2, 16, dtype=torch.float64), codes, scale)
+
+
+integer_only = pytest.mark.skipif(ops is None or not ops.integer_kernels(),
+                                  reason="int4_linear is built only where the kernels multiply in integers (AVX2 without AVX-512)")
+
+
+def int4_weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random packed int4 weights (codes 0..15, both ends included), their float16 scales and
+    minimums as `int4_linear` takes them, and the weight they stand for."""
+    groups = k // quant.INT4_GROUP
+    codes = torch.randint(0, 16, (n, groups, quant.INT4_GROUP))
+    codes[0, 0, :2] = torch.tensor([0, 15])
+    scale = (torch.rand(n, groups) / 50).half()
+    low = (-torch.rand(n, groups) / 10).half()
+    weight = (codes * scale.float()[..., None] + low.float()[..., None]).view(n, k)
+    return quant.pack_int4(codes), torch.cat([scale, low], dim=1).contiguous(), weight
+
+
+@integer_only
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_linear_is_x_times_the_dequantized_weight(rows, dtype):
+    torch.manual_seed(0)
+    n, k = 12 * 3 + 7, 3 * 64  # weight rows past the tiles and the 12-row blocks; three blocks of 64
+    packed, scale_min, weight = int4_weight(n, k)
+    x = torch.randn(rows, k).to(dtype)
+    want = x.float() @ weight.T
+    got = ops.int4_linear(x, packed, scale_min)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    # x is rounded to int16 codes of 2^15 steps: each input off by at most half a step.
+    rounding = x.float().abs().amax(dim=1, keepdim=True) / 2**15 @ weight.abs().sum(dim=1, keepdim=True).T
+    tolerance = 1e-4 if dtype == torch.float32 else 0.02
+    assert ((got.float() - want).abs() <= rounding + tolerance * (1 + want.abs())).all()
+
+
+@integer_only
+def test_int4_linear_refuses_mismatched_shapes_and_dtypes():
+    packed, scale_min, _ = int4_weight(8, 64)
+    with pytest.raises(RuntimeError, match="x is \\(M, K\\)"):
+        ops.int4_linear(torch.zeros(2, 32), packed, scale_min)
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        ops.int4_linear(torch.zeros(2, 32), packed[:, :16].contiguous(), scale_min[:, :2].contiguous())
+    with pytest.raises(RuntimeError, match="float16"):
+        ops.int4_linear(torch.zeros(2, 64), packed, scale_min.float())
+    with pytest.raises(RuntimeError, match="uint8"):
+        ops.int4_linear(torch.zeros(2, 64), packed.to(torch.int8), scale_min)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.int4_linear(torch.zeros(2, 64, dtype=torch.float64), packed, scale_min)

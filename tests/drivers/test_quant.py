@@ -41,11 +41,15 @@ def test_the_measured_choice_names_a_kind_and_a_row_limit_it_measured():
     dense = nn.Linear(576, 3072, bias=False)
     dense.weight = nn.Parameter(w, requires_grad=False)
     choice = quant.measure(w, lambda x: dense(x), tuple(KINDS), torch.float32, repeats=2)
-    assert choice.kind in quant.QUANTS and set(choice.measured) == {"none", *KINDS}
+    assert choice.kind in quant.QUANTS and {"none", *KINDS} <= set(choice.measured)
     assert (choice.kind == "none") == (choice.max_rows == 0)
     if choice.kind != "none":  # it won at every size up to its limit
         for rows in (r for r in quant.TRIAL_ROWS if r <= choice.max_rows):
             assert choice.measured["none"][rows] >= quant.SPEEDUP_NEEDED * choice.measured[choice.kind][rows]
+    if choice.few != "none":  # and the few rows' kind beat it, weights from memory, up to its own
+        assert choice.few != choice.kind and 0 < choice.few_rows <= choice.max_rows
+        mine, theirs = choice.measured[f"{choice.few} from memory"], choice.measured[f"{choice.kind} from memory"]
+        assert all(theirs[rows] >= quant.SPEEDUP_NEEDED * mine[rows] for rows in mine if rows <= choice.few_rows)
 
 
 def test_the_row_limit_is_the_last_size_before_the_kernel_first_loses():
@@ -91,6 +95,38 @@ def test_a_projection_uses_the_quantized_weights_for_few_rows_and_dense_ones_for
     assert torch.equal(projection(many), linear(many))  # past max_rows: the dense weights, exactly
 
 
+@pytest.mark.skipif(KINDS != ["int8", "int4"], reason="needs both kinds")
+def test_a_projection_serves_few_rows_in_one_kind_then_more_in_another_then_dense():
+    w = weight()
+    linear = nn.Linear(128, 256, bias=False)
+    linear.weight = nn.Parameter(w, requires_grad=False)
+    choice = Choice("int8", 4, {}, few="int4", few_rows=1)
+    assert choice.describe() == "int4 up to 1 rows, then int8 (decode batches up to 4 rows)"
+    projection = Projection([linear], pack=False, choice=choice)
+    one, three, nine = (torch.randn(rows, 128) for rows in (1, 3, 9))
+    assert torch.equal(projection(one), quant.quantize(w, "int4")(one))
+    assert torch.equal(projection(three), quant.quantize(w, "int8")(three))
+    assert torch.equal(projection(nine), linear(nine))
+
+
+def test_pack_int4_puts_codes_l_16_plus_l_32_plus_l_48_plus_l_in_word_l():
+    codes = (torch.arange(64) % 16).view(1, 2, 32).float()  # two groups of 32: one block of 64
+    packed = quant.pack_int4(codes)
+    assert packed.shape == (1, 32) and packed.dtype == torch.uint8
+    words = packed.view(torch.int16).int() & 0xFFFF
+    for word in range(16):
+        nibbles = [(int(words[0, word]) >> (4 * i)) & 0xF for i in range(4)]
+        assert nibbles == [(word + 16 * i) % 16 for i in range(4)]
+
+
+def test_a_weight_from_memory_cycles_through_copies_that_fill_more_than_a_cache():
+    made = quant.quantize(weight(), "int8")
+    call = quant.FromMemory(made)
+    x = torch.randn(2, 128)
+    assert all(torch.equal(call(x), made(x)) for _ in range(3))
+    assert len(call.copies) * made.nbytes >= quant.COLD_BYTES
+
+
 def test_a_bad_quantization_is_a_config_error(monkeypatch):
     monkeypatch.setenv(quant.QUANT_ENV, "int3")
     with pytest.raises(ConfigError, match="int3"):
@@ -126,6 +162,8 @@ def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_
                  if p.small is not None]
     # Read back from the cache, each starts on a 64-byte boundary (torch's int8 kernel needs it).
     assert all(q.data.data_ptr() % quant.ALIGNMENT == 0 for q in quantized)
+    # int4 goes through the compiled int4_linear where the kernels multiply in integers.
+    assert all(q.compiled == quant.compiled_int4() for q in quantized if q.kind == "int4")
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
 
@@ -168,6 +206,16 @@ def test_quantized_weights_are_cached_on_disk_and_read_back_the_same(kind, tmp_p
     assert torch.equal(damaged.weight("layers.0.o", w).data, made.data) and damaged.made == 1
     assert "unreadable" in caplog.text
     assert quant.QuantCache(None, kind, torch.float32).path is None  # no folder: nothing cached
+
+
+@pytest.mark.skipif("int4" not in KINDS or not quant.compiled_int4(), reason="one int4 layout here")
+def test_int4_weights_in_pytorchs_layout_are_not_read_as_the_compiled_kernels(tmp_path):
+    w = weight()
+    cache = quant.QuantCache(tmp_path, "int4", torch.float32)
+    cache.tensors = {"layers.0.o.data": torch.zeros(256, 64, dtype=torch.uint8),  # same bytes a row,
+                     "layers.0.o.scales": torch.zeros(4, 256, 2, dtype=torch.bfloat16)}  # PyTorch's scales
+    read = cache.weight("layers.0.o", w)
+    assert cache.made == 1 and torch.equal(read.data, quant.quantize(w, "int4").data)
 
 
 @pytest.mark.parametrize("kind", KINDS)
