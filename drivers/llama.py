@@ -140,12 +140,16 @@ class Projection:
             _share(linears, weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
+        weight = self.quantized_for(x.numel() // x.shape[-1])
+        return self.dense(x) if weight is None else self._quantized(weight, x)
+
+    def quantized_for(self, rows: int) -> quant.QuantizedWeight | None:
+        """The quantized weight that serves a batch of `rows` rows; None: the dense one."""
         if self.few is not None and rows <= self.few_rows:
-            return self._quantized(self.few, x)
+            return self.few
         if self.small is not None and rows <= self.max_rows:
-            return self._quantized(self.small, x)
-        return self.dense(x)
+            return self.small
+        return None
 
     def limit_rows(self, measured: dict[tuple[str, int, int], int], dtype: torch.dtype, floor: int) -> None:
         """Serve as many rows quantized as the kernel beats dense at, for this weight's shape
@@ -278,6 +282,9 @@ class LlamaRunner:
             self.paged_decode = paged.kernel().decode  # type: ignore[union-attr]
             if self.quantization.kind != "none":
                 self.fused = paged.kernel()
+        # Decode passes run every layer in one compiled call where all of them can (SiLU MLPs).
+        self.stackable = self.fused is not None and getattr(cfg, "hidden_act", None) == "silu"
+        self._stacks: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.
         self.flash_decode = None
@@ -321,13 +328,43 @@ class LlamaRunner:
         tokens = batch.tokens
         hidden = self.model.model.embed_tokens(tokens)  # (B, Q, H)
         shared = self._prepare(batch, hidden)
-        for index, layer in enumerate(self.layers):
-            hidden += self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
-            hidden += self._mlp(index, layer, self._norm(hidden, layer.mlp_norm), shared)
+        stacked = self._stacked_operands(shared)
+        if stacked is not None:  # every layer in one call: the same operators as the loop below
+            norms, weights = stacked
+            self.fused.decode_layers(hidden.view(shared.bsz, -1), norms, weights, self.eps,
+                                     shared.cos.view(shared.bsz, -1), shared.sin.view(shared.bsz, -1), self.cache.k,
+                                     self.cache.v, shared.blocks, shared.offsets, shared.tables32, shared.lens,
+                                     self.heads, self.scale)
+        else:
+            for index, layer in enumerate(self.layers):
+                hidden += self._attention(index, layer, self._norm(hidden, layer.attn_norm), shared, batch)
+                hidden += self._mlp(index, layer, self._norm(hidden, layer.mlp_norm), shared)
         spanned = [self.lm_head(self.model.model.norm(hidden[row, :n])).float() for row, n in spans]
         last = (batch.lengths - 1).clamp(min=0)
         final = self.model.model.norm(hidden[torch.arange(shared.bsz), last])  # (B, H)
         return self.lm_head(final).float(), spanned
+
+    def _stacked_operands(self, shared: _Pass) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The norms and quantized weights `decode_layers` takes for this pass, where it serves
+        it: a decode pass on the compiled path, no adapters, and every layer projection
+        quantized for this many rows without a bias (kept by rows: the tiers are fixed at load)."""
+        if not self.stackable or shared.qlen != 1 or shared.lora is not None or shared.lens is None:
+            return None
+        if shared.bsz not in self._stacks:
+            self._stacks[shared.bsz] = self._stack_for(shared.bsz)
+        return self._stacks[shared.bsz]
+
+    def _stack_for(self, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        norms: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
+        for layer in self.layers:
+            norms += [layer.attn_norm, layer.mlp_norm]
+            for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                weight = projection.quantized_for(rows)
+                if weight is None or projection.bias is not None or not weight.compiled:
+                    return None
+                weights += weight.operands
+        return norms, weights
 
     def _prepare(self, batch: Batch, hidden: torch.Tensor) -> _Pass:
         bsz, qlen = batch.tokens.shape

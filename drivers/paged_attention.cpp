@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/silu.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -536,6 +537,19 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
 
+// The lanes of acc summed, plus sum(minimum[g] * sums[g]) over a row's float16 minimums: in
+// vectors of 8, the last few one by one (a vector load would read past the last row's).
+inline float plus_minimums(__m256 acc, const uint16_t* minimums, const float* sums, int64_t groups) {
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 low = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(minimums + g)));
+    acc = _mm256_fmadd_ps(low, _mm256_loadu_ps(sums + g), acc);
+  }
+  float rest = 0.f;
+  for (; g < groups; ++g) rest += _cvtsh_ss(minimums[g]) * sums[g];
+  return hsum(acc) + rest;
+}
+
 // MB rows of codes (stride k; their group sums `sums`, stride k / INT4_GROUP) against TN packed
 // weight rows (`w`, K/2 bytes a row; `sm`, a row's scales then its minimums), into dots[r][first + j].
 // One accumulator a pair, two for a lone pair, so that its FMAs do not wait on each other.
@@ -544,11 +558,8 @@ void int4_tile(const int16_t* x, const float* sums, int64_t k, const uint8_t* w,
                float (*dots)[ROW_BLOCK], int64_t first) {
   constexpr int CHAINS = MB * TN == 1 ? 2 : 1;
   const int64_t groups = k / INT4_GROUP, row_bytes = k / 2;
-  float scale[TN][MAX_GROUPS], low[TN][MAX_GROUPS];
-  for (int j = 0; j < TN; ++j) {
-    halves_to_floats(sm + j * 2 * groups, groups, scale[j]);
-    halves_to_floats(sm + j * 2 * groups + groups, groups, low[j]);
-  }
+  float scale[TN][MAX_GROUPS];
+  for (int j = 0; j < TN; ++j) halves_to_floats(sm + j * 2 * groups, groups, scale[j]);
   __m256 acc[MB][TN][CHAINS];
   for (int r = 0; r < MB; ++r)
     for (int j = 0; j < TN; ++j)
@@ -578,11 +589,9 @@ void int4_tile(const int16_t* x, const float* sums, int64_t k, const uint8_t* w,
   }
   for (int r = 0; r < MB; ++r) {
     for (int j = 0; j < TN; ++j) {
-      float lows = 0.f;
-      for (int64_t g = 0; g < groups; ++g) lows += low[j][g] * sums[r * groups + g];
       __m256 total = acc[r][j][0];
       if constexpr (CHAINS == 2) total = _mm256_add_ps(total, acc[r][j][1]);
-      dots[r][first + j] = hsum(total) + lows;
+      dots[r][first + j] = plus_minimums(total, sm + j * 2 * groups + groups, sums + r * groups, groups);
     }
   }
 }
@@ -768,6 +777,49 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 }
 #endif
 
+// -- a decode pass's decoder layers in one call (the quantized path) -------------------------------------
+// With quantized weights a decode step's layers are small operators; one agent's step spent
+// more in calling them from Python than in their arithmetic outside the matmuls. These run
+// the same operators in the same order as drivers/llama.py's per-layer path (so the results
+// are bitwise that path's), every layer in one call.
+
+// x w^T for a quantized weight: int8 (w (N, K) int8, scale (N,) float32) or, in integer
+// builds, int4 (w (N, K/2) uint8, scale (N, 2 K/32) float16).
+at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  if (w.scalar_type() == at::kChar) return int8_linear(x, w, scale);
+#if LLMOS_INT8_BY_INT16
+  return int4_linear(x, w, scale);
+#else
+  TORCH_CHECK(false, "decode_layers: int4 weights need the integer kernels (AVX2 without AVX-512)");
+#endif
+}
+
+// hidden (B, H), updated in place: for each layer l, attention then MLP with residuals, as
+// LlamaDecoderLayer. norms: 2 a layer (attention's, MLP's); weights: 8 a layer, (weight, scale)
+// of qkv, o, gate_up, down; k_pool, v_pool (layers, N, Hkv, ...) as KVPool holds them; the
+// rest as rope_store and decode take them. The MLP's activation is SiLU.
+void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weights, double eps, const at::Tensor& cos,
+                   const at::Tensor& sin, at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& blocks,
+                   const at::Tensor& offsets, const at::Tensor& table, const at::Tensor& lens, int64_t q_heads,
+                   double scale) {
+  const int64_t layers = static_cast<int64_t>(norms.size()) / 2;
+  TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous(), "decode_layers: hidden is (B, H), contiguous");
+  TORCH_CHECK(static_cast<int64_t>(norms.size()) == 2 * layers && static_cast<int64_t>(weights.size()) == 8 * layers &&
+                  k_pool.dim() == 5 && v_pool.dim() == 5 && k_pool.size(0) == layers && v_pool.size(0) == layers,
+              "decode_layers: 2 norms and 8 weights a layer, and a K/V pool of as many layers");
+  const int64_t batch = hidden.size(0), dim = k_pool.size(3);
+  for (int64_t l = 0; l < layers; ++l) {
+    at::Tensor k = k_pool.select(0, l), v = v_pool.select(0, l);
+    const at::Tensor* w = weights.data() + 8 * l;
+    const at::Tensor qkv = quantized_linear(rms_norm(hidden, norms[2 * l], eps), w[0], w[1]);
+    const at::Tensor q = rope_store(qkv.view({batch, -1, dim}), cos, sin, k, v, blocks, offsets, q_heads);
+    const at::Tensor attended = paged_decode(q, k, v, table, lens, scale);
+    hidden.add_(quantized_linear(attended.view({batch, -1}), w[2], w[3]));
+    const std::vector<at::Tensor> gate_up = quantized_linear(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5]).chunk(2, -1);
+    hidden.add_(quantized_linear(at::silu(gate_up[0]).mul(gate_up[1]).contiguous(), w[6], w[7]));
+  }
+}
+
 // Whether this build multiplies quantized weights in integers (AVX2 without AVX-512): int8
 // through int16 codes, and int4 through `int4_linear`, which only such builds have.
 #if LLMOS_INT8_BY_INT16
@@ -792,6 +844,10 @@ TORCH_LIBRARY(llmos_paged, m) {
   m.impl("int8_linear", c10::DispatchKey::CPU, TORCH_FN(int8_linear));
   m.def("supports(int group, int dim) -> bool", &supports);
   m.def("integer_kernels() -> bool", &integer_kernels);
+  m.def("decode_layers(Tensor(a!) hidden, Tensor[] norms, Tensor[] weights, float eps, Tensor cos, Tensor sin, "
+        "Tensor(b!) k_pool, Tensor(c!) v_pool, Tensor blocks, Tensor offsets, Tensor table, Tensor lens, int q_heads, "
+        "float scale) -> ()");
+  m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));
 #if LLMOS_INT8_BY_INT16
   m.def("int4_linear(Tensor x, Tensor w, Tensor scale_min) -> Tensor");
   m.impl("int4_linear", c10::DispatchKey::CPU, TORCH_FN(int4_linear));

@@ -150,6 +150,12 @@ class QuantizedWeight:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(low, self.data, INT4_GROUP, self.scales).to(x.dtype)
 
     @property
+    def operands(self) -> list[torch.Tensor]:
+        """(weight, scales) as the compiled `int8_linear` / `int4_linear` take them."""
+        assert self._compiled is not None, "only a compiled kernel's weights have operands"
+        return [self.data, self._scales32 if self.kind == "int8" else self.scales]
+
+    @property
     def compiled(self) -> bool:
         """Whether a compiled operator multiplies it (`int8_linear` for int8 where the operators
         build, `int4_linear` for int4 where they multiply in integers)."""
@@ -343,10 +349,9 @@ def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor],
         if not (available(kind) and fits(kind, weight)):
             continue
         made[kind] = quantize(weight, kind)
-        limits[kind], raced = row_limit(made[kind], dense, weight.shape[1], dtype, repeats)
+        # Each kind races the same dense times (measured once a size, kept in times["none"]).
+        limits[kind], raced = row_limit(made[kind], dense, weight.shape[1], dtype, repeats, known=times["none"])
         times[kind] = {rows: small for rows, (_, small) in raced.items()}
-        for rows, (dense_ms, _) in raced.items():
-            times["none"][rows] = min(dense_ms, times["none"].get(rows, dense_ms))
     winners = [kind for kind in limits if limits[kind]]
     if not winners:
         return Choice("none", 0, times)
@@ -381,15 +386,20 @@ class FromMemory:
 
 
 def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],
-              in_features: int, dtype: torch.dtype, repeats: int = 5) -> tuple[int, dict[int, tuple[float, float]]]:
+              in_features: int, dtype: torch.dtype, repeats: int = 5,
+              known: dict[int, float] | None = None) -> tuple[int, dict[int, tuple[float, float]]]:
     """The largest of TRIAL_ROWS up to which `small` beats `dense` by SPEEDUP_NEEDED at every
     trial size (0: not even at one row), and the ms each took, (dense, small) by rows. It
-    stops at the first size it loses: past it the dense matmul serves."""
+    stops at the first size it loses: past it the dense matmul serves. `known`: dense's times
+    by rows, taken from it where there and added to it where not."""
     raced: dict[int, tuple[float, float]] = {}
+    dense_ms = {} if known is None else known
     limit = 0
     for rows in TRIAL_ROWS:
         x = torch.randn(rows, in_features, dtype=dtype)
-        raced[rows] = (_best_ms(lambda: dense(x), repeats), _best_ms(lambda: small(x), repeats))
+        if rows not in dense_ms:
+            dense_ms[rows] = _best_ms(lambda: dense(x), repeats)
+        raced[rows] = (dense_ms[rows], _best_ms(lambda: small(x), repeats))
         if raced[rows][0] < SPEEDUP_NEEDED * raced[rows][1]:
             break
         limit = rows

@@ -1,12 +1,19 @@
-"""The engine's forward-pass pieces that need no model: fused, prepacked projections."""
+"""The engine's forward-pass pieces that need no model: fused, prepacked projections, and
+the decode pass's layers in one compiled call."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from llmos.drivers import paged, quant
+from llmos.drivers.engine import EngineConfig
 from llmos.drivers.llama import Projection, packing_available
+from llmos.kernel.model import GenerationJob, SamplingParams
+from llmos.testing import tiny_engine
 
 
 def _linears(*outputs: int, bias: bool = False, dtype: torch.dtype = torch.float32) -> list[nn.Linear]:
@@ -40,3 +47,26 @@ def test_unpacked_fusion_leaves_one_copy_of_the_weights():
 def test_projections_must_agree_on_biases():
     with pytest.raises(ValueError, match="biases"):
         Projection([nn.Linear(8, 4), nn.Linear(8, 4, bias=False)], pack=False)
+
+
+def greedy_tokens(engine: Any, prompts: list[list[int]], tokens: int = 24) -> list[list[int]]:
+    jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=tokens), prompt_ids=prompt)
+            for i, prompt in enumerate(prompts)]
+    while any(not job.finished for job in jobs):
+        engine.step([job for job in jobs if not job.finished], lambda pieces: None)
+    return [job.token_ids for job in jobs]
+
+
+@pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
+@pytest.mark.parametrize("kind", [kind for kind in ("int8", "int4") if quant.available(kind)])
+def test_decode_passes_through_decode_layers_give_the_per_layer_paths_tokens(kind):
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization=kind))
+    runner = engine.runner  # one engine both ways: its row limits, measured at load, are the same
+    batches = ([[5, 17, 40, 3]], [[5, 17, 40, 3], [9, 8, 7, 6, 5, 4, 3, 2, 1]])
+    runner.stackable = False
+    looped = [greedy_tokens(engine, prompts) for prompts in batches]
+    assert not runner._stacks
+    runner.stackable = True
+    assert [greedy_tokens(engine, prompts) for prompts in batches] == looped
+    # One row is always quantized for a named kind: the one call served those decode passes.
+    assert runner._stacks[1] is not None

@@ -235,3 +235,20 @@ def test_weights_read_back_from_the_cache_start_on_a_64_byte_boundary(kind, tmp_
     odd = torch.zeros(100, dtype=torch.int8)[3:67]
     assert odd.data_ptr() % quant.ALIGNMENT != 0 and quant.aligned(odd).data_ptr() % quant.ALIGNMENT == 0
     assert torch.equal(quant.aligned(odd), odd)
+
+
+def test_dense_times_already_known_are_not_measured_again():
+    calls: list[int] = []
+
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.001)
+        return x
+
+    def dense(x: torch.Tensor) -> torch.Tensor:  # instant: the kernel loses wherever dense is timed
+        calls.append(x.shape[0])
+        return x
+
+    known = {1: 10.0, 2: 10.0}  # ms, as if measured before: far slower than the kernel
+    limit, raced = quant.row_limit(kernel, dense, 16, torch.float32, repeats=1, known=known)
+    assert limit == 2 and raced[1][0] == raced[2][0] == 10.0
+    assert set(calls) == {4} and set(known) == {1, 2, 4}  # timed only at 4 rows, and added
