@@ -432,8 +432,11 @@ def main() -> None:
     baseline = llmos.load_model("smollm2", dtype="float32")
     compute.call(torch.set_num_threads, args.threads)  # OpenMP's thread count is per calling thread; loading resets it
     ns = [1, 4] if args.quick else args.ns
+    quantization = model.driver.engine.runner.quantization.describe()  # measured at load: it varies by machine
+    print(f"llmos: {dtype_name(model)}, quantization {quantization}")
     results: dict[str, Any] = {"machine": at_start, "threads": args.threads, "dtype": dtype_name(model),
-                               "baseline_dtype": dtype_name(baseline), "new_tokens": NEW_TOKENS}
+                               "quantization": quantization, "baseline_dtype": dtype_name(baseline),
+                               "new_tokens": NEW_TOKENS}
     if not args.runs_only:
         results.update(repeat=args.repeat, throughput=throughput(model, baseline, ns, args))
     for name in [] if args.quick else args.runs:

@@ -39,6 +39,7 @@ from llmos.kernel.blocks import BLOCK
 from llmos.drivers.quant import Choice, QuantCache
 
 NO_QUANT = Choice("none", 0, {})
+_NO_SCALE = torch.empty(0)  # decode_layers' mark of a dense weight
 # What "auto" may choose, the fastest measured: both pass bench/quality.py's gate on SmolLM2
 # (perplexity within 5% of the unquantized model's; int4 with its int8 output projection).
 AUTO_KINDS = ("int8", "int4")
@@ -161,6 +162,11 @@ class Projection:
             measured[shape] = quant.row_limit(self.small, self.dense, self.in_features, dtype)[0]
         self.max_rows = max(measured[shape], floor)
 
+    @property
+    def dense_operands(self) -> list[torch.Tensor]:
+        """The dense weight as `decode_layers` takes it: (packed or plain weight, no scale)."""
+        return [self.packed if self.packed is not None else self.weight, _NO_SCALE]
+
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -235,7 +241,7 @@ def choose_quantization(model: Any, wanted: str, pack: bool) -> Choice:
     stand_in.weight = nn.Parameter(weight, requires_grad=False)  # one linear: nothing of the model re-shared
     trial = Projection([stand_in], pack=pack)
     kinds = AUTO_KINDS if wanted == "auto" else (wanted,)
-    measured = quant.measure(weight, trial.dense, kinds, model.dtype)
+    measured = quant.measure(weight, trial.dense, kinds, model.dtype, then=mlp.down_proj.weight.detach())
     if wanted != "auto" and measured.kind == "none":  # asked for: kept for single rows at least
         return Choice(wanted, 1, measured.measured)
     return measured
@@ -345,9 +351,9 @@ class LlamaRunner:
         return self.lm_head(final).float(), spanned
 
     def _stacked_operands(self, shared: _Pass) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The norms and quantized weights `decode_layers` takes for this pass, where it serves
-        it: a decode pass on the compiled path, no adapters, and every layer projection
-        quantized for this many rows without a bias (kept by rows: the tiers are fixed at load)."""
+        """The norms and weights `decode_layers` takes for this pass, where it serves it: a
+        decode pass on the compiled path, no adapters, no biases (kept by rows: which weight
+        serves how many rows is fixed at load)."""
         if not self.stackable or shared.qlen != 1 or shared.lora is not None or shared.lens is None:
             return None
         if shared.bsz not in self._stacks:
@@ -361,9 +367,9 @@ class LlamaRunner:
             norms += [layer.attn_norm, layer.mlp_norm]
             for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
                 weight = projection.quantized_for(rows)
-                if weight is None or projection.bias is not None or not weight.compiled:
+                if projection.bias is not None or (weight is not None and not weight.compiled):
                     return None
-                weights += weight.operands
+                weights += weight.operands if weight is not None else projection.dense_operands
         return norms, weights
 
     def _prepare(self, batch: Batch, hidden: torch.Tensor) -> _Pass:

@@ -9,6 +9,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/silu.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -794,9 +797,24 @@ at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& w, const at::
 #endif
 }
 
+// x w^T for a dense weight: oneDNN-packed, as Projection prepacks it (through PyTorch's mkldnn
+// operator, called boxed: it has no C++ header), or plain.
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& w) {
+  if (!w.is_mkldnn()) return at::linear(x, w);
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack{x, w, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(), std::string("")};
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
+// A layer projection as decode_layers takes it: (weight, scale), scale empty for a dense weight.
+at::Tensor projected(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  return scale.numel() == 0 ? dense_linear(x, w) : quantized_linear(x, w, scale);
+}
+
 // hidden (B, H), updated in place: for each layer l, attention then MLP with residuals, as
 // LlamaDecoderLayer. norms: 2 a layer (attention's, MLP's); weights: 8 a layer, (weight, scale)
-// of qkv, o, gate_up, down; k_pool, v_pool (layers, N, Hkv, ...) as KVPool holds them; the
+// of qkv, o, gate_up, down, each quantized or dense (`projected`); k_pool, v_pool (layers, N, Hkv, ...) as KVPool holds them; the
 // rest as rope_store and decode take them. The MLP's activation is SiLU.
 void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weights, double eps, const at::Tensor& cos,
                    const at::Tensor& sin, at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& blocks,
@@ -811,12 +829,12 @@ void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weig
   for (int64_t l = 0; l < layers; ++l) {
     at::Tensor k = k_pool.select(0, l), v = v_pool.select(0, l);
     const at::Tensor* w = weights.data() + 8 * l;
-    const at::Tensor qkv = quantized_linear(rms_norm(hidden, norms[2 * l], eps), w[0], w[1]);
+    const at::Tensor qkv = projected(rms_norm(hidden, norms[2 * l], eps), w[0], w[1]);
     const at::Tensor q = rope_store(qkv.view({batch, -1, dim}), cos, sin, k, v, blocks, offsets, q_heads);
     const at::Tensor attended = paged_decode(q, k, v, table, lens, scale);
-    hidden.add_(quantized_linear(attended.view({batch, -1}), w[2], w[3]));
-    const std::vector<at::Tensor> gate_up = quantized_linear(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5]).chunk(2, -1);
-    hidden.add_(quantized_linear(at::silu(gate_up[0]).mul(gate_up[1]).contiguous(), w[6], w[7]));
+    hidden.add_(projected(attended.view({batch, -1}), w[2], w[3]));
+    const std::vector<at::Tensor> gate_up = projected(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5]).chunk(2, -1);
+    hidden.add_(projected(at::silu(gate_up[0]).mul(gate_up[1]).contiguous(), w[6], w[7]));
   }
 }
 
@@ -848,6 +866,7 @@ TORCH_LIBRARY(llmos_paged, m) {
         "Tensor(b!) k_pool, Tensor(c!) v_pool, Tensor blocks, Tensor offsets, Tensor table, Tensor lens, int q_heads, "
         "float scale) -> ()");
   m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));
+  m.impl("decode_layers", c10::DispatchKey::MkldnnCPU, TORCH_FN(decode_layers));  // oneDNN-packed weights among them
 #if LLMOS_INT8_BY_INT16
   m.def("int4_linear(Tensor x, Tensor w, Tensor scale_min) -> Tensor");
   m.impl("int4_linear", c10::DispatchKey::CPU, TORCH_FN(int4_linear));

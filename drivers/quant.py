@@ -150,6 +150,10 @@ class QuantizedWeight:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(low, self.data, INT4_GROUP, self.scales).to(x.dtype)
 
     @property
+    def in_features(self) -> int:
+        return self.data.shape[1] * (2 if self.kind == "int4" else 1)  # int4 packs two codes a byte
+
+    @property
     def operands(self) -> list[torch.Tensor]:
         """(weight, scales) as the compiled `int8_linear` / `int4_linear` take them."""
         assert self._compiled is not None, "only a compiled kernel's weights have operands"
@@ -337,11 +341,12 @@ class Choice:
 
 
 def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor], kinds: tuple[str, ...],
-            dtype: torch.dtype, repeats: int = 5) -> Choice:
-    """The fastest of `kinds` against `dense` on `weight` (the model's largest projection) at
-    one row, among those that beat dense there by SPEEDUP_NEEDED, and its `row_limit`. Where
-    another of them beats dense up to more rows, that one is the choice and the fastest serves
-    only the batches it beats it at (`Choice.few`)."""
+            dtype: torch.dtype, repeats: int = 5, then: torch.Tensor | None = None) -> Choice:
+    """Of `kinds`, the one that beats `dense` on `weight` (the model's largest projection, the
+    MLP's gate and up) by SPEEDUP_NEEDED up to the most rows (`row_limit`; a tie: the faster
+    there). Another that beats it at the smallest batches serves those (`Choice.few`): raced
+    with weights from memory, as a decode step reads them, through `weight` and `then` (the
+    MLP's down projection, taking the first of its outputs) as one MLP pass does."""
     times: dict[str, dict[int, float]] = {"none": {}}
     limits: dict[str, int] = {}
     made: dict[str, QuantizedWeight] = {}
@@ -355,9 +360,12 @@ def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor],
     winners = [kind for kind in limits if limits[kind]]
     if not winners:
         return Choice("none", 0, times)
-    widest = max(winners, key=lambda kind: (limits[kind], -times[kind][1]))
+    widest = max(winners, key=lambda kind: (limits[kind], -times[kind][limits[kind]]))  # a tie: the faster there
     for other in sorted(set(winners) - {widest}, key=lambda kind: times[kind][1]):
-        few_rows, raced = row_limit(FromMemory(made[other]), FromMemory(made[widest]), weight.shape[1], dtype, repeats)
+        chains = {kind: [made[kind]] + ([quantize(then, kind)] if then is not None and fits(kind, then) else [])
+                  for kind in (other, widest)}
+        few_rows, raced = row_limit(FromMemory(chains[other]), FromMemory(chains[widest]), weight.shape[1], dtype,
+                                    repeats)
         times[f"{other} from memory"] = {rows: mine for rows, (_, mine) in raced.items()}
         times[f"{widest} from memory"] = {rows: theirs for rows, (theirs, _) in raced.items()}
         if few_rows:
@@ -369,49 +377,60 @@ COLD_BYTES = 96 << 20  # more than a server CPU's last-level cache (this Zen 3's
 
 
 class FromMemory:
-    """`weight`'s product, each call on the next of enough copies of it to fill COLD_BYTES,
-    so that its weights come from DRAM as a decode step's do (the trial's other calls leave
-    a lone copy in cache, where a kernel that reads fewer bytes but spends more instructions
-    a weight, like int4's, looks slower than it is)."""
+    """The product of a chain of weights (each takes the first of the previous one's outputs),
+    each call on the next of enough copies of them to fill COLD_BYTES, so that the weights come
+    from DRAM as a decode step's do (the trial's other calls leave a lone copy in cache, where
+    a kernel that reads fewer bytes but spends more instructions a weight, like int4's, looks
+    slower than it is)."""
 
-    def __init__(self, weight: QuantizedWeight) -> None:
-        count = -(-COLD_BYTES // max(weight.nbytes, 1))
-        self.copies = [QuantizedWeight(weight.kind, weight.out_features, weight.data.clone(), weight.scales.clone())
+    def __init__(self, chain: list[QuantizedWeight]) -> None:
+        count = -(-COLD_BYTES // max(sum(w.nbytes for w in chain), 1))
+        self.copies = [[QuantizedWeight(w.kind, w.out_features, w.data.clone(), w.scales.clone()) for w in chain]
                        for _ in range(count)]
         self._turn = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self._turn = (self._turn + 1) % len(self.copies)
-        return self.copies[self._turn](x)
+        for weight in self.copies[self._turn]:
+            x = weight(x[:, : weight.in_features].contiguous())
+        return x
 
 
 def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],
               in_features: int, dtype: torch.dtype, repeats: int = 5,
               known: dict[int, float] | None = None) -> tuple[int, dict[int, tuple[float, float]]]:
-    """The largest of TRIAL_ROWS up to which `small` beats `dense` by SPEEDUP_NEEDED at every
-    trial size (0: not even at one row), and the ms each took, (dense, small) by rows. It
-    stops at the first size it loses: past it the dense matmul serves. `known`: dense's times
-    by rows, taken from it where there and added to it where not."""
+    """The largest of TRIAL_ROWS at which `small` beats `dense` by SPEEDUP_NEEDED before it
+    loses at two sizes in a row (0: none), and the ms each took, (dense, small) by rows: past
+    it the dense matmul serves. Both grow with the rows, so a lone loss between wins is the
+    host's noise (on a shared 2-core host one at 8 rows capped int8 at 4, and 16 agents went
+    dense). `known`: dense's times by rows, taken from it where there and added to it where not."""
     raced: dict[int, tuple[float, float]] = {}
     dense_ms = {} if known is None else known
-    limit = 0
+    limit, losses = 0, 0
     for rows in TRIAL_ROWS:
         x = torch.randn(rows, in_features, dtype=dtype)
-        if rows not in dense_ms:
-            dense_ms[rows] = _best_ms(lambda: dense(x), repeats)
-        raced[rows] = (dense_ms[rows], _best_ms(lambda: small(x), repeats))
-        if raced[rows][0] < SPEEDUP_NEEDED * raced[rows][1]:
+        fns = [lambda: small(x)] if rows in dense_ms else [lambda: small(x), lambda: dense(x)]
+        best = _best_ms(fns, repeats)
+        dense_ms.setdefault(rows, best[-1])
+        raced[rows] = (dense_ms[rows], best[0])
+        won = raced[rows][0] >= SPEEDUP_NEEDED * raced[rows][1]
+        losses = 0 if won else losses + 1
+        if losses == 2 or (losses and rows == TRIAL_ROWS[0]):  # at one row a loss is the answer
             break
-        limit = rows
+        limit = rows if won else limit
     return limit, raced
 
 
-def _best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
+def _best_ms(fns: list[Callable[[], torch.Tensor]], repeats: int) -> list[float]:
+    """Each of `fns`' best time in ms over `repeats` calls, taken in turns: on a shared host a
+    noisy spell then falls on all of them, not on whichever ran during it."""
+    best = [float("inf")] * len(fns)
     with torch.inference_mode():
-        fn()  # warm: first calls allocate
-        best = float("inf")
+        for fn in fns:
+            fn()  # warm: first calls allocate
         for _ in range(repeats):
-            began = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - began)
-    return best * 1000
+            for i, fn in enumerate(fns):
+                began = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - began)
+    return [b * 1000 for b in best]

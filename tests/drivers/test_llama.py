@@ -70,3 +70,19 @@ def test_decode_passes_through_decode_layers_give_the_per_layer_paths_tokens(kin
     assert [greedy_tokens(engine, prompts) for prompts in batches] == looped
     # One row is always quantized for a named kind: the one call served those decode passes.
     assert runner._stacks[1] is not None
+
+
+@pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
+def test_decode_layers_take_dense_weights_where_the_quantized_ones_do_not_serve_the_rows():
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization="int8"))
+    runner = engine.runner
+    for layer in runner.layers:  # one row quantized, two or more dense
+        for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
+            projection.max_rows, projection.few = 1, None
+    prompts = [[5, 17, 40, 3], [9, 8, 7, 6, 5, 4, 3, 2, 1], [1, 2, 3]]
+    runner.stackable = False
+    looped = greedy_tokens(engine, prompts)
+    runner.stackable = True
+    assert greedy_tokens(engine, prompts) == looped
+    weights = runner._stacks[3][1]
+    assert all(scale.numel() == 0 for scale in weights[1::2])  # three rows: every projection dense
