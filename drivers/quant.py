@@ -19,7 +19,9 @@ arithmetic, where the dense oneDNN matmul is strong. So a quantized projection k
 it the dense one the engine already has, and serves itself only batches of up to `max_rows`
 rows, measured at load for each weight shape (`measure`, `row_limit`: on a 2-core Zen 3 the
 integer int8 kernel beats dense up to 16-64 rows, the float one on AVX-512 up to a few);
-prefills and larger batches go dense. Which is fastest where is measured, not assumed.
+prefills and larger batches go dense. A second kind may serve the smallest batches before
+it (`Choice.few`): on the Zen 3, int4 for one or two rows, where its fewer bytes from memory
+beat int8's fewer instructions. Which is fastest where is measured, not assumed.
 """
 
 from __future__ import annotations
