@@ -23,6 +23,8 @@ UNSUPPORTED = "unsupported"
 REMOTE = "remote"
 # The layers whose state the generic path (drivers/generic.py) keeps: K/V in the paged pool.
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Settings only a model with recurrent (state-space) layers has, as prefixes of config keys.
+RECURRENT_SETTINGS = ("mamba_", "ssm_")
 
 TEMPLATE_LINES = 8
 
@@ -75,6 +77,9 @@ def generic_refusal(config: Mapping[str, Any]) -> str | None:
     others = sorted(set(setting("layer_types") or ()) - set(ATTENTION_LAYER_TYPES))
     if others:
         return f"its {', '.join(others)} layers keep state that is not K/V"
+    hybrid = sorted(key for key in {**text, **config} if key.startswith(RECURRENT_SETTINGS))
+    if hybrid:  # Jamba and its kin name no layer types: their Mamba settings say it
+        return f"it has recurrent layers beside attention ({', '.join(hybrid[:3])}...), whose state is not K/V"
     if setting("use_bidirectional_attention") or setting("is_causal") is False:
         return "its attention is bidirectional, not causal"
     return None

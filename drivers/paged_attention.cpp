@@ -814,8 +814,9 @@ at::Tensor projected(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 // hidden (B, H), updated in place: for each layer l, attention then MLP with residuals, as
 // LlamaDecoderLayer. norms: 2 a layer (attention's, MLP's); weights: 8 a layer, (weight, scale)
-// of qkv, o, gate_up, down, each quantized or dense (`projected`); k_pool, v_pool (layers, N, Hkv, ...) as KVPool holds them; the
-// rest as rope_store and decode take them. The MLP's activation is SiLU.
+// of qkv, o, gate_up, down, each quantized or dense (`projected`); k_pool, v_pool (layers, N,
+// Hkv, ...) as KVPool holds them; the rest as rope_store and decode take them. The MLP's
+// activation is SiLU.
 void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weights, double eps, const at::Tensor& cos,
                    const at::Tensor& sin, at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& blocks,
                    const at::Tensor& offsets, const at::Tensor& table, const at::Tensor& lens, int64_t q_heads,

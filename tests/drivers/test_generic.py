@@ -16,7 +16,8 @@ import transformers
 
 from llmos import pull
 from llmos.drivers.engine import Engine, EngineConfig
-from llmos.drivers.generic import GenericRunner
+from llmos.drivers.generic import GenericRunner, PagedCache, RecurrentState
+from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.llama import LlamaRunner
 from llmos.kernel.blocks import BLOCK
 from llmos.kernel.errors import ConfigError
@@ -211,13 +212,20 @@ def test_a_recurrent_model_is_refused_when_the_engine_is_built():
         engine_on(mamba)
 
 
-def test_a_hybrid_model_is_refused_at_its_first_pass():
-    """Jamba's config names no layer types; its Mamba layers ask the cache for a state it does not keep."""
+def test_a_hybrid_model_is_refused_when_its_runner_is_built():
+    """Jamba's config names no layer types, but its Mamba settings say it keeps recurrent state.
+    (It used to be refused at its first pass, when its Mamba layers asked the cache for that
+    state; transformers 5.25's Jamba no longer asks, and failed on a shape instead.)"""
     config = transformers.JambaConfig(**SMALL, **LAYERS, attn_layer_period=2, attn_layer_offset=1,
                                       expert_layer_period=2, num_experts=2)
-    engine = engine_on(build(transformers.JambaForCausalLM, config))
-    with pytest.raises(RuntimeError, match="cannot run JambaForCausalLM: the model has layers with a recurrent"):
-        engine.step([_job(1, _prompt(5, seed=1), max_tokens=2)], lambda pieces: None)
+    with pytest.raises(ValueError, match="cannot run JambaForCausalLM: it has recurrent layers beside attention"):
+        engine_on(build(transformers.JambaForCausalLM, config))
+
+
+def test_a_cache_asked_for_recurrent_state_refuses_it():
+    cache = PagedCache(KVPool(1, 4, 1, 8, torch.float32, "cpu"), None, [False])  # type: ignore[arg-type]
+    with pytest.raises(RecurrentState, match="recurrent state"):
+        cache.get_conv_state(0)
 
 
 # -- the real Gemma 3 270M (when it is installed) -------------------------------------------------------------
