@@ -60,6 +60,9 @@ class DbosDurability:
         self.kernels = Kernels(url, self.executor_id)
         self.running: dict[str, Process] = {}  # durable id -> its process, for the runs this kernel hosts
         self.resumed: list[str] = []  # durable ids this kernel took over from dead kernels
+        # The reason a cancel gave, for whichever kill comes first: its own, or _stop_cancelled's
+        # once the workflow reads CANCELLED (that poll raced the cancel and won at times).
+        self.cancel_reasons: dict[str, str] = {}
         self._started: dict[str, anyio.Event] = {}  # spawns waiting for their process to start here
         self._handed: dict[str, Process | None] = {}  # ... and what started (None: the app did not load)
         self._load_error: dict[str, str] = {}  # why a run's process could not start
@@ -177,7 +180,7 @@ class DbosDurability:
         for workflow in cancelled:
             proc = self.running.get(workflow.workflow_id)
             if proc is not None:
-                self.kernel.kill(proc.pid, "cancelled")
+                self.kernel.kill(proc.pid, self.cancel_reasons.get(workflow.workflow_id, "cancelled"))
 
     # -- starting and hosting -------------------------------------------------------------------
     async def spawn(self, spec: DurableSpec, parent: Process | None) -> ProcessInfo:
@@ -375,6 +378,7 @@ class DbosDurability:
             raise InvalidState(f"durable process {durable_id} has ended ({info.state.value})")
         ids = [workflow.workflow_id for workflow in await self._workflows(durable_id)]
         engine.CANCELLED.update(ids)
+        self.cancel_reasons[durable_id] = reason
         await isolated(lambda: DBOS.cancel_workflows_async(ids))
         proc = self.running.get(durable_id)
         if proc is not None:
