@@ -406,12 +406,13 @@ inline __m256i widen_i8(const int8_t* p) {
   return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-inline float sum_lanes(__m256i v) {
-  const __m256 f = _mm256_cvtepi32_ps(v);
-  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+inline float hsum(__m256 v) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
   return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
+
+inline float sum_lanes(__m256i v) { return hsum(_mm256_cvtepi32_ps(v)); }
 
 // MB rows of codes (stride k) against TN weight rows from w, into dots[r][first + j]. One
 // accumulator per pair, as in the float kernel.
@@ -532,12 +533,6 @@ inline void halves_to_floats(const uint16_t* h, int64_t count, float* out) {
   for (; i + 8 <= count; i += 8)
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
   for (; i < count; ++i) out[i] = _cvtsh_ss(h[i]);
-}
-
-inline float hsum(__m256 v) {
-  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
 
 // The lanes of acc summed, plus sum(minimum[g] * sums[g]) over a row's float16 minimums: in
