@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, NoReturn, Optional, TypeVar
 
 import anyio
 import typer
@@ -23,7 +23,7 @@ from llmos.syscalls import ModelCard, ModelRow, SyscallError
 
 T = TypeVar("T")
 
-app = typer.Typer(help="The model library: list, show, import, create, cp, rm, default, add, pull. "
+app = typer.Typer(help="The model library: list, show, import, create, cp, rm, default, add, pull, measure. "
                   "With no subcommand: list.", invoke_without_command=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -34,10 +34,14 @@ def _guard(action: Callable[[], T]) -> T:
     try:
         return action()
     except (llmos.ConfigError, SyscallError, ClientError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         if os.environ.get("LLMOS_DEBUG"):
             raise
-        raise typer.Exit(1) from None
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(1)
 
 
 def _say(message: str) -> None:
@@ -115,6 +119,28 @@ def show_cmd(ctx: typer.Context,
 
 def _params(params: dict[str, object]) -> str | None:
     return "\n".join(f"{key} = {value!r}" for key, value in params.items()) or None
+
+
+@app.command("measure")
+def measure_cmd(name: Annotated[str, typer.Argument(help="A model (llmos models list).")],
+                quant: Annotated[str, typer.Option("--quant", help="auto (the fastest kind), int8 or int4 "
+                                                   "(its row limits).")] = "auto",
+                dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or auto "
+                                                             "(default: LLMOS_DTYPE, else the CPU's).")] = None
+                ) -> None:
+    """Time the quantized kernels against dense again for NAME on this machine (in this
+    process, with no other work running) and keep what wins: a load otherwise takes what the
+    first load here measured (`llmos models show` lists it)."""
+    from llmos.drivers.model_info import forget_quantizations  # (no torch)
+
+    folder = _guard(lambda: library_listing.weights_folder(name))
+    if folder is None:
+        _fail(f"{name} has no weights here to quantize (a remote model)")
+    forgotten = forget_quantizations(folder)
+    model = _guard(lambda: llmos.load_model(name, dtype=dtype, quant=quant))  # type: ignore[arg-type]
+    engine_runner = getattr(getattr(model.driver, "engine", None), "runner", None)
+    chosen = engine_runner.quantization.describe() if engine_runner is not None else "none (not on the llmos engine)"
+    _say(f"{name} ({quant}): {chosen}" + (f"; {forgotten} earlier choice(s) forgotten" if forgotten else ""))
 
 
 @app.command("import")

@@ -66,11 +66,22 @@ def _on_asyncio() -> bool:
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags, from /proc/cpuinfo (empty where there is none)."""
+    return set(_cpuinfo_field("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo ("" where there is none)."""
+    return _cpuinfo_field("model name")
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first value of `name` in /proc/cpuinfo, "" where there is none."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return ""

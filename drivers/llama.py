@@ -36,7 +36,8 @@ from llmos.drivers import paged, quant
 from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.lora import AdapterSet, Selection
 from llmos.kernel.blocks import BLOCK
-from llmos.drivers.quant import Choice, QuantCache
+from llmos.drivers.quant import Choice
+from llmos.drivers.quant_cache import MeasuredChoice, QuantCache, Shape
 
 NO_QUANT = Choice("none", 0, {})
 _NO_SCALE = torch.empty(0)  # decode_layers' mark of a dense weight
@@ -159,8 +160,16 @@ class Projection:
             return
         shape = (self.small.kind, self.small.out_features, self.in_features)
         if shape not in measured:
-            measured[shape] = quant.row_limit(self.small, self.dense, self.in_features, dtype)[0]
+            small = quant.FromMemory(lambda: [quant.quantized_link(self.small)])  # type: ignore[arg-type]
+            measured[shape] = quant.row_limit(small, quant.FromMemory(self._dense_link), self.in_features, dtype)[0]
         self.max_rows = max(measured[shape], floor)
+
+    def _dense_link(self) -> list[quant.Link]:
+        """A copy of the dense weight (memory of its own), as a trial chain of one matmul."""
+        dense = self.packed if self.packed is not None else self.weight
+        assert dense is not None
+        matmul = _packed_matmul(dense.clone()) if self.packed is not None else _dense_matmul(dense.clone(), pack=False)
+        return [quant.Link(matmul, self.in_features, dense.shape[0] * self.in_features * dense.element_size())]
 
     @property
     def dense_operands(self) -> list[torch.Tensor]:
@@ -177,6 +186,17 @@ class Projection:
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], weight.out_features)
+
+
+def _dense_matmul(weight: torch.Tensor, pack: bool) -> quant.Matmul:
+    """x W^T as the engine runs it (prepacked for oneDNN where `pack`), without a bias."""
+    if pack:
+        return _packed_matmul(torch.ops.mkldnn._reorder_linear_weight(weight))
+    return lambda x: F.linear(x, weight)
+
+
+def _packed_matmul(packed: torch.Tensor) -> quant.Matmul:
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 def _quantized_weight(weight: torch.Tensor, kind: str, rows: int, caches: Mapping[str, QuantCache] | None,
@@ -228,20 +248,26 @@ def _model_folder(model: Any) -> Path | None:
     return Path(name) if name and Path(name).is_dir() else None
 
 
-def choose_quantization(model: Any, wanted: str, pack: bool) -> Choice:
-    """What `wanted` ("none", "int8", "int4" or "auto") means for `model` here: "auto" times
-    the kinds in AUTO_KINDS against dense on the model's largest per-layer projection (the
-    MLP's) and takes the fastest that wins at one row; a named kind is measured the same way
-    for its row limit, and kept (at one row) even if it does not win. Only on the CPU."""
-    if wanted == "none" or not str(model.device).startswith("cpu"):
+def quantizes(model: Any, wanted: str) -> bool:
+    """Whether `wanted` quantizes `model` at all: only on the CPU."""
+    return wanted != "none" and str(model.device).startswith("cpu")
+
+
+def choose_quantization(model: Any, wanted: str, pack: bool, kept: MeasuredChoice | None = None) -> Choice:
+    """What `wanted` ("none", "int8", "int4" or "auto") means for `model` here: "auto" races
+    the kinds in AUTO_KINDS against dense through the model's MLP (`quant.measure`) and takes
+    the one that wins up to the most rows (and another for the fewest, where it beats that);
+    a named kind is measured the same way for its row limit, and kept (at one row) even if it
+    does not win. Only on the CPU. What `kept` holds from an earlier load is taken as it is."""
+    if not quantizes(model, wanted):
         return NO_QUANT
+    if kept is not None and kept.choice is not None:
+        return kept.choice
     mlp = model.model.layers[0].mlp
-    weight = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])
-    stand_in = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
-    stand_in.weight = nn.Parameter(weight, requires_grad=False)  # one linear: nothing of the model re-shared
-    trial = Projection([stand_in], pack=pack)
+    gate_up = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])
     kinds = AUTO_KINDS if wanted == "auto" else (wanted,)
-    measured = quant.measure(weight, trial.dense, kinds, model.dtype, then=mlp.down_proj.weight.detach())
+    measured = quant.measure([gate_up, mlp.down_proj.weight.detach()], lambda w: _dense_matmul(w, pack), kinds,
+                             model.dtype)
     if wanted != "auto" and measured.kind == "none":  # asked for: kept for single rows at least
         return Choice(wanted, 1, measured.measured)
     return measured
@@ -267,12 +293,17 @@ class LlamaRunner:
         self.scale = self.head_dim**-0.5
         self.eps = cfg.rms_norm_eps
         self.packed = packing_available(str(model.device), model.dtype)
-        self.quantization = choose_quantization(model, quantization, self.packed)
+        kept = (MeasuredChoice(_model_folder(model), quantization, model.dtype, self.packed)
+                if quantizes(model, quantization) else None)
+        self.quantization = choose_quantization(model, quantization, self.packed, kept)
         caches = {kind: QuantCache(_model_folder(model), kind, model.dtype) for kind in
                   {self.quantization.kind, self.quantization.few, _for_lm_head(self.quantization).kind} - {"none"}}
         self.layers = [_gather_layer(layer, self.packed, self.quantization, caches, i)
                        for i, layer in enumerate(model.model.layers)]
-        self._limit_rows(model.dtype, floor=0 if quantization == "auto" else 1)
+        limits = self._limit_rows(model.dtype, floor=0 if quantization == "auto" else 1,
+                                  kept=kept.limits if kept is not None else {})
+        if kept is not None:
+            kept.save(self.quantization, limits)
         head = _for_lm_head(self.quantization)
         self.lm_head = Projection([model.lm_head], pack=self.packed, choice=head, caches=caches, name="lm_head")
         for cache in caches.values():
@@ -299,20 +330,22 @@ class LlamaRunner:
 
             self.flash_decode = flash_attn_with_kvcache
 
-    def _limit_rows(self, dtype: torch.dtype, floor: int) -> None:
+    def _limit_rows(self, dtype: torch.dtype, floor: int, kept: Mapping[Shape, int]) -> dict[Shape, int]:
         """Each layer projection's own row limit: how far the int8 kernel leads oneDNN's float32
         differs by shape (on a 2-core Zen 3 at 64 rows it won on some shapes and lost on
         others). The MLP's was measured choosing the kind (self.quantization.max_rows); the
         lm_head keeps it, not measured again (~0.5 s of a load): in microbenchmarks its lead
         was about the MLP's or larger up to 32 rows, its weights (the vocabulary's) coming
-        from memory."""
+        from memory. A shape `kept` from an earlier load is not measured again. Returns the
+        limits by shape."""
         mlp = self.layers[0].gate_up if self.layers else None
-        measured: dict[tuple[str, int, int], int] = {}
+        measured: dict[Shape, int] = dict(kept)
         if mlp is not None and mlp.small is not None:
             measured[(mlp.small.kind, mlp.small.out_features, mlp.in_features)] = self.quantization.max_rows
         for layer in self.layers:
             for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
                 projection.limit_rows(measured, dtype, floor)
+        return measured
 
     def _adapter_set(self, cfg: Any, device: str) -> AdapterSet:
         hidden, inner = cfg.hidden_size, cfg.intermediate_size

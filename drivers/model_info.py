@@ -27,6 +27,10 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 RECURRENT_SETTINGS = ("mamba_", "ssm_")
 
 TEMPLATE_LINES = 8
+# Beside a model's weights, what quantizing it made and measured (drivers/quant_cache.py,
+# which imports torch: the names are here so that `llmos models` reads them without it).
+QUANT_FOLDER = "llmos-quant"
+CHOICE_PREFIX = "choice-"  # CHOICE_PREFIX + "REQUEST-DTYPE-...json": what measuring chose
 
 # Markers of the tool-call formats chat templates render, and the format's name.
 TOOL_FORMATS = (
@@ -185,3 +189,28 @@ def tool_format(template: str | None) -> str | None:
 
 def has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+
+
+def kept_quantizations(folder: Path) -> list[tuple[str, str]]:
+    """What measuring chose for the model in `folder` on this machine and was kept, as
+    ("auto, float32", "int4 up to 2 rows, then int8 (decode batches up to 16 rows)") by
+    request and dtype; a file that cannot be read is left out."""
+    kept = []
+    for path in sorted((folder / QUANT_FOLDER).glob(f"{CHOICE_PREFIX}*.json")):
+        request, dtype = path.stem.removeprefix(CHOICE_PREFIX).split("-")[:2]
+        try:
+            described = json.loads(path.read_text()).get("described")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(described, str):
+            kept.append((f"{request}, {dtype}", described))
+    return kept
+
+
+def forget_quantizations(folder: Path) -> int:
+    """Remove what measuring chose for the model in `folder` (the next load measures again);
+    how many choices were kept."""
+    kept = list((folder / QUANT_FOLDER).glob(f"{CHOICE_PREFIX}*.json"))
+    for path in kept:
+        path.unlink(missing_ok=True)
+    return len(kept)

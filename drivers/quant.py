@@ -26,26 +26,18 @@ beat int8's fewer instructions. Which is fastest where is measured, not assumed.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from llmos.drivers import paged
-from llmos.drivers.compute import cpu_flags
 from llmos.kernel.errors import ConfigError
 
-log = logging.getLogger(__name__)
-CACHE_FOLDER = "llmos-quant"  # beside a model's weights: its quantized weights, made once
 
 QUANTS = ("none", "int8", "int4")
 INT4_GROUP = 32  # weights sharing one scale and zero point
@@ -53,6 +45,10 @@ INT4_INNER_TILES = 1  # the CPU kernel's packing parameter (its only supported v
 QUANT_ENV = "LLMOS_QUANT"  # none | int8 | int4 | auto (the default: measured)
 TRIAL_ROWS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes the measurement tries, smallest first
 SPEEDUP_NEEDED = 1.15  # a kernel must beat dense by this much at a batch size to take it
+# Timed calls of each kernel at each size, best taken. A choice is measured once on a machine
+# and kept (drivers/quant_cache.py), so it can afford care: with 5 on a shared 2-core host,
+# three loads in a row chose three ways.
+REPEATS = 15
 
 
 _requested: ContextVar[str | None] = ContextVar("llmos_requested_quantization", default=None)
@@ -249,80 +245,6 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     return torch.stack([low_byte, high_byte], dim=-1).reshape(n, -1).contiguous()
 
 
-class QuantCache:
-    """A model's quantized weights on disk (MODEL/llmos-quant/KEY.safetensors), so a load
-    does not quantize them again (0.6 s of a cold start for SmolLM2 in int4). KEY names the
-    kind, the source dtype, PyTorch's version, the CPU's vector width (which the packed int4
-    layout may depend on), and the model's weight files (size and time: weights replaced in
-    place are quantized again). A folder that cannot be written is only not cached."""
-
-    def __init__(self, model_folder: Path | None, kind: str, dtype: torch.dtype) -> None:
-        self.kind = kind
-        self.path = (None if model_folder is None else
-                     model_folder / CACHE_FOLDER / f"{_cache_key(kind, dtype, model_folder)}.safetensors")
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.made = 0  # weights quantized now rather than read
-        if self.path is not None and self.path.is_file():
-            try:
-                self.tensors = load_file(str(self.path))
-            except Exception as exc:  # noqa: BLE001 - a damaged cache is made again, never fatal
-                log.warning("%s: unreadable (%s); quantizing again", self.path, exc)
-
-    def weight(self, name: str, weight: torch.Tensor) -> QuantizedWeight:
-        data, scales = self.tensors.get(f"{name}.data"), self.tensors.get(f"{name}.scales")
-        if data is not None and scales is not None and _shape_fits(self.kind, data, scales, weight):
-            return QuantizedWeight(self.kind, weight.shape[0], data, scales)
-        made = quantize(weight, self.kind)
-        self.tensors[f"{name}.data"], self.tensors[f"{name}.scales"] = made.data, made.scales
-        self.made += 1
-        return made
-
-    def _drop_stale(self) -> None:
-        assert self.path is not None
-        for old in _stale(self.path):
-            old.unlink(missing_ok=True)
-
-    def save(self) -> None:
-        """Write what was made now (atomically: a crash leaves the old file or none)."""
-        if self.path is None or not self.made:
-            return
-        try:
-            self.path.parent.mkdir(exist_ok=True)
-            handle, partial = tempfile.mkstemp(dir=self.path.parent, suffix=".partial")  # two loads at once: two files
-            os.close(handle)
-            try:
-                save_file({k: v.contiguous() for k, v in self.tensors.items()}, partial)
-                os.replace(partial, self.path)
-            finally:
-                Path(partial).unlink(missing_ok=True)
-            self._drop_stale()
-        except OSError as exc:
-            log.info("quantized weights not cached in %s: %s", self.path.parent, exc)
-
-
-def _stale(path: Path) -> list[Path]:
-    """Other caches of the same kind and dtype beside `path`: made for other weights, a torch
-    or a CPU no longer in use."""
-    kind_and_dtype = "-".join(path.stem.split("-")[:2]) + "-"
-    return [f for f in path.parent.glob(f"{kind_and_dtype}*.safetensors") if f != path]
-
-
-def _cache_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
-    width = "avx512" if "avx512f" in cpu_flags() else "avx2"
-    if kind == "int4" and compiled_int4():
-        width += "-minimum"  # `pack_int4`'s layout, not PyTorch's
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_folder.glob("*.safetensors"))
-    weights = hashlib.sha256(repr(files).encode()).hexdigest()[:12]
-    return f"{kind}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__.split('+')[0]}-{width}-{weights}"
-
-
-def _shape_fits(kind: str, data: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> bool:
-    n, k = weight.shape
-    if kind == "int4" and compiled_int4() and scales.shape != (n, 2 * k // INT4_GROUP):
-        return False
-    return data.shape[0] == n and data.shape[1] == (k if kind == "int8" else k // 2)
-
-
 @dataclass(frozen=True)
 class Choice:
     """A quantization for a model's decode steps, and up to how many rows it serves."""
@@ -342,34 +264,37 @@ class Choice:
         return f"{first}{self.kind} (decode batches up to {self.max_rows} rows)"
 
 
-def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor], kinds: tuple[str, ...],
-            dtype: torch.dtype, repeats: int = 5, then: torch.Tensor | None = None) -> Choice:
-    """Of `kinds`, the one that beats `dense` on `weight` (the model's largest projection, the
-    MLP's gate and up) by SPEEDUP_NEEDED up to the most rows (`row_limit`; a tie: the faster
-    there). Another that beats it at the smallest batches serves those (`Choice.few`): raced
-    with weights from memory, as a decode step reads them, through `weight` and `then` (the
-    MLP's down projection, taking the first of its outputs) as one MLP pass does."""
+Matmul = Callable[[torch.Tensor], torch.Tensor]
+
+
+def measure(chain: list[torch.Tensor], dense_of: Callable[[torch.Tensor], Matmul], kinds: tuple[str, ...],
+            dtype: torch.dtype, repeats: int = REPEATS) -> Choice:
+    """Of `kinds`, the one that beats the dense matmul by SPEEDUP_NEEDED up to the most rows
+    (`row_limit`; a tie: the faster there), and another that beats that one at the smallest
+    batches for those (`Choice.few`). Each is raced through `chain` (the model's MLP: gate and
+    up, then down, each taking the first of the previous one's outputs) with weights from
+    memory, as a decode step reads them (`FromMemory`); `dense_of(weight)` is the dense matmul
+    the engine would run. `chain[0]` decides which kinds fit."""
     times: dict[str, dict[int, float]] = {"none": {}}
     limits: dict[str, int] = {}
-    made: dict[str, QuantizedWeight] = {}
+    racers: dict[str, FromMemory] = {}
+    dense = FromMemory(lambda: [dense_link(w, dense_of) for w in chain])
     for kind in kinds:
-        if not (available(kind) and fits(kind, weight)):
+        if not (available(kind) and fits(kind, chain[0])):
             continue
-        made[kind] = quantize(weight, kind)
+        made = [quantize(w, kind) for w in chain if fits(kind, w)]
+        racers[kind] = FromMemory(lambda made=made: [quantized_link(w) for w in made])
         # Each kind races the same dense times (measured once a size, kept in times["none"]).
-        limits[kind], raced = row_limit(made[kind], dense, weight.shape[1], dtype, repeats, known=times["none"])
+        limits[kind], raced = row_limit(racers[kind], dense, chain[0].shape[1], dtype, repeats, known=times["none"])
         times[kind] = {rows: small for rows, (_, small) in raced.items()}
     winners = [kind for kind in limits if limits[kind]]
     if not winners:
         return Choice("none", 0, times)
     widest = max(winners, key=lambda kind: (limits[kind], -times[kind][limits[kind]]))  # a tie: the faster there
     for other in sorted(set(winners) - {widest}, key=lambda kind: times[kind][1]):
-        chains = {kind: [made[kind]] + ([quantize(then, kind)] if then is not None and fits(kind, then) else [])
-                  for kind in (other, widest)}
-        few_rows, raced = row_limit(FromMemory(chains[other]), FromMemory(chains[widest]), weight.shape[1], dtype,
-                                    repeats)
-        times[f"{other} from memory"] = {rows: mine for rows, (_, mine) in raced.items()}
-        times[f"{widest} from memory"] = {rows: theirs for rows, (theirs, _) in raced.items()}
+        few_rows, raced = row_limit(racers[other], racers[widest], chain[0].shape[1], dtype, repeats)
+        times[f"{other} against {widest}"] = {rows: mine for rows, (_, mine) in raced.items()}
+        times[f"{widest} against {other}"] = {rows: theirs for rows, (theirs, _) in raced.items()}
         if few_rows:
             return Choice(widest, limits[widest], times, few=other, few_rows=min(few_rows, limits[widest]))
     return Choice(widest, limits[widest], times)
@@ -378,28 +303,49 @@ def measure(weight: torch.Tensor, dense: Callable[[torch.Tensor], torch.Tensor],
 COLD_BYTES = 96 << 20  # more than a server CPU's last-level cache (this Zen 3's: 32 MiB)
 
 
-class FromMemory:
-    """The product of a chain of weights (each takes the first of the previous one's outputs),
-    each call on the next of enough copies of them to fill COLD_BYTES, so that the weights come
-    from DRAM as a decode step's do (the trial's other calls leave a lone copy in cache, where
-    a kernel that reads fewer bytes but spends more instructions a weight, like int4's, looks
-    slower than it is)."""
+@dataclass(frozen=True)
+class Link:
+    """One matmul of a trial chain: its input is the first `in_features` of the previous output."""
 
-    def __init__(self, chain: list[QuantizedWeight]) -> None:
-        count = -(-COLD_BYTES // max(sum(w.nbytes for w in chain), 1))
-        self.copies = [[QuantizedWeight(w.kind, w.out_features, w.data.clone(), w.scales.clone()) for w in chain]
-                       for _ in range(count)]
+    matmul: Matmul
+    in_features: int
+    nbytes: int
+
+
+def quantized_link(weight: QuantizedWeight) -> Link:
+    """A copy of `weight` (its own memory) as a link of a trial chain."""
+    copy = QuantizedWeight(weight.kind, weight.out_features, weight.data.clone(), weight.scales.clone())
+    return Link(copy, copy.in_features, copy.nbytes)
+
+
+def dense_link(weight: torch.Tensor, dense_of: Callable[[torch.Tensor], Matmul]) -> Link:
+    """The dense matmul of a copy of `weight` as a link of a trial chain."""
+    return Link(dense_of(weight.clone()), weight.shape[1], weight.numel() * weight.element_size())
+
+
+class FromMemory:
+    """The product of a chain of matmuls, each call on the next of enough copies of them
+    (`make_chain()` makes one) to fill COLD_BYTES, so that the weights come from DRAM as a
+    decode step's do: a model's weights outgrow the cache, a lone trial weight stays in it,
+    and there dense float32 looked twice as fast against the kernels (a choice measured so
+    gave 16 agents int4 where int8 ran their decode steps faster) and int4, fewer bytes but
+    more instructions a weight, slower than int8."""
+
+    def __init__(self, make_chain: Callable[[], list[Link]]) -> None:
+        first = make_chain()
+        count = -(-COLD_BYTES // max(sum(link.nbytes for link in first), 1))
+        self.copies = [first] + [make_chain() for _ in range(count - 1)]
         self._turn = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self._turn = (self._turn + 1) % len(self.copies)
-        for weight in self.copies[self._turn]:
-            x = weight(x[:, : weight.in_features].contiguous())
+        for link in self.copies[self._turn]:
+            x = link.matmul(x[:, : link.in_features].contiguous())
         return x
 
 
 def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],
-              in_features: int, dtype: torch.dtype, repeats: int = 5,
+              in_features: int, dtype: torch.dtype, repeats: int = REPEATS,
               known: dict[int, float] | None = None) -> tuple[int, dict[int, tuple[float, float]]]:
     """The largest of TRIAL_ROWS at which `small` beats `dense` by SPEEDUP_NEEDED before it
     loses at two sizes in a row (0: none), and the ms each took, (dense, small) by rows: past

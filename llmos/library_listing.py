@@ -11,7 +11,7 @@ from pathlib import Path
 from llmos import plugins
 from llmos.drivers import registry, remote_models
 from llmos.drivers.errors import UnknownModel
-from llmos.drivers.model_info import (REMOTE, FolderInfo, chat_template, folder_info,
+from llmos.drivers.model_info import (REMOTE, FolderInfo, chat_template, folder_info, kept_quantizations,
                                       format_parameters, template_head, tool_format)
 from llmos.drivers.remote_models import RemoteModel
 from llmos.drivers.weights import is_cached
@@ -152,6 +152,17 @@ def show(name: str, home: Path | None = None) -> ModelCard:
     return card
 
 
+def weights_folder(name: str, home: Path | None = None) -> Path | None:
+    """The folder of safetensors weights `name` (or its root base) loads from, None for a
+    model without one (remote); `UnknownModel` for a name no one knows."""
+    plugins.load()
+    home = home or llmos_home()
+    row = next((r for r in list_models(home) if r.name.lower() == name.lower()), None)
+    if row is None:
+        raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
+    return _weights_folder(row.name, read_library(home), home)
+
+
 def _facts(row: ModelRow) -> list[tuple[str, str]]:
     facts = [("kind", row.kind), ("architecture", row.architecture), ("parameters", row.parameters),
              ("context length", row.context_length), ("weights", row.dtype), ("location", row.location),
@@ -185,6 +196,8 @@ def _describe_folder(card: ModelCard, folder: Path) -> None:
         return
     card.facts += [("layers", str(info.layers or "-")), ("hidden size", str(info.hidden_size or "-")),
                    ("vocabulary", str(info.vocab_size or "-")), ("model type", info.model_type or "-")]
+    # What a load measured on this machine and kept (the next load takes it as it is).
+    card.facts += [(f"quantization ({asked})", chosen) for asked, chosen in kept_quantizations(folder)]
     template = chat_template(folder)
     card.chat_template = template_head(template)
     card.tool_format = tool_format(template)

@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from llmos.apps.cli import app
@@ -77,3 +78,22 @@ def test_user_mistakes_are_one_line_errors(llmos_home, tmp_path):
     (llmos_home / "library.json").write_text("{oops")
     done = models("list")
     assert done.exit_code == 1 and "library.json: not valid JSON" in done.output
+
+
+@pytest.mark.model
+def test_measure_times_the_kernels_again_and_show_lists_what_it_kept():
+    done = models("measure", "smollm2", "--dtype", "float32")
+    assert done.exit_code == 0, done.output
+    chosen = done.output.strip().split("smollm2 (auto): ", 1)[1].split(";")[0]
+    assert chosen == "none" or "decode batches up to" in chosen
+    shown = models("--local", "show", "smollm2")
+    assert shown.exit_code == 0 and f"quantization (auto, float32) │ {chosen}" in shown.output, shown.output
+    again = models("measure", "smollm2", "--dtype", "float32")
+    assert again.exit_code == 0 and "1 earlier choice(s) forgotten" in again.output
+
+
+def test_measure_mistakes_are_one_line_errors():
+    for args, message in [(("measure", "ghost"), "no model named 'ghost'"),
+                          (("measure", "smollm2", "--quant", "int3"), "int3")]:
+        done = models(*args)
+        assert done.exit_code == 1 and message in done.output and "Traceback" not in done.output, (args, done.output)
