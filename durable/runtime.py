@@ -61,7 +61,8 @@ class DbosDurability:
         self.running: dict[str, Process] = {}  # durable id -> its process, for the runs this kernel hosts
         self.resumed: list[str] = []  # durable ids this kernel took over from dead kernels
         # The reason a cancel gave, for whichever kill comes first: its own, or _stop_cancelled's
-        # once the workflow reads CANCELLED (that poll raced the cancel and won at times).
+        # once the workflow reads CANCELLED (that poll raced the cancel and won at times). Kept
+        # only while the process runs here.
         self.cancel_reasons: dict[str, str] = {}
         self._started: dict[str, anyio.Event] = {}  # spawns waiting for their process to start here
         self._handed: dict[str, Process | None] = {}  # ... and what started (None: the app did not load)
@@ -249,6 +250,7 @@ class DbosDurability:
                 await proc.done.wait()
             finally:
                 self.running.pop(durable_id, None)
+                self.cancel_reasons.pop(durable_id, None)
                 helpers.cancel_scope.cancel()
         if self.closing or proc.lost_with_kernel or proc.pid in self._leaving:
             self._leaving.discard(proc.pid)
@@ -383,6 +385,8 @@ class DbosDurability:
         proc = self.running.get(durable_id)
         if proc is not None:
             self.kernel.kill(proc.pid, reason)
+        else:  # it runs on another kernel, or ended meanwhile: no kill of this one's to name
+            self.cancel_reasons.pop(durable_id, None)
 
     async def _workflows(self, durable_id: str) -> list[Any]:
         """Its supervisor and its runs."""

@@ -312,6 +312,7 @@ async def test_cancel_kills_a_running_durable_process_for_good(apps) -> None:
         status = await kernel.durability.wait(info.durable_id, timeout=10)
         with pytest.raises(InvalidState):
             await kernel.durability.cancel(info.durable_id)
+        assert kernel.durability._runtime.cancel_reasons == {}  # a reason is kept only while its process runs
     assert ended.state is ProcState.KILLED and ended.reason == "cancelled"
     assert cancelled.state is DurableState.CANCELLED
     assert cancelled.restarts == 0  # killed on purpose: never restarted, whatever the policy
