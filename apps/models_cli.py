@@ -131,12 +131,7 @@ def measure_cmd(name: Annotated[str, typer.Argument(help="A model (llmos models 
     """Time the quantized kernels against dense again for NAME on this machine (in this
     process, with no other work running) and keep what wins: a load otherwise takes what the
     first load here measured (`llmos models show` lists it)."""
-    from llmos.drivers.model_info import forget_quantizations  # (no torch)
-
-    folder = _guard(lambda: library_listing.weights_folder(name))
-    if folder is None:
-        _fail(f"{name} has no weights here to quantize (a remote model)")
-    forgotten = forget_quantizations(folder)
+    forgotten = _guard(lambda: library_listing.forget_quantizations(name))
     model = _guard(lambda: llmos.load_model(name, dtype=dtype, quant=quant))  # type: ignore[arg-type]
     engine_runner = getattr(getattr(model.driver, "engine", None), "runner", None)
     chosen = engine_runner.quantization.describe() if engine_runner is not None else "none (not on the llmos engine)"

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from llmos import plugins
-from llmos.drivers import registry, remote_models
+from llmos.drivers import model_info, registry, remote_models
 from llmos.drivers.errors import UnknownModel
 from llmos.drivers.model_info import (REMOTE, FolderInfo, chat_template, folder_info, kept_quantizations,
                                       format_parameters, template_head, tool_format)
@@ -152,15 +152,19 @@ def show(name: str, home: Path | None = None) -> ModelCard:
     return card
 
 
-def weights_folder(name: str, home: Path | None = None) -> Path | None:
-    """The folder of safetensors weights `name` (or its root base) loads from, None for a
-    model without one (remote); `UnknownModel` for a name no one knows."""
+def forget_quantizations(name: str, home: Path | None = None) -> int:
+    """Forget what loads of `name` measured on this machine (its next load measures again);
+    how many choices were kept. A `ConfigError` for a model without weights here (remote),
+    `UnknownModel` for a name no one knows."""
     plugins.load()
     home = home or llmos_home()
     row = next((r for r in list_models(home) if r.name.lower() == name.lower()), None)
     if row is None:
         raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
-    return _weights_folder(row.name, read_library(home), home)
+    folder = _weights_folder(row.name, read_library(home), home)
+    if folder is None:
+        raise ConfigError(f"{name} has no weights here to quantize (a remote model)")
+    return model_info.forget_quantizations(folder)
 
 
 def _facts(row: ModelRow) -> list[tuple[str, str]]:

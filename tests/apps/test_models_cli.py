@@ -93,7 +93,9 @@ def test_measure_times_the_kernels_again_and_show_lists_what_it_kept():
 
 
 def test_measure_mistakes_are_one_line_errors():
+    assert models("add", "far", "--url", "http://127.0.0.1:9/v1", "--model-id", "x").exit_code == 0
     for args, message in [(("measure", "ghost"), "no model named 'ghost'"),
+                          (("measure", "far"), "far has no weights here to quantize"),
                           (("measure", "smollm2", "--quant", "int3"), "int3")]:
         done = models(*args)
         assert done.exit_code == 1 and message in done.output and "Traceback" not in done.output, (args, done.output)
