@@ -96,6 +96,9 @@ def main() -> None:
     for row in results["per_agent"]:
         print(f"{row['dtype']}: {row['bytes_per_token']} bytes/token, {row['mib_per_2k_agent']:.1f} MiB per 2k-token "
               f"agent; agents with 2k contexts: {row['agents_with_2k_context']}")
+    # What the engine keeps here: bfloat16 under a float32 model on the quantized path (drivers/llama.py kv_dtype).
+    results["engine_kv_dtype"] = str(loaded.driver.engine.cache.k.dtype)
+    print(f"the engine keeps K/V in {results['engine_kv_dtype']} for {loaded.driver.model.dtype} weights here")
     driver = compute.call(TransformersDriver, "smollm2", hf, loaded.driver.tokenizer,
                           config=EngineConfig(kv_cache_mb=args.budget_mb))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -103,11 +103,31 @@ def quantized_perplexity(model: llmos.Model, kind: str, tokens: int = 2048) -> f
     return float(torch.exp(loss))
 
 
+def engine_perplexity(model: llmos.Model, tokens: int = 1024, head: int = 16) -> float:
+    """Perplexity of README.md's first `tokens` tokens as the engine scores them (the text
+    after the first `head` tokens as one option): its passes over that many rows run the dense
+    weights, so against the unquantized engine this measures the K/V each engine keeps
+    (bfloat16 under float32 weights on the quantized path: drivers/llama.py `kv_dtype`)."""
+    tok = model.driver.hf_tokenizer
+    ids = tok(TEXT.read_text()).input_ids[:tokens]
+    job = GenerationJob(id=0, pid=1, sampling=SamplingParams(max_tokens=1), prompt_ids=ids[:head],
+                        options=(tok.decode(ids[head:]),))
+    model.driver.prepare(job)
+    while not job.finished:
+        model.driver.engine.step([job], lambda pieces: None)
+    model.driver.engine.step([], lambda pieces: None)
+    logprobs = job.option_logprobs[0]
+    return float(torch.exp(-torch.tensor(logprobs).mean()))
+
+
 def quantization(unquantized: llmos.Model, dtype: str, replies: list[list[int]]) -> dict[str, Any]:
     """int8 and int4 against the unquantized model in `dtype`: perplexity (the gate: within
     PERPLEXITY_GATE of it) and the engine's greedy replies against the unquantized engine's."""
     base = compute.call(quantized_perplexity, unquantized, "none")
-    found: dict[str, Any] = {"dtype": dtype, "perplexity_unquantized": base, "gate": PERPLEXITY_GATE}
+    scored = compute.call(engine_perplexity, unquantized)
+    found: dict[str, Any] = {"dtype": dtype, "perplexity_unquantized": base, "gate": PERPLEXITY_GATE,
+                             "engine_scoring_perplexity_unquantized": scored,
+                             "kv_dtype_unquantized": str(unquantized.driver.engine.cache.k.dtype)}
     for kind in ("int8", "int4"):
         if not quant.available(kind):
             found[kind] = {"available": False}
@@ -116,8 +136,12 @@ def quantization(unquantized: llmos.Model, dtype: str, replies: list[list[int]])
         ppl = compute.call(quantized_perplexity, unquantized, kind)
         found[kind] = {"perplexity": ppl, "perplexity_change": ppl / base - 1,
                        "passes_gate": ppl <= base * (1 + PERPLEXITY_GATE),
-                       "engine_vs_unquantized_engine": agreement(compute.call(engine_replies, model), replies)}
+                       "engine_vs_unquantized_engine": agreement(compute.call(engine_replies, model), replies),
+                       "engine_scoring_perplexity": compute.call(engine_perplexity, model),
+                       "kv_dtype": str(model.driver.engine.cache.k.dtype)}
         r = found[kind]
+        print(f"{kind:9} engine scoring perplexity {r['engine_scoring_perplexity']:.3f} with K/V in {r['kv_dtype']} "
+              f"(unquantized engine: {scored:.3f}, K/V in {found['kv_dtype_unquantized']})")
         print(f"{kind:9} perplexity {ppl:.2f} ({r['perplexity_change']:+.1%} of {base:.2f}, gate "
               f"{'passed' if r['passes_gate'] else 'FAILED'}); engine replies identical to the unquantized "
               f"engine's: {r['engine_vs_unquantized_engine']['identical']}/{len(QUESTIONS)} (agreeing share "

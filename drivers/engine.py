@@ -146,13 +146,16 @@ class Engine:
 
         return GenericRunner(model, self._pool, quantization=quantization)
 
-    def _pool(self, layers: int, kv_heads: int, head_dim: int) -> KVPool:
+    def _pool(self, layers: int, kv_heads: int, head_dim: int, stored: torch.dtype | None = None) -> KVPool:
+        """The KV pool the budget holds, K/V `stored` in a dtype of their own (default: the
+        model's) and read back in the model's."""
+        stored = stored or self.dtype
         megabytes = kv_cache_mb(self.config.kv_cache_mb)
-        blocks = KVPool.blocks_in(megabytes * 2**20, layers, kv_heads, head_dim, self.dtype)
+        blocks = KVPool.blocks_in(megabytes * 2**20, layers, kv_heads, head_dim, stored)
         if blocks < 2:
             raise ConfigError(f"a KV budget of {megabytes} MiB holds no KV block of this model "
-                              f"({KVPool.block_bytes(layers, kv_heads, head_dim, self.dtype)} bytes each)")
-        return KVPool(layers, blocks, kv_heads, head_dim, self.dtype, self.device)
+                              f"({KVPool.block_bytes(layers, kv_heads, head_dim, stored)} bytes each)")
+        return KVPool(layers, blocks, kv_heads, head_dim, stored, self.device, read_as=self.dtype)
 
     # -- LoRA adapters (drivers/lora.py) -----------------------------------------------------------
     def load_adapter(self, name: str, folder: Path) -> None:

@@ -19,8 +19,13 @@ from llmos.kernel.blocks import BLOCK, NULL_BLOCK
 
 
 class KVPool:
-    def __init__(self, layers: int, blocks: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str) -> None:
+    """K/V stored in `dtype`; `gather` returns them in `read_as` (default: `dtype`), `write`
+    takes any and rounds (a float32 model's K/V may be kept in bfloat16: drivers/llama.py)."""
+
+    def __init__(self, layers: int, blocks: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: str,
+                 read_as: torch.dtype | None = None) -> None:
         self.blocks, self.kv_heads, self.head_dim = blocks, kv_heads, head_dim
+        self.read_as = read_as or dtype
         self.k = torch.empty((layers, blocks, kv_heads, head_dim, BLOCK), dtype=dtype, device=device)
         self.v = torch.empty((layers, blocks, kv_heads, BLOCK, head_dim), dtype=dtype, device=device)
         self.zero([NULL_BLOCK])
@@ -44,8 +49,8 @@ class KVPool:
 
     def write(self, layer: int, blocks: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store new K/V: token i goes to block blocks[i] at offset offsets[i]; k/v (N, Hkv, D)."""
-        self.k[layer, blocks, :, :, offsets] = k
-        self.v[layer, blocks, :, offsets] = v
+        self.k[layer, blocks, :, :, offsets] = k.to(self.k.dtype)
+        self.v[layer, blocks, :, offsets] = v.to(self.v.dtype)
 
     def gather(self, layer: int, tables: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of each row's blocks over positions 0..length-1, contiguous copies
@@ -55,4 +60,4 @@ class KVPool:
         v = self.v[layer][tables]  # (B, W, Hkv, BLOCK, D)
         k = k.permute(0, 2, 1, 4, 3).reshape(bsz, self.kv_heads, width * BLOCK, self.head_dim)
         v = v.permute(0, 2, 1, 3, 4).reshape(bsz, self.kv_heads, width * BLOCK, self.head_dim)
-        return k[:, :, :length], v[:, :, :length]
+        return k[:, :, :length].to(self.read_as), v[:, :, :length].to(self.read_as)

@@ -2,7 +2,8 @@
 // token per sequence, its keys and values read in place from the blocks its block table
 // names, never gathered into a copy. Keys are stored transposed within a block, (D, BLOCK),
 // so a block's scores are BLOCK-wide multiply-adds with no horizontal sums; values as
-// (BLOCK, D). Float32 accumulation whatever the storage type (float32 or bfloat16).
+// (BLOCK, D). Float32 accumulation whatever the storage type (float32 or bfloat16; bfloat16
+// K/V under float32 queries too: a float32 model's K/V in half the bytes).
 // The common shapes (query heads per KV head G: 1-5, 8; head size D: 16-128) are compiled
 // as constants, so the accumulators stay in vector registers; `supports` says which.
 #include <ATen/Parallel.h>
@@ -47,8 +48,8 @@ struct Shape {
 };
 
 // One (sequence, KV head): its G queries against its len keys. G and D are compile-time here.
-template <typename T, int G, int D>
-void attend(const T* q, const T* k, const T* v, const int32_t* owned, int64_t len, int64_t block_stride, int64_t h,
+template <typename T, typename S, int G, int D>
+void attend(const T* q, const S* k, const S* v, const int32_t* owned, int64_t len, int64_t block_stride, int64_t h,
             T* out, float scale, std::vector<float>& scores) {
   const int64_t blocks = (len + BLOCK - 1) / BLOCK, padded = blocks * BLOCK;
   scores.resize(G * padded);
@@ -56,7 +57,7 @@ void attend(const T* q, const T* k, const T* v, const int32_t* owned, int64_t le
   for (int g = 0; g < G; ++g)
     for (int d = 0; d < D; ++d) qf[g][d] = widen(q[g * D + d]) * scale;
   for (int64_t j = 0; j < blocks; ++j) {
-    const T* keys = k + owned[j] * block_stride + h * BLOCK * D;
+    const S* keys = k + owned[j] * block_stride + h * BLOCK * D;
     float s[G][BLOCK] = {};
     for (int d = 0; d < D; ++d) {
       float row[BLOCK];
@@ -80,7 +81,7 @@ void attend(const T* q, const T* k, const T* v, const int32_t* owned, int64_t le
   }
   float acc[G][D] = {};
   for (int64_t j = 0; j < blocks; ++j) {
-    const T* values = v + owned[j] * block_stride + h * BLOCK * D;
+    const S* values = v + owned[j] * block_stride + h * BLOCK * D;
     const int64_t n = std::min(BLOCK, len - j * BLOCK);
     for (int64_t i = 0; i < n; ++i) {
       float row[D];
@@ -97,42 +98,42 @@ void attend(const T* q, const T* k, const T* v, const int32_t* owned, int64_t le
     for (int d = 0; d < D; ++d) out[g * D + d] = static_cast<T>(acc[g][d] / total[g]);
 }
 
-template <typename T, int G, int D>
-void decode(const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens, T* out, const Shape& s) {
+template <typename T, typename S, int G, int D>
+void decode(const T* q, const S* k, const S* v, const int32_t* table, const int32_t* lens, T* out, const Shape& s) {
   const int64_t block_stride = s.kv_heads * BLOCK * D;
   at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / s.kv_heads, h = item % s.kv_heads;
       const int64_t first = b * s.q_heads + h * G;  // its first query head
-      attend<T, G, D>(q + first * D, k, v, table + b * s.table_width, lens[b], block_stride, h, out + first * D,
+      attend<T, S, G, D>(q + first * D, k, v, table + b * s.table_width, lens[b], block_stride, h, out + first * D,
                       s.scale, scores);
     }
   });
 }
 
-template <typename T, int D>
-bool dispatch_group(int64_t group, const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens,
+template <typename T, typename S, int D>
+bool dispatch_group(int64_t group, const T* q, const S* k, const S* v, const int32_t* table, const int32_t* lens,
                     T* out, const Shape& s) {
   switch (group) {
-    case 1: decode<T, 1, D>(q, k, v, table, lens, out, s); return true;
-    case 2: decode<T, 2, D>(q, k, v, table, lens, out, s); return true;
-    case 3: decode<T, 3, D>(q, k, v, table, lens, out, s); return true;
-    case 4: decode<T, 4, D>(q, k, v, table, lens, out, s); return true;
-    case 5: decode<T, 5, D>(q, k, v, table, lens, out, s); return true;
-    case 8: decode<T, 8, D>(q, k, v, table, lens, out, s); return true;
+    case 1: decode<T, S, 1, D>(q, k, v, table, lens, out, s); return true;
+    case 2: decode<T, S, 2, D>(q, k, v, table, lens, out, s); return true;
+    case 3: decode<T, S, 3, D>(q, k, v, table, lens, out, s); return true;
+    case 4: decode<T, S, 4, D>(q, k, v, table, lens, out, s); return true;
+    case 5: decode<T, S, 5, D>(q, k, v, table, lens, out, s); return true;
+    case 8: decode<T, S, 8, D>(q, k, v, table, lens, out, s); return true;
     default: return false;
   }
 }
 
-template <typename T>
-bool dispatch(int64_t group, int64_t dim, const T* q, const T* k, const T* v, const int32_t* table,
+template <typename T, typename S>
+bool dispatch(int64_t group, int64_t dim, const T* q, const S* k, const S* v, const int32_t* table,
               const int32_t* lens, T* out, const Shape& s) {
   switch (dim) {
-    case 16: return dispatch_group<T, 16>(group, q, k, v, table, lens, out, s);
-    case 32: return dispatch_group<T, 32>(group, q, k, v, table, lens, out, s);
-    case 64: return dispatch_group<T, 64>(group, q, k, v, table, lens, out, s);
-    case 128: return dispatch_group<T, 128>(group, q, k, v, table, lens, out, s);
+    case 16: return dispatch_group<T, S, 16>(group, q, k, v, table, lens, out, s);
+    case 32: return dispatch_group<T, S, 32>(group, q, k, v, table, lens, out, s);
+    case 64: return dispatch_group<T, S, 64>(group, q, k, v, table, lens, out, s);
+    case 128: return dispatch_group<T, S, 128>(group, q, k, v, table, lens, out, s);
     default: return false;
   }
 }
@@ -144,7 +145,9 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tens
   TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4, "paged_decode: q is (B, Hq, D), k and v 4-d");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && table.is_contiguous() &&
                   lens.is_contiguous(), "paged_decode: inputs must be contiguous");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(), "paged_decode: dtypes differ");
+  TORCH_CHECK(k.scalar_type() == v.scalar_type() && (q.scalar_type() == k.scalar_type() ||
+                                                      (q.scalar_type() == at::kFloat && k.scalar_type() == at::kBFloat16)),
+              "paged_decode: k and v share q's dtype, or are bfloat16 under float32 queries");
   TORCH_CHECK(table.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, "paged_decode: int32 table and lens");
   const int64_t batch = q.size(0), q_heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
   TORCH_CHECK(k.size(2) == dim && k.size(3) == BLOCK && v.size(2) == BLOCK && v.size(3) == dim &&
@@ -155,14 +158,18 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const int64_t group = q_heads / kv_heads;
   auto out = at::empty_like(q);
   bool done;
-  if (q.scalar_type() == at::kFloat) {
-    done = dispatch<float>(group, dim, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
-                           table.data_ptr<int32_t>(), lens.data_ptr<int32_t>(), out.data_ptr<float>(), shape);
+  using B16 = c10::BFloat16;
+  const int32_t* tables = table.data_ptr<int32_t>();
+  if (q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat) {
+    done = dispatch<float, float>(group, dim, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), tables,
+                                  lens.data_ptr<int32_t>(), out.data_ptr<float>(), shape);
+  } else if (q.scalar_type() == at::kFloat) {  // K/V kept in bfloat16 for a float32 model
+    done = dispatch<float, B16>(group, dim, q.data_ptr<float>(), k.data_ptr<B16>(), v.data_ptr<B16>(), tables,
+                                lens.data_ptr<int32_t>(), out.data_ptr<float>(), shape);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode: float32 or bfloat16");
-    using B16 = c10::BFloat16;
-    done = dispatch<B16>(group, dim, q.data_ptr<B16>(), k.data_ptr<B16>(), v.data_ptr<B16>(), table.data_ptr<int32_t>(),
-                         lens.data_ptr<int32_t>(), out.data_ptr<B16>(), shape);
+    done = dispatch<B16, B16>(group, dim, q.data_ptr<B16>(), k.data_ptr<B16>(), v.data_ptr<B16>(), tables,
+                              lens.data_ptr<int32_t>(), out.data_ptr<B16>(), shape);
   }
   TORCH_CHECK(done, "paged_decode: no kernel for ", group, " query heads per KV head of size ", dim);
   return out;
@@ -215,8 +222,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // A decode pass's rotary embedding and K/V store: each row's query and key heads rotated
 // (x*cos + swap_halves(x)*sin, sin's first half negated by the caller), keys written to the
 // row's block transposed (D, BLOCK) and values as (BLOCK, D), as paged_decode reads them.
-template <typename T>
-void rope_store_rows(const T* qkv, const T* cos, const T* sin, T* k, T* v, const int64_t* blocks,
+template <typename T, typename S>
+void rope_store_rows(const T* qkv, const T* cos, const T* sin, S* k, S* v, const int64_t* blocks,
                      const int64_t* offsets, T* q_out, int64_t batch, int64_t q_heads, int64_t kv_heads,
                      int64_t dim) {
   const int64_t half = dim / 2, heads = q_heads + 2 * kv_heads;
@@ -224,8 +231,8 @@ void rope_store_rows(const T* qkv, const T* cos, const T* sin, T* k, T* v, const
     const T* row = qkv + b * heads * dim;
     const T* c = cos + b * dim;
     const T* s = sin + b * dim;
-    T* kb = k + blocks[b] * kv_heads * dim * BLOCK;
-    T* vb = v + blocks[b] * kv_heads * BLOCK * dim;
+    S* kb = k + blocks[b] * kv_heads * dim * BLOCK;
+    S* vb = v + blocks[b] * kv_heads * BLOCK * dim;
     const int64_t at = offsets[b];
     for (int64_t h = 0; h < q_heads + kv_heads; ++h) {
       const T* x = row + h * dim;
@@ -234,13 +241,14 @@ void rope_store_rows(const T* qkv, const T* cos, const T* sin, T* k, T* v, const
         if (h < q_heads) {
           q_out[(b * q_heads + h) * dim + i] = T(turned);
         } else {
-          kb[((h - q_heads) * dim + i) * BLOCK + at] = T(turned);
+          kb[((h - q_heads) * dim + i) * BLOCK + at] = S(turned);
         }
       }
     }
     for (int64_t h = 0; h < kv_heads; ++h) {
       const T* x = row + (q_heads + kv_heads + h) * dim;
-      std::copy(x, x + dim, vb + (h * BLOCK + at) * dim);
+      S* to = vb + (h * BLOCK + at) * dim;
+      for (int64_t i = 0; i < dim; ++i) to[i] = S(widen(x[i]));
     }
   }
 }
@@ -260,8 +268,10 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
                   v.size(3) == dim && blocks.numel() == batch && offsets.numel() == batch,
               "rope_store: shapes disagree");
   TORCH_CHECK(qkv.scalar_type() == cos.scalar_type() && cos.scalar_type() == sin.scalar_type() &&
-                  sin.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "rope_store: dtypes differ");
+                  k.scalar_type() == v.scalar_type() &&
+                  (k.scalar_type() == qkv.scalar_type() ||
+                   (qkv.scalar_type() == at::kFloat && k.scalar_type() == at::kBFloat16)),
+              "rope_store: dtypes differ (k and v may be bfloat16 under a float32 qkv)");
   TORCH_CHECK(blocks.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong, "rope_store: int64 blocks");
   const int64_t* block_ids = blocks.data_ptr<int64_t>();
   const int64_t* offset_ids = offsets.data_ptr<int64_t>();
@@ -270,15 +280,19 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
                 "rope_store: row ", b, " writes to block ", block_ids[b], " offset ", offset_ids[b], " of ", k.size(0));
   }
   auto q = at::empty({batch, q_heads, dim}, qkv.options());
-  if (qkv.scalar_type() == at::kFloat) {
-    rope_store_rows<float>(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), k.data_ptr<float>(),
-                           v.data_ptr<float>(), block_ids, offset_ids, q.data_ptr<float>(), batch, q_heads, kv_heads,
-                           dim);
+  using B16 = c10::BFloat16;
+  if (qkv.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat) {
+    rope_store_rows<float, float>(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                  k.data_ptr<float>(), v.data_ptr<float>(), block_ids, offset_ids, q.data_ptr<float>(),
+                                  batch, q_heads, kv_heads, dim);
+  } else if (qkv.scalar_type() == at::kFloat) {  // K/V kept in bfloat16 for a float32 model
+    rope_store_rows<float, B16>(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), k.data_ptr<B16>(),
+                                v.data_ptr<B16>(), block_ids, offset_ids, q.data_ptr<float>(), batch, q_heads, kv_heads,
+                                dim);
   } else {
     TORCH_CHECK(qkv.scalar_type() == at::kBFloat16, "rope_store: float32 or bfloat16");
-    using B16 = c10::BFloat16;
-    rope_store_rows<B16>(qkv.data_ptr<B16>(), cos.data_ptr<B16>(), sin.data_ptr<B16>(), k.data_ptr<B16>(),
-                         v.data_ptr<B16>(), block_ids, offset_ids, q.data_ptr<B16>(), batch, q_heads, kv_heads, dim);
+    rope_store_rows<B16, B16>(qkv.data_ptr<B16>(), cos.data_ptr<B16>(), sin.data_ptr<B16>(), k.data_ptr<B16>(),
+                              v.data_ptr<B16>(), block_ids, offset_ids, q.data_ptr<B16>(), batch, q_heads, kv_heads, dim);
   }
   return q;
 }

@@ -36,8 +36,9 @@ def test_the_fused_norm_is_llama_s_rms_norm(dtype):
         ops.rms_norm(x, norm.weight.data.float() if dtype != torch.float32 else norm.weight.data.double(), 1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_blocks_say(dtype):
+@pytest.mark.parametrize(("dtype", "stored"), [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float32, torch.bfloat16)])  # a float32 model's K/V in bfloat16
+def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_blocks_say(dtype, stored):
     torch.manual_seed(1)
     batch, q_heads, kv_heads, dim = 3, 6, 2, 32
     qkv = torch.randn(batch, q_heads + 2 * kv_heads, dim).to(dtype)
@@ -45,7 +46,7 @@ def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_bl
     cos = torch.cat([angles.cos(), angles.cos()], -1).to(dtype)
     sin = torch.cat([-angles.sin(), angles.sin()], -1).to(dtype)  # the first half negated, as the runner folds it
     blocks, offsets = torch.tensor([4, 1, 6]), torch.tensor([0, 15, 7])
-    fused, python = KVPool(1, 8, kv_heads, dim, dtype, "cpu"), KVPool(1, 8, kv_heads, dim, dtype, "cpu")
+    fused, python = KVPool(1, 8, kv_heads, dim, stored, "cpu"), KVPool(1, 8, kv_heads, dim, stored, "cpu")
     for pool in (fused, python):
         pool.zero(list(range(8)))
     q = ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, offsets, q_heads)
@@ -55,8 +56,10 @@ def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_bl
     python.write(0, blocks, offsets, turned[:, q_heads:].to(dtype), qkv[:, q_heads + kv_heads:])
     tolerance = {"atol": 0.02, "rtol": 0.01} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
     torch.testing.assert_close(q, turned[:, :q_heads].to(dtype), **tolerance)
+    assert q.dtype == dtype and fused.k.dtype == fused.v.dtype == stored
+    kept = {"atol": 0.02, "rtol": 0.01} if stored == torch.bfloat16 else tolerance
     for block in blocks.tolist():
-        torch.testing.assert_close(fused.k[0, block], python.k[0, block], **tolerance)
+        torch.testing.assert_close(fused.k[0, block], python.k[0, block], **kept)
         assert torch.equal(fused.v[0, block], python.v[0, block])  # values are copied as they are
     untouched = [b for b in range(8) if b not in blocks.tolist()]
     assert torch.equal(fused.k[0, untouched], python.k[0, untouched])
@@ -66,6 +69,23 @@ def test_rope_store_rotates_the_queries_and_keys_and_writes_k_and_v_where_the_bl
         ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], torch.tensor([4, 1, 8]), offsets, q_heads)
     with pytest.raises(RuntimeError, match="offset 16"):
         ops.rope_store(qkv, cos, sin, fused.k[0], fused.v[0], blocks, torch.tensor([0, 16, 7]), q_heads)
+
+
+def test_paged_decode_reads_bfloat16_k_and_v_under_float32_queries_as_their_float32_values():
+    torch.manual_seed(2)
+    batch, q_heads, kv_heads, dim, blocks = 3, 9, 3, 64, 6
+    q = torch.randn(batch, q_heads, dim)
+    k = torch.randn(blocks, kv_heads, dim, 16).to(torch.bfloat16)
+    v = torch.randn(blocks, kv_heads, 16, dim).to(torch.bfloat16)
+    table = torch.tensor([[1, 4], [0, 0], [5, 2]], dtype=torch.int32)
+    lens = torch.tensor([20, 3, 32], dtype=torch.int32)
+    got = ops.decode(q, k, v, table, lens, 0.125)
+    assert got.dtype == torch.float32  # the same arithmetic on the same (widened) numbers: the same bits
+    assert torch.equal(got, ops.decode(q, k.float(), v.float(), table, lens, 0.125))
+    with pytest.raises(RuntimeError, match="share q.s dtype"):  # bfloat16 queries over float32 K/V: no such kernel
+        ops.decode(q.to(torch.bfloat16), k.float(), v.float(), table, lens, 0.125)
+    with pytest.raises(RuntimeError, match="share q.s dtype"):
+        ops.decode(q, k.half(), v.half(), table, lens, 0.125)
 
 
 def test_the_engine_decodes_the_same_tokens_with_the_fused_operators():

@@ -191,6 +191,8 @@ def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(s
     runner = model.driver.engine.runner
     quantized = [p.small for layer in runner.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     assert all(q is not None and q.compiled == (paged.kernel() is not None) for q in [*quantized, runner.lm_head.small])
+    # On the fused path its K/V are kept in bfloat16 (half the bytes), read back as float32.
+    assert runner.cache.k.dtype == (torch.bfloat16 if runner.fused is not None else torch.float32)
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
 
@@ -202,6 +204,7 @@ def test_what_load_model_does_not_name_is_left_to_the_outer_request(session_llmo
     with quant.requested_quantization("none"):
         model = llmos.load_model("smollm2", dtype="float32")  # names the dtype only
     assert model.driver.engine.runner.quantization.kind == "none"
+    assert model.driver.engine.runner.cache.k.dtype == torch.float32  # unquantized: K/V as HF keeps them
     assert llmos.load_model("smollm2", dtype="float32").driver.engine.runner.quantization.kind == "int8"
 
 
