@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from llmos.drivers.compute import cpu_flags, cpu_model
 from llmos.drivers.model_info import CHOICE_PREFIX, QUANT_FOLDER
-from llmos.drivers.quant import INT4_GROUP, Choice, QuantizedWeight, compiled_int4, quantize
+from llmos.drivers.quant import INT4_GROUP, METHOD, Choice, QuantizedWeight, compiled_int4, quantize
 
 log = logging.getLogger(__name__)
 CACHE_FOLDER = QUANT_FOLDER  # beside a model's weights
@@ -90,7 +90,8 @@ class MeasuredChoice:
     """What measuring chose for a model asked for in `wanted` (MODEL/llmos-quant/choice-KEY.json):
     the `Choice`, and each projection shape's row limit. KEY names what was asked, the dtype,
     PyTorch's version, the CPU (its model and flags), the threads a step runs on, whether the
-    dense weights are prepacked for oneDNN (what the kernels raced), and the weight files."""
+    dense weights are prepacked for oneDNN (what the kernels raced), how they were raced
+    (`quant.METHOD`), and the weight files."""
 
     def __init__(self, model_folder: Path | None, wanted: str, dtype: torch.dtype, packed: bool) -> None:
         self.path = (None if model_folder is None else
@@ -163,7 +164,7 @@ def _weights_key(kind: str, dtype: torch.dtype, model_folder: Path) -> str:
 
 
 def _choice_key(wanted: str, dtype: torch.dtype, packed: bool, model_folder: Path) -> str:
-    machine = repr((cpu_model(), sorted(cpu_flags()), torch.get_num_threads(), packed))
+    machine = repr((cpu_model(), sorted(cpu_flags()), torch.get_num_threads(), packed, METHOD))
     cpu = hashlib.sha256(machine.encode()).hexdigest()[:12]
     return f"{wanted}-{_dtype_and_torch(dtype)}-{cpu}-{_weights_digest(model_folder)}"
 
