@@ -197,7 +197,10 @@ def kept_quantizations(folder: Path) -> list[tuple[str, str]]:
     request and dtype; a file that cannot be read is left out."""
     kept = []
     for path in sorted((folder / QUANT_FOLDER).glob(f"{CHOICE_PREFIX}*.json")):
-        request, dtype = path.stem.removeprefix(CHOICE_PREFIX).split("-")[:2]
+        parts = path.stem.removeprefix(CHOICE_PREFIX).split("-")
+        if len(parts) < 2:  # not a name quant_cache gives
+            continue
+        request, dtype = parts[:2]
         try:
             described = json.loads(path.read_text()).get("described")
         except (OSError, ValueError, AttributeError):

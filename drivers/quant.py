@@ -17,8 +17,10 @@ Decoding one token for one or a few agents streams every weight, so a quarter (i
 eighth (int4) of float32's bytes is what makes it fast; with more rows the step is bound by
 arithmetic, where the dense oneDNN matmul is strong. So a quantized projection keeps beside
 it the dense one the engine already has, and serves itself only batches of up to `max_rows`
-rows, measured at load for each weight shape (`measure`, `row_limit`: on a 2-core Zen 3 the
-integer int8 kernel beats dense up to 16-64 rows, the float one on AVX-512 up to a few);
+rows, measured for each weight shape with weights from memory as a decode step reads them
+(`measure`, `row_limit`, `FromMemory`: on a 2-core Zen 3 the integer int8 kernel beats dense
+up to 32-64 rows, the float one on AVX-512 up to a few) at a model's first load on a machine,
+and kept beside its weights (drivers/quant_cache.py);
 prefills and larger batches go dense. A second kind may serve the smallest batches before
 it (`Choice.few`): on the Zen 3, int4 for one or two rows, where its fewer bytes from memory
 beat int8's fewer instructions. Which is fastest where is measured, not assumed.
@@ -283,8 +285,9 @@ def measure(chain: list[torch.Tensor], dense_of: Callable[[torch.Tensor], Matmul
     for kind in kinds:
         if not (available(kind) and fits(kind, chain[0])):
             continue
-        made = [quantize(w, kind) for w in chain if fits(kind, w)]
-        racers[kind] = FromMemory(lambda made=made: [quantized_link(w) for w in made])
+        made = [quantize(w, kind) if fits(kind, w) else None for w in chain]  # None: dense, as the engine keeps it
+        racers[kind] = FromMemory(lambda made=made: [quantized_link(q) if q is not None else dense_link(w, dense_of)
+                                                     for w, q in zip(chain, made, strict=True)])
         # Each kind races the same dense times (measured once a size, kept in times["none"]).
         limits[kind], raced = row_limit(racers[kind], dense, chain[0].shape[1], dtype, repeats, known=times["none"])
         times[kind] = {rows: small for rows, (_, small) in raced.items()}

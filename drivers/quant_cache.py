@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 from safetensors.torch import load_file, save_file
 
 from llmos.drivers.compute import cpu_flags, cpu_model
@@ -82,7 +82,7 @@ class _StoredChoice(BaseModel):
     few: Literal["none", "int8", "int4"] = "none"
     few_rows: int = Field(ge=0, default=0)
     measured: dict[str, dict[int, float]] = {}
-    limits: dict[str, int] = {}  # "kind:out_features:in_features" -> rows
+    limits: dict[str, NonNegativeInt] = {}  # "kind:out_features:in_features" -> rows
     described: str = ""  # `Choice.describe()`, for `llmos models show` (which does not import torch)
 
 

@@ -80,8 +80,9 @@ def test_a_measured_choice_is_read_back_as_it_was_saved(tmp_path):
     assert MeasuredChoice(tmp_path, "auto", torch.float32, packed=False).choice is None
     assert MeasuredChoice(tmp_path, "auto", torch.bfloat16, packed=True).choice is None
     # What `llmos models show` reads without torch, and `llmos models measure` forgets.
+    (tmp_path / quant_cache.CACHE_FOLDER / "choice-odd.json").write_text("{}")  # no name of ours: not listed
     assert model_info.kept_quantizations(tmp_path) == [("auto, float32", CHOICE.describe())]
-    assert model_info.forget_quantizations(tmp_path) == 1
+    assert model_info.forget_quantizations(tmp_path) == 2
     assert MeasuredChoice(tmp_path, "auto", torch.float32, packed=True).choice is None
     assert model_info.kept_quantizations(tmp_path) == []
 
@@ -100,7 +101,8 @@ def test_a_choice_made_on_another_cpu_or_for_other_weights_is_measured_again_and
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"kind": "int2", "max_rows": 4}',
                                      b'{"kind": "int8", "max_rows": -1}',
-                                     b'{"kind": "int8", "max_rows": 4, "limits": {"int8:wide": 4}}'])
+                                     b'{"kind": "int8", "max_rows": 4, "limits": {"int8:wide": 4}}',
+                                     b'{"kind": "int8", "max_rows": 4, "limits": {"int8:576:576": -2}}'])
 def test_a_damaged_choice_is_measured_again_with_a_warning(content, tmp_path, caplog):
     saved = MeasuredChoice(tmp_path, "auto", torch.float32, packed=True)
     saved.save(CHOICE, LIMITS)
