@@ -136,12 +136,9 @@ def _remote_row(name: str, kind: str, config: RemoteModel) -> ModelRow:
 def show(name: str, home: Path | None = None) -> ModelCard:
     """The model's configuration, chat template, tool format; for a derived model, its
     system prompt, sampling defaults and adapter too."""
-    plugins.load()
     home = home or llmos_home()
+    row = _row(name, home)
     library = read_library(home)
-    row = next((r for r in list_models(home) if r.name.lower() == name.lower()), None)
-    if row is None:
-        raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
     card = ModelCard(name=row.name, facts=_facts(row))
     folder = _weights_folder(row.name, library, home)
     if folder is not None and folder.is_dir():
@@ -156,15 +153,20 @@ def forget_quantizations(name: str, home: Path | None = None) -> int:
     """Forget what loads of `name` measured on this machine (its next load measures again);
     how many choices were kept. A `ConfigError` for a model without weights here (remote),
     `UnknownModel` for a name no one knows."""
-    plugins.load()
     home = home or llmos_home()
-    row = next((r for r in list_models(home) if r.name.lower() == name.lower()), None)
-    if row is None:
-        raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
-    folder = _weights_folder(row.name, read_library(home), home)
+    folder = _weights_folder(_row(name, home).name, read_library(home), home)
     if folder is None:
         raise ConfigError(f"{name} has no weights here to quantize (a remote model)")
     return model_info.forget_quantizations(folder)
+
+
+def _row(name: str, home: Path) -> ModelRow:
+    """`name`'s row of `list_models` (any case); `UnknownModel` if there is none."""
+    plugins.load()
+    row = next((r for r in list_models(home) if r.name.lower() == name.lower()), None)
+    if row is None:
+        raise UnknownModel(f"no model named {name!r} (see `llmos models list`)")
+    return row
 
 
 def _facts(row: ModelRow) -> list[tuple[str, str]]:
