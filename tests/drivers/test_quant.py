@@ -133,8 +133,8 @@ def test_a_weight_from_memory_cycles_through_copies_that_fill_more_than_a_cache(
     x = torch.randn(2, 128)
     assert all(torch.equal(call(x), then(made(x)[:, :96].contiguous())) for _ in range(3))
     assert len(call.copies) * (made.nbytes + then.nbytes) >= quant.COLD_BYTES
-    each_copys = {link.matmul.data.data_ptr() for chain in call.copies for link in chain}  # memory of its own
-    assert len(each_copys) == 2 * len(call.copies)
+    memories = {link.matmul.data.data_ptr() for chain in call.copies for link in chain}  # each copy its own
+    assert len(memories) == 2 * len(call.copies)
     w = weight(64, 96)
     dense = quant.FromMemory(lambda: [quant.dense_link(w, lambda copy: lambda x: F.linear(x, copy))])
     assert torch.equal(dense(x[:, :96]), F.linear(x[:, :96], w)) and len(dense.copies) * w.numel() * 4 >= quant.COLD_BYTES
