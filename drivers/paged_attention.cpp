@@ -138,6 +138,13 @@ bool dispatch(int64_t group, int64_t dim, const T* q, const S* k, const S* v, co
   }
 }
 
+// Whether K/V in k and v may serve queries computed in `compute`: the same dtype, or bfloat16
+// under float32 (a float32 model's K/V kept in half the bytes). rope_store and paged_decode agree.
+bool kv_stored_for(at::ScalarType compute, const at::Tensor& k, const at::Tensor& v) {
+  const at::ScalarType stored = k.scalar_type();
+  return v.scalar_type() == stored && (stored == compute || (compute == at::kFloat && stored == at::kBFloat16));
+}
+
 // q (B, Hq, D); k (blocks, Hkv, D, BLOCK) and v (blocks, Hkv, BLOCK, D) of one layer;
 // table (B, W) int32 block ids; lens (B,) int32 keys to attend, each at least 1.
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& table,
@@ -145,9 +152,8 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k, const at::Tens
   TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4, "paged_decode: q is (B, Hq, D), k and v 4-d");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && table.is_contiguous() &&
                   lens.is_contiguous(), "paged_decode: inputs must be contiguous");
-  TORCH_CHECK(k.scalar_type() == v.scalar_type() && (q.scalar_type() == k.scalar_type() ||
-                                                      (q.scalar_type() == at::kFloat && k.scalar_type() == at::kBFloat16)),
-              "paged_decode: k and v share q's dtype, or are bfloat16 under float32 queries");
+  TORCH_CHECK(kv_stored_for(q.scalar_type(), k, v), "paged_decode: k and v share q's dtype, or are bfloat16 under "
+              "float32 queries");
   TORCH_CHECK(table.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, "paged_decode: int32 table and lens");
   const int64_t batch = q.size(0), q_heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
   TORCH_CHECK(k.size(2) == dim && k.size(3) == BLOCK && v.size(2) == BLOCK && v.size(3) == dim &&
@@ -268,9 +274,7 @@ at::Tensor rope_store(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
                   v.size(3) == dim && blocks.numel() == batch && offsets.numel() == batch,
               "rope_store: shapes disagree");
   TORCH_CHECK(qkv.scalar_type() == cos.scalar_type() && cos.scalar_type() == sin.scalar_type() &&
-                  k.scalar_type() == v.scalar_type() &&
-                  (k.scalar_type() == qkv.scalar_type() ||
-                   (qkv.scalar_type() == at::kFloat && k.scalar_type() == at::kBFloat16)),
+                  kv_stored_for(qkv.scalar_type(), k, v),
               "rope_store: dtypes differ (k and v may be bfloat16 under a float32 qkv)");
   TORCH_CHECK(blocks.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong, "rope_store: int64 blocks");
   const int64_t* block_ids = blocks.data_ptr<int64_t>();
