@@ -47,11 +47,19 @@ INT4_INNER_TILES = 1  # the CPU kernel's packing parameter (its only supported v
 QUANT_ENV = "LLMOS_QUANT"  # none | int8 | int4 | auto (the default: measured)
 TRIAL_ROWS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes the measurement tries, smallest first
 SPEEDUP_NEEDED = 1.15  # a kernel must beat dense by this much at a batch size to take it
+# The few rows' kind must beat the main one by this much (both quantized; int4's perplexity
+# is gated in bench/quality.py): int4 at one row ran whole decode steps 1.23x faster than int8
+# on a 2-core Zen 3, and raced alone read 1.04-1.36x, around SPEEDUP_NEEDED.
+FEW_SPEEDUP_NEEDED = 1.05
 # Timed calls of each kernel at each size, best taken. A choice is measured once on a machine
 # and kept (drivers/quant_cache.py), so it can afford care: with 5 on a shared 2-core host,
 # three loads in a row chose three ways.
 REPEATS = 15
-METHOD = 2  # how `measure` races the kinds; a choice kept from another method is measured again
+# ...and turns for at least this long at each size: at one or two rows 15 turns took ~50 ms,
+# inside one noisy spell of the host (one load read int4 and int8 level at one row, where the
+# next two read int4 1.14-1.25x faster).
+RACE_SECONDS = 0.25
+METHOD = 3  # how `measure` races the kinds; a choice kept from another method is measured again
 
 
 _requested: ContextVar[str | None] = ContextVar("llmos_requested_quantization", default=None)
@@ -271,40 +279,40 @@ Matmul = Callable[[torch.Tensor], torch.Tensor]
 
 
 def measure(chain: list[torch.Tensor], dense_of: Callable[[torch.Tensor], Matmul], kinds: tuple[str, ...],
-            dtype: torch.dtype, repeats: int = REPEATS) -> Choice:
+            dtype: torch.dtype, repeats: int = REPEATS, seconds: float = RACE_SECONDS) -> Choice:
     """Of `kinds`, the one that beats the dense matmul by SPEEDUP_NEEDED up to the most rows
-    (`row_limit`; a tie: the faster there), and another that beats that one at the smallest
-    batches for those (`Choice.few`). Each is raced through `chain` (the model's MLP: gate and
-    up, then down, each taking the first of the previous one's outputs) with weights from
-    memory, as a decode step reads them (`FromMemory`); `dense_of(weight)` is the dense matmul
-    the engine would run. `chain[0]` decides which kinds fit."""
-    times: dict[str, dict[int, float]] = {"none": {}}
-    limits: dict[str, int] = {}
-    racers: dict[str, FromMemory] = {}
-    dense = FromMemory(lambda: [dense_link(w, dense_of) for w in chain])
+    (`won_up_to`; a tie: the faster there), and another that beats that one by
+    FEW_SPEEDUP_NEEDED at the smallest batches for those (`Choice.few`). All are raced in
+    turns (`race`) through `chain` (the model's MLP: gate and up, then down, each taking the
+    first of the previous one's outputs) with weights from memory, as a decode step reads them
+    (`FromMemory`); `dense_of(weight)` is the dense matmul the engine would run. `chain[0]`
+    decides which kinds fit."""
+    racers: dict[str, Matmul] = {"none": FromMemory(lambda: [dense_link(w, dense_of) for w in chain])}
     for kind in kinds:
         if not (available(kind) and fits(kind, chain[0])):
             continue
         made = [quantize(w, kind) if fits(kind, w) else None for w in chain]  # None: dense, as the engine keeps it
         racers[kind] = FromMemory(lambda made=made: [quantized_link(q) if q is not None else dense_link(w, dense_of)
                                                      for w, q in zip(chain, made, strict=True)])
-        # Each kind races the same dense times (measured once a size, kept in times["none"]).
-        limits[kind], raced = row_limit(racers[kind], dense, chain[0].shape[1], dtype, repeats, known=times["none"])
-        times[kind] = {rows: small for rows, (_, small) in raced.items()}
+    times = race(racers, chain[0].shape[1], dtype, repeats, seconds=seconds)
+    limits = {kind: won_up_to(times["none"], times[kind]) for kind in racers if kind != "none"}
     winners = [kind for kind in limits if limits[kind]]
     if not winners:
         return Choice("none", 0, times)
     widest = max(winners, key=lambda kind: (limits[kind], -times[kind][limits[kind]]))  # a tie: the faster there
-    for other in sorted(set(winners) - {widest}, key=lambda kind: times[kind][1]):
-        few_rows, raced = row_limit(racers[other], racers[widest], chain[0].shape[1], dtype, repeats)
-        times[f"{other} against {widest}"] = {rows: mine for rows, (_, mine) in raced.items()}
-        times[f"{widest} against {other}"] = {rows: theirs for rows, (theirs, _) in raced.items()}
+    for other in sorted(set(winners) - {widest}, key=lambda kind: times[kind][TRIAL_ROWS[0]]):
+        few_rows = won_up_to(times[widest], times[other], FEW_SPEEDUP_NEEDED)
         if few_rows:
             return Choice(widest, limits[widest], times, few=other, few_rows=min(few_rows, limits[widest]))
     return Choice(widest, limits[widest], times)
 
 
 COLD_BYTES = 96 << 20  # more than a server CPU's last-level cache (this Zen 3's: 32 MiB)
+# Weight bytes a timed trial streams at least: a decode step streams 60-540 MB through ~120
+# calls back to back. A lone 1-2 MB chain timed alone carried its start (threads waking, the
+# prefetchers finding the stream) into its time, which at one row hid int4's lead over int8:
+# raced one chain a trial, int4 read 1.04-1.2x int8's speed, where whole decode steps ran 1.23x.
+TRIAL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -328,61 +336,102 @@ def dense_link(weight: torch.Tensor, dense_of: Callable[[torch.Tensor], Matmul])
 
 
 class FromMemory:
-    """The product of a chain of matmuls, each call on the next of enough copies of them
-    (`make_chain()` makes one) to fill COLD_BYTES, so that the weights come from DRAM as a
-    decode step's do: a model's weights outgrow the cache, a lone trial weight stays in it,
-    and there dense float32 looked twice as fast against the kernels (a choice measured so
-    gave 16 agents int4 where int8 ran their decode steps faster) and int4, fewer bytes but
-    more instructions a weight, slower than int8."""
+    """A chain of matmuls run `chains_per_call` times a call (each time from x, on the next of
+    enough copies of the chain, made by `make_chain()`, to fill COLD_BYTES), so that the
+    weights come from DRAM as a decode step's do, TRIAL_BYTES or more of them in a row: a
+    model's weights outgrow the cache, a lone trial weight stays in it, and there dense
+    float32 looked twice as fast against the kernels (a choice measured so gave 16 agents
+    int4 where int8 ran their decode steps faster) and int4, fewer bytes but more
+    instructions a weight, slower than int8. Returns the last chain's output."""
 
     def __init__(self, make_chain: Callable[[], list[Link]]) -> None:
         first = make_chain()
-        count = -(-COLD_BYTES // max(sum(link.nbytes for link in first), 1))
+        chain_bytes = max(sum(link.nbytes for link in first), 1)
+        self.chains_per_call = -(-TRIAL_BYTES // chain_bytes)
+        count = -(-COLD_BYTES // chain_bytes)  # >= chains_per_call: a call never reads a copy twice
         self.copies = [first] + [make_chain() for _ in range(count - 1)]
         self._turn = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._turn = (self._turn + 1) % len(self.copies)
-        for link in self.copies[self._turn]:
-            x = link.matmul(x[:, : link.in_features].contiguous())
-        return x
+        for _ in range(self.chains_per_call):
+            self._turn = (self._turn + 1) % len(self.copies)
+            out = x
+            for link in self.copies[self._turn]:
+                out = link.matmul(out[:, : link.in_features].contiguous())
+        return out
 
 
-def row_limit(small: Callable[[torch.Tensor], torch.Tensor], dense: Callable[[torch.Tensor], torch.Tensor],
-              in_features: int, dtype: torch.dtype, repeats: int = REPEATS,
-              known: dict[int, float] | None = None) -> tuple[int, dict[int, tuple[float, float]]]:
-    """The largest of TRIAL_ROWS at which `small` beats `dense` by SPEEDUP_NEEDED before it
-    loses at two sizes in a row (0: none), and the ms each took, (dense, small) by rows: past
-    it the dense matmul serves. Both grow with the rows, so a lone loss between wins is the
-    host's noise (on a shared 2-core host one at 8 rows capped int8 at 4, and 16 agents went
-    dense). `known`: dense's times by rows, taken from it where there and added to it where not."""
-    raced: dict[int, tuple[float, float]] = {}
-    dense_ms = {} if known is None else known
-    limit, losses = 0, 0
+def row_limit(small: Matmul, dense: Matmul, in_features: int, dtype: torch.dtype, repeats: int = REPEATS,
+              seconds: float = RACE_SECONDS) -> tuple[int, dict[str, dict[int, float]]]:
+    """How many rows `small` serves before `dense` (`won_up_to`, raced in turns by `race`),
+    and the ms a chain each took, by racer ("small", "dense") and rows."""
+    times = race({"dense": dense, "small": small}, in_features, dtype, repeats, baseline="dense", seconds=seconds)
+    return won_up_to(times["dense"], times["small"]), times
+
+
+def race(racers: dict[str, Matmul], in_features: int, dtype: torch.dtype, repeats: int = REPEATS,
+         baseline: str = "none", seconds: float = 0.0) -> dict[str, dict[int, float]]:
+    """The ms a chain each of `racers` takes at each of TRIAL_ROWS (a call's time over its
+    `chains_per_call`, where it has one, as FromMemory does), by name and rows. At each size
+    all are timed in turns, so that a noisy spell on the shared host falls on all of them,
+    not on whichever ran during it (raced one kind after another, three loads chose three
+    ways), `repeats` turns or more until `seconds` have passed. A racer that has lost to
+    `baseline` where `won_up_to` stops is not timed further; the race ends when none is left."""
+    times: dict[str, dict[int, float]] = {name: {} for name in racers}
+    running = list(racers)
     for rows in TRIAL_ROWS:
         x = torch.randn(rows, in_features, dtype=dtype)
-        fns = [lambda: small(x)] if rows in dense_ms else [lambda: small(x), lambda: dense(x)]
-        best = _best_ms(fns, repeats)
-        dense_ms.setdefault(rows, best[-1])
-        raced[rows] = (dense_ms[rows], best[0])
-        won = raced[rows][0] >= SPEEDUP_NEEDED * raced[rows][1]
-        losses = 0 if won else losses + 1
-        if losses == 2 or (losses and rows == TRIAL_ROWS[0]):  # at one row a loss is the answer
+        best = _best_ms([lambda racer=racers[name]: racer(x) for name in running], repeats, seconds)
+        for name, ms in zip(running, best, strict=True):
+            times[name][rows] = ms / _chains_per_call(racers[name])
+        running = [name for name in running if name == baseline or not _stopped(times[baseline], times[name])]
+        if running == [baseline]:
             break
+    return times
+
+
+def won_up_to(slow: dict[int, float], fast: dict[int, float], needed: float = SPEEDUP_NEEDED) -> int:
+    """The largest size (of TRIAL_ROWS, timed in both) at which `fast` beats `slow` by `needed`
+    before it loses at two sizes in a row (0: none): past it `slow` serves. Both grow with the
+    rows, so a lone loss between wins is the host's noise (on a shared 2-core host one at 8
+    rows capped int8 at 4, and 16 agents went dense); at the first size a loss is the answer."""
+    return _scan(slow, fast, needed)[0]
+
+
+def _stopped(slow: dict[int, float], fast: dict[int, float]) -> bool:
+    """Whether `won_up_to` has its answer from the sizes timed so far."""
+    return _scan(slow, fast, SPEEDUP_NEEDED)[1]
+
+
+def _scan(slow: dict[int, float], fast: dict[int, float], needed: float) -> tuple[int, bool]:
+    limit, losses = 0, 0
+    for rows in (r for r in TRIAL_ROWS if r in slow and r in fast):
+        won = slow[rows] >= needed * fast[rows]
+        losses = 0 if won else losses + 1
+        if losses == 2 or (losses and rows == TRIAL_ROWS[0]):
+            return limit, True
         limit = rows if won else limit
-    return limit, raced
+    return limit, False
 
 
-def _best_ms(fns: list[Callable[[], torch.Tensor]], repeats: int) -> list[float]:
-    """Each of `fns`' best time in ms over `repeats` calls, taken in turns: on a shared host a
-    noisy spell then falls on all of them, not on whichever ran during it."""
+def _chains_per_call(matmul: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """How many chains one call of `matmul` runs (FromMemory's `chains_per_call`; else one)."""
+    return getattr(matmul, "chains_per_call", 1)
+
+
+def _best_ms(fns: list[Callable[[], torch.Tensor]], repeats: int, seconds: float = 0.0) -> list[float]:
+    """Each of `fns`' best time in ms over `repeats` turns, or more until `seconds` have passed,
+    taken in turns: on a shared host a noisy spell then falls on all of them, not on whichever
+    ran during it."""
     best = [float("inf")] * len(fns)
     with torch.inference_mode():
         for fn in fns:
             fn()  # warm: first calls allocate
-        for _ in range(repeats):
+        began_all, turns = time.perf_counter(), 0
+        while turns < repeats or time.perf_counter() - began_all < seconds:
             for i, fn in enumerate(fns):
                 began = time.perf_counter()
                 fn()
                 best[i] = min(best[i], time.perf_counter() - began)
+            turns += 1
     return [b * 1000 for b in best]

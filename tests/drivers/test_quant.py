@@ -41,17 +41,16 @@ def test_a_quantized_product_is_the_product_with_the_weights_it_keeps(kind):
 def test_the_measured_choice_names_a_kind_and_a_row_limit_it_measured():
     gate_up, down = weight(3072, 576), weight(576, 1536)
     choice = quant.measure([gate_up, down], lambda w: lambda x: F.linear(x, w), tuple(KINDS), torch.float32,
-                           repeats=2)
+                           repeats=2, seconds=0)
     assert choice.kind in quant.QUANTS and {"none", *KINDS} <= set(choice.measured)
     assert (choice.kind == "none") == (choice.max_rows == 0)
     if choice.kind != "none":  # it won at every size up to its limit
         for rows in (r for r in quant.TRIAL_ROWS if r <= choice.max_rows):
             assert choice.measured["none"][rows] >= quant.SPEEDUP_NEEDED * choice.measured[choice.kind][rows]
-    if choice.few != "none":  # and the few rows' kind beat it, weights from memory, up to its own
+    if choice.few != "none":  # and the few rows' kind beat it, in the same race, up to its own
         assert choice.few != choice.kind and 0 < choice.few_rows <= choice.max_rows
-        mine = choice.measured[f"{choice.few} against {choice.kind}"]
-        theirs = choice.measured[f"{choice.kind} against {choice.few}"]
-        assert all(theirs[rows] >= quant.SPEEDUP_NEEDED * mine[rows] for rows in mine if rows <= choice.few_rows)
+        mine, theirs = choice.measured[choice.few], choice.measured[choice.kind]
+        assert all(theirs[rows] >= quant.FEW_SPEEDUP_NEEDED * mine[rows] for rows in mine if rows <= choice.few_rows)
 
 
 def test_the_row_limit_is_the_last_size_won_before_the_kernel_loses_twice_in_a_row():
@@ -66,13 +65,13 @@ def test_the_row_limit_is_the_last_size_won_before_the_kernel_loses_twice_in_a_r
             return x
         return dense
 
-    limit, raced = quant.row_limit(kernel, dense_losing_past(8), 16, torch.float32, repeats=1)
+    limit, raced = quant.row_limit(kernel, dense_losing_past(8), 16, torch.float32, repeats=1, seconds=0)
     assert limit == 8
-    assert list(raced) == [1, 2, 4, 8, 16, 32]  # it stopped at the second loss in a row
+    assert list(raced["small"]) == list(raced["dense"]) == [1, 2, 4, 8, 16, 32]  # it stopped at the second loss in a row
     # A lone loss between wins (the host's noise) does not end it.
-    assert quant.row_limit(kernel, dense_losing_past(16, noisy=4), 16, torch.float32, repeats=1)[0] == 16
-    limit, raced = quant.row_limit(kernel, lambda x: x, 16, torch.float32, repeats=1)
-    assert limit == 0 and list(raced) == [1]  # no win at one row: not tried further
+    assert quant.row_limit(kernel, dense_losing_past(16, noisy=4), 16, torch.float32, repeats=1, seconds=0)[0] == 16
+    limit, raced = quant.row_limit(kernel, lambda x: x, 16, torch.float32, repeats=1, seconds=0)
+    assert limit == 0 and list(raced["small"]) == [1]  # no win at one row: not tried further
 
 
 def test_projections_are_measured_once_per_weight_shape_and_keep_their_floor():
@@ -208,18 +207,21 @@ def test_what_load_model_does_not_name_is_left_to_the_outer_request(session_llmo
     assert llmos.load_model("smollm2", dtype="float32").driver.engine.runner.quantization.kind == "int8"
 
 
-def test_dense_times_already_known_are_not_measured_again():
-    calls: list[int] = []
+def test_racers_are_timed_in_turns_and_one_that_has_lost_is_not_timed_further():
+    order: list[tuple[str, int]] = []
 
-    def kernel(x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.001)
-        return x
+    def timed(name: str, seconds: Callable[[int], float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def matmul(x: torch.Tensor) -> torch.Tensor:
+            order.append((name, x.shape[0]))
+            time.sleep(seconds(x.shape[0]))
+            return x
+        return matmul
 
-    def dense(x: torch.Tensor) -> torch.Tensor:  # instant: the kernel loses wherever dense is timed
-        calls.append(x.shape[0])
-        return x
-
-    known = {1: 10.0, 2: 10.0}  # ms, as if measured before: far slower than the kernel
-    limit, raced = quant.row_limit(kernel, dense, 16, torch.float32, repeats=1, known=known)
-    assert limit == 2 and raced[1][0] == raced[2][0] == 10.0
-    assert set(calls) == {4, 8} and set(known) == {1, 2, 4, 8}  # timed where it lost, and added
+    racers = {"none": timed("none", lambda rows: 0.004), "fast": timed("fast", lambda rows: 0.001),
+              "slow": timed("slow", lambda rows: 0.004 if rows == 1 else 0.006)}
+    times = quant.race(racers, 16, torch.float32, repeats=2, seconds=0)
+    assert set(times["slow"]) == {1} and list(times["fast"]) == list(quant.TRIAL_ROWS)  # slow lost at one row
+    timed_at_one = [name for name, rows in order if rows == 1]
+    assert timed_at_one == ["none", "fast", "slow"] * 3  # a warm call each, then two turns
+    assert quant.won_up_to(times["none"], times["fast"]) == quant.TRIAL_ROWS[-1]
+    assert quant.won_up_to(times["none"], times["slow"]) == 0
