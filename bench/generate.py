@@ -14,8 +14,9 @@ natively, see drivers/transformers_driver.py) and (a) is also measured in that d
   (f) the llmos engine driven directly, without the kernel (to measure the kernel's overhead)
 For N = 1, 4, 16, 64: aggregate tokens/s, time to first token p50/p95, per-request latency,
 and ratios to (a) and (d). (d), (e) and (f) run in --repeat rounds, one after another in each
-round; the median run of each is reported, and llmos's ratio to each peer is the median of
-the rounds' ratios (the machine is shared: one run can be off by tens of percent). (c) runs
+round ((e) and (f) taking turns at going first); the median run of each is reported, and
+llmos's ratio to each peer is the median of the rounds' ratios (the machine is shared: one
+run can be off by tens of percent). (c) runs
 after everything else, as its worker thread slows later torch work in the process. Then:
 requests arriving at ~2/s; 16 agents sharing a 600-token system prompt with and without
 prefix caching; a short request behind 16 long ones under FIFO and round-robin. (a) and
@@ -253,20 +254,32 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
         row["static_batch"] = compute.call(static_batch_generate, hf, tok, qs)
         runs: dict[str, list[Any]] = {"llama_cpp_sequential": [], "llama_cpp_batched": [], "llmos": [],
                                       "bare_engine": []}
-        for _ in range(args.repeat):  # one after another, so a slow spell of the machine hits all
+        for round_ in range(args.repeat):  # one after another, so a slow spell of the machine hits all
             cpp = llama_cpp_sequential(questions(args.sequential), args.threads)
             runs["llama_cpp_sequential"].append(cpp if isinstance(cpp, str) else one_at_a_time(cpp, n))
             runs["llama_cpp_batched"].append(llama_batch.summary(model, qs, args.threads, NEW_TOKENS))
-            cold(model)
-            runs["llmos"].append(anyio.run(lambda: llmos_agents(model, qs)))
-            runs["llmos"][-1].pop("ttfts")
-            cold(model)  # else the bare engine would find these very prompts in the prefix cache
-            runs["bare_engine"].append(compute.call(bare_engine, model.driver, qs))
+            for name in ENGINE_ORDERS[round_ % 2]:
+                settle()
+                cold(model)  # else a run would find the last run's very prompts in the prefix cache
+                runs[name].append(anyio.run(lambda: llmos_agents(model, qs)) if name == "llmos"
+                                  else compute.call(bare_engine, model.driver, qs))
+                runs[name][-1].pop("ttfts", None)
         row |= {name: r[0] if isinstance(r[0], str) else median_run(r) for name, r in runs.items()}
         row["paired_ratios"] = paired_ratios(runs)
         out[str(n)] = row
         report_throughput(n, row)
     return out
+
+
+# Which of llmos and the bare engine runs first, by round: whichever ran right after llama.cpp's
+# 64-agent process lost time (64 agents, 4 rounds each way on a 2-core Zen 3: llmos behind the
+# bare engine by +8.3% run so, +2.5% without llama.cpp between), so the rounds take turns.
+ENGINE_ORDERS = (("llmos", "bare_engine"), ("bare_engine", "llmos"))
+SETTLE_S = 1.0  # a pause before each engine run, for the machine to finish what the last run left
+
+
+def settle() -> None:
+    time.sleep(SETTLE_S)
 
 
 def paired_ratios(runs: dict[str, list[Any]]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from llmos.kernel.errors import ConfigError, DurabilityUnavailable
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.model import Embedder, ModelDriver
 from llmos.kernel.scheduler import Scheduler
+from llmos.frozen_heap import frozen_heap
 from llmos.home import audit_log, llmos_home
 from llmos.library_port import HomeLibrary
 from llmos.kernel.audit import AuditLog
@@ -95,6 +96,7 @@ async def boot(model: str | Model | ModelDriver | None = DEFAULT_MODEL, *, polic
         kernel.models.loader = HomeModelLoader(llmos_home())
         _keep_models_as_configured(kernel)
         await _durability(stack, kernel, durable, resume, durable_capacity, api_url)
+        stack.enter_context(frozen_heap())  # what is alive now lives as long as the kernel
         yield kernel
 
 

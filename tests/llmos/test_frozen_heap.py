@@ -1,0 +1,44 @@
+"""llmos.frozen_heap: while kernels serve, what was alive when the first booted is out of the
+cyclic collector's reach; after the last stops, garbage among it is collected again."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import llmos
+from llmos.frozen_heap import frozen_heap
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_heap_stays_frozen_until_the_last_of_overlapping_kernels_stops():
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen  # the outer kernel still serves
+    assert gc.get_freeze_count() == 0
+
+
+def test_garbage_alive_at_boot_is_collected_once_the_kernel_stops():
+    cycle = Cycle()
+    alive = weakref.ref(cycle)
+    with frozen_heap():
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen: the collector does not reach it
+    gc.collect()
+    assert alive() is None
+
+
+async def test_a_booted_kernel_serves_with_the_heap_frozen_and_thaws_it_on_exit(llmos_home):
+    async with llmos.boot(None, memory=None, durable=None) as kernel:
+        assert gc.get_freeze_count() > 0
+        assert kernel is not None
+    assert gc.get_freeze_count() == 0
