@@ -319,8 +319,12 @@ class LlamaRunner:
             if self.quantization.kind != "none":
                 self.fused = paged.kernel()
         self.cache: KVPool = cache_factory(len(self.layers), self.kv_heads, self.head_dim, self.kv_dtype)
+        # Its SiLU and product in one call, where the MLP's activation is SiLU: every pass on the
+        # compiled path runs this one (decode_layers does too, so both paths agree bitwise).
+        silu = getattr(cfg, "hidden_act", None) == "silu"
+        self.silu_mul: Any = self.fused.silu_mul if self.fused is not None and silu else None
         # Decode passes run every layer in one compiled call where all of them can (SiLU MLPs).
-        self.stackable = self.fused is not None and getattr(cfg, "hidden_act", None) == "silu"
+        self.stackable = self.silu_mul is not None
         self._stacks: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         # FlashAttention serves decode passes on CUDA (never run on the CPU-only machines we
         # develop on); prefill and every CPU pass use PyTorch's sdpa.
@@ -470,7 +474,10 @@ class LlamaRunner:
         return y if shared.lora is None else self.adapters.add_to(y, index, part, x, shared.lora)
 
     def _mlp(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
-        gate, up = self._project(layer.gate_up, index, "gate_up", x, shared).chunk(2, dim=-1)
+        gate_up = self._project(layer.gate_up, index, "gate_up", x, shared)
+        if self.silu_mul is not None:
+            return self._project(layer.down, index, "down", self.silu_mul(gate_up.contiguous()), shared)
+        gate, up = gate_up.chunk(2, dim=-1)
         return self._project(layer.down, index, "down", layer.act(gate) * up, shared)
 
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass, batch: Batch) -> torch.Tensor:

@@ -13,7 +13,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/ops/linear.h>
-#include <ATen/ops/silu.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -221,6 +220,44 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     TORCH_CHECK(x.scalar_type() == at::kBFloat16, "rms_norm: float32 or bfloat16");
     using B16 = c10::BFloat16;
     rms_norm_rows<B16>(x.data_ptr<B16>(), weight.data_ptr<B16>(), out.data_ptr<B16>(), rows, dim, eps);
+  }
+  return out;
+}
+
+// LlamaMLP's act_fn(gate) * up for gate_up (rows, 2I) -> (rows, I), SiLU: one pass over the
+// projection's output instead of a chunk, a SiLU into a temporary and a product (2 ms of a
+// 16-agent step on 2 cores). SiLU in float32, rounded to the storage type before the product,
+// as PyTorch's silu then mul round.
+template <typename T>
+void silu_mul_rows(const T* gate_up, T* out, int64_t rows, int64_t inner) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* gate = gate_up + r * 2 * inner;
+      const T* up = gate + inner;
+      T* dst = out + r * inner;
+#pragma omp simd
+      for (int64_t i = 0; i < inner; ++i) {
+        const float x = widen(gate[i]);
+        dst[i] = T(widen(T(x / (1.0f + std::exp(-x)))) * widen(up[i]));
+      }
+    }
+  });
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.is_contiguous() && gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0,
+              "silu_mul: gate_up (..., 2I), contiguous");
+  std::vector<int64_t> shape = gate_up.sizes().vec();
+  const int64_t inner = shape.back() / 2;
+  shape.back() = inner;
+  auto out = at::empty(shape, gate_up.options());
+  const int64_t rows = inner == 0 ? 0 : out.numel() / inner;
+  if (gate_up.scalar_type() == at::kFloat) {
+    silu_mul_rows<float>(gate_up.data_ptr<float>(), out.data_ptr<float>(), rows, inner);
+  } else {
+    TORCH_CHECK(gate_up.scalar_type() == at::kBFloat16, "silu_mul: float32 or bfloat16");
+    using B16 = c10::BFloat16;
+    silu_mul_rows<B16>(gate_up.data_ptr<B16>(), out.data_ptr<B16>(), rows, inner);
   }
   return out;
 }
@@ -847,8 +884,7 @@ void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weig
     const at::Tensor q = rope_store(qkv.view({batch, -1, dim}), cos, sin, k, v, blocks, offsets, q_heads);
     const at::Tensor attended = paged_decode(q, k, v, table, lens, scale);
     hidden.add_(projected(attended.view({batch, -1}), w[2], w[3]));
-    const std::vector<at::Tensor> gate_up = projected(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5]).chunk(2, -1);
-    hidden.add_(projected(at::silu(gate_up[0]).mul(gate_up[1]).contiguous(), w[6], w[7]));
+    hidden.add_(projected(silu_mul(projected(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5])), w[6], w[7]));
   }
 }
 
@@ -865,6 +901,8 @@ bool integer_kernels() { return false; }
 TORCH_LIBRARY(llmos_paged, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.impl("rms_norm", c10::DispatchKey::CPU, TORCH_FN(rms_norm));
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
+  m.impl("silu_mul", c10::DispatchKey::CPU, TORCH_FN(silu_mul));
   m.def("rope_store(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k, Tensor(b!) v, Tensor blocks, Tensor offsets, "
         "int q_heads) -> Tensor");
   m.impl("rope_store", c10::DispatchKey::CPU, TORCH_FN(rope_store));

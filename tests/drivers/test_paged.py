@@ -1,5 +1,5 @@
 """The compiled operators of drivers/paged_attention.cpp beside the PyTorch code they replace:
-the fused RMSNorm, decode's rotary embedding with its K/V store (the quantized path), and
+the fused RMSNorm, the MLP's SiLU and product, decode's rotary embedding with its K/V store (the quantized path), and
 the LoRA rows of a mixed-adapter batch. Paged attention itself is checked through the engine (test_engine.py)."""
 
 from __future__ import annotations
@@ -34,6 +34,25 @@ def test_the_fused_norm_is_llama_s_rms_norm(dtype):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match="dtypes differ"):
         ops.rms_norm(x, norm.weight.data.float() if dtype != torch.float32 else norm.weight.data.double(), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_silu_and_product_are_llama_s_mlp_activation(dtype):
+    torch.manual_seed(0)
+    gate_up = (torch.randn(5, 3, 2 * 1536) * 4).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    got, want = ops.silu_mul(gate_up), torch.nn.functional.silu(gate) * up
+    assert got.dtype == dtype and got.shape == (5, 3, 1536)
+    if dtype == torch.bfloat16:  # SiLU's exp may differ from PyTorch's below bfloat16's rounding
+        assert (got != want).float().mean() < 0.01
+        torch.testing.assert_close(got, want, atol=0.02, rtol=0.01)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert ops.silu_mul(gate_up[:0]).shape == (0, 3, 1536)
+    with pytest.raises(RuntimeError, match="2I"):
+        ops.silu_mul(torch.randn(2, 7))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.silu_mul(torch.randn(2, 8, dtype=torch.float64))
 
 
 @pytest.mark.parametrize(("dtype", "stored"), [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),

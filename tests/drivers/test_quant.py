@@ -67,7 +67,7 @@ def test_the_row_limit_is_the_last_size_won_before_the_kernel_loses_twice_in_a_r
 
     limit, raced = quant.row_limit(kernel, dense_losing_past(8), 16, torch.float32, repeats=1, seconds=0)
     assert limit == 8
-    assert list(raced["small"]) == list(raced["dense"]) == [1, 2, 4, 8, 16, 32]  # it stopped at the second loss in a row
+    assert list(raced["small"]) == list(raced["dense"]) == [1, 2, 4, 8, 16, 32]  # stopped at a second loss in a row
     # A lone loss between wins (the host's noise) does not end it.
     assert quant.row_limit(kernel, dense_losing_past(16, noisy=4), 16, torch.float32, repeats=1, seconds=0)[0] == 16
     limit, raced = quant.row_limit(kernel, lambda x: x, 16, torch.float32, repeats=1, seconds=0)
