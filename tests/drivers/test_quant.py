@@ -38,19 +38,27 @@ def test_a_quantized_product_is_the_product_with_the_weights_it_keeps(kind):
     assert quant.quantize(w, kind).nbytes < w.numel() * (2 if kind == "int8" else 1)  # a half or a quarter of bf16
 
 
+def won_to(limit: int, slow: dict[int, float], fast: dict[int, float], needed: float) -> bool:
+    """Whether `fast` beat `slow` by `needed` at the first size and never lost at two sizes in a
+    row up to `limit` (a lone loss between wins is the host's noise: `won_up_to`)."""
+    won = [slow[rows] >= needed * fast[rows] for rows in quant.TRIAL_ROWS if rows <= limit]
+    return won[0] and not any(not a and not b for a, b in zip(won, won[1:]))
+
+
 def test_the_measured_choice_names_a_kind_and_a_row_limit_it_measured():
     gate_up, down = weight(3072, 576), weight(576, 1536)
     choice = quant.measure([gate_up, down], lambda w: lambda x: F.linear(x, w), tuple(KINDS), torch.float32,
                            repeats=2, seconds=0)
     assert choice.kind in quant.QUANTS and {"none", *KINDS} <= set(choice.measured)
     assert (choice.kind == "none") == (choice.max_rows == 0)
-    if choice.kind != "none":  # it won at every size up to its limit
-        for rows in (r for r in quant.TRIAL_ROWS if r <= choice.max_rows):
-            assert choice.measured["none"][rows] >= quant.SPEEDUP_NEEDED * choice.measured[choice.kind][rows]
+    if choice.kind != "none":  # it won up to its limit, and at the limit itself
+        dense, kernel = choice.measured["none"], choice.measured[choice.kind]
+        assert won_to(choice.max_rows, dense, kernel, quant.SPEEDUP_NEEDED)
+        assert dense[choice.max_rows] >= quant.SPEEDUP_NEEDED * kernel[choice.max_rows]
     if choice.few != "none":  # and the few rows' kind beat it, in the same race, up to its own
         assert choice.few != choice.kind and 0 < choice.few_rows <= choice.max_rows
-        mine, theirs = choice.measured[choice.few], choice.measured[choice.kind]
-        assert all(theirs[rows] >= quant.FEW_SPEEDUP_NEEDED * mine[rows] for rows in mine if rows <= choice.few_rows)
+        assert won_to(choice.few_rows, choice.measured[choice.kind], choice.measured[choice.few],
+                      quant.FEW_SPEEDUP_NEEDED)
 
 
 def test_the_row_limit_is_the_last_size_won_before_the_kernel_loses_twice_in_a_row():

@@ -5,14 +5,31 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
+
+import pytest
 
 import llmos
+from llmos import frozen_heap as heap
 from llmos.frozen_heap import frozen_heap
 
 
 class Cycle:
     def __init__(self) -> None:
         self.me = self
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_serving(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As in a fresh process: no kernel serving and the heap thawed. (A kernel of an earlier
+    test in this process may still serve, a session's runtime: its freeze is put back after.)"""
+    serving = heap._serving
+    if serving:
+        gc.unfreeze()
+    monkeypatch.setattr(heap, "_serving", 0)
+    yield
+    if serving:
+        gc.freeze()
 
 
 def test_the_heap_stays_frozen_until_the_last_of_overlapping_kernels_stops():
