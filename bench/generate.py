@@ -171,7 +171,7 @@ async def llmos_agents(model: llmos.Model, qs: list[str], *, system: str | None 
         wall = time.perf_counter() - started
     clock.stop()
     return {**summarize([r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results), wall),
-            **clock.summary(), "ttfts": [r[0] for r in results]}
+            **clock.summary(wall), "ttfts": [r[0] for r in results]}
 
 
 class StepClock:
@@ -194,12 +194,15 @@ class StepClock:
     def stop(self) -> None:
         del self.engine.step  # the class's own method again
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, wall: float) -> dict[str, float]:
+        """`outside_share`: the part of the run's `wall` time in which the engine was not
+        stepping (spawning, gathering the first batch, the gaps, the processes' exits)."""
         gaps = [b - a for (_, a), (b, _) in zip(self.spans, self.spans[1:], strict=False)]
         inside = sum(end - begun for begun, end in self.spans)
         return {"steps": len(self.spans), "step_ms_median": statistics.median(e - b for b, e in self.spans) * 1e3,
                 "gap_ms_median": statistics.median(gaps) * 1e3 if gaps else 0.0,
-                "gap_share": sum(gaps) / (inside + sum(gaps)) if gaps else 0.0}
+                "gap_share": sum(gaps) / (inside + sum(gaps)) if gaps else 0.0,
+                "outside_share": max(0.0, wall - inside) / wall}
 
 
 def cold(model: llmos.Model) -> None:
@@ -230,7 +233,7 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
                 firsts[j.id] = now - started
     wall = time.perf_counter() - started
     return {**summarize(list(firsts.values()), [wall] * len(jobs), sum(len(j.token_ids) for j in jobs), wall),
-            "step_ms_median": statistics.median(steps) * 1e3}
+            "step_ms_median": statistics.median(steps) * 1e3, "outside_share": max(0.0, wall - sum(steps)) / wall}
 
 
 # -- the runs ------------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
                 runs[name][-1].pop("ttfts", None)
         row |= {name: r[0] if isinstance(r[0], str) else median_run(r) for name, r in runs.items()}
         row["paired_ratios"] = paired_ratios(runs)
+        row["kernel_time_share"] = kernel_time_share(runs)
         out[str(n)] = row
         report_throughput(n, row)
     return out
@@ -294,6 +298,17 @@ def paired_ratios(runs: dict[str, list[Any]]) -> dict[str, float]:
     return ratios
 
 
+def kernel_time_share(runs: dict[str, list[Any]]) -> float:
+    """The kernel's own time, measured directly: the share of llmos's run in which the engine
+    was not stepping, less the same share of the bare engine's loop in the same round (the
+    median over the rounds). Unlike the ratio of the two runs' walls it leaves out how fast
+    the engine happened to step in each (tens of percent apart from run to run on a shared
+    machine); it also leaves out any slowing of the steps themselves by the kernel, which
+    the step medians beside it show."""
+    return statistics.median(mine["outside_share"] - bare["outside_share"]
+                             for mine, bare in zip(runs["llmos"], runs["bare_engine"], strict=True))
+
+
 def hf_generate_batch_rows(baseline: llmos.Model, ns: list[int], throughput_rows: dict[str, Any]) -> None:
     """(c) for every N, into the table's rows: run last (see `throughput`)."""
     hf, tok = baseline.driver.hf_model, baseline.driver.hf_tokenizer
@@ -315,7 +330,7 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
     print(f"\nN = {n}")
     print(f"  {'method':24} {'tok/s':>8} {'x seq':>7} {'x l.cpp':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8}")
     for name, r in row.items():
-        if name == "paired_ratios":
+        if name in ("paired_ratios", "kernel_time_share"):
             continue
         if isinstance(r, str):
             print(f"  {name:24} {r}")
@@ -335,6 +350,8 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
           + ", ".join(f"{peer.removeprefix('llmos_over_')} x{ratio:.2f}" for peer, ratio in ratios.items()))
     if "llmos_over_bare_engine" in ratios:
         print(f"  kernel overhead (bare engine over llmos, paired): {(1 / ratios['llmos_over_bare_engine'] - 1) * 100:+.1f}%")
+    print(f"  kernel time outside the engine's steps (less the bare loop's, median of {rounds} rounds): "
+          f"{row['kernel_time_share'] * 100:.1f}% of the run")
 
 
 def staggered(model: llmos.Model) -> dict[str, Any]:

@@ -164,8 +164,7 @@ class GenerationService:
                     continue  # work may have come meanwhile
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-                if not self._everyone_asked():
-                    await anyio.sleep(params.BATCH_GATHER_S)
+                await self._gather()
                 continue
             plan = self.scheduler.schedule()
             for preempted in plan.preempted:  # its blocks went back
@@ -193,6 +192,19 @@ class GenerationService:
             # the step's threads use every core, and a task that runs beside them stalls
             # each of the step's many thread barriers instead of costing its own time.
             await anyio.sleep(0)
+
+    async def _gather(self) -> None:
+        """After the model went idle and a request came: wait up to BATCH_GATHER_S for the
+        requests of the other processes that may ask, so that agents started together are
+        served together, and no longer than until the last of them has asked."""
+        deadline = time.perf_counter() + params.BATCH_GATHER_S
+        while not self._everyone_asked():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup = anyio.Event()  # set by the next request (or any change)
+            with anyio.move_on_after(remaining):
+                await self._wakeup.wait()
 
     def _everyone_asked(self) -> bool:
         """Whether every process that may ask for a generation has one queued already: then

@@ -79,8 +79,9 @@ MAX_CHOICES = 64  # options a `choose` call may score (their tokens after the fi
 CHOICE_MEANING_WEIGHT = 200.0
 MAX_CHOICE_EXAMPLES = 512  # example requests one `choose` call may compare the question with (all options)
 CHOICE_VECTOR_CACHE = 4096  # option texts whose sentence vectors are kept between `choose` calls
-# After the model goes idle and a request arrives, wait this long before starting a batch
-# so that requests issued together (agents spawned together) are served together.
+# After the model goes idle and a request arrives, wait up to this long before starting a
+# batch so that requests issued together (agents spawned together) are served together; the
+# wait ends as soon as every process that may ask has asked (kernel/generation.py `_gather`).
 BATCH_GATHER_S = 0.01
 # While nothing waits for a slot, the generation loop lets the driver run several steps of
 # the same batch back to back on its thread, and hands out their text at the end (as vLLM's

@@ -154,3 +154,20 @@ async def test_the_gather_wait_is_skipped_once_every_process_has_asked(monkeypat
         gathered = result(await kernel.wait((await kernel.spawn(_generate, "hi", 2)).pid, timeout=30))
         kernel.kill(idle.pid)
     assert alone.first_token_s < 1.0 <= 2.0 <= gathered.first_token_s
+
+
+async def _generate_later(sys: Any, delay_s: float) -> Any:
+    await anyio.sleep(delay_s)
+    return await _generate(sys, "hi", 2)
+
+
+async def test_the_gather_wait_ends_when_the_last_process_that_may_ask_has_asked(monkeypatch) -> None:
+    monkeypatch.setattr(params, "BATCH_GATHER_S", 5.0)
+    async with llmos.boot(tiny_driver(), **TINY) as kernel:
+        early = await kernel.spawn(_generate, "hi", 2)
+        late = await kernel.spawn(_generate_later, 0.3)
+        began = time.perf_counter()
+        first, second = [result(await kernel.wait(p.pid, timeout=30)) for p in (early, late)]
+        took = time.perf_counter() - began
+    assert 0.3 <= first.first_token_s < 2.0  # it waited for the other one, not for the whole 5 s
+    assert second.first_token_s < 1.0 and took < 4.0
