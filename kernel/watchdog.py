@@ -5,8 +5,8 @@ app (time.sleep, a busy loop, blocking I/O) freezes every other process. Two par
 
 - **The heartbeat**, a task on the loop (a kernel service): it sleeps LOOP_HEARTBEAT_S at a
   time, and how late it wakes is the loop's lag, kept as a distribution (`statistics()`).
-- **The watcher**, a daemon thread: it sleeps until the heartbeat is LOOP_STALL_S / 2 from
-  late, then looks at it every LOOP_STALL_S / 2 (`_until_next_look`). Once the
+- **The watcher**, a daemon thread: it sleeps until the heartbeat is LOOP_STALL_S / 2
+  overdue, then looks at it every LOOP_STALL_S / 2 (`_until_next_look`). Once the
   heartbeat is LOOP_STALL_S late the loop is held, and the thread reads the loop thread's
   Python stack (`sys._current_frames()`): the frame of `Kernel._run` on it holds the process
   whose task runs, and the innermost frame says where. Two holds are nobody's code to blame
@@ -251,11 +251,11 @@ class LoopWatchdog:
                 log.exception("the event-loop watchdog failed a check")
 
     def _until_next_look(self) -> float:
-        """Seconds the watcher sleeps: while the current beat is far from late, until half a
-        stall before it would be (that look samples the loop thread's run queue for
-        `_starved`), then every half stall. Looking every half stall throughout woke this
-        thread 20 times a second, and each wake-up takes a core from the engine's threads
-        in the middle of a step on a 2-core machine (~2% of a one-agent step, measured)."""
+        """Seconds the watcher sleeps: until the current beat is half a stall overdue (that
+        look samples the loop thread's run queue for `_starved`), then every half stall.
+        Looking every half stall throughout woke this thread 20 times a second, and each
+        wake-up takes a core from the engine's threads in the middle of a step on a 2-core
+        machine (~2% of a one-agent step, measured)."""
         half = self.stall_s / 2
         until_first_look = self._last_beat[1] + self.heartbeat_s + half - time.perf_counter()
         return until_first_look if until_first_look > 0 else half

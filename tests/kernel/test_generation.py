@@ -169,5 +169,6 @@ async def test_the_gather_wait_ends_when_the_last_process_that_may_ask_has_asked
         began = time.perf_counter()
         first, second = [result(await kernel.wait(p.pid, timeout=30)) for p in (early, late)]
         took = time.perf_counter() - began
-    assert 0.3 <= first.first_token_s < 2.0  # it waited for the other one, not for the whole 5 s
+    # It waited for the other one (asking 0.3 s after it, less tokenizing), not the whole 5 s.
+    assert 0.2 <= first.first_token_s < 2.0
     assert second.first_token_s < 1.0 and took < 4.0
