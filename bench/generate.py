@@ -202,7 +202,12 @@ class StepClock:
         return {"steps": len(self.spans), "step_ms_median": statistics.median(e - b for b, e in self.spans) * 1e3,
                 "gap_ms_median": statistics.median(gaps) * 1e3 if gaps else 0.0,
                 "gap_share": sum(gaps) / (inside + sum(gaps)) if gaps else 0.0,
-                "outside_share": max(0.0, wall - inside) / wall}
+                "outside_share": outside_share(wall, inside)}
+
+
+def outside_share(wall: float, stepping: float) -> float:
+    """The share of a run's `wall` seconds in which the engine was not stepping."""
+    return max(0.0, wall - stepping) / wall
 
 
 def cold(model: llmos.Model) -> None:
@@ -233,7 +238,7 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
                 firsts[j.id] = now - started
     wall = time.perf_counter() - started
     return {**summarize(list(firsts.values()), [wall] * len(jobs), sum(len(j.token_ids) for j in jobs), wall),
-            "step_ms_median": statistics.median(steps) * 1e3, "outside_share": max(0.0, wall - sum(steps)) / wall}
+            "step_ms_median": statistics.median(steps) * 1e3, "outside_share": outside_share(wall, sum(steps))}
 
 
 # -- the runs ------------------------------------------------------------------------------------------
