@@ -467,12 +467,37 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
 
-inline float sum_lanes(__m256i v) { return hsum(_mm256_cvtepi32_ps(v)); }
+// Eight vectors' lane sums as one vector (vhaddps twice, then the halves added).
+inline __m256 sums_of_8(const __m256* v) {
+  const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
+}
 
-// MB rows of codes (stride k) against TN weight rows from w, into dots[r][first + j]. One
+// A tile leaves each dot as a vector whose lanes sum to it (`Lanes`); a block's are summed
+// eight at a time (`lane_sums`): one row's horizontal sum on its own is a chain of dependent
+// shuffles, ~20% of a one-row int4 call at SmolLM2's k = 576.
+using Lanes = __m256 (*)[ROW_BLOCK];
+
+// out[i] = the lane sum of v[i], for count vectors: eight at a time, then one by one.
+inline void lane_sums(const __m256* v, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, sums_of_8(v + i));
+  for (; i < count; ++i) out[i] = hsum(v[i]);
+}
+
+// The lanes of a block's MB rows summed into dots, after `fill(lanes)` set lanes[r][0, width).
+template <int MB, typename Fill>
+void summed_into(float (*dots)[ROW_BLOCK], int64_t width, Fill fill) {
+  __m256 lanes[MB][ROW_BLOCK];
+  fill(lanes);
+  for (int r = 0; r < MB; ++r) lane_sums(lanes[r], width, dots[r]);
+}
+
+// MB rows of codes (stride k) against TN weight rows from w, into lanes[r][first + j]. One
 // accumulator per pair, as in the float kernel.
 template <int MB, int TN>
-void int16_tile(const int16_t* x, int64_t k, const int8_t* w, float (*dots)[ROW_BLOCK], int64_t first) {
+void int16_tile(const int16_t* x, int64_t k, const int8_t* w, Lanes lanes, int64_t first) {
   __m256i acc[MB][TN];
   for (int r = 0; r < MB; ++r)
     for (int j = 0; j < TN; ++j) acc[r][j] = _mm256_setzero_si256();
@@ -495,7 +520,8 @@ void int16_tile(const int16_t* x, int64_t k, const int8_t* w, float (*dots)[ROW_
     for (int j = 0; j < TN; ++j) {
       int32_t rest = 0;
       for (int64_t i = whole; i < k; ++i) rest += static_cast<int32_t>(x[r * k + i]) * w[j * k + i];
-      dots[r][first + j] = sum_lanes(acc[r][j]) + static_cast<float>(rest);
+      lanes[r][first + j] = _mm256_add_ps(_mm256_cvtepi32_ps(acc[r][j]), _mm256_setr_ps(static_cast<float>(rest), 0.f,
+                                                                                         0.f, 0.f, 0.f, 0.f, 0.f, 0.f));
     }
   }
 }
@@ -504,11 +530,15 @@ void int16_tile(const int16_t* x, int64_t k, const int8_t* w, float (*dots)[ROW_
 struct Codes {
   at::Tensor codes;  // (m, k) int16, from ATen's caching allocator (~120 calls a decode step): not zeroed
   std::vector<float> scales;
-  const int16_t* data() const { return codes.data_ptr<int16_t>(); }
+  // The codes' data, read once: data_ptr's checks, called for every tile, cost ~15% of a
+  // one-row call (SmolLM2's gate_up on 2 cores).
+  const int16_t* start = nullptr;
+  const int16_t* data() const { return start; }
 };
 
 Codes codes_of(const float* x, int64_t m, int64_t k, float top) {
   Codes out{at::empty({m, k}, at::TensorOptions().dtype(at::kShort)), std::vector<float>(static_cast<size_t>(m))};
+  out.start = out.codes.data_ptr<int16_t>();
   round_rows(x, m, k, top, out.codes.data_ptr<int16_t>(), out.scales.data());
   return out;
 }
@@ -564,8 +594,10 @@ void int8_by_int16(const float* x, int64_t m, int64_t k, const int8_t* w, const 
   by_row_blocks<T>(m, n, k, y,
       [&](auto mb, int64_t first, int64_t n0, int64_t width, float (*dots)[ROW_BLOCK]) {
         constexpr int MB = decltype(mb)::value;
-        tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
-          int16_tile<MB, decltype(tn)::value>(xq.data() + first * k, k, w + (n0 + j) * k, dots, j);
+        summed_into<MB>(dots, width, [&](Lanes lanes) {
+          tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
+            int16_tile<MB, decltype(tn)::value>(xq.data() + first * k, k, w + (n0 + j) * k, lanes, j);
+          });
         });
       },
       [&](int64_t r, int64_t col) { return xq.scales[r] * scale[col]; });
@@ -583,16 +615,22 @@ constexpr int64_t INT4_GROUP = 32;
 constexpr int64_t INT4_BLOCK = 64;   // elements a 32-byte load unpacks to
 constexpr int64_t MAX_GROUPS = 512;  // k up to 16384
 
+// count float16 values -> floats at out: in vectors of 8, the last one ending at the last value
+// (overlapping the one before: no scalar tail, and never a read past h's count).
 inline void halves_to_floats(const uint16_t* h, int64_t count, float* out) {
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-  for (; i < count; ++i) out[i] = _cvtsh_ss(h[i]);
+  if (count < 8) {
+    for (int64_t i = 0; i < count; ++i) out[i] = _cvtsh_ss(h[i]);
+    return;
+  }
+  for (int64_t i = 0; i < count; i += 8) {
+    const int64_t at = std::min(i, count - 8);
+    _mm256_storeu_ps(out + at, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + at))));
+  }
 }
 
-// The lanes of acc summed, plus sum(minimum[g] * sums[g]) over a row's float16 minimums: in
-// vectors of 8, the last few one by one (a vector load would read past the last row's).
-inline float plus_minimums(__m256 acc, const uint16_t* minimums, const float* sums, int64_t groups) {
+// acc plus sum(minimum[g] * sums[g]) over a row's float16 minimums, as lanes (the last few
+// groups one by one, into the first lane: a vector load would read past the last row's).
+inline __m256 plus_minimums(__m256 acc, const uint16_t* minimums, const float* sums, int64_t groups) {
   int64_t g = 0;
   for (; g + 8 <= groups; g += 8) {
     const __m256 low = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(minimums + g)));
@@ -600,15 +638,15 @@ inline float plus_minimums(__m256 acc, const uint16_t* minimums, const float* su
   }
   float rest = 0.f;
   for (; g < groups; ++g) rest += _cvtsh_ss(minimums[g]) * sums[g];
-  return hsum(acc) + rest;
+  return _mm256_add_ps(acc, _mm256_setr_ps(rest, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f));
 }
 
 // MB rows of codes (stride k; their group sums `sums`, stride k / INT4_GROUP) against TN packed
-// weight rows (`w`, K/2 bytes a row; `sm`, a row's scales then its minimums), into dots[r][first + j].
+// weight rows (`w`, K/2 bytes a row; `sm`, a row's scales then its minimums), into lanes[r][first + j].
 // One accumulator a pair, two for a lone pair, so that its FMAs do not wait on each other.
 template <int MB, int TN>
 void int4_tile(const int16_t* x, const float* sums, int64_t k, const uint8_t* w, const uint16_t* sm,
-               float (*dots)[ROW_BLOCK], int64_t first) {
+               Lanes lanes, int64_t first) {
   constexpr int CHAINS = MB * TN == 1 ? 2 : 1;
   const int64_t groups = k / INT4_GROUP, row_bytes = k / 2;
   float scale[TN][MAX_GROUPS];
@@ -644,7 +682,7 @@ void int4_tile(const int16_t* x, const float* sums, int64_t k, const uint8_t* w,
     for (int j = 0; j < TN; ++j) {
       __m256 total = acc[r][j][0];
       if constexpr (CHAINS == 2) total = _mm256_add_ps(total, acc[r][j][1]);
-      dots[r][first + j] = plus_minimums(total, sm + j * 2 * groups + groups, sums + r * groups, groups);
+      lanes[r][first + j] = plus_minimums(total, sm + j * 2 * groups + groups, sums + r * groups, groups);
     }
   }
 }
@@ -670,9 +708,11 @@ void int4_by_int16(const float* x, int64_t m, int64_t k, const uint8_t* w, const
   by_row_blocks<T>(m, n, k, y,
       [&](auto mb, int64_t first, int64_t n0, int64_t width, float (*dots)[ROW_BLOCK]) {
         constexpr int MB = decltype(mb)::value;
-        tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
-          int4_tile<MB, decltype(tn)::value>(xq.data() + first * k, sums.data() + first * groups, k,
-                                             w + (n0 + j) * (k / 2), sm + (n0 + j) * 2 * groups, dots, j);
+        summed_into<MB>(dots, width, [&](Lanes lanes) {
+          tiles_of_block<MB>(width, [&](auto tn, int64_t j) {
+            int4_tile<MB, decltype(tn)::value>(xq.data() + first * k, sums.data() + first * groups, k,
+                                               w + (n0 + j) * (k / 2), sm + (n0 + j) * 2 * groups, lanes, j);
+          });
         });
       },
       [&](int64_t r, int64_t) { return xq.scales[r]; });
