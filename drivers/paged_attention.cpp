@@ -422,8 +422,15 @@ void lora_add(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at:
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #define LLMOS_INT8_BY_INT16 1
 #endif
+// The integer kernels (int8 through int16 codes, and `int4_linear`) build wherever AVX2, FMA
+// and F16C do: an AVX-512 build has them too, for int4, where the race at load (drivers/quant.py)
+// finds `int4_linear` beats PyTorch's bfloat16 int4 kernel (and it lets a decode pass's layers
+// run in one `decode_layers` call). int8 there keeps the float kernel below.
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LLMOS_INTEGER_KERNELS 1
+#endif
 
-#if LLMOS_INT8_BY_INT16
+#if LLMOS_INTEGER_KERNELS
 constexpr int64_t KSTEP = 16;     // int16 lanes of a ymm register
 constexpr int64_t ROW_BLOCK = 12;  // weight rows a task takes: tiles of 2, 4 or 1 of them, by the rows of x
 constexpr int64_t PREFETCH_AHEAD = 4096;  // bytes: measured against 0, 1 KiB, 8 KiB and a block ahead
@@ -717,7 +724,7 @@ void int4_by_int16(const float* x, int64_t m, int64_t k, const uint8_t* w, const
       },
       [&](int64_t r, int64_t) { return xq.scales[r]; });
 }
-#endif  // LLMOS_INT8_BY_INT16
+#endif  // LLMOS_INTEGER_KERNELS
 
 #if !LLMOS_INT8_BY_INT16
 #if defined(__AVX512F__)
@@ -843,7 +850,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
-#if LLMOS_INT8_BY_INT16
+#if LLMOS_INTEGER_KERNELS
 // y = x w^T for int4 weights packed as drivers/quant.py's `pack_int4` does: w (N, K/2) uint8,
 // scale_min (N, 2 K/32) float16, each row's scales then its minimums.
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale_min) {
@@ -880,10 +887,10 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 // builds, int4 (w (N, K/2) uint8, scale (N, 2 K/32) float16).
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
   if (w.scalar_type() == at::kChar) return int8_linear(x, w, scale);
-#if LLMOS_INT8_BY_INT16
+#if LLMOS_INTEGER_KERNELS
   return int4_linear(x, w, scale);
 #else
-  TORCH_CHECK(false, "decode_layers: int4 weights need the integer kernels (AVX2 without AVX-512)");
+  TORCH_CHECK(false, "decode_layers: int4 weights need the integer kernels (AVX2, FMA and F16C)");
 #endif
 }
 
@@ -928,12 +935,18 @@ void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weig
   }
 }
 
-// Whether this build multiplies quantized weights in integers (AVX2 without AVX-512): int8
-// through int16 codes, and int4 through `int4_linear`, which only such builds have.
+// Whether this build multiplies int8 weights in integers (AVX2 without AVX-512: int16 codes).
 #if LLMOS_INT8_BY_INT16
 bool integer_kernels() { return true; }
 #else
 bool integer_kernels() { return false; }
+#endif
+
+// Whether this build has `int4_linear` (AVX2, FMA and F16C).
+#if LLMOS_INTEGER_KERNELS
+bool int4_kernel() { return true; }
+#else
+bool int4_kernel() { return false; }
 #endif
 
 }  // namespace
@@ -954,12 +967,13 @@ TORCH_LIBRARY(llmos_paged, m) {
   m.impl("int8_linear", c10::DispatchKey::CPU, TORCH_FN(int8_linear));
   m.def("supports(int group, int dim) -> bool", &supports);
   m.def("integer_kernels() -> bool", &integer_kernels);
+  m.def("int4_kernel() -> bool", &int4_kernel);
   m.def("decode_layers(Tensor(a!) hidden, Tensor[] norms, Tensor[] weights, float eps, Tensor cos, Tensor sin, "
         "Tensor(b!) k_pool, Tensor(c!) v_pool, Tensor blocks, Tensor offsets, Tensor table, Tensor lens, int q_heads, "
         "float scale) -> ()");
   m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));
   m.impl("decode_layers", c10::DispatchKey::MkldnnCPU, TORCH_FN(decode_layers));  // oneDNN-packed weights among them
-#if LLMOS_INT8_BY_INT16
+#if LLMOS_INTEGER_KERNELS
   m.def("int4_linear(Tensor x, Tensor w, Tensor scale_min) -> Tensor");
   m.impl("int4_linear", c10::DispatchKey::CPU, TORCH_FN(int4_linear));
 #endif

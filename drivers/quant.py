@@ -7,8 +7,8 @@
   AVX-512 it keeps x in float32 and widens the weights in registers. Where it cannot be
   built, PyTorch's `aten._weight_int8pack_mm`, on a bfloat16 copy of x.
 - int4: groups of INT4_GROUP weights along the input, each with a scale and a minimum
-  (asymmetric). Where the compiled operators multiply in integers (AVX2 without AVX-512) they
-  are packed for `int4_linear` (`pack_int4`: float16 scales and minimums, x rounded to int16
+  (asymmetric). Where the compiled `int4_linear` builds (AVX2, FMA and F16C: AVX-512 machines
+  too) they are packed for it (`pack_int4`: float16 scales and minimums, x rounded to int16
   codes as for int8); elsewhere packed by `aten._convert_weight_to_int4pack_for_cpu` and
   multiplied by `aten._weight_int4pack_mm_for_cpu` (bfloat16 activations). torchao's CPU
   int4/int8 paths call these same ATen kernels, so it would add nothing here.
@@ -59,7 +59,8 @@ REPEATS = 15
 # inside one noisy spell of the host (one load read int4 and int8 level at one row, where the
 # next two read int4 1.14-1.25x faster).
 RACE_SECONDS = 0.25
-METHOD = 3  # how `measure` races the kinds; a choice kept from another method is measured again
+METHOD = 4  # how `measure` races the kinds; a choice kept from another method is measured again
+# (4: AVX-512 builds race llmos's `int4_linear`, not PyTorch's int4 kernel)
 
 
 _requested: ContextVar[str | None] = ContextVar("llmos_requested_quantization", default=None)
@@ -100,10 +101,10 @@ INT4_MAX_IN = 16384  # and takes K up to this
 
 
 def compiled_int4() -> bool:
-    """Whether int4 weights go through the compiled `int4_linear` (the integer kernels of an
-    AVX2 build without AVX-512), packed by `pack_int4`; else through PyTorch's kernel."""
+    """Whether int4 weights go through the compiled `int4_linear` (any build with AVX2, FMA and
+    F16C), packed by `pack_int4`; else through PyTorch's kernel."""
     ops = paged.kernel()
-    return ops is not None and bool(ops.integer_kernels())  # type: ignore[attr-defined]
+    return ops is not None and bool(ops.int4_kernel())  # type: ignore[attr-defined]
 
 
 def fits(kind: str, weight: torch.Tensor) -> bool:

@@ -192,8 +192,8 @@ def test_int8_linear_refuses_mismatched_shapes_and_dtypes():
         ops.int8_linear(torch.zeros(2, 16, dtype=torch.float64), codes, scale)
 
 
-integer_only = pytest.mark.skipif(ops is None or not ops.integer_kernels(),
-                                  reason="int4_linear is built only where the kernels multiply in integers (AVX2 without AVX-512)")
+integer_only = pytest.mark.skipif(ops is None or not ops.int4_kernel(),
+                                  reason="int4_linear is built only where AVX2, FMA and F16C are")
 
 
 def int4_weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
