@@ -27,6 +27,7 @@ from llmos.drivers.compute import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
+HEADERS = (Path(__file__).with_name("team.h"),)  # what SOURCE includes of ours
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]  # fast-math: vector exp and sums; no NaN is expected
 BUILD_ENV = "LLMOS_KERNEL_CACHE"  # where builds are kept (default: ~/.cache/llmos/kernels)
 
@@ -35,9 +36,10 @@ _state: dict[str, object] = {}  # "op" -> the operator, or "error" -> why there 
 
 
 def build_key() -> str:
-    """What a build depends on: the source, PyTorch's version and the CPU's vector flags."""
+    """What a build depends on: the sources, PyTorch's version and the CPU's vector flags."""
     wanted = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(wanted).encode())
+    sources = b"".join(path.read_bytes() for path in (SOURCE, *HEADERS))
+    digest = hashlib.sha256(sources + torch.__version__.encode() + " ".join(wanted).encode())
     return digest.hexdigest()[:16]
 
 

@@ -25,6 +25,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "team.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -100,7 +102,7 @@ void attend(const T* q, const S* k, const S* v, const int32_t* owned, int64_t le
 template <typename T, typename S, int G, int D>
 void decode(const T* q, const S* k, const S* v, const int32_t* table, const int32_t* lens, T* out, const Shape& s) {
   const int64_t block_stride = s.kv_heads * BLOCK * D;
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / s.kv_heads, h = item % s.kv_heads;
@@ -193,7 +195,7 @@ bool supports(int64_t group, int64_t dim) {
 // type, then times the weight (rounded again). Rows in parallel once there are many.
 template <typename T>
 void rms_norm_rows(const T* x, const T* w, T* out, int64_t rows, int64_t dim, float eps) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* row = x + r * dim;
       T* dst = out + r * dim;
@@ -230,7 +232,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // as PyTorch's silu then mul round.
 template <typename T>
 void silu_mul_rows(const T* gate_up, T* out, int64_t rows, int64_t inner) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* gate = gate_up + r * 2 * inner;
       const T* up = gate + inner;
@@ -349,7 +351,7 @@ template <typename T>
 void lora_rows(T* y, const T* x, const T* a, const T* bt, const int32_t* start, const int32_t* count, int64_t rows,
                int64_t in, int64_t out, int64_t max_rank) {
   const int64_t work = max_rank * (in + out);  // per row
-  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t begin, int64_t end) {
     std::vector<float> xs(in), low(max_rank), acc(out);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = count[r], c = start[r];
@@ -562,7 +564,7 @@ void by_row_blocks(int64_t m, int64_t n, int64_t k, T* y, Block block, Scale sca
       for (int64_t j = 0; j < width; ++j) y[(first + r) * n + n0 + j] = T(dots[r][j] * scale_of(first + r, n0 + j));
   };
   const int64_t blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
-  at::parallel_for(0, blocks, std::max<int64_t>(1, 1024 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, blocks, std::max<int64_t>(1, 1024 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
     float dots[4][ROW_BLOCK];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n0 = b * ROW_BLOCK, width = std::min(ROW_BLOCK, n - n0);
@@ -790,7 +792,7 @@ void int8_rows(const float* x, int64_t m, int64_t k, const int8_t* w, const floa
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < TILE_N; ++j) y[(first + r) * n + n0 + j] = T(dots[r][j] * scale[n0 + j]);
   };
-  at::parallel_for(0, tiles, std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
+  llmos::Team::split(0, tiles, std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
     float dots[MAX_MB][TILE_N];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n0 = t * TILE_N;
@@ -924,14 +926,25 @@ void decode_layers(at::Tensor& hidden, at::TensorList norms, at::TensorList weig
                   k_pool.dim() == 5 && v_pool.dim() == 5 && k_pool.size(0) == layers && v_pool.size(0) == layers,
               "decode_layers: 2 norms and 8 weights a layer, and a K/V pool of as many layers");
   const int64_t batch = hidden.size(0), dim = k_pool.size(3);
-  for (int64_t l = 0; l < layers; ++l) {
-    at::Tensor k = k_pool.select(0, l), v = v_pool.select(0, l);
-    const at::Tensor* w = weights.data() + 8 * l;
-    const at::Tensor qkv = projected(rms_norm(hidden, norms[2 * l], eps), w[0], w[1]);
-    const at::Tensor q = rope_store(qkv.view({batch, -1, dim}), cos, sin, k, v, blocks, offsets, q_heads);
-    const at::Tensor attended = paged_decode(q, k, v, table, lens, scale);
-    hidden.add_(projected(attended.view({batch, -1}), w[2], w[3]));
-    hidden.add_(projected(silu_mul(projected(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5])), w[6], w[7]));
+  auto pass = [&] {
+    for (int64_t l = 0; l < layers; ++l) {
+      at::Tensor k = k_pool.select(0, l), v = v_pool.select(0, l);
+      const at::Tensor* w = weights.data() + 8 * l;
+      const at::Tensor qkv = projected(rms_norm(hidden, norms[2 * l], eps), w[0], w[1]);
+      const at::Tensor q = rope_store(qkv.view({batch, -1, dim}), cos, sin, k, v, blocks, offsets, q_heads);
+      const at::Tensor attended = paged_decode(q, k, v, table, lens, scale);
+      hidden.add_(projected(attended.view({batch, -1}), w[2], w[3]));
+      hidden.add_(projected(silu_mul(projected(rms_norm(hidden, norms[2 * l + 1], eps), w[4], w[5])), w[6], w[7]));
+    }
+  };
+  // One team for the whole pass where every operator in it is ours; a dense weight's oneDNN
+  // call would run on one thread inside the team (team.h).
+  bool all_quantized = true;
+  for (size_t i = 1; i < weights.size(); i += 2) all_quantized = all_quantized && weights[i].numel() > 0;
+  if (all_quantized) {
+    llmos::Team::lead(pass);
+  } else {
+    pass();
   }
 }
 

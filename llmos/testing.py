@@ -561,10 +561,17 @@ def one_torch_thread() -> Iterator[None]:
     """torch on one thread while a test runs (as an autouse fixture of tiny-model tests): a
     model this small gains nothing from more threads, and on a busy machine every operator
     would wait at OpenMP's barrier for a worker whose core is taken."""
+    with torch_threads(1):
+        yield
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block, restored after it."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

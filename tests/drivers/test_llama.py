@@ -13,7 +13,7 @@ from llmos.drivers import paged, quant
 from llmos.drivers.engine import EngineConfig
 from llmos.drivers.llama import Projection, packing_available
 from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import tiny_engine
+from llmos.testing import tiny_engine, torch_threads
 
 
 def _linears(*outputs: int, bias: bool = False, dtype: torch.dtype = torch.float32) -> list[nn.Linear]:
@@ -87,3 +87,42 @@ def test_decode_layers_take_dense_weights_where_the_quantized_ones_do_not_serve_
     assert greedy_tokens(engine, prompts) == looped
     weights = runner._stacks[3][1]
     assert all(scale.numel() == 0 for scale in weights[1::2])  # three rows: every projection dense
+
+
+@pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
+@pytest.mark.parametrize("kind", [kind for kind in ("int8", "int4") if quant.available(kind)])
+def test_a_decode_pass_on_a_team_of_two_threads_gives_one_thread_s_tokens(kind):
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization=kind))
+    batches = ([[5, 17, 40, 3]], [[5, 17, 40, 3], [9, 8, 7, 6, 5, 4, 3, 2, 1]])
+    with torch_threads(1):
+        alone = [greedy_tokens(engine, prompts) for prompts in batches]
+    with torch_threads(2):  # every operator of a quantized pass split between two threads of one team
+        assert [greedy_tokens(engine, prompts) for prompts in batches] == alone
+
+
+@pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
+def test_an_operator_failing_inside_a_pass_raises_and_the_team_serves_the_next_pass():
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization="int8"))
+    runner, ops = engine.runner, paged.kernel()
+    calls = []
+
+    class Recording:  # the operators, keeping each decode_layers call's operands and result
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ops, name)
+
+        def decode_layers(self, hidden: torch.Tensor, *operands: Any) -> None:
+            before = hidden.clone()
+            ops.decode_layers(hidden, *operands)
+            calls.append((before, hidden.clone(), operands))
+
+    runner.fused = Recording()
+    greedy_tokens(engine, [[5, 17, 40, 3]], tokens=3)
+    before, after, (norms, weights, *rest) = calls[-1]
+    broken = list(weights)
+    broken[-2] = weights[-2][:, :8].contiguous()  # the last layer's down projection: K of 8, not the MLP's width
+    with torch_threads(2):
+        with pytest.raises(RuntimeError, match="x is \\(M, K\\)"):
+            ops.decode_layers(before.clone(), norms, broken, *rest)
+        hidden = before.clone()
+        ops.decode_layers(hidden, norms, weights, *rest)  # the same pass again: K/V rewritten with the same values
+    assert torch.equal(hidden, after)
