@@ -13,6 +13,11 @@ policy unset (what llmos runs with), ACTIVE, PASSIVE, and unset on one thread; a
 median step and its ratio to the unset one. If ACTIVE is much faster than unset here, the
 threads sleep at barriers on this machine. Results: results/barriers.json.
 
+Since a quantized decode pass runs on one thread team (drivers/team.h: one parallel region a
+pass, its helpers spinning between operators), the policy barely moves the step: on the
+AVX-512 EPYC, one row, 4.73 / 4.14 / 11.57 ms (unset / ACTIVE / PASSIVE) before, 4.64 / 4.67 /
+4.47 ms after; 4 rows 6.87 / 7.63 / 14.74 before, 7.29 / 6.87 / 7.38 after.
+
     .venv/bin/python bench/barriers.py --rounds 3
 """
 from __future__ import annotations
