@@ -1,7 +1,7 @@
 """How fast one agent's decode step is as OpenMP's threads wait at its barriers.
 
-A one-agent step runs ~200 small parallel regions (each projection, attention, the lm_head);
-between them libgomp's threads spin for a while, then sleep on a futex. Where they sleep, every
+A one-agent step ran ~200 small parallel regions (each projection, attention, the lm_head)
+before drivers/team.h; between them libgomp's threads spin for a while, then sleep on a futex. Where they sleep, every
 region pays a wake-up: on the 2-core AVX-512 EPYC (built for AVX2, bench/avx2_emulated.py)
 OMP_WAIT_POLICY=PASSIVE took the step from ~4.2 to ~11.2 ms, which is what the 2-core Zen 3
 (AVX2) machine's step took under its default policy (11.2 ms, bench/results/generate_avx2_seventh.json).
@@ -11,12 +11,15 @@ region started on another thread), and a hypervisor may deschedule a vCPU that s
 This runs the engine's one-agent (and --rows) decode step in fresh processes, in turns: the
 policy unset (what llmos runs with), ACTIVE, PASSIVE, and unset on one thread; and prints each
 median step and its ratio to the unset one. If ACTIVE is much faster than unset here, the
-threads sleep at barriers on this machine. Results: results/barriers.json.
+threads sleep at barriers on this machine. `no_team` variants run without drivers/team.h's
+thread team (LLMOS_THREAD_TEAM=0: a parallel region an operator); `beside_busy` ones with a
+process spinning beside the step, taking a core. Results: results/barriers.json.
 
 Since a quantized decode pass runs on one thread team (drivers/team.h: one parallel region a
-pass, its helpers spinning between operators), the policy barely moves the step: on the
-AVX-512 EPYC, one row, 4.73 / 4.14 / 11.57 ms (unset / ACTIVE / PASSIVE) before, 4.64 / 4.67 /
-4.47 ms after; 4 rows 6.87 / 7.63 / 14.74 before, 7.29 / 6.87 / 7.38 after.
+pass, the leader taking the chunks its helpers have not), the policy barely moves the step. On
+the AVX-512 EPYC, medians of 3 rounds, one row / 4 rows (ms): unset 4.25 / 6.71, no_team 4.06 /
+6.62, ACTIVE 4.06 / 6.94, PASSIVE 4.48 / 6.85, PASSIVE without the team 12.54 / 14.19, one
+thread 6.97 / 10.50, beside a busy process 9.79 / 14.28, and without the team 9.18 / 14.89.
 
     .venv/bin/python bench/barriers.py --rounds 3
 """
@@ -36,10 +39,13 @@ from common import machine, use_model_cache
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barriers.json"
 STEPS = 80  # timed decode steps a measurement
+NO_TEAM = {"LLMOS_THREAD_TEAM": "0"}  # each operator its own OpenMP region, as before drivers/team.h
 VARIANTS: dict[str, dict[str, str]] = {  # name -> what the child's environment adds
-    "default": {}, "active": {"OMP_WAIT_POLICY": "ACTIVE"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "one_thread": {},
+    "default": {}, "no_team": NO_TEAM, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "passive_no_team": {"OMP_WAIT_POLICY": "PASSIVE", **NO_TEAM},
+    "one_thread": {}, "beside_busy": {}, "beside_busy_no_team": NO_TEAM,
 }
+BUSY = "while True: pass"  # the process that takes a core during the beside_busy variants
 
 
 def child(rows: int, threads: int) -> None:
@@ -76,8 +82,14 @@ def child(rows: int, threads: int) -> None:
 def measure_in_child(variant: str, rows: int, threads: int) -> dict[str, Any]:
     env = {**os.environ, **VARIANTS[variant]}
     used = 1 if variant == "one_thread" else threads
-    done = subprocess.run([sys.executable, __file__, "--child", str(rows), str(used)], env=env, check=True,
-                          capture_output=True, text=True, timeout=600)
+    busy = subprocess.Popen([sys.executable, "-c", BUSY]) if variant.startswith("beside_busy") else None
+    try:
+        done = subprocess.run([sys.executable, __file__, "--child", str(rows), str(used)], env=env, check=True,
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -1,16 +1,23 @@
 // A decode pass's thread team: the threads of one parallel region kept open for the whole pass,
-// the helpers spinning between the pass's operators instead of leaving the region after each.
+// the helpers waiting between the pass's operators (spinning, then asleep on a futex) instead
+// of leaving the region after each.
 //
 // A one-agent decode pass is ~150 small operators. Opening a parallel region for each cost a
 // fork and a join apiece, and where libgomp's idle threads had gone to sleep (OMP_WAIT_POLICY,
 // libgomp's throttled spinning, a hypervisor descheduling a spinning vCPU) a futex wake-up
 // apiece: on the 2-core AVX-512 EPYC a step took 4.7 ms as it came, 4.1 ms with
 // OMP_WAIT_POLICY=ACTIVE and 11.6 ms with PASSIVE (bench/barriers.py). ggml (llama.cpp) does
-// what this does: one region a graph, its own spinning barriers inside.
+// what this does: one region a graph, its own barriers inside. A helper that does not come
+// (descheduled by another process on a busy machine, asleep) does not stall an operator: the
+// leader takes every share not yet taken (`run`). Beside one busy process on 2 cores the
+// one-agent step took 8-9 ms, as with OpenMP's regions; with fixed shares it had taken 75 ms
+// spinning and 13 ms waiting on a futex. LLMOS_THREAD_TEAM=0 turns teams off;
+// bench/barriers.py measures both ways.
 //
 // Team::lead(pass) runs `pass` on the calling thread with the region's other threads as
-// helpers; inside it Team::split hands each operator's range to the team as at::parallel_for
-// would (same chunks), and outside a team Team::split is at::parallel_for. Only operators of
+// helpers; inside it Team::split hands each operator's range to the team in the chunks
+// at::parallel_for would cut (each chunk computed alone: the same results whoever computes
+// it), and outside a team Team::split is at::parallel_for. Only operators of
 // ours may run in a pass: a library's own parallel region (oneDNN, PyTorch's kernels) nested in
 // this one runs on one thread while the helpers spin.
 #pragma once
@@ -20,9 +27,19 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
+#include <string>
 #include <thread>
+
+#include <sched.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -35,7 +52,10 @@ class Team {
   template <typename Pass>
   static void lead(const Pass& pass) {
     const int size = at::get_num_threads();
-    if (size < 2 || leader_ != nullptr || at::in_parallel_region()) {
+    // More threads than CPUs (a user's setting): the team's spinning would take turns with the
+    // threads it waits for (a one-agent step took 0.53 s, not 13 ms, at 4 threads on 2 cores).
+    if (!enabled() || size < 2 || size > std::min(MAX_SIZE, available_cpus()) || leader_ != nullptr ||
+        at::in_parallel_region()) {
       pass();
       return;
     }
@@ -45,9 +65,9 @@ class Team {
         if (end - begin == 1) team.serve(begin);
         return;
       }
-      // Fewer threads than asked (this thread got several indexes) or helpers that do not come:
-      // the pass runs alone, and a helper arriving late finds the team closed.
-      if (end - begin != 1 || !team.gathered()) {
+      // Fewer threads than asked (this thread got several indexes): the pass runs alone. Else
+      // it starts at once; a helper joins when it comes (the leader takes what it has not).
+      if (end - begin != 1) {
         team.close();
         pass();
         return;
@@ -69,6 +89,52 @@ class Team {
   }
 
  private:
+  // A 32-bit count that threads wait on: spinning for SPIN_FOR (the thread that moves it is
+  // running and done within microseconds), then asleep in the kernel (a futex), so that on a
+  // busy machine a thread descheduled by another process gets a core back instead of one spent
+  // spinning. `add` makes a system call only when someone sleeps. (Sleepers are counted before
+  // their last look and counts read after an add, both sequentially consistent: either the
+  // look sees the add or the adder sees the sleeper.)
+  class Count {
+   public:
+    void add() {
+      value_.fetch_add(1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) wake();
+    }
+
+    // Waits until ready(the count) holds; returns the count it saw.
+    template <typename Ready>
+    uint32_t wait_for(const Ready& ready) {
+      uint32_t seen = value_.load(std::memory_order_acquire);
+      if (ready(seen)) return seen;
+      const auto spin_until = std::chrono::steady_clock::now() + SPIN_FOR;
+      for (uint32_t looks = 1;; ++looks) {
+        relax();
+        if (ready(seen = value_.load(std::memory_order_acquire))) return seen;
+        if (looks % 64 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+      }
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      while (!ready(seen = value_.load(std::memory_order_seq_cst))) sleep(seen);
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      return seen;
+    }
+
+   private:
+    uint32_t* word() { return reinterpret_cast<uint32_t*>(&value_); }
+#if defined(__linux__)
+    // Until the count is no longer `seen` (or a spurious wake-up: the caller looks again).
+    void sleep(uint32_t seen) { syscall(SYS_futex, word(), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0); }
+    void wake() { syscall(SYS_futex, word(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
+#else
+    void sleep(uint32_t) { std::this_thread::yield(); }
+    void wake() {}
+#endif
+
+    std::atomic<uint32_t> value_{0};
+    std::atomic<int> sleepers_{0};
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "a futex word is 32 bits");
+  };
+
   using Call = void (*)(const void* f, int64_t begin, int64_t end);
   struct Job {
     const void* f = nullptr;
@@ -88,53 +154,68 @@ class Team {
 
   explicit Team(int size) : size_(size) {}
 
-  // Waits, spinning, then yielding (so that an oversubscribed core still lets the thread being
-  // waited for run), until done() holds.
-  template <typename Done>
-  static void wait_until(const Done& done) {
-    for (uint32_t spins = 0; !done(); ++spins) {
-      if (spins < SPINS_BEFORE_YIELD) {
+  static void relax() {
 #if defined(__x86_64__)
-        _mm_pause();
+    _mm_pause();
 #endif
-      } else {
-        std::this_thread::yield();
-      }
-    }
   }
 
-  // Whether every helper arrived within GATHER_WAIT.
-  bool gathered() {
-    const auto deadline = std::chrono::steady_clock::now() + GATHER_WAIT;
-    bool late = false;
-    wait_until([&] {
-      if (joined_.load(std::memory_order_acquire) == size_ - 1) return true;
-      late = std::chrono::steady_clock::now() > deadline;
-      return late;
-    });
-    return !late;
+  // LLMOS_THREAD_TEAM=0 (read once) turns teams off: each operator opens its own region again.
+  static bool enabled() {
+    static const bool on = [] {
+      const char* value = std::getenv("LLMOS_THREAD_TEAM");
+      return value == nullptr || std::string(value) != "0";
+    }();
+    return on;
+  }
+
+  // The CPUs this process may run on: a team larger than that spins on cores it does not have.
+  static int available_cpus() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+    return static_cast<int>(std::thread::hardware_concurrency());
   }
 
   void close() {
     over_.store(true, std::memory_order_relaxed);
-    posted_.fetch_add(1, std::memory_order_release);  // publishes over_
+    posted_.add();  // publishes over_
   }
 
-  // A helper's loop: each post is a job (its share of it, then counted) or the close. posted_
-  // is 0 at its arrival unless the team was already closed: the leader posts once all arrived.
+  // A helper's loop: at each post (a job, or the close) it takes its own share of the newest
+  // job unless the leader took it first, and counts it done. Arriving late, it finds posts
+  // already made and looks at the newest job at once.
   void serve(int64_t index) {
-    uint64_t seen = 0;
-    joined_.fetch_add(1, std::memory_order_release);
+    uint32_t seen = 0, last = 0;  // posts seen; the last job looked at (jobs are numbered from 1)
     for (;;) {
-      uint64_t now = seen;
-      wait_until([&] { return (now = posted_.load(std::memory_order_acquire)) != seen; });
-      seen = now;
+      seen = posted_.wait_for([&](uint32_t posts) { return posts != seen; });
       if (over_.load(std::memory_order_relaxed)) return;
-      do_share(index);
-      finished_.fetch_add(1, std::memory_order_release);
+      const uint32_t job = static_cast<uint32_t>(shares_.load(std::memory_order_acquire) >> 32);
+      if (job == last) continue;
+      last = job;
+      if (take(job, index)) {
+        do_share(index);
+        completed_.add();
+      }
     }
   }
 
+  // Whether this thread took share `index` of job `job` (none is taken twice, nor after the
+  // job ended). job_ stays as it is until every share taken is done, so the taker may read it.
+  bool take(uint32_t job, int64_t index) {
+    const uint64_t bit = uint64_t{1} << index;
+    uint64_t shares = shares_.load(std::memory_order_acquire);
+    while (static_cast<uint32_t>(shares >> 32) == job && !(shares & bit)) {
+      if (shares_.compare_exchange_weak(shares, shares | bit, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Shares as at::parallel_for cuts them; the leader does its own, then takes every share a
+  // helper has not yet taken, and waits only for those taken: a helper that is slow to come
+  // (descheduled by another process, asleep) costs the job nothing, and a busy machine runs
+  // a pass at one thread's speed instead of stalling at every operator.
   template <typename F>
   void run(int64_t begin, int64_t end, int64_t grain, const F& f) {
     if (begin >= end) return;
@@ -145,10 +226,21 @@ class Team {
     }
     job_ = Job{&f, [](const void* g, int64_t b, int64_t e) { (*static_cast<const F*>(g))(b, e); }, begin, end,
                (end - begin + workers - 1) / workers};
-    finished_.store(0, std::memory_order_relaxed);
-    posted_.fetch_add(1, std::memory_order_release);  // publishes job_ and the reset count
+    const uint32_t job = ++jobs_;
+    const uint64_t past_range = ~uint64_t{0} << workers & 0xFFFFFFFFu;  // no thread's: taken from the start
+    shares_.store(uint64_t{job} << 32 | past_range | 1u, std::memory_order_release);  // share 0 is the leader's
+    posted_.add();
     do_share(0);
-    wait_until([&] { return finished_.load(std::memory_order_acquire) == size_ - 1; });
+    int64_t helped = workers - 1;
+    for (int64_t index = 1; index < workers; ++index) {
+      if (take(job, index)) {
+        do_share(index);
+        --helped;
+      }
+    }
+    completions_ += static_cast<uint32_t>(helped);
+    const uint32_t target = completions_;
+    completed_.wait_for([&](uint32_t completed) { return completed == target; });
     if (failure_) std::rethrow_exception(failure_);
   }
 
@@ -165,17 +257,19 @@ class Team {
     }
   }
 
-  static constexpr uint32_t SPINS_BEFORE_YIELD = 1u << 16;
-  static constexpr std::chrono::milliseconds GATHER_WAIT{100};
+  static constexpr std::chrono::microseconds SPIN_FOR{200};
+  static constexpr int MAX_SIZE = 32;  // a share a bit of shares_' low half
   static inline thread_local Team* leader_ = nullptr;
 
   const int64_t size_;
   Job job_;
   std::exception_ptr failure_;
   std::atomic<bool> failing_{false};
-  std::atomic<uint64_t> posted_{0};
-  std::atomic<int64_t> finished_{0};
-  std::atomic<int64_t> joined_{0};
+  Count posted_;                     // jobs posted, and the close
+  std::atomic<uint64_t> shares_{0};  // the posted job's number (high half) and its shares taken (a bit each)
+  Count completed_;                  // shares helpers took and finished, over every job
+  uint32_t jobs_ = 0;                // the leader's: jobs posted
+  uint32_t completions_ = 0;         // the leader's: what completed_ reaches when the posted job is done
   std::atomic<bool> over_{false};
 };
 

@@ -3,6 +3,7 @@ the decode pass's layers in one compiled call."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -97,6 +98,8 @@ def test_a_decode_pass_on_a_team_of_two_threads_gives_one_thread_s_tokens(kind):
     with torch_threads(1):
         alone = [greedy_tokens(engine, prompts) for prompts in batches]
     with torch_threads(2):  # every operator of a quantized pass split between two threads of one team
+        assert [greedy_tokens(engine, prompts) for prompts in batches] == alone
+    with torch_threads(2 * (os.cpu_count() or 1)):  # more threads than CPUs: no team, a region an operator
         assert [greedy_tokens(engine, prompts) for prompts in batches] == alone
 
 
