@@ -172,7 +172,7 @@ class QuantizedWeight:
     @property
     def compiled(self) -> bool:
         """Whether a compiled operator multiplies it (`int8_linear` for int8 where the operators
-        build, `int4_linear` for int4 where they multiply in integers)."""
+        build, `int4_linear` for int4 where it builds: AVX2, FMA and F16C)."""
         return self._compiled is not None
 
     @property

@@ -70,7 +70,7 @@ def test_decode_passes_through_decode_layers_give_the_per_layer_paths_tokens(kin
     runner.stackable = True
     assert [greedy_tokens(engine, prompts) for prompts in batches] == looped
     # One row is always quantized for a named kind: the one call served those decode passes
-    # (int4 only where the compiled int4_linear multiplies it: AVX2 without AVX-512).
+    # (int4 only where the compiled int4_linear multiplies it: builds with AVX2, FMA and F16C).
     assert (runner._stacks[1] is not None) == (kind == "int8" or quant.compiled_int4())
 
 

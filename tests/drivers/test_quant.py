@@ -182,7 +182,7 @@ def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_
                  if p.small is not None]
     # Read back from the cache, each starts on a 64-byte boundary (torch's int8 kernel needs it).
     assert all(q.data.data_ptr() % quant.ALIGNMENT == 0 for q in quantized)
-    # int4 goes through the compiled int4_linear where the kernels multiply in integers.
+    # int4 goes through the compiled int4_linear wherever it builds (AVX2, FMA and F16C).
     assert all(q.compiled == quant.compiled_int4() for q in quantized if q.kind == "int4")
     if kind == "int4" and quant.compiled_int4() and runner.stackable:  # AVX-512 builds too, since int4_linear is there
         assert runner._stack_for(1) is not None  # a one-agent decode pass runs every layer in one decode_layers call
