@@ -14,9 +14,10 @@ natively, see drivers/transformers_driver.py) and (a) is also measured in that d
   (f) the llmos engine driven directly, without the kernel (to measure the kernel's overhead)
 For N = 1, 4, 16, 64: aggregate tokens/s, time to first token p50/p95, per-request latency,
 and ratios to (a) and (d). (d), (e) and (f) run in --repeat rounds, one after another in each
-round ((e) and (f) taking turns at going first); the median run of each is reported, and
-llmos's ratio to each peer is the median of the rounds' ratios (the machine is shared: one
-run can be off by tens of percent). (c) runs
+round, (e) and (f) --pairs times each, taking turns at going first; the median run of each is
+reported, llmos's ratio to llama.cpp is the median of the rounds' ratios, and to the bare
+engine the median over every pair (the machine is shared: one run can be off by tens of
+percent, and the kernel's overhead is a few). (c) runs
 after everything else, as its worker thread slows later torch work in the process. Then:
 requests arriving at ~2/s; 16 agents sharing a 600-token system prompt with and without
 prefix caching; a short request behind 16 long ones under FIFO and round-robin. (a) and
@@ -24,7 +25,7 @@ prefix caching; a short request behind 16 long ones under FIFO and round-robin. 
 --sequential requests, and N requests arriving together are given those requests'
 measured times back to back.
 
-    .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 5]
+    .venv/bin/python bench/generate.py [--quick] [--threads 2] [--ns 1 4 16 64] [--repeat 5] [--pairs 3]
     .venv/bin/python bench/generate.py --runs-only --runs short_behind_long   # results/generate_runs.json
 """
 from __future__ import annotations
@@ -244,8 +245,9 @@ def bare_engine(driver: TransformersDriver, qs: list[str]) -> dict[str, float]:
 # -- the runs ------------------------------------------------------------------------------------------
 def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: argparse.Namespace) -> dict[str, Any]:
     """The table: the transformers baselines once per N; llama.cpp, llmos and the bare engine
-    in --repeat rounds, one after another in each, and the ratios of each round's pair (the
-    median of those is what a slow spell of the shared machine disturbs least). transformers'
+    in --repeat rounds, one after another in each (llmos and the bare engine --pairs times),
+    and the ratios within each round (the median of those is what a slow spell of the shared
+    machine disturbs least). transformers'
     generate_batch runs after everything else (`hf_generate_batch_rows`): its worker thread
     leaves a second OpenMP team behind, which would slow every later torch step."""
     hf, tok = baseline.driver.hf_model, baseline.driver.hf_tokenizer
@@ -266,14 +268,15 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
             cpp = llama_cpp_sequential(questions(args.sequential), args.threads)
             runs["llama_cpp_sequential"].append(cpp if isinstance(cpp, str) else one_at_a_time(cpp, n))
             runs["llama_cpp_batched"].append(llama_batch.summary(model, qs, args.threads, NEW_TOKENS))
-            for name in ENGINE_ORDERS[round_ % 2]:
-                settle()
-                cold(model)  # else a run would find the last run's very prompts in the prefix cache
-                runs[name].append(anyio.run(lambda: llmos_agents(model, qs)) if name == "llmos"
-                                  else compute.call(bare_engine, model.driver, qs))
-                runs[name][-1].pop("ttfts", None)
+            for pair in range(args.pairs):
+                for name in ENGINE_ORDERS[(round_ * args.pairs + pair) % 2]:
+                    settle()
+                    cold(model)  # else a run would find the last run's very prompts in the prefix cache
+                    runs[name].append(anyio.run(lambda: llmos_agents(model, qs)) if name == "llmos"
+                                      else compute.call(bare_engine, model.driver, qs))
+                    runs[name][-1].pop("ttfts", None)
         row |= {name: r[0] if isinstance(r[0], str) else median_run(r) for name, r in runs.items()}
-        row["paired_ratios"] = paired_ratios(runs)
+        row["paired_ratios"] = paired_ratios(runs, args.pairs)
         row["kernel_time_share"] = kernel_time_share(runs)
         out[str(n)] = row
         report_throughput(n, row)
@@ -291,15 +294,23 @@ def settle() -> None:
     time.sleep(SETTLE_S)
 
 
-def paired_ratios(runs: dict[str, list[Any]]) -> dict[str, float]:
-    """llmos's tokens/s over each peer's in the same round, the median over the rounds."""
+def paired_ratios(runs: dict[str, list[Any]], pairs: int = 1) -> dict[str, float]:
+    """llmos's tokens/s over each peer's in the same round, the median over the rounds. A round
+    runs llmos and the bare engine `pairs` times each, taking turns: llmos over the bare engine
+    is the median over every such pair (the kernel's few percent are what the target bounds, and
+    one run of either can be off by ten); over llama.cpp (one run a round), llmos's median run
+    of the round counts."""
+    per_round = [statistics.median(run["tokens_per_s"] for run in runs["llmos"][i:i + pairs])
+                 for i in range(0, len(runs["llmos"]), pairs)]
     ratios = {}
-    for peer in ("llama_cpp_sequential", "llama_cpp_batched", "bare_engine"):
-        pairs = [mine["tokens_per_s"] / theirs["tokens_per_s"] for mine, theirs in zip(runs["llmos"], runs[peer],
-                                                                                      strict=True)
-                 if isinstance(theirs, dict)]
-        if pairs:
-            ratios[f"llmos_over_{peer}"] = statistics.median(pairs)
+    for peer in ("llama_cpp_sequential", "llama_cpp_batched"):
+        each = [mine / theirs["tokens_per_s"] for mine, theirs in zip(per_round, runs[peer], strict=True)
+                if isinstance(theirs, dict)]
+        if each:
+            ratios[f"llmos_over_{peer}"] = statistics.median(each)
+    ratios["llmos_over_bare_engine"] = statistics.median(
+        mine["tokens_per_s"] / bare["tokens_per_s"] for mine, bare in zip(runs["llmos"], runs["bare_engine"],
+                                                                         strict=True))
     return ratios
 
 
@@ -350,12 +361,13 @@ def report_throughput(n: int, row: dict[str, Any]) -> None:
     print(f"  kernel time between engine steps: {row['llmos']['gap_ms_median']:.2f} ms median, "
           f"{row['llmos']['gap_share'] * 100:.1f}% of the run; engine step {row['llmos']['step_ms_median']:.1f} ms "
           f"under the kernel, {row['bare_engine']['step_ms_median']:.1f} ms bare (medians)")
-    ratios, rounds = row["paired_ratios"], len(row["llmos"]["tokens_per_s_runs"])
-    print(f"  llmos over its peers, the median of {rounds} rounds' ratios: "
-          + ", ".join(f"{peer.removeprefix('llmos_over_')} x{ratio:.2f}" for peer, ratio in ratios.items()))
-    if "llmos_over_bare_engine" in ratios:
-        print(f"  kernel overhead (bare engine over llmos, paired): {(1 / ratios['llmos_over_bare_engine'] - 1) * 100:+.1f}%")
-    print(f"  kernel time outside the engine's steps (less the bare loop's, median of {rounds} rounds): "
+    ratios, pairs = row["paired_ratios"], len(row["llmos"]["tokens_per_s_runs"])
+    print("  llmos over its peers, the median of the rounds' ratios: "
+          + ", ".join(f"{peer.removeprefix('llmos_over_')} x{ratio:.2f}" for peer, ratio in ratios.items()
+                      if peer != "llmos_over_bare_engine"))
+    print(f"  kernel overhead (bare engine over llmos, the median of {pairs} pairs' ratios): "
+          f"{(1 / ratios['llmos_over_bare_engine'] - 1) * 100:+.1f}%")
+    print(f"  kernel time outside the engine's steps (less the bare loop's, median of {pairs} pairs): "
           f"{row['kernel_time_share'] * 100:.1f}% of the run")
 
 
@@ -456,6 +468,8 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 64], help="agent counts to measure")
     parser.add_argument("--repeat", type=int, default=5,
                         help="rounds per N of llama.cpp (one by one and batched), llmos and the bare engine")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="runs of llmos and of the bare engine in each round, taking turns (kernel overhead)")
     parser.add_argument("--runs", nargs="*", default=list(EXTRA_RUNS), choices=list(EXTRA_RUNS),
                         help="the runs after the throughput table")
     parser.add_argument("--runs-only", action="store_true", help="no throughput table: only --runs, saved to "
@@ -473,7 +487,7 @@ def main() -> None:
                                "quantization": quantization, "baseline_dtype": dtype_name(baseline),
                                "new_tokens": NEW_TOKENS}
     if not args.runs_only:
-        results.update(repeat=args.repeat, throughput=throughput(model, baseline, ns, args))
+        results.update(repeat=args.repeat, pairs=args.pairs, throughput=throughput(model, baseline, ns, args))
     for name in [] if args.quick else args.runs:
         results[name] = EXTRA_RUNS[name](model)
     saved = RUNS_RESULTS if args.runs_only else RESULTS
