@@ -283,9 +283,10 @@ def throughput(model: llmos.Model, baseline: llmos.Model, ns: list[int], args: a
     return out
 
 
-# Which of llmos and the bare engine runs first, by round: whichever ran right after llama.cpp's
-# 64-agent process lost time (64 agents, 4 rounds each way on a 2-core Zen 3: llmos behind the
-# bare engine by +8.3% run so, +2.5% without llama.cpp between), so the rounds take turns.
+# Which of llmos and the bare engine runs first, by pair (counted across rounds): whichever ran
+# right after llama.cpp's 64-agent process lost time (64 agents, 4 rounds each way on a 2-core
+# Zen 3: llmos behind the bare engine by +8.3% run so, +2.5% without llama.cpp between), so the
+# pairs take turns.
 ENGINE_ORDERS = (("llmos", "bare_engine"), ("bare_engine", "llmos"))
 SETTLE_S = 1.0  # a pause before each engine run, for the machine to finish what the last run left
 
@@ -475,6 +476,8 @@ def main() -> None:
     parser.add_argument("--runs-only", action="store_true", help="no throughput table: only --runs, saved to "
                         f"{RUNS_RESULTS.name} (the table's file is left as it is)")
     args = parser.parse_args()
+    if args.repeat < 1 or args.pairs < 1:
+        parser.error("--repeat and --pairs take 1 or more")
     use_model_cache("llmos-bench-generate-")
     at_start = machine(args.threads)
     model = llmos.load_model("smollm2")
