@@ -232,7 +232,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // as PyTorch's silu then mul round.
 template <typename T>
 void silu_mul_rows(const T* gate_up, T* out, int64_t rows, int64_t inner) {
-  llmos::Team::split(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1));
+  llmos::Team::split(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* gate = gate_up + r * 2 * inner;
       const T* up = gate + inner;
@@ -351,7 +352,8 @@ template <typename T>
 void lora_rows(T* y, const T* x, const T* a, const T* bt, const int32_t* start, const int32_t* count, int64_t rows,
                int64_t in, int64_t out, int64_t max_rank) {
   const int64_t work = max_rank * (in + out);  // per row
-  llmos::Team::split(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1));
+  llmos::Team::split(0, rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> xs(in), low(max_rank), acc(out);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = count[r], c = start[r];
