@@ -315,8 +315,15 @@ class GenerationService:
         job.outbox.done.set()
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+        """Hand each job its text. A job cancelled while the burst ran gets none: its reader
+        may have gone already (a client that hung up), and one reader's leaving must never
+        fail the other jobs of the batch."""
         for job, piece in pieces:
-            if piece and job.id in self.jobs:
-                if job.first_token_at is None:
-                    job.first_token_at = time.perf_counter()
+            if not piece or job.cancelled or job.id not in self.jobs:
+                continue
+            if job.first_token_at is None:
+                job.first_token_at = time.perf_counter()
+            try:
                 job.outbox.send.send_nowait(piece)
+            except anyio.BrokenResourceError:  # its reader left without a word: nobody wants the rest
+                self.cancel(job)

@@ -4,6 +4,8 @@ change and gather waits only for processes that may still ask (on the tiny real 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import Any
 
@@ -55,6 +57,26 @@ async def test_a_job_is_one_record_from_submit_to_finish() -> None:
     assert job.outbox.done.is_set() and job.first_token_at is not None
     assert reply.first_token_s == job.first_token_at - job.submitted_at
     assert reply.completion_tokens == len(job.token_ids) == 3
+
+
+async def test_a_reader_that_leaves_without_a_word_costs_only_its_own_generation() -> None:
+    # A job whose reader closed its end (a client that hung up) is cancelled at the next
+    # piece; the batch it ran in goes on.
+    driver = FakeDriver(step_delay_s=0.005)
+    driver.enqueue(STORY, STORY)
+
+    async def talker(sys):  # noqa: ANN001
+        return (await sys.chat("tell")).text
+
+    async with llmos.boot(driver, memory=None) as kernel:
+        leaver, stayer = [await kernel.spawn(talker) for _ in range(2)]
+        await until(lambda: len(driver.jobs) == 2 and all(len(job.token_ids) >= 2 for job in driver.jobs))
+        [left] = [job for job in driver.jobs if job.pid == leaver.pid]
+        left.outbox.receive.close()
+        assert result(await kernel.wait(stayer.pid, timeout=5)) == STORY
+        await kernel.wait(leaver.pid, timeout=5)
+    assert left.cancelled and left.finish_reason == "cancelled"
+    assert len(left.token_ids) < len(STORY.split())
 
 
 # -- bursts of steps, and the gather wait (the tiny real engine) ------------------------------------------
@@ -172,3 +194,41 @@ async def test_the_gather_wait_ends_when_the_last_process_that_may_ask_has_asked
     # It waited for the other one (asking 0.3 s after it, less tokenizing), not the whole 5 s.
     assert 0.2 <= first.first_token_s < 2.0
     assert second.first_token_s < 1.0 and took < 4.0
+
+
+async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypatch) -> None:
+    # The reader of one stream leaves while a burst it runs in is under way (an HTTP client
+    # that hung up): the text its earlier steps made has nowhere to go, and the other
+    # generation of the batch finishes as if alone.
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 16)
+    driver = tiny_driver(endless=True)
+    mid_burst, resume = threading.Event(), threading.Event()
+    engine_step = driver.engine.step
+    leave = anyio.Event()
+
+    def step(running: Any, emit: Any) -> None:  # on the compute thread
+        engine_step(running, emit)
+        if any(job.pid == leaver.pid and len(job.token_ids) >= 4 for job in running) and not mid_burst.is_set():
+            mid_burst.set()
+            assert resume.wait(10), "the test did not let the burst go on"
+
+    driver.engine.step = step
+
+    async def reader(sys: Any) -> str:
+        stream = await sys.generate("a long story", max_tokens=300, stream=True)
+        async with contextlib.aclosing(aiter(stream)) as pieces:
+            async for _ in pieces:
+                await leave.wait()
+                break
+        return "left"
+
+    async with llmos.boot(driver, **TINY) as kernel:
+        leaver = await kernel.spawn(reader)
+        stayer = await kernel.spawn(_generate, "the cat sat on the mat", 40)
+        await until(mid_burst.is_set, timeout=30)
+        leave.set()
+        assert result(await kernel.wait(leaver.pid, timeout=10)) == "left"  # its stream closed mid-burst
+        resume.set()
+        reply = result(await kernel.wait(stayer.pid, timeout=30))
+    assert reply.finish_reason == "length" and reply.completion_tokens == 40
