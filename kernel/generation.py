@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -30,6 +31,11 @@ from llmos.kernel.stats import GenerationStatistics
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0  # tokens/s in statistics() is averaged over this many seconds
+# Turns of the event loop the serve loop yields after handing out text, for its readers (see
+# `_let_readers_read`): at most READ_TURNS, and no more once the text has not been read for
+# IDLE_TURNS (a `sys.generate` stream's reader takes a turn to wake, then one a piece).
+IDLE_TURNS = 4
+READ_TURNS = 4 * params.DECODE_BURST_STEPS
 
 
 class Outbox:
@@ -86,6 +92,7 @@ class GenerationService:
         self._held: set[int] = set()
         # A step that has not returned after this long fails its batch (see params).
         self.step_timeout_s = params.STEP_TIMEOUT_S
+        self._handed: dict[int, MemoryObjectReceiveStream[str]] = {}  # where the last step's text went, by job
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
         self.steps = self.tokens = 0
@@ -188,10 +195,25 @@ class GenerationService:
             finally:
                 self._running_ids = frozenset()
             self._account(jobs, before, time.perf_counter() - started, steps)
-            # Let the processes just handed text run before the next step starts: on a CPU
-            # the step's threads use every core, and a task that runs beside them stalls
-            # each of the step's many thread barriers instead of costing its own time.
-            await anyio.sleep(0)
+            await self._let_readers_read()
+
+    async def _let_readers_read(self) -> None:
+        """Let the processes just handed text read it before the next step starts: on a CPU the
+        step's threads use every core, and a task that runs beside them stalls the step's
+        threads (and takes the GIL from their Python parts) instead of costing its own time. A
+        reader takes a turn of the event loop to wake and then one a piece (more where it
+        awaits more: an HTTP response's writes), so this yields turns until the streams handed
+        text are read, or have not emptied for IDLE_TURNS (a reader busy elsewhere, or none: a
+        reply not streamed), at most READ_TURNS."""
+        streams, self._handed = list(self._handed.values()), {}
+        unread, idle = _buffered(streams), 0
+        for _ in range(READ_TURNS):
+            await anyio.lowlevel.checkpoint()  # every task woken meanwhile takes its turn first
+            left = _buffered(streams)
+            idle = idle + 1 if left >= unread else 0
+            if left == 0 or idle >= IDLE_TURNS:
+                return
+            unread = left
 
     async def _gather(self) -> None:
         """After the model went idle and a request came: wait up to BATCH_GATHER_S for the
@@ -327,3 +349,10 @@ class GenerationService:
                 job.outbox.send.send_nowait(piece)
             except anyio.BrokenResourceError:  # its reader left without a word: nobody wants the rest
                 self.cancel(job)
+            else:
+                self._handed[job.id] = job.outbox.receive
+
+
+def _buffered(streams: Iterable[MemoryObjectReceiveStream[str]]) -> int:
+    """Pieces handed to `streams` and not read yet."""
+    return sum(stream.statistics().current_buffer_used for stream in streams)

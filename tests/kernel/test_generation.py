@@ -5,6 +5,7 @@ change and gather waits only for processes that may still ask (on the tiny real 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from typing import Any
@@ -232,3 +233,33 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
         resume.set()
         reply = result(await kernel.wait(stayer.pid, timeout=30))
     assert reply.finish_reason == "length" and reply.completion_tokens == 40
+
+
+async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begins(monkeypatch) -> None:
+    # A stream's reader takes one piece a turn of the event loop; the serve loop waits for it
+    # to read them all before the next burst (beside a step it would take a core from the
+    # step's threads).
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    driver = tiny_driver(endless=True)
+    stepping = False  # a step or a burst has been handed to the compute thread and has not come back
+    step, burst = driver.step, driver.burst
+
+    async def flagged(call: Any, *args: Any) -> Any:
+        nonlocal stepping
+        stepping = True
+        try:
+            return await call(*args)
+        finally:
+            stepping = False
+
+    driver.step, driver.burst = functools.partial(flagged, step), functools.partial(flagged, burst)
+
+    async def reader(sys: Any) -> tuple[list[bool], int]:
+        stream = await sys.generate("a long story", max_tokens=40, stream=True)
+        during_a_step = [stepping async for _ in stream]
+        return during_a_step, stream.reply.completion_tokens
+
+    async with llmos.boot(driver, **TINY) as kernel:
+        read_during_a_step, tokens = result(await kernel.wait((await kernel.spawn(reader)).pid, timeout=30))
+    assert tokens == 40 and len(read_during_a_step) > 8  # several bursts' pieces
+    assert not any(read_during_a_step)
