@@ -92,7 +92,7 @@ class GenerationService:
         self._held: set[int] = set()
         # A step that has not returned after this long fails its batch (see params).
         self.step_timeout_s = params.STEP_TIMEOUT_S
-        self._handed: dict[int, MemoryObjectReceiveStream[str]] = {}  # where the last step's text went, by job
+        self._handed: dict[int, MemoryObjectReceiveStream[str]] = {}  # the last step's text's waiting readers, by job
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
         self.steps = self.tokens = 0
@@ -202,9 +202,9 @@ class GenerationService:
         step's threads use every core, and a task that runs beside them stalls the step's
         threads (and takes the GIL from their Python parts) instead of costing its own time. A
         reader takes a turn of the event loop to wake and then one a piece (more where it
-        awaits more: an HTTP response's writes), so this yields turns until the streams handed
-        text are read, or have not emptied for IDLE_TURNS (a reader busy elsewhere, or none: a
-        reply not streamed), at most READ_TURNS."""
+        awaits more: an HTTP response's writes), so this yields turns until the streams whose
+        reader was waiting are read, or have not emptied for IDLE_TURNS (a reader gone to do
+        something else), at most READ_TURNS; with none, one turn."""
         streams, self._handed = list(self._handed.values()), {}
         unread, idle = _buffered(streams), 0
         for _ in range(READ_TURNS):
@@ -337,20 +337,24 @@ class GenerationService:
         job.outbox.done.set()
 
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
-        """Hand each job its text. A job cancelled while the burst ran gets none: its reader
-        may have gone already (a client that hung up), and one reader's leaving must never
-        fail the other jobs of the batch."""
+        """Hand each job its text, noting the streams whose reader waits for it (see
+        `_let_readers_read`; a reply not streamed has none). A job cancelled while the burst
+        ran gets none: its reader may have gone already (a client that hung up), and one
+        reader's leaving must never fail the other jobs of the batch."""
         for job, piece in pieces:
             if not piece or job.cancelled or job.id not in self.jobs:
                 continue
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()
+            stream = job.outbox.receive
+            waits = job.id in self._handed or stream.statistics().tasks_waiting_receive > 0  # before: this wakes it
             try:
                 job.outbox.send.send_nowait(piece)
             except anyio.BrokenResourceError:  # its reader left without a word: nobody wants the rest
                 self.cancel(job)
             else:
-                self._handed[job.id] = job.outbox.receive
+                if waits:
+                    self._handed[job.id] = stream
 
 
 def _buffered(streams: Iterable[MemoryObjectReceiveStream[str]]) -> int:
