@@ -29,7 +29,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, as generate.py reports them
 
 
-def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: bool) -> dict[str, list[dict[str, float]]]:
+Runs = dict[str, list[dict[str, float]]]  # one process's runs: "llmos" and "bare_engine", in pair order
+
+
+def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: bool) -> Runs:
     """One process's pairs: llmos and the bare engine in turns, the first pair's order given."""
     import anyio
     import generate
@@ -54,7 +57,7 @@ def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: 
         return {measure: result[measure] for measure in MEASURES}
 
     run("llmos"), run("bare_engine")  # warm: the compute thread's team, the kernel's imports
-    runs: dict[str, list[dict[str, float]]] = {"llmos": [], "bare_engine": []}
+    runs: Runs = {"llmos": [], "bare_engine": []}
     for pair in range(pairs):
         order = ("llmos", "bare_engine") if (pair % 2 == 0) == llmos_first else ("bare_engine", "llmos")
         for name in order:
@@ -62,7 +65,7 @@ def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: 
     return runs
 
 
-def ratios(runs: dict[str, list[dict[str, float]]]) -> list[float]:
+def ratios(runs: Runs) -> list[float]:
     """llmos's tokens/s over the bare engine's, pair by pair."""
     return [mine["tokens_per_s"] / bare["tokens_per_s"]
             for mine, bare in zip(runs["llmos"], runs["bare_engine"], strict=True)]
@@ -73,7 +76,7 @@ def overhead(ratio: float) -> float:
     return (1 / ratio - 1) * 100
 
 
-def summary(processes: list[dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+def summary(processes: list[Runs]) -> dict[str, Any]:
     every = [ratio for runs in processes for ratio in ratios(runs)]
     per_process = [statistics.median(ratios(runs)) for runs in processes]
     steps = {name: statistics.median(run["step_ms_median"] for runs in processes for run in runs[name])
@@ -81,7 +84,7 @@ def summary(processes: list[dict[str, list[dict[str, float]]]]) -> dict[str, Any
     return {"pairs": len(every), "overhead_pct": overhead(statistics.median(every)),
             "overhead_pct_by_process": [overhead(ratio) for ratio in per_process],
             "llmos_over_bare_engine": statistics.median(every),
-            "llmos_over_bare_engine_quartiles": statistics.quantiles(every, n=4) if len(every) > 1 else every,
+            "llmos_over_bare_engine_quartiles": statistics.quantiles(every, n=4) if len(every) > 1 else every * 3,
             "step_ms_median": steps,
             "outside_share_median": {name: statistics.median(run["outside_share"] for runs in processes
                                                             for run in runs[name])
@@ -92,8 +95,8 @@ def report(agents: int, burst_steps: int, result: dict[str, Any]) -> None:
     by_process = ", ".join(f"{pct:+.1f}%" for pct in result["overhead_pct_by_process"])
     low, _, high = result["llmos_over_bare_engine_quartiles"]
     steps, outside = result["step_ms_median"], result["outside_share_median"]
-    print(f"N = {agents}, bursts of {burst_steps} steps: kernel overhead {result['overhead_pct']:+.1f}% (the median of {result['pairs']} pairs; "
-          f"llmos over the bare engine {result['llmos_over_bare_engine']:.3f}, quartiles {low:.3f}-{high:.3f})")
+    print(f"N = {agents}, bursts of {burst_steps} steps: kernel overhead {result['overhead_pct']:+.1f}% "
+          f"(the median of {result['pairs']} pairs; llmos over the bare engine {result['llmos_over_bare_engine']:.3f}, quartiles {low:.3f}-{high:.3f})")
     print(f"  by process: {by_process}")
     print(f"  engine step {steps['llmos']:.2f} ms under the kernel, {steps['bare_engine']:.2f} ms bare; the run's "
           f"time outside the steps {outside['llmos'] * 100:.1f}% / {outside['bare_engine'] * 100:.1f}% (medians)")
@@ -105,7 +108,7 @@ def parent(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"machine": machine(args.threads), "threads": args.threads, "processes": args.processes,
                            "pairs_per_process": args.pairs, "agents": {}}
     for agents in args.agents:
-        processes: dict[int, list[dict[str, list[dict[str, float]]]]] = {steps: [] for steps in args.burst_steps}
+        processes: dict[int, list[Runs]] = {steps: [] for steps in args.burst_steps}
         for index in range(args.processes):
             for steps in args.burst_steps:
                 processes[steps].append(run_child(agents, steps, args, bare_first=index % 2 == 1))
@@ -120,9 +123,11 @@ def parent(args: argparse.Namespace) -> None:
     print(f"saved {args.save}")
 
 
-def run_child(agents: int, burst_steps: int, args: argparse.Namespace, bare_first: bool) -> dict[str, Any]:
+def run_child(agents: int, burst_steps: int, args: argparse.Namespace, bare_first: bool) -> Runs:
+    """One fresh process's pairs (`child`), its output's last line."""
     command = [sys.executable, __file__, "--child", "--agents", str(agents), "--pairs", str(args.pairs),
-               "--threads", str(args.threads), "--burst-steps", str(burst_steps), *(["--bare-first"] if bare_first else [])]
+               "--threads", str(args.threads), "--burst-steps", str(burst_steps),
+               *(["--bare-first"] if bare_first else [])]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"a measuring process failed:\n{done.stderr[-3000:]}")
