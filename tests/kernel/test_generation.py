@@ -63,7 +63,7 @@ async def test_a_job_is_one_record_from_submit_to_finish() -> None:
 async def test_a_reader_that_leaves_without_a_word_costs_only_its_own_generation() -> None:
     # A job whose reader closed its end (a client that hung up) is cancelled at the next
     # piece; the batch it ran in goes on.
-    driver = FakeDriver(step_delay_s=0.005)
+    driver = FakeDriver(step_delay_s=0.01)
     driver.enqueue(STORY, STORY)
 
     async def talker(sys):  # noqa: ANN001
@@ -207,10 +207,11 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
     mid_burst, resume = threading.Event(), threading.Event()
     engine_step = driver.engine.step
     leave = anyio.Event()
+    leaving: list[int] = []  # the pid of the process whose stream closes
 
     def step(running: Any, emit: Any) -> None:  # on the compute thread
         engine_step(running, emit)
-        if any(job.pid == leaver.pid and len(job.token_ids) >= 4 for job in running) and not mid_burst.is_set():
+        if any(job.pid in leaving and len(job.token_ids) >= 4 for job in running) and not mid_burst.is_set():
             mid_burst.set()
             assert resume.wait(10), "the test did not let the burst go on"
 
@@ -226,6 +227,7 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
 
     async with llmos.boot(driver, **TINY) as kernel:
         leaver = await kernel.spawn(reader)
+        leaving.append(leaver.pid)
         stayer = await kernel.spawn(_generate, "the cat sat on the mat", 40)
         await until(mid_burst.is_set, timeout=30)
         leave.set()
