@@ -56,7 +56,8 @@ def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: 
                   else compute.call(generate.bare_engine, model.driver, qs))
         return {measure: result[measure] for measure in MEASURES}
 
-    run("llmos"), run("bare_engine")  # warm: the compute thread's team, the kernel's imports
+    for name in ("llmos", "bare_engine"):  # warm: the compute thread's team, the kernel's imports
+        run(name)
     runs: Runs = {"llmos": [], "bare_engine": []}
     for pair in range(pairs):
         order = ("llmos", "bare_engine") if (pair % 2 == 0) == llmos_first else ("bare_engine", "llmos")
@@ -79,16 +80,16 @@ def overhead(ratio: float) -> float:
 def summary(processes: list[Runs]) -> dict[str, Any]:
     every = [ratio for runs in processes for ratio in ratios(runs)]
     per_process = [statistics.median(ratios(runs)) for runs in processes]
-    steps = {name: statistics.median(run["step_ms_median"] for runs in processes for run in runs[name])
-             for name in ("llmos", "bare_engine")}
+
+    def median(measure: str) -> dict[str, float]:  # over every run of each side
+        return {name: statistics.median(run[measure] for runs in processes for run in runs[name])
+                for name in ("llmos", "bare_engine")}
+
     return {"pairs": len(every), "overhead_pct": overhead(statistics.median(every)),
             "overhead_pct_by_process": [overhead(ratio) for ratio in per_process],
             "llmos_over_bare_engine": statistics.median(every),
             "llmos_over_bare_engine_quartiles": statistics.quantiles(every, n=4) if len(every) > 1 else every * 3,
-            "step_ms_median": steps,
-            "outside_share_median": {name: statistics.median(run["outside_share"] for runs in processes
-                                                            for run in runs[name])
-                                     for name in ("llmos", "bare_engine")}}
+            "step_ms_median": median("step_ms_median"), "outside_share_median": median("outside_share")}
 
 
 def report(agents: int, burst_steps: int, result: dict[str, Any]) -> None:
@@ -96,7 +97,8 @@ def report(agents: int, burst_steps: int, result: dict[str, Any]) -> None:
     low, _, high = result["llmos_over_bare_engine_quartiles"]
     steps, outside = result["step_ms_median"], result["outside_share_median"]
     print(f"N = {agents}, bursts of {burst_steps} steps: kernel overhead {result['overhead_pct']:+.1f}% "
-          f"(the median of {result['pairs']} pairs; llmos over the bare engine {result['llmos_over_bare_engine']:.3f}, quartiles {low:.3f}-{high:.3f})")
+          f"(the median of {result['pairs']} pairs; llmos over the bare engine "
+          f"{result['llmos_over_bare_engine']:.3f}, quartiles {low:.3f}-{high:.3f})")
     print(f"  by process: {by_process}")
     print(f"  engine step {steps['llmos']:.2f} ms under the kernel, {steps['bare_engine']:.2f} ms bare; the run's "
           f"time outside the steps {outside['llmos'] * 100:.1f}% / {outside['bare_engine'] * 100:.1f}% (medians)")
