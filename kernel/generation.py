@@ -9,6 +9,7 @@ charged for it exactly once, when it leaves.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -93,6 +94,7 @@ class GenerationService:
         # A step that has not returned after this long fails its batch (see params).
         self.step_timeout_s = params.STEP_TIMEOUT_S
         self._handed: dict[int, MemoryObjectReceiveStream[str]] = {}  # the last step's text's waiting readers, by job
+        self._streaming: set[int] = set()  # jobs whose reader has waited for a piece: streamed replies
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
         self.steps = self.tokens = 0
@@ -241,14 +243,13 @@ class GenerationService:
         delivered when it returns. Returns the steps run."""
         burst = self._burst_size()
         self._changed = False
-        pieces: list[tuple[GenerationJob, str]] = []
-        # The driver's thread only appends: it never waits on the event loop, and the loop's
-        # thread sleeps meanwhile (woken in the middle of a step, it would stall the step's
-        # OpenMP barriers on 2 cores: ~10% of a one-agent decode).
+        # A burst's text streams while it runs (`Courier`) where a job of it is read as a stream.
+        streamed = burst > 1 and any(job.id in self._streaming or _reader_waits(job) for job in jobs)
+        courier = Courier(self._deliver, params.STREAM_EVERY_S if streamed else math.inf)
         try:
-            return await self._step(jobs, pieces.extend, burst)
+            return await self._step(jobs, courier, burst)
         finally:  # a burst that fails still hands out what its earlier steps made
-            self._deliver(pieces)
+            self._deliver(courier.rest())
 
     def _burst_goes_on(self, jobs: list[GenerationJob]) -> Callable[[], bool]:
         """Whether a burst of steps over `jobs` may take another (asked on the driver's
@@ -332,6 +333,7 @@ class GenerationService:
         owner.stats.prompt_tokens += len(job.prompt_ids)
         owner.stats.completion_tokens += len(job.token_ids)
         del self.jobs[job.id]
+        self._streaming.discard(job.id)
         self.scheduler.remove(job.id)
         job.outbox.send.close()
         job.outbox.done.set()
@@ -346,15 +348,47 @@ class GenerationService:
                 continue
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()
-            stream = job.outbox.receive
-            waits = job.id in self._handed or stream.statistics().tasks_waiting_receive > 0  # before: this wakes it
+            waits = job.id in self._handed or _reader_waits(job)  # asked before the send: it wakes the reader
             try:
                 job.outbox.send.send_nowait(piece)
             except anyio.BrokenResourceError:  # its reader left without a word: nobody wants the rest
                 self.cancel(job)
             else:
                 if waits:
-                    self._handed[job.id] = stream
+                    self._handed[job.id] = job.outbox.receive
+                    self._streaming.add(job.id)
+
+
+class Courier:
+    """A burst's `emit`, called on the driver's thread after each step: it keeps the steps'
+    text and, once `every_s` has passed since it last did, posts what it holds to `deliver` on
+    the event loop without waiting for it, so that a long burst's text still streams. The rest
+    is for the loop to take (`rest`) once the burst is back. Under an event loop other than
+    asyncio's (trio), everything waits for the end."""
+
+    def __init__(self, deliver: Callable[[list[tuple[GenerationJob, str]]], None], every_s: float) -> None:
+        self._deliver, self._every_s = deliver, every_s
+        self._held: list[tuple[GenerationJob, str]] = []
+        self._posted_at = time.perf_counter()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    def __call__(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
+        self._held.extend(pieces)
+        now = time.perf_counter()
+        if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
+            batch, self._held, self._posted_at = self._held, [], now
+            self._loop.call_soon_threadsafe(self._deliver, batch)  # runs before the burst's own return
+
+    def rest(self) -> list[tuple[GenerationJob, str]]:
+        return self._held
+
+
+def _reader_waits(job: GenerationJob) -> bool:
+    """Whether a task waits on the job's stream for its next piece (a reply not streamed has none)."""
+    return job.outbox.receive.statistics().tasks_waiting_receive > 0
 
 
 def _buffered(streams: Iterable[MemoryObjectReceiveStream[str]]) -> int:

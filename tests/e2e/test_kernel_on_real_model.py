@@ -129,3 +129,42 @@ async def test_bursts_of_steps_give_the_text_of_single_steps(smollm2_f32, monkey
     bursting = await answers()
     assert bursting == alone
     assert 0 < calls < (engine.steps - steps_before) / 2
+
+
+async def test_a_long_bursts_text_streams_while_the_burst_runs(smollm2_f32, monkeypatch):
+    # The reply after its first token is one burst; its text reaches the stream's reader while
+    # the burst is still out, and it is the reply of steps one at a time.
+    from llmos.kernel import params
+
+    engine, driver = smollm2_f32.driver.engine, smollm2_f32.driver
+    out = 0  # bursts handed to the compute thread and not back yet
+    burst = driver.burst
+
+    async def flagged(*args):  # noqa: ANN002, ANN202
+        nonlocal out
+        out += 1
+        try:
+            return await burst(*args)
+        finally:
+            out -= 1
+
+    monkeypatch.setattr(driver, "burst", flagged)
+
+    async def streamer(sys: Sys) -> tuple[str, int]:
+        stream = await sys.chat("Write a story about a cat who sails the sea.", max_tokens=48, stream=True)
+        pieces = [(piece, out > 0) async for piece in stream]
+        return "".join(piece for piece, _ in pieces), sum(during for _, during in pieces)
+
+    async def story() -> tuple[str, int]:
+        engine.blocks.clear_cache()
+        async with llmos.boot(smollm2_f32, memory=None) as kernel:
+            return (await kernel.wait((await kernel.spawn(streamer)).pid)).result
+
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 1)
+    alone, _ = await story()
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "STREAM_EVERY_S", 0.01)
+    streamed, read_during_the_burst = await story()
+    assert streamed == alone and len(alone) > 40
+    assert read_during_the_burst >= 3

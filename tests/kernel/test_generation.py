@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 import time
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import llmos
 from llmos.kernel import params
+from llmos.kernel.generation import Courier
 from llmos.kernel.process import ProcState
 from llmos.testing import FakeDriver, one_torch_thread, result, tiny_driver, until
 
@@ -239,9 +242,11 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
 
 async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begins(monkeypatch) -> None:
     # A stream's reader takes one piece a turn of the event loop; the serve loop waits for it
-    # to read them all before the next burst (beside a step it would take a core from the
-    # step's threads).
+    # to read what a burst handed out at its end before the next burst (beside a step it
+    # would take a core from the step's threads). Here no text is posted mid-burst.
     monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 8)
+    monkeypatch.setattr(params, "STREAM_EVERY_S", math.inf)
     driver = tiny_driver(endless=True)
     stepping = False  # a step or a burst has been handed to the compute thread and has not come back
     step, burst = driver.step, driver.burst
@@ -265,3 +270,89 @@ async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begin
         read_during_a_step, tokens = result(await kernel.wait((await kernel.spawn(reader)).pid, timeout=30))
     assert tokens == 40 and len(read_during_a_step) > 8  # several bursts' pieces
     assert not any(read_during_a_step)
+
+
+def _slow_steps(driver: Any, seconds: float) -> None:
+    """Each engine step of `driver` takes `seconds` more (on the compute thread)."""
+    engine_step = driver.engine.step
+
+    def step(running: Any, emit: Any) -> None:
+        engine_step(running, emit)
+        time.sleep(seconds)
+
+    driver.engine.step = step
+
+
+async def test_a_long_bursts_text_streams_while_the_burst_runs(monkeypatch) -> None:
+    # One burst runs the whole reply (after the prompt pass's first token); its text reaches
+    # the reader every STREAM_EVERY_S while the burst is still out, in order, the same text.
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
+    monkeypatch.setattr(params, "STREAM_EVERY_S", 0.02)
+    driver = tiny_driver(endless=True)
+    _slow_steps(driver, 0.005)
+    seen = Steps(driver)
+    out = 0  # bursts handed to the compute thread and not back yet
+    burst = driver.burst
+
+    async def flagged(*args: Any) -> Any:
+        nonlocal out
+        out += 1
+        try:
+            return await burst(*args)
+        finally:
+            out -= 1
+
+    driver.burst = flagged
+
+    async def reader(sys: Any) -> tuple[list[bool], str]:
+        stream = await sys.generate("a long story", max_tokens=40, stream=True)
+        during_the_burst, text = [], []
+        async for piece in stream:
+            during_the_burst.append(out > 0)
+            text.append(piece)
+        return during_the_burst, "".join(text)
+
+    async with llmos.boot(driver, **TINY) as kernel:
+        read_during, streamed = result(await kernel.wait((await kernel.spawn(reader)).pid, timeout=30))
+    assert seen.calls == 2  # the prompt pass, then one burst of 39 steps
+    assert sum(read_during) >= 5  # 0.2 s of steps, posted every 0.02 s: read before the burst came back
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 1)
+    async with llmos.boot(tiny_driver(endless=True), **TINY) as kernel:
+        assert result(await kernel.wait((await kernel.spawn(_generate, "a long story")).pid, timeout=30)).text == streamed
+
+
+async def test_a_reply_not_streamed_gets_its_text_at_the_bursts_end_only(monkeypatch) -> None:
+    # Nobody reads its stream: posting its text mid-burst would wake the event loop for nothing.
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
+    monkeypatch.setattr(params, "STREAM_EVERY_S", 0.01)
+    driver = tiny_driver(endless=True)
+    _slow_steps(driver, 0.005)
+    async with llmos.boot(driver, **TINY) as kernel:
+        delivered: list[int] = []
+        deliver = kernel.generation._deliver
+        kernel.generation._deliver = lambda pieces: (delivered.append(len(pieces)), deliver(pieces))[1]
+        reply = result(await kernel.wait((await kernel.spawn(_generate)).pid, timeout=30))
+    assert reply.completion_tokens == 40 and len(delivered) == 2  # the prompt pass's text, then the burst's at its end
+
+
+async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> None:
+    posted: list[list[Any]] = []
+    done = anyio.Event()
+    courier = Courier(lambda batch: (posted.append(batch), done.set()), every_s=0.05)
+    holding = Courier(lambda batch: posted.append(batch), every_s=math.inf)
+
+    def steps() -> None:  # the driver's thread
+        courier([("job", "a")])
+        holding([("job", "x")])
+        time.sleep(0.06)
+        courier([("job", "b"), ("job", "c")])  # the interval has passed: a, b, c go
+        courier([("job", "d")])  # held again
+        holding([("job", "y")])
+
+    await anyio.to_thread.run_sync(steps)
+    with anyio.fail_after(5):
+        await done.wait()
+    assert posted == [[("job", "a"), ("job", "b"), ("job", "c")]]
+    assert courier.rest() == [("job", "d")] and holding.rest() == [("job", "x"), ("job", "y")]
