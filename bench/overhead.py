@@ -7,11 +7,13 @@ same code measured llmos at 0.90 of the bare engine in one process and 1.02 in t
 agent, 12 pairs each), and one run of either can be off by 10-30%. So this runs --pairs pairs in
 each of --processes fresh processes (each loads the cached weights and warms both ways first),
 and reports the median over every pair, each process's median, and how far those spread.
-The overhead is the bare engine's tokens/s over llmos's, less one. With several
---burst-steps (the kernel's DECODE_BURST_STEPS, steps a hand-off to the compute thread), the
-processes of each take turns. Results: results/overhead.json (or --save).
+The overhead is the bare engine's tokens/s over llmos's, less one. With several --bursts
+(each STEPS[/SECONDS[/STREAM]]: the kernel's DECODE_BURST_STEPS, steps a hand-off to the
+compute thread, DECODE_BURST_S and STREAM_EVERY_S, `inf` for text handed out at a burst's end
+only; `8/0.1/inf` is the serve loop before bursts streamed), the processes of each take turns.
+Results: results/overhead.json (or --save).
 
-    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--burst-steps 8 16]
+    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 8/0.1/inf]
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmos.kernel.params import DECODE_BURST_STEPS
+from llmos.kernel.params import DECODE_BURST_S, DECODE_BURST_STEPS, STREAM_EVERY_S
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, as generate.py reports them
@@ -32,7 +34,30 @@ MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, a
 Runs = dict[str, list[dict[str, float]]]  # one process's runs: "llmos" and "bare_engine", in pair order
 
 
-def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: bool) -> Runs:
+def burst_setting(spec: str) -> tuple[int, float, float]:
+    """STEPS[/SECONDS[/STREAM]] as (DECODE_BURST_STEPS, DECODE_BURST_S, STREAM_EVERY_S), the
+    kernel's defaults where left out."""
+    parts = spec.split("/")
+    try:
+        if len(parts) > 3:
+            raise ValueError(spec)
+        steps = int(parts[0])
+        seconds = float(parts[1]) if len(parts) > 1 else DECODE_BURST_S
+        stream = float(parts[2]) if len(parts) > 2 else STREAM_EVERY_S
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r} is not STEPS[/SECONDS[/STREAM]], as 64 or 8/0.1/inf") from None
+    if steps < 1 or seconds <= 0 or stream <= 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: steps take 1 or more, seconds more than 0")
+    return steps, seconds, stream
+
+
+def burst_spec(spec: str) -> str:
+    """An argument of --bursts, checked."""
+    burst_setting(spec)
+    return spec
+
+
+def child(agents: int, pairs: int, threads: int, bursts: str, llmos_first: bool) -> Runs:
     """One process's pairs: llmos and the bare engine in turns, the first pair's order given."""
     import anyio
     import generate
@@ -43,7 +68,8 @@ def child(agents: int, pairs: int, threads: int, burst_steps: int, llmos_first: 
 
     import llmos
 
-    params.DECODE_BURST_STEPS = burst_steps  # read by the generation loop at each burst
+    # read by the generation loop at each burst
+    params.DECODE_BURST_STEPS, params.DECODE_BURST_S, params.STREAM_EVERY_S = burst_setting(bursts)
     use_model_cache("llmos-bench-generate-")  # the weights generate.py caches
     model = llmos.load_model("smollm2")
     compute.call(torch.set_num_threads, threads)  # OpenMP's thread count is per calling thread
@@ -92,11 +118,11 @@ def summary(processes: list[Runs]) -> dict[str, Any]:
             "step_ms_median": median("step_ms_median"), "outside_share_median": median("outside_share")}
 
 
-def report(agents: int, burst_steps: int, result: dict[str, Any]) -> None:
+def report(agents: int, bursts: str, result: dict[str, Any]) -> None:
     by_process = ", ".join(f"{pct:+.1f}%" for pct in result["overhead_pct_by_process"])
     low, _, high = result["llmos_over_bare_engine_quartiles"]
     steps, outside = result["step_ms_median"], result["outside_share_median"]
-    print(f"N = {agents}, bursts of {burst_steps} steps: kernel overhead {result['overhead_pct']:+.1f}% "
+    print(f"N = {agents}, bursts {bursts}: kernel overhead {result['overhead_pct']:+.1f}% "
           f"(the median of {result['pairs']} pairs; llmos over the bare engine "
           f"{result['llmos_over_bare_engine']:.3f}, quartiles {low:.3f}-{high:.3f})")
     print(f"  by process: {by_process}")
@@ -110,25 +136,25 @@ def parent(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"machine": machine(args.threads), "threads": args.threads, "processes": args.processes,
                            "pairs_per_process": args.pairs, "agents": {}}
     for agents in args.agents:
-        processes: dict[int, list[Runs]] = {steps: [] for steps in args.burst_steps}
+        processes: dict[str, list[Runs]] = {bursts: [] for bursts in args.bursts}
         for index in range(args.processes):
-            for steps in args.burst_steps:
-                processes[steps].append(run_child(agents, steps, args, bare_first=index % 2 == 1))
-                print(f"  N = {agents}, bursts of {steps}, process {index + 1}: llmos over the bare engine "
-                      f"{statistics.median(ratios(processes[steps][-1])):.3f}", flush=True)
-        rows = {str(steps): {**summary(runs), "runs": runs} for steps, runs in processes.items()}
+            for bursts in args.bursts:
+                processes[bursts].append(run_child(agents, bursts, args, bare_first=index % 2 == 1))
+                print(f"  N = {agents}, bursts {bursts}, process {index + 1}: llmos over the bare engine "
+                      f"{statistics.median(ratios(processes[bursts][-1])):.3f}", flush=True)
+        rows = {bursts: {**summary(runs), "runs": runs} for bursts, runs in processes.items()}
         out["agents"][str(agents)] = rows
-        for steps, row in rows.items():
-            report(agents, int(steps), row)
+        for bursts, row in rows.items():
+            report(agents, bursts, row)
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps(out, indent=2) + "\n")
     print(f"saved {args.save}")
 
 
-def run_child(agents: int, burst_steps: int, args: argparse.Namespace, bare_first: bool) -> Runs:
+def run_child(agents: int, bursts: str, args: argparse.Namespace, bare_first: bool) -> Runs:
     """One fresh process's pairs (`child`), its output's last line."""
     command = [sys.executable, __file__, "--child", "--agents", str(agents), "--pairs", str(args.pairs),
-               "--threads", str(args.threads), "--burst-steps", str(burst_steps),
+               "--threads", str(args.threads), "--bursts", bursts,
                *(["--bare-first"] if bare_first else [])]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -142,17 +168,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per agent count")
     parser.add_argument("--pairs", type=int, default=8, help="pairs of runs (llmos, bare engine) per process")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--burst-steps", type=int, nargs="+", default=[DECODE_BURST_STEPS],
-                        help="the kernel's DECODE_BURST_STEPS; several take turns by process")
+    parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+", default=[str(DECODE_BURST_STEPS)],
+                        help="STEPS[/SECONDS[/STREAM]] (see above); several take turns by process")
     parser.add_argument("--save", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS.name})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-first", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if min(args.agents) < 1 or min(args.burst_steps) < 1 or args.processes < 1 or args.pairs < 1:
-        parser.error("--agents, --burst-steps, --processes and --pairs take 1 or more")
+    if min(args.agents) < 1 or args.processes < 1 or args.pairs < 1:
+        parser.error("--agents, --processes and --pairs take 1 or more")
     if args.child:
-        [agents], [steps] = args.agents, args.burst_steps
-        print(json.dumps(child(agents, args.pairs, args.threads, steps, llmos_first=not args.bare_first)))
+        [agents], [bursts] = args.agents, args.bursts
+        print(json.dumps(child(agents, args.pairs, args.threads, bursts, llmos_first=not args.bare_first)))
     else:
         parent(args)
 
