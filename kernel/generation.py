@@ -240,7 +240,8 @@ class GenerationService:
 
     async def _advance(self, jobs: list[GenerationJob]) -> int:
         """Step the batch once, or in a burst when nobody waits for a slot; the text is
-        delivered when it returns. Returns the steps run."""
+        delivered when it returns, and a streamed reply's also while a burst runs. Returns the
+        steps run."""
         burst = self._burst_size()
         self._changed = False
         # A burst's text streams while it runs (`Courier`) where a job of it is read as a stream.
