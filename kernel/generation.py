@@ -97,6 +97,9 @@ class GenerationService:
         self._streaming: set[int] = set()  # jobs whose reader has waited for a piece: streamed replies
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
+        # Told how late each text hand-over posted during a burst ran (the kernel's watchdog,
+        # kernel/watchdog.py `alive`: a sign of life from the loop).
+        self.loop_alive: Callable[[float], None] | None = None
         self.steps = self.tokens = 0
 
     async def submit(self, proc: Process, sampling: SamplingParams, *, prompt: str | None = None,
@@ -246,7 +249,7 @@ class GenerationService:
         self._changed = False
         # A burst's text streams while it runs (`Courier`) where a job of it is read as a stream.
         streamed = burst > 1 and any(job.id in self._streaming or _reader_waits(job) for job in jobs)
-        courier = Courier(self._deliver, params.STREAM_EVERY_S if streamed else math.inf)
+        courier = Courier(self._deliver_posted, params.STREAM_EVERY_S if streamed else math.inf)
         try:
             return await self._step(jobs, courier, burst)
         finally:  # a burst that fails still hands out what its earlier steps made
@@ -339,6 +342,12 @@ class GenerationService:
         job.outbox.send.close()
         job.outbox.done.set()
 
+    def _deliver_posted(self, pieces: Sequence[tuple[GenerationJob, str]], posted_at: float) -> None:
+        """`_deliver`, for text the driver's thread posted at `posted_at` during a burst."""
+        if self.loop_alive is not None:
+            self.loop_alive(max(0.0, time.perf_counter() - posted_at))
+        self._deliver(pieces)
+
     def _deliver(self, pieces: Sequence[tuple[GenerationJob, str]]) -> None:
         """Hand each job its text, noting the streams whose reader waits for it (see
         `_let_readers_read`; a reply not streamed has none). A job cancelled while the burst
@@ -363,11 +372,12 @@ class GenerationService:
 class Courier:
     """A burst's `emit`, called on the driver's thread after each step: it keeps the steps'
     text and, once `every_s` has passed since it last did, posts what it holds to `deliver` on
-    the event loop without waiting for it, so that a long burst's text still streams. The rest
+    the event loop (with the moment it posted) without waiting for it, so that a long burst's
+    text still streams. The rest
     is for the loop to take (`rest`) once the burst is back. Under an event loop other than
     asyncio's (trio), everything waits for the end."""
 
-    def __init__(self, deliver: Callable[[list[tuple[GenerationJob, str]]], None], every_s: float) -> None:
+    def __init__(self, deliver: Callable[[list[tuple[GenerationJob, str]], float], None], every_s: float) -> None:
         self._deliver, self._every_s = deliver, every_s
         self._held: list[tuple[GenerationJob, str]] = []
         self._posted_at = time.perf_counter()
@@ -381,7 +391,7 @@ class Courier:
         now = time.perf_counter()
         if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
             batch, self._held, self._posted_at = self._held, [], now
-            self._loop.call_soon_threadsafe(self._deliver, batch)  # runs before the burst's own return
+            self._loop.call_soon_threadsafe(self._deliver, batch, now)  # runs before the burst's own return
 
     def rest(self) -> list[tuple[GenerationJob, str]]:
         return self._held

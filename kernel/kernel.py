@@ -94,6 +94,8 @@ class Kernel:
         self.booted_at = time.time()
         # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
         self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
+        if self.generation is not None:  # its text handed over mid-burst is a beat (see LoopWatchdog.alive)
+            self.generation.loop_alive = self.watchdog.alive
 
     def _askers(self, base: str | None) -> list[int]:
         """The processes that may ask a generation of base `base` (None: the kernel's own
@@ -109,6 +111,7 @@ class Kernel:
         scheduler.kv = getattr(driver, "kv", None)
         service = GenerationService(driver, scheduler, variants)
         service.askers = lambda: self._askers(base)
+        service.loop_alive = self.watchdog.alive
         return service
 
     def _start_resident(self, resident: Resident) -> None:

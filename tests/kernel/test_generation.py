@@ -314,9 +314,13 @@ async def test_a_long_bursts_text_streams_while_the_burst_runs(monkeypatch) -> N
         return during_the_burst, "".join(text)
 
     async with llmos.boot(driver, **TINY) as kernel:
+        assert kernel.generation.loop_alive == kernel.watchdog.alive  # each hand-over is a sign of life
+        lateness: list[float] = []
+        kernel.generation.loop_alive = lateness.append
         read_during, streamed = result(await kernel.wait((await kernel.spawn(reader)).pid, timeout=30))
     assert seen.calls == 2  # the prompt pass, then one burst of 39 steps
     assert sum(read_during) >= 5  # 0.2 s of steps, posted every 0.02 s: read before the burst came back
+    assert len(lateness) >= 5 and all(0 <= late < 5 for late in lateness)
     monkeypatch.setattr(params, "DECODE_BURST_STEPS", 1)
     async with llmos.boot(tiny_driver(endless=True), **TINY) as kernel:
         assert result(await kernel.wait((await kernel.spawn(_generate, "a long story")).pid, timeout=30)).text == streamed
@@ -339,9 +343,11 @@ async def test_a_reply_not_streamed_gets_its_text_at_the_bursts_end_only(monkeyp
 
 async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> None:
     posted: list[list[Any]] = []
+    moments: list[float] = []
     done = anyio.Event()
-    courier = Courier(lambda batch: (posted.append(batch), done.set()), every_s=0.05)
-    holding = Courier(lambda batch: posted.append(batch), every_s=math.inf)
+    courier = Courier(lambda batch, at: (posted.append(batch), moments.append(at), done.set()), every_s=0.05)
+    holding = Courier(lambda batch, at: posted.append(batch), every_s=math.inf)
+    began = time.perf_counter()
 
     def steps() -> None:  # the driver's thread
         courier([("job", "a")])
@@ -355,4 +361,5 @@ async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> N
     with anyio.fail_after(5):
         await done.wait()
     assert posted == [[("job", "a"), ("job", "b"), ("job", "c")]]
+    assert began + 0.05 <= moments[0] <= time.perf_counter()  # when it posted: the lateness is measured from it
     assert courier.rest() == [("job", "d")] and holding.rest() == [("job", "x"), ("job", "y")]

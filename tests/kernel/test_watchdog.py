@@ -203,6 +203,25 @@ async def test_the_watcher_looks_once_a_beat_while_the_loop_beats(monkeypatch: p
     assert looks <= len(lags) + late_beats + 2  # +2: the beat under way at either end
 
 
+async def test_signs_of_life_from_the_loop_stand_in_for_the_heartbeats_timer() -> None:
+    """A callback posted to the loop that runs (the generation loop's text, mid-burst) is a beat
+    with its own lateness, and the heartbeat's sleep starts over: while they come more often
+    than a beat, its timer does not wake the loop thread. When they stop, it beats again."""
+    async with boot() as kernel:
+        watchdog = kernel.watchdog
+        await anyio.sleep(watchdog.heartbeat_s * 2)  # beating
+        lags_before, sign = len(watchdog._lags), 0.0123  # a lateness no timer beat has
+        for _ in range(12):  # ~0.36 s, each sooner than a beat
+            watchdog.alive(sign)
+            await anyio.sleep(watchdog.heartbeat_s / 3)
+        during = list(watchdog._lags)[lags_before:]
+        await anyio.sleep(watchdog.heartbeat_s * 4)
+        after = list(watchdog._lags)[lags_before + len(during):]
+    assert during.count(sign) == 12
+    assert len(during) - 12 <= 1  # at most the timer's beat that was under way at the first sign
+    assert len(after) >= 2 and sign not in after  # the timer beats again
+
+
 async def test_without_the_watchdog_the_kernel_reports_no_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(params, "LOOP_HEARTBEAT_S", 0.0)
     async with boot() as kernel:
