@@ -87,12 +87,13 @@ BATCH_GATHER_S = 0.01
 # the same batch back to back on its thread (as vLLM's multi-step scheduling does): each step
 # saves the two thread hand-offs a step costs (0.15-0.3 ms each on the 2-core VMs, where a
 # thread asleep for a burst's length wakes slowly), and the loop's thread, asleep meanwhile
-# but for the text's hand-outs, no longer stalls the step's threads. A burst ends after DECODE_BURST_STEPS steps or
-# DECODE_BURST_S seconds (how long the scheduler's accounting may lag), at a job's first
-# token, and at the step after a new request, suspend or cancel, a finished job or a full KV
-# memory: so it delays no one's turn. Its text does not wait for its end where a reader waits
-# for it: every STREAM_EVERY_S the driver's thread posts what the steps made to the loop
-# (kernel/generation.py `Courier`). DECODE_BURST_STEPS = 1 turns bursts off.
+# but for the text's hand-overs, no longer stalls the step's threads. A burst ends after
+# DECODE_BURST_STEPS steps or DECODE_BURST_S seconds (how long the scheduler's accounting may
+# lag), at a job's first token, and at the step after a new request, suspend or cancel, a
+# finished job or a full KV memory: so it delays no one's turn. Its text does not wait for its
+# end where a job of it is read as a stream: every STREAM_EVERY_S the driver's thread posts
+# what the steps made to the loop (kernel/generation.py `Courier`). DECODE_BURST_STEPS = 1
+# turns bursts off.
 DECODE_BURST_STEPS = 64
 DECODE_BURST_S = 0.5
 STREAM_EVERY_S = 0.05
