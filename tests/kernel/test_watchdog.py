@@ -211,14 +211,19 @@ async def test_signs_of_life_from_the_loop_stand_in_for_the_heartbeats_timer() -
         watchdog = kernel.watchdog
         await anyio.sleep(watchdog.heartbeat_s * 2)  # beating
         lags_before, sign = len(watchdog._lags), 0.0123  # a lateness no timer beat has
-        for _ in range(12):  # ~0.36 s, each sooner than a beat
+        signs: list[float] = []
+        for _ in range(12):  # each sooner than a beat, unless the host is slow
             watchdog.alive(sign)
-            await anyio.sleep(watchdog.heartbeat_s / 3)
+            signs.append(time.perf_counter())
+            await anyio.sleep(watchdog.heartbeat_s / 6)
         during = list(watchdog._lags)[lags_before:]
         await anyio.sleep(watchdog.heartbeat_s * 4)
         after = list(watchdog._lags)[lags_before + len(during):]
     assert during.count(sign) == 12
-    assert len(during) - 12 <= 1  # at most the timer's beat that was under way at the first sign
+    # The timer's beats meanwhile: at most the one under way at the first sign, and one for
+    # each gap between signs that a loaded host stretched past a beat.
+    long_gaps = sum(1 for a, b in zip(signs, signs[1:], strict=False) if b - a >= watchdog.heartbeat_s)
+    assert len(during) - 12 <= 1 + long_gaps
     assert len(after) >= 2 and sign not in after  # the timer beats again
 
 
