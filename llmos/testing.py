@@ -611,6 +611,24 @@ def tiny_driver(config: Any = None, *, endless: bool = False) -> Any:
     return driver
 
 
+class BurstsOut:
+    """Counts the bursts of steps a driver has handed to its compute thread and not got back
+    (`out`): wraps `driver.burst`, so a reader can tell whether text reached it mid-burst."""
+
+    def __init__(self, driver: Any) -> None:
+        self.out = 0
+        burst = driver.burst
+
+        async def counted(*args: Any) -> Any:
+            self.out += 1
+            try:
+                return await burst(*args)
+            finally:
+                self.out -= 1
+
+        driver.burst = counted
+
+
 def random_lora(model: Any, folder: Path, *, seed: int = 0, rank: int = 4,
                 targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                 b_std: float = 0.05, **config: Any) -> Path:

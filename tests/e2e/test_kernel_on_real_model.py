@@ -7,7 +7,7 @@ import pytest
 
 import llmos
 from llmos.syscalls import ProcState, Sys
-from llmos.testing import until
+from llmos.testing import BurstsOut, until
 
 pytestmark = pytest.mark.model
 
@@ -137,22 +137,12 @@ async def test_a_long_bursts_text_streams_while_the_burst_runs(smollm2_f32, monk
     from llmos.kernel import params
 
     engine, driver = smollm2_f32.driver.engine, smollm2_f32.driver
-    out = 0  # bursts handed to the compute thread and not back yet
-    burst = driver.burst
-
-    async def flagged(*args):  # noqa: ANN002, ANN202
-        nonlocal out
-        out += 1
-        try:
-            return await burst(*args)
-        finally:
-            out -= 1
-
-    monkeypatch.setattr(driver, "burst", flagged)
+    monkeypatch.setattr(driver, "burst", driver.burst)  # put back after the test: BurstsOut wraps it
+    bursts = BurstsOut(driver)
 
     async def streamer(sys: Sys) -> tuple[str, int]:
         stream = await sys.chat("Write a story about a cat who sails the sea.", max_tokens=48, stream=True)
-        pieces = [(piece, out > 0) async for piece in stream]
+        pieces = [(piece, bursts.out > 0) async for piece in stream]
         return "".join(piece for piece, _ in pieces), sum(during for _, during in pieces)
 
     async def story() -> tuple[str, int]:

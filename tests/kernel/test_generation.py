@@ -19,7 +19,7 @@ import llmos
 from llmos.kernel import params
 from llmos.kernel.generation import Courier
 from llmos.kernel.process import ProcState
-from llmos.testing import FakeDriver, one_torch_thread, result, tiny_driver, until
+from llmos.testing import BurstsOut, FakeDriver, one_torch_thread, result, tiny_driver, until
 
 STORY = " ".join(f"w{i}" for i in range(40))
 
@@ -272,44 +272,35 @@ async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begin
     assert not any(read_during_a_step)
 
 
-def _slow_steps(driver: Any, seconds: float) -> None:
-    """Each engine step of `driver` takes `seconds` more (on the compute thread)."""
+def _long_bursts(monkeypatch: pytest.MonkeyPatch, stream_every_s: float) -> Any:
+    """A tiny driver whose steps take 5 ms more (on the compute thread), run in bursts of up to
+    64 steps whose text is posted every `stream_every_s`."""
+    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
+    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
+    monkeypatch.setattr(params, "STREAM_EVERY_S", stream_every_s)
+    driver = tiny_driver(endless=True)
     engine_step = driver.engine.step
 
     def step(running: Any, emit: Any) -> None:
         engine_step(running, emit)
-        time.sleep(seconds)
+        time.sleep(0.005)
 
     driver.engine.step = step
+    return driver
 
 
 async def test_a_long_bursts_text_streams_while_the_burst_runs(monkeypatch) -> None:
     # One burst runs the whole reply (after the prompt pass's first token); its text reaches
     # the reader every STREAM_EVERY_S while the burst is still out, in order, the same text.
-    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
-    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
-    monkeypatch.setattr(params, "STREAM_EVERY_S", 0.02)
-    driver = tiny_driver(endless=True)
-    _slow_steps(driver, 0.005)
+    driver = _long_bursts(monkeypatch, 0.02)
     seen = Steps(driver)
-    out = 0  # bursts handed to the compute thread and not back yet
-    burst = driver.burst
-
-    async def flagged(*args: Any) -> Any:
-        nonlocal out
-        out += 1
-        try:
-            return await burst(*args)
-        finally:
-            out -= 1
-
-    driver.burst = flagged
+    bursts = BurstsOut(driver)
 
     async def reader(sys: Any) -> tuple[list[bool], str]:
         stream = await sys.generate("a long story", max_tokens=40, stream=True)
         during_the_burst, text = [], []
         async for piece in stream:
-            during_the_burst.append(out > 0)
+            during_the_burst.append(bursts.out > 0)
             text.append(piece)
         return during_the_burst, "".join(text)
 
@@ -329,11 +320,7 @@ async def test_a_long_bursts_text_streams_while_the_burst_runs(monkeypatch) -> N
 
 async def test_a_reply_not_streamed_gets_its_text_at_the_bursts_end_only(monkeypatch) -> None:
     # Nobody reads its stream: posting its text mid-burst would wake the event loop for nothing.
-    monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
-    monkeypatch.setattr(params, "DECODE_BURST_STEPS", 64)
-    monkeypatch.setattr(params, "STREAM_EVERY_S", 0.01)
-    driver = tiny_driver(endless=True)
-    _slow_steps(driver, 0.005)
+    driver = _long_bursts(monkeypatch, 0.01)
     async with llmos.boot(driver, **TINY) as kernel:
         delivered: list[int] = []
         deliver = kernel.generation._deliver
