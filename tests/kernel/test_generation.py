@@ -207,16 +207,25 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
     monkeypatch.setattr(params, "DECODE_BURST_S", 60.0)
     monkeypatch.setattr(params, "DECODE_BURST_STEPS", 16)
     driver = tiny_driver(endless=True)
-    mid_burst, resume = threading.Event(), threading.Event()
+    mid_burst, resume, read_one = threading.Event(), threading.Event(), threading.Event()
     engine_step = driver.engine.step
     leave = anyio.Event()
     leaving: list[int] = []  # the pid of the process whose stream closes
+    made_when_read: int | None = None  # its tokens at the first step after its reader had a piece
 
     def step(running: Any, emit: Any) -> None:  # on the compute thread
+        nonlocal made_when_read
         engine_step(running, emit)
-        if any(job.pid in leaving and len(job.token_ids) >= 4 for job in running) and not mid_burst.is_set():
-            mid_burst.set()
-            assert resume.wait(10), "the test did not let the burst go on"
+        # It stops once the reader waits to leave (it had a piece: text it has not read yet
+        # would keep it reading) and this burst has made text since, which then has nowhere to go.
+        for job in running:
+            if job.pid not in leaving or not read_one.is_set() or mid_burst.is_set():
+                continue
+            if made_when_read is None:
+                made_when_read = len(job.token_ids)
+            elif len(job.token_ids) >= made_when_read + 2:
+                mid_burst.set()
+                assert resume.wait(10), "the test did not let the burst go on"
 
     driver.engine.step = step
 
@@ -224,6 +233,7 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
         stream = await sys.generate("a long story", max_tokens=300, stream=True)
         async with contextlib.aclosing(aiter(stream)) as pieces:
             async for _ in pieces:
+                read_one.set()
                 await leave.wait()
                 break
         return "left"
