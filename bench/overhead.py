@@ -8,12 +8,13 @@ agent, 12 pairs each), and one run of either can be off by 10-30%. So this runs 
 each of --processes fresh processes (each loads the cached weights and warms both ways first),
 and reports the median over every pair, each process's median, and how far those spread.
 The overhead is the bare engine's tokens/s over llmos's, less one. With several --bursts
-(each STEPS[/SECONDS[/STREAM]]: the kernel's DECODE_BURST_STEPS, steps a hand-off to the
-compute thread, DECODE_BURST_S and STREAM_EVERY_S, `inf` for text handed out at a burst's end
-only; `8/0.1/inf` is the serve loop before bursts streamed), the processes of each take turns.
+(each STEPS[/SECONDS[/STREAM[/PER_READER]]]: the kernel's DECODE_BURST_STEPS, steps a hand-off
+to the compute thread, DECODE_BURST_S, STREAM_EVERY_S, `inf` for text handed out at a burst's
+end only, and STREAM_EVERY_S_PER_READER; `8/0.1/inf` is the serve loop before bursts streamed,
+`64/0.5/0.05/0` posting every 50 ms whatever the readers), the processes of each take turns.
 Results: results/overhead.json (or --save).
 
-    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 8/0.1/inf]
+    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 64/0.5/0.05/0]
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmos.kernel.params import DECODE_BURST_S, DECODE_BURST_STEPS, STREAM_EVERY_S
+from llmos.kernel.params import DECODE_BURST_S, DECODE_BURST_STEPS, STREAM_EVERY_S, STREAM_EVERY_S_PER_READER
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, as generate.py reports them
@@ -34,21 +35,22 @@ MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, a
 Runs = dict[str, list[dict[str, float]]]  # one process's runs: "llmos" and "bare_engine", in pair order
 
 
-def burst_setting(spec: str) -> tuple[int, float, float]:
-    """STEPS[/SECONDS[/STREAM]] as (DECODE_BURST_STEPS, DECODE_BURST_S, STREAM_EVERY_S), the
-    kernel's defaults where left out."""
+def burst_setting(spec: str) -> tuple[int, float, float, float]:
+    """STEPS[/SECONDS[/STREAM[/PER_READER]]] as (DECODE_BURST_STEPS, DECODE_BURST_S,
+    STREAM_EVERY_S, STREAM_EVERY_S_PER_READER), the kernel's defaults where left out."""
     parts = spec.split("/")
+    defaults = (DECODE_BURST_S, STREAM_EVERY_S, STREAM_EVERY_S_PER_READER)
     try:
-        if len(parts) > 3:
+        if len(parts) > 4:
             raise ValueError(spec)
         steps = int(parts[0])
-        seconds = float(parts[1]) if len(parts) > 1 else DECODE_BURST_S
-        stream = float(parts[2]) if len(parts) > 2 else STREAM_EVERY_S
+        seconds, stream, per_reader = [*map(float, parts[1:]), *defaults[len(parts) - 1:]]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{spec!r} is not STEPS[/SECONDS[/STREAM]], as 64 or 8/0.1/inf") from None
-    if steps < 1 or seconds <= 0 or stream <= 0:
-        raise argparse.ArgumentTypeError(f"{spec!r}: steps take 1 or more, seconds more than 0")
-    return steps, seconds, stream
+        raise argparse.ArgumentTypeError(f"{spec!r} is not STEPS[/SECONDS[/STREAM[/PER_READER]]], as 64 or "
+                                         "8/0.1/inf") from None
+    if steps < 1 or seconds <= 0 or stream <= 0 or per_reader < 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: steps take 1 or more, seconds more than 0, per reader 0 or more")
+    return steps, seconds, stream, per_reader
 
 
 def burst_spec(spec: str) -> str:
@@ -69,7 +71,8 @@ def child(agents: int, pairs: int, threads: int, bursts: str, llmos_first: bool)
     import llmos
 
     # read by the generation loop at each burst
-    params.DECODE_BURST_STEPS, params.DECODE_BURST_S, params.STREAM_EVERY_S = burst_setting(bursts)
+    (params.DECODE_BURST_STEPS, params.DECODE_BURST_S, params.STREAM_EVERY_S,
+     params.STREAM_EVERY_S_PER_READER) = burst_setting(bursts)
     use_model_cache("llmos-bench-generate-")  # the weights generate.py caches
     model = llmos.load_model("smollm2")
     compute.call(torch.set_num_threads, threads)  # OpenMP's thread count is per calling thread
@@ -169,7 +172,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="pairs of runs (llmos, bare engine) per process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+", default=[str(DECODE_BURST_STEPS)],
-                        help="STEPS[/SECONDS[/STREAM]] (see above); several take turns by process")
+                        help="STEPS[/SECONDS[/STREAM[/PER_READER]]] (see above); several take turns by process")
     parser.add_argument("--save", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS.name})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-first", action="store_true", help=argparse.SUPPRESS)

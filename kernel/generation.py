@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from llmos.kernel import params
 from llmos.kernel.errors import ContextOverflow, ModelError, QuotaExceeded
 from llmos.kernel.model import BurstingDriver, ChatMessage, EmitFn, GenerationJob, ModelDriver, SamplingParams
+from llmos.kernel.outbox import Outbox
 from llmos.kernel.process import Process
 from llmos.kernel.scheduler import Scheduler, StepOutput
 from llmos.kernel.stats import GenerationStatistics
@@ -34,20 +34,9 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 5.0  # tokens/s in statistics() is averaged over this many seconds
 # Turns of the event loop the serve loop yields after handing out text, for its readers (see
 # `_let_readers_read`): at most READ_TURNS, and no more once the text has not been read for
-# IDLE_TURNS (a `sys.generate` stream's reader takes a turn to wake, then one a piece).
+# IDLE_TURNS (a `sys.generate` stream's reader takes a turn to wake).
 IDLE_TURNS = 4
 READ_TURNS = 4 * params.DECODE_BURST_STEPS
-
-
-class Outbox:
-    """A job's channel to its owner: text pieces as they come, and the moment it ends.
-    Unbounded, so the serve loop never blocks on a slow reader."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.send: MemoryObjectSendStream[str]
-        self.receive: MemoryObjectReceiveStream[str]
-        self.send, self.receive = anyio.create_memory_object_stream[str](math.inf)
 
 
 async def result(job: GenerationJob) -> GenerationJob:
@@ -60,9 +49,8 @@ async def result(job: GenerationJob) -> GenerationJob:
 
 async def pieces(job: GenerationJob) -> AsyncIterator[str]:
     """A submitted job's text as it is generated; a model failure surfaces at the end."""
-    async with job.outbox.receive:
-        async for piece in job.outbox.receive:
-            yield piece
+    async for piece in job.outbox.pieces():
+        yield piece
     await result(job)
 
 
@@ -93,7 +81,7 @@ class GenerationService:
         self._held: set[int] = set()
         # A step that has not returned after this long fails its batch (see params).
         self.step_timeout_s = params.STEP_TIMEOUT_S
-        self._handed: dict[int, MemoryObjectReceiveStream[str]] = {}  # the last step's text's waiting readers, by job
+        self._handed: dict[int, Outbox] = {}  # the last step's text's waiting readers, by job
         self._streaming: set[int] = set()  # jobs whose reader has waited for a piece: streamed replies
         self._recent: deque[tuple[float, int]] = deque()  # (step end, tokens) over the last RATE_WINDOW_S
         self.closed = False  # its model was unloaded (kernel/model_pool.py): it takes no more requests
@@ -206,15 +194,15 @@ class GenerationService:
         """Let the processes just handed text read it before the next step starts: on a CPU the
         step's threads use every core, and a task that runs beside them stalls the step's
         threads (and takes the GIL from their Python parts) instead of costing its own time. A
-        reader takes a turn of the event loop to wake and then one a piece (more where it
-        awaits more: an HTTP response's writes), so this yields turns until the streams whose
-        reader was waiting are read, or have not emptied for IDLE_TURNS (a reader gone to do
-        something else), at most READ_TURNS; with none, one turn."""
-        streams, self._handed = list(self._handed.values()), {}
-        unread, idle = _buffered(streams), 0
+        reader takes a turn of the event loop to wake (more where it awaits between pieces: an
+        HTTP response's writes), so this yields turns until the outboxes whose reader was
+        waiting are read, or have not emptied for IDLE_TURNS (a reader gone to do something
+        else), at most READ_TURNS; with none, one turn."""
+        outboxes, self._handed = list(self._handed.values()), {}
+        unread, idle = _unread(outboxes), 0
         for _ in range(READ_TURNS):
             await anyio.lowlevel.checkpoint()  # every task woken meanwhile takes its turn first
-            left = _buffered(streams)
+            left = _unread(outboxes)
             idle = idle + 1 if left >= unread else 0
             if left == 0 or idle >= IDLE_TURNS:
                 return
@@ -247,13 +235,19 @@ class GenerationService:
         steps run."""
         burst = self._burst_size()
         self._changed = False
-        # A burst's text streams while it runs (`Courier`) where a job of it is read as a stream.
-        streamed = burst > 1 and any(job.id in self._streaming or _reader_waits(job) for job in jobs)
-        courier = Courier(self._deliver_posted, params.STREAM_EVERY_S if streamed else math.inf)
+        courier = Courier(self._deliver_posted, self._post_every(jobs) if burst > 1 else math.inf)
         try:
             return await self._step(jobs, courier, burst)
         finally:  # a burst that fails still hands out what its earlier steps made
             self._deliver(courier.rest())
+
+    def _post_every(self, jobs: list[GenerationJob]) -> float:
+        """How often a burst over `jobs` posts its text to the loop (`Courier`): never where no
+        job of it is read as a stream, else every STREAM_EVERY_S, and less often the more
+        readers a post wakes, STREAM_EVERY_S_PER_READER each (the loop's work for them runs
+        beside the engine's steps)."""
+        readers = sum(1 for job in jobs if job.id in self._streaming or job.outbox.reader_waits)
+        return max(params.STREAM_EVERY_S, params.STREAM_EVERY_S_PER_READER * readers) if readers else math.inf
 
     def _burst_goes_on(self, jobs: list[GenerationJob]) -> Callable[[], bool]:
         """Whether a burst of steps over `jobs` may take another (asked on the driver's
@@ -339,8 +333,7 @@ class GenerationService:
         del self.jobs[job.id]
         self._streaming.discard(job.id)
         self.scheduler.remove(job.id)
-        job.outbox.send.close()
-        job.outbox.done.set()
+        job.outbox.end()
 
     def _deliver_posted(self, pieces: Sequence[tuple[GenerationJob, str]], posted_at: float) -> None:
         """`_deliver`, for text the driver's thread posted at `posted_at` during a burst."""
@@ -358,15 +351,12 @@ class GenerationService:
                 continue
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()
-            waits = job.id in self._handed or _reader_waits(job)  # asked before the send: it wakes the reader
-            try:
-                job.outbox.send.send_nowait(piece)
-            except anyio.BrokenResourceError:  # its reader left without a word: nobody wants the rest
+            waits = job.id in self._handed or job.outbox.reader_waits  # asked before the put: it wakes the reader
+            if not job.outbox.put(piece):  # its reader left without a word: nobody wants the rest
                 self.cancel(job)
-            else:
-                if waits:
-                    self._handed[job.id] = job.outbox.receive
-                    self._streaming.add(job.id)
+            elif waits:
+                self._handed[job.id] = job.outbox
+                self._streaming.add(job.id)
 
 
 class Courier:
@@ -389,18 +379,23 @@ class Courier:
         self._held.extend(pieces)
         now = time.perf_counter()
         if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
-            batch, self._held, self._posted_at = self._held, [], now
+            batch, self._held, self._posted_at = _by_job(self._held), [], now
             self._loop.call_soon_threadsafe(self._deliver, batch, now)  # runs before the burst's own return
 
     def rest(self) -> list[tuple[GenerationJob, str]]:
-        return self._held
+        return _by_job(self._held)
 
 
-def _reader_waits(job: GenerationJob) -> bool:
-    """Whether a task waits on the job's stream for its next piece (a reply not streamed has none)."""
-    return job.outbox.receive.statistics().tasks_waiting_receive > 0
+def _by_job(pieces: Sequence[tuple[GenerationJob, str]]) -> list[tuple[GenerationJob, str]]:
+    """One piece a job, its steps' text joined in order: a reader takes a turn of the event
+    loop for each piece it reads, and those turns run beside the engine's next steps (64
+    agents, two steps a post: 128 task steps on the loop against 64)."""
+    joined: dict[int, tuple[GenerationJob, list[str]]] = {}
+    for job, piece in pieces:
+        joined.setdefault(job.id, (job, []))[1].append(piece)
+    return [(job, "".join(parts)) for job, parts in joined.values()]
 
 
-def _buffered(streams: Iterable[MemoryObjectReceiveStream[str]]) -> int:
-    """Pieces handed to `streams` and not read yet."""
-    return sum(stream.statistics().current_buffer_used for stream in streams)
+def _unread(outboxes: Iterable[Outbox]) -> int:
+    """Pieces handed to `outboxes` and not read yet."""
+    return sum(outbox.unread for outbox in outboxes)
