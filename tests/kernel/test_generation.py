@@ -17,7 +17,7 @@ import anyio.to_thread
 import pytest
 
 import llmos
-from llmos.kernel import params
+from llmos.kernel import generation, params
 from llmos.kernel.generation import Courier
 from llmos.kernel.process import ProcState
 from llmos.testing import BurstsOut, FakeDriver, one_torch_thread, result, tiny_driver, until
@@ -283,6 +283,30 @@ async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begin
     # the first token's burst, then bursts of 8 steps: about one piece a burst
     assert tokens == 40 and 4 <= len(read_during_a_step) <= 12
     assert not any(read_during_a_step)
+
+
+async def test_a_burst_posts_less_often_the_more_readers_a_post_wakes(monkeypatch) -> None:
+    driver = _long_bursts(monkeypatch, stream_every_s=0.05)
+    monkeypatch.setattr(params, "STREAM_EVERY_S_PER_READER", 0.03)
+    intervals: list[float] = []  # each burst's, as the serve loop set it
+
+    class Recorded(Courier):
+        def __init__(self, deliver: Any, every_s: float) -> None:
+            intervals.append(every_s)
+            super().__init__(deliver, every_s)
+
+    monkeypatch.setattr(generation, "Courier", Recorded)
+
+    async def reader(sys: Any) -> str:
+        return await (await sys.generate("a long story", max_tokens=30, stream=True)).text()
+
+    async with llmos.boot(driver, **TINY) as kernel:
+        procs = [await kernel.spawn(reader) for _ in range(3)] + [await kernel.spawn(_generate, "the cat", 30)]
+        for proc in procs:
+            result(await kernel.wait(proc.pid, timeout=30))
+    posting = [every_s for every_s in intervals if every_s != math.inf]
+    # Three readers, 30 ms each: 90 ms. The fourth reply is not streamed: it wakes nobody.
+    assert posting and max(posting) == pytest.approx(0.09) and min(posting) >= 0.05
 
 
 def _long_bursts(monkeypatch: pytest.MonkeyPatch, stream_every_s: float) -> Any:
