@@ -361,10 +361,11 @@ class GenerationService:
 
 class Courier:
     """A burst's `emit`, called on the driver's thread after each step: it keeps the steps'
-    text and, once `every_s` has passed since it last did, posts what it holds to `deliver` on
-    the event loop (with the moment it posted) without waiting for it, so that a long burst's
-    text still streams. The rest is for the loop to take (`rest`) once the burst is back. Under
-    an event loop other than asyncio's (trio), everything waits for the end."""
+    text and, once `every_s` has passed since it last did, posts what it holds (one piece a
+    job) to `deliver` on the event loop (with the moment it posted) without waiting for it, so
+    that a long burst's text still streams. The rest is for the loop to take (`rest`) once the
+    burst is back. Under an event loop other than asyncio's (trio), everything waits for the
+    end."""
 
     def __init__(self, deliver: Callable[[list[tuple[GenerationJob, str]], float], None], every_s: float) -> None:
         self._deliver, self._every_s = deliver, every_s

@@ -22,6 +22,9 @@ import anyio
 
 
 class Outbox:
+    """A job's text pieces for its one reader (`pieces`), handed over by the serve loop (`put`),
+    and `done`, set when the job has ended. Used on the event loop only."""
+
     def __init__(self) -> None:
         self.done = anyio.Event()  # set once the job has ended: no piece comes after
         self._pieces: deque[str] = deque()

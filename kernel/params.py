@@ -93,10 +93,10 @@ BATCH_GATHER_S = 0.01
 # finished job or a full KV memory: so it delays no one's turn. Its text does not wait for its
 # end where a job of it is read as a stream: every STREAM_EVERY_S the driver's thread posts
 # what the steps made to the loop (kernel/generation.py `Courier`), and less often the more
-# readers a post wakes: STREAM_EVERY_S_PER_READER each (64 readers: every 0.16 s). Each reader's
-# turn takes the loop ~10 us of CPU that the engine's threads lose mid-step (cold caches make it
-# more); 64 agents posted to every 50 ms read +5.3% of kernel overhead, every 150 ms +4.4%
-# (README, Benchmarks). DECODE_BURST_STEPS = 1 turns bursts off.
+# readers a post wakes: STREAM_EVERY_S_PER_READER each (64 readers: every 0.16 s). A reader's
+# turn costs the loop ~12 us of CPU (64-agent runs, outbox.py's), which the engine's threads
+# lose mid-step; spaced so, 64 agents read +3.3% of kernel overhead, against +4.8% posted to
+# every 50 ms (README, Benchmarks). DECODE_BURST_STEPS = 1 turns bursts off.
 DECODE_BURST_STEPS = 64
 DECODE_BURST_S = 0.5
 STREAM_EVERY_S = 0.05

@@ -252,7 +252,7 @@ async def test_a_stream_closed_mid_burst_costs_only_its_own_generation(monkeypat
 
 
 async def test_a_streaming_reader_reads_a_bursts_text_before_the_next_step_begins(monkeypatch) -> None:
-    # A stream's reader takes one piece a turn of the event loop; the serve loop waits for it
+    # A stream's reader takes a turn of the event loop to wake; the serve loop waits for it
     # to read what a burst handed out at its end (one piece: the burst's steps' text joined)
     # before the next burst (beside a step it would take a core from the step's threads).
     # Here no text is posted mid-burst.
