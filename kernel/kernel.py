@@ -65,9 +65,10 @@ class Kernel:
         # adapters served in the same batch): loaded by name on first use through the pool's
         # loader (plugged in by llmos.boot), kept for the kernel's life.
         self.variants: dict[str, ModelDriver] = {}
-        self.generation = GenerationService(driver, self.scheduler, self.variants) if driver is not None else None
-        if self.generation is not None:
-            self.generation.askers = lambda: self._askers(None)
+        # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
+        self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
+        self.generation = (self._wired(GenerationService(driver, self.scheduler, self.variants), None)
+                           if driver is not None else None)
         # Models of other bases processes moved to (`set_model`), each with its own loop;
         # idle ones unload (kernel/model_pool.py).
         self.models = ModelPool(self._service_for_base, self._start_resident,
@@ -92,10 +93,6 @@ class Kernel:
         self.protected: set[int] = set()
         self._tg: TaskGroup | None = None
         self.booted_at = time.time()
-        # Measures the loop's lag and names (and past a limit, stops) a process that blocks it.
-        self.watchdog = LoopWatchdog(self, runner=Kernel._run.__code__)
-        if self.generation is not None:  # its text handed over mid-burst is a beat (see LoopWatchdog.alive)
-            self.generation.loop_alive = self.watchdog.alive
 
     def _askers(self, base: str | None) -> list[int]:
         """The processes that may ask a generation of base `base` (None: the kernel's own
@@ -109,7 +106,11 @@ class Kernel:
                               quantum=self.scheduler.quantum, max_queue=self.scheduler.max_queue,
                               suspended=self.scheduler.suspended)
         scheduler.kv = getattr(driver, "kv", None)
-        service = GenerationService(driver, scheduler, variants)
+        return self._wired(GenerationService(driver, scheduler, variants), base)
+
+    def _wired(self, service: GenerationService, base: str | None) -> GenerationService:
+        """A generation loop of base `base` (None: the kernel's own model), told who may ask it
+        and that its text handed over mid-burst is a beat of the watchdog's (LoopWatchdog.alive)."""
         service.askers = lambda: self._askers(base)
         service.loop_alive = self.watchdog.alive
         return service
