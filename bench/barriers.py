@@ -40,17 +40,19 @@ from common import machine, use_model_cache
 RESULTS = Path(__file__).resolve().parent / "results" / "barriers.json"
 STEPS = 80  # timed decode steps a measurement
 NO_TEAM = {"LLMOS_THREAD_TEAM": "0"}  # each operator its own OpenMP region, as before drivers/team.h
+UNPINNED = {"LLMOS_PIN_TEAM": "0"}  # the team's threads where the OS puts them
 VARIANTS: dict[str, dict[str, str]] = {  # name -> what the child's environment adds
     "default": {}, "no_team": NO_TEAM, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "passive_no_team": {"OMP_WAIT_POLICY": "PASSIVE", **NO_TEAM},
     "one_thread": {}, "beside_busy": {}, "beside_busy_no_team": NO_TEAM,
+    "unpinned": UNPINNED, "beside_busy_unpinned": UNPINNED,
 }
 BUSY = "while True: pass"  # the process that takes a core during the beside_busy variants
 
 
 def child(rows: int, threads: int) -> None:
     """In a fresh process: load the default model, decode `rows` agents' replies and print
-    the median step in ms as JSON."""
+    the median and mean step in ms as JSON (a busy neighbour shows in the mean: slow steps)."""
     import torch
 
     import llmos
@@ -59,7 +61,7 @@ def child(rows: int, threads: int) -> None:
 
     driver = llmos.load_model("smollm2").driver
 
-    def measure() -> float:
+    def measure() -> dict[str, float]:
         torch.set_num_threads(threads)
         jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=STEPS + 40),
                               messages=(ChatMessage(role="user", content=f"Tell me a long story, number {i}."),))
@@ -73,9 +75,9 @@ def child(rows: int, threads: int) -> None:
             begun = time.perf_counter()
             driver.engine.step([job for job in jobs if not job.finished], lambda pieces: None)
             times.append(time.perf_counter() - begun)
-        return statistics.median(times) * 1e3
+        return {"step_ms": statistics.median(times) * 1e3, "mean_step_ms": statistics.fmean(times) * 1e3}
 
-    print(json.dumps({"step_ms": compute.call(measure),
+    print(json.dumps({**compute.call(measure),
                       "quantization": driver.engine.runner.quantization.describe()}))
 
 

@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -61,9 +62,13 @@ class Team {
       return;
     }
     Team team(size);
+    if (pinning()) team.place();
     at::parallel_for(0, size, 1, [&](int64_t begin, int64_t end) {
       if (begin != 0) {
-        if (end - begin == 1) team.serve(begin);
+        if (end - begin == 1) {
+          Pinned pinned(team.cpus_[begin]);
+          team.serve(begin);
+        }
         return;
       }
       // Fewer threads than asked (this thread got several indexes): the pass runs alone. Else
@@ -73,6 +78,7 @@ class Team {
         pass();
         return;
       }
+      Pinned pinned(team.cpus_[0]);
       Leading leading(team);
       pass();
     });
@@ -153,7 +159,7 @@ class Team {
     }
   };
 
-  explicit Team(int size) : size_(size) {}
+  explicit Team(int size) : size_(size) { cpus_.fill(-1); }
 
   static void relax() {
 #if defined(__x86_64__)
@@ -163,12 +169,66 @@ class Team {
 
   // LLMOS_THREAD_TEAM=0 (read once) turns teams off: each operator opens its own region again.
   static bool enabled() {
-    static const bool on = [] {
-      const char* value = std::getenv("LLMOS_THREAD_TEAM");
-      return value == nullptr || std::string(value) != "0";
-    }();
+    static const bool on = switched_on("LLMOS_THREAD_TEAM");
     return on;
   }
+
+  // LLMOS_PIN_TEAM=0 (read once) lets a pass's threads move between CPUs as the OS likes.
+  static bool pinning() {
+    static const bool on = switched_on("LLMOS_PIN_TEAM");
+    return on;
+  }
+
+  static bool switched_on(const char* variable) {
+    const char* value = std::getenv(variable);
+    return value == nullptr || std::string(value) != "0";
+  }
+
+  // Each thread of the pass on a CPU of its own, for the pass only: the leader where it runs
+  // now, the helpers on the leader's other CPUs in order. Left to the OS, a one-agent step
+  // beside the kernel's event loop, or beside any busy process, saw its two threads stacked on
+  // one CPU or moved between them mid-pass (bench/barriers.py measures both ways).
+  void place() {
+#if defined(__linux__)
+    cpu_set_t set;
+    const int here = sched_getcpu();
+    if (here < 0 || sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(here, &set)) return;
+    cpus_[0] = here;
+    int placed = 1;
+    for (int cpu = 0; cpu < CPU_SETSIZE && placed < size_; ++cpu) {
+      if (cpu != here && CPU_ISSET(cpu, &set)) cpus_[placed++] = cpu;
+    }
+    if (placed < size_) cpus_.fill(-1);  // fewer CPUs than threads: `lead` runs no team then
+#endif
+  }
+
+  // While alive, the calling thread runs on `cpu` alone (none: -1, or where the OS refuses);
+  // its CPUs before are given back at the end.
+  class Pinned {
+   public:
+    explicit Pinned(int cpu) {
+#if defined(__linux__)
+      if (cpu < 0 || sched_getaffinity(0, sizeof before_, &before_) != 0) return;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      pinned_ = sched_setaffinity(0, sizeof one, &one) == 0;
+#endif
+    }
+    ~Pinned() {
+#if defined(__linux__)
+      if (pinned_) sched_setaffinity(0, sizeof before_, &before_);
+#endif
+    }
+    Pinned(const Pinned&) = delete;
+    Pinned& operator=(const Pinned&) = delete;
+
+   private:
+#if defined(__linux__)
+    cpu_set_t before_;
+#endif
+    bool pinned_ = false;
+  };
 
   // The CPUs this process may run on: a team larger than that spins on cores it does not have.
   static int available_cpus() {
@@ -263,6 +323,7 @@ class Team {
   static inline thread_local Team* leader_ = nullptr;
 
   const int64_t size_;
+  std::array<int, MAX_SIZE> cpus_;  // each index's CPU while the pass runs (-1: any)
   Job job_;
   std::exception_ptr failure_;
   std::atomic<bool> failing_{false};

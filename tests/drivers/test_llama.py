@@ -4,6 +4,8 @@ the decode pass's layers in one compiled call."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -129,3 +131,43 @@ def test_an_operator_failing_inside_a_pass_raises_and_the_team_serves_the_next_p
         hidden = before.clone()
         ops.decode_layers(hidden, norms, weights, *rest)  # the same pass again: K/V rewritten with the same values
     assert torch.equal(hidden, after)
+
+
+def _pinned_threads() -> dict[int, int]:
+    """The process's threads that may run on one CPU alone, and that CPU."""
+    pinned = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            cpus = os.sched_getaffinity(int(task))
+        except OSError:  # the thread ended meanwhile
+            continue
+        if len(cpus) == 1:
+            pinned[int(task)] = next(iter(cpus))
+    return pinned
+
+
+@pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no team to place")
+def test_a_pass_s_threads_run_on_cpus_of_their_own_while_it_runs_and_get_their_cpus_back():
+    engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization="int8"))
+    everywhere = os.sched_getaffinity(0)
+    assert _pinned_threads() == {}
+    leader: list[int] = []
+
+    def decode() -> None:
+        leader.append(threading.get_native_id())
+        with torch_threads(2):
+            greedy_tokens(engine, [[5, 17, 40, 3]] * 4, tokens=40)
+
+    decoding = threading.Thread(target=decode)
+    decoding.start()
+    seen = []
+    while decoding.is_alive():  # bounded by the thread's 40 steps
+        seen.append(_pinned_threads())
+        time.sleep(0)
+    decoding.join()
+    with_leader = [pinned for pinned in seen if leader[0] in pinned]
+    assert with_leader, "the leader was never seen on one CPU"
+    for pinned in with_leader:  # a helper seen at the same time is on another CPU
+        assert all(cpu != pinned[leader[0]] for tid, cpu in pinned.items() if tid != leader[0])
+    assert all(os.sched_getaffinity(int(task)) == everywhere for task in os.listdir("/proc/self/task"))
