@@ -109,16 +109,20 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(args.threads), "steps": STEPS, "rounds": args.rounds, "rows": {}}
     for rows in args.rows:
         runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        means: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.rounds):
             for name in VARIANTS:
                 measured = measure_in_child(name, rows, args.threads)
                 runs[name].append(measured["step_ms"])
+                means[name].append(measured["mean_step_ms"])
                 results["quantization"] = measured["quantization"]
         medians = {name: statistics.median(times) for name, times in runs.items()}
-        results["rows"][str(rows)] = {"step_ms": medians, "step_ms_runs": runs,
+        mean_medians = {name: statistics.median(times) for name, times in means.items()}
+        results["rows"][str(rows)] = {"step_ms": medians, "step_ms_runs": runs, "mean_step_ms": mean_medians,
+                                      "mean_step_ms_runs": means,
                                       "over_default": {name: medians[name] / medians["default"] for name in medians}}
-        print(f"{rows} row(s): " + ", ".join(f"{name} {ms:.2f} ms (x{ms / medians['default']:.2f})"
-                                             for name, ms in medians.items()))
+        print(f"{rows} row(s): " + ", ".join(f"{name} {ms:.2f} ms (x{ms / medians['default']:.2f}, mean "
+                                             f"{mean_medians[name]:.2f})" for name, ms in medians.items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {RESULTS}")
