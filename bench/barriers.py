@@ -13,13 +13,18 @@ policy unset (what llmos runs with), ACTIVE, PASSIVE, and unset on one thread; a
 median step and its ratio to the unset one. If ACTIVE is much faster than unset here, the
 threads sleep at barriers on this machine. `no_team` variants run without drivers/team.h's
 thread team (LLMOS_THREAD_TEAM=0: a parallel region an operator); `beside_busy` ones with a
-process spinning beside the step, taking a core. Results: results/barriers.json.
+process spinning beside the step, taking a core; `unpinned` ones with the team's threads left
+where the OS puts them (LLMOS_PIN_TEAM=0). Each prints the median step and, after it, the
+mean: a busy neighbour's cost is in the slow steps. Results: results/barriers.json.
 
 Since a quantized decode pass runs on one thread team (drivers/team.h: one parallel region a
 pass, the leader taking the chunks its helpers have not), the policy barely moves the step. On
-the AVX-512 EPYC, medians of 3 rounds, one row / 4 rows (ms): unset 4.25 / 6.71, no_team 4.06 /
-6.62, ACTIVE 4.06 / 6.94, PASSIVE 4.48 / 6.85, PASSIVE without the team 12.54 / 14.19, one
-thread 6.97 / 10.50, beside a busy process 9.79 / 14.28, and without the team 9.18 / 14.89.
+the AVX-512 EPYC (2026-12-05, the team pinned while a pass runs), medians of 3 rounds, one row
+/ 4 rows (ms): unset 4.17 / 6.12, no_team 4.08 / 6.22, ACTIVE 4.02 / 6.18, PASSIVE 3.91 / 6.79,
+PASSIVE without the team 10.07 / 13.17, one thread 6.01 / 9.72. Beside a busy process the
+mean step (the median's is 8-14 ms every way) 8.57 / 12.26, unpinned 13.93 / 20.41, without the
+team 13.41 / 17.55. Idle, pinned and unpinned read the same (`--rounds 8 --rows 1 --variants
+default unpinned`: 3.81 against 3.91 ms, means 4.00 and 4.00; 6 rounds of 4 rows: 6.14 / 6.12).
 
     .venv/bin/python bench/barriers.py --rounds 3
 """
@@ -100,6 +105,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns of every variant, one after another")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4], help="agents decoding together")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the variants to run (default: all; the first is the others' reference)")
+    parser.add_argument("--save", type=Path, default=RESULTS)
     parser.add_argument("--child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -108,24 +116,25 @@ def main() -> None:
     use_model_cache("llmos-bench-barriers-")
     results: dict[str, Any] = {"machine": machine(args.threads), "steps": STEPS, "rounds": args.rounds, "rows": {}}
     for rows in args.rows:
-        runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        means: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        runs: dict[str, list[float]] = {name: [] for name in args.variants}
+        means: dict[str, list[float]] = {name: [] for name in args.variants}
         for _ in range(args.rounds):
-            for name in VARIANTS:
+            for name in args.variants:
                 measured = measure_in_child(name, rows, args.threads)
                 runs[name].append(measured["step_ms"])
                 means[name].append(measured["mean_step_ms"])
                 results["quantization"] = measured["quantization"]
         medians = {name: statistics.median(times) for name, times in runs.items()}
+        first = args.variants[0]
         mean_medians = {name: statistics.median(times) for name, times in means.items()}
         results["rows"][str(rows)] = {"step_ms": medians, "step_ms_runs": runs, "mean_step_ms": mean_medians,
                                       "mean_step_ms_runs": means,
-                                      "over_default": {name: medians[name] / medians["default"] for name in medians}}
-        print(f"{rows} row(s): " + ", ".join(f"{name} {ms:.2f} ms (x{ms / medians['default']:.2f}, mean "
+                                      "over_first": {name: medians[name] / medians[first] for name in medians}}
+        print(f"{rows} row(s): " + ", ".join(f"{name} {ms:.2f} ms (x{ms / medians[first]:.2f}, mean "
                                              f"{mean_medians[name]:.2f})" for name, ms in medians.items()))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {RESULTS}")
+    args.save.parent.mkdir(parents=True, exist_ok=True)
+    args.save.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {args.save}")
 
 
 if __name__ == "__main__":
