@@ -133,17 +133,20 @@ def test_an_operator_failing_inside_a_pass_raises_and_the_team_serves_the_next_p
     assert torch.equal(hidden, after)
 
 
-def _pinned_threads() -> dict[int, int]:
-    """The process's threads that may run on one CPU alone, and that CPU."""
-    pinned = {}
+def _threads_cpus() -> dict[int, set[int]]:
+    """The CPUs each of the process's threads may run on."""
+    cpus = {}
     for task in os.listdir("/proc/self/task"):
         try:
-            cpus = os.sched_getaffinity(int(task))
+            cpus[int(task)] = os.sched_getaffinity(int(task))
         except OSError:  # the thread ended meanwhile
             continue
-        if len(cpus) == 1:
-            pinned[int(task)] = next(iter(cpus))
-    return pinned
+    return cpus
+
+
+def _pinned_threads() -> dict[int, int]:
+    """The process's threads that may run on one CPU alone, and that CPU."""
+    return {tid: next(iter(cpus)) for tid, cpus in _threads_cpus().items() if len(cpus) == 1}
 
 
 @pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
@@ -170,4 +173,4 @@ def test_a_pass_s_threads_run_on_cpus_of_their_own_while_it_runs_and_get_their_c
     assert with_leader, "the leader was never seen on one CPU"
     for pinned in with_leader:  # a helper seen at the same time is on another CPU
         assert all(cpu != pinned[leader[0]] for tid, cpu in pinned.items() if tid != leader[0])
-    assert all(os.sched_getaffinity(int(task)) == everywhere for task in os.listdir("/proc/self/task"))
+    assert all(cpus == everywhere for cpus in _threads_cpus().values())
