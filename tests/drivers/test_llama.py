@@ -160,12 +160,12 @@ def test_a_pass_s_threads_run_on_cpus_of_their_own_while_it_runs_and_get_their_c
     def decode() -> None:
         leader.append(threading.get_native_id())
         with torch_threads(2):
-            greedy_tokens(engine, [[5, 17, 40, 3]] * 4, tokens=40)
+            greedy_tokens(engine, [[5, 17, 40, 3]] * 4, tokens=120)
 
     decoding = threading.Thread(target=decode)
     decoding.start()
     seen = []
-    while decoding.is_alive():  # bounded by the thread's 40 steps
+    while decoding.is_alive():  # bounded by the thread's 120 steps
         seen.append(_pinned_threads())
         time.sleep(0)
     decoding.join()
