@@ -578,6 +578,45 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def threads_cpus() -> dict[int, set[int]]:
+    """The CPUs each of the process's threads may run on, by native thread id (Linux)."""
+    import os
+
+    cpus = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            cpus[int(task)] = os.sched_getaffinity(int(task))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return cpus
+
+
+def pinned_while(work: Callable[[], None]) -> tuple[int, list[dict[int, int]]]:
+    """Runs `work` on a thread of its own while this one looks at every thread of the process
+    as often as it can (bounded by `work`): that thread's native id, and at each look the
+    threads then pinned to one CPU (thread id -> CPU). Re-raises what `work` raised."""
+    leader: list[int] = []
+    failed: list[Exception] = []
+
+    def run() -> None:
+        leader.append(threading.get_native_id())
+        try:
+            work()
+        except Exception as error:  # handed to the watching thread
+            failed.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    looks = []
+    while worker.is_alive():
+        looks.append({tid: next(iter(cpus)) for tid, cpus in threads_cpus().items() if len(cpus) == 1})
+        time.sleep(0)  # the GIL to `work` between looks
+    worker.join()
+    if failed:
+        raise failed[0]
+    return leader[0], looks
+
+
 def tiny_engine(config: Any = None, *, eos_ids: frozenset[int] | None = None, seed: int = 0) -> Any:
     """An `Engine` (llmos.drivers.engine) on `tiny_model(seed)` and `tiny_tokenizer()`, for
     engine tests that run in milliseconds. `config` is an EngineConfig (default: 4

@@ -4,8 +4,6 @@ the decode pass's layers in one compiled call."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from llmos.drivers import paged, quant
 from llmos.drivers.engine import EngineConfig
 from llmos.drivers.llama import Projection, packing_available
 from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import tiny_engine, torch_threads
+from llmos.testing import pinned_while, threads_cpus, tiny_engine, torch_threads
 
 
 def _linears(*outputs: int, bias: bool = False, dtype: torch.dtype = torch.float32) -> list[nn.Linear]:
@@ -133,44 +131,20 @@ def test_an_operator_failing_inside_a_pass_raises_and_the_team_serves_the_next_p
     assert torch.equal(hidden, after)
 
 
-def _threads_cpus() -> dict[int, set[int]]:
-    """The CPUs each of the process's threads may run on."""
-    cpus = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            cpus[int(task)] = os.sched_getaffinity(int(task))
-        except OSError:  # the thread ended meanwhile
-            continue
-    return cpus
-
-
-def _pinned_threads() -> dict[int, int]:
-    """The process's threads that may run on one CPU alone, and that CPU."""
-    return {tid: next(iter(cpus)) for tid, cpus in _threads_cpus().items() if len(cpus) == 1}
-
-
 @pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no team to place")
 def test_a_pass_s_threads_run_on_cpus_of_their_own_while_it_runs_and_get_their_cpus_back():
     engine = tiny_engine(EngineConfig(max_batch=4, prefill_chunk=16, kv_cache_mb=1, quantization="int8"))
     everywhere = os.sched_getaffinity(0)
-    assert _pinned_threads() == {}
-    leader: list[int] = []
+    assert all(cpus == everywhere for cpus in threads_cpus().values())
 
     def decode() -> None:
-        leader.append(threading.get_native_id())
         with torch_threads(2):
             greedy_tokens(engine, [[5, 17, 40, 3]] * 4, tokens=120)
 
-    decoding = threading.Thread(target=decode)
-    decoding.start()
-    seen = []
-    while decoding.is_alive():  # bounded by the thread's 120 steps
-        seen.append(_pinned_threads())
-        time.sleep(0)
-    decoding.join()
-    with_leader = [pinned for pinned in seen if leader[0] in pinned]
+    leader, looks = pinned_while(decode)
+    with_leader = [pinned for pinned in looks if leader in pinned]
     assert with_leader, "the leader was never seen on one CPU"
     for pinned in with_leader:  # a helper seen at the same time is on another CPU
-        assert all(cpu != pinned[leader[0]] for tid, cpu in pinned.items() if tid != leader[0])
-    assert all(cpus == everywhere for cpus in _threads_cpus().values())
+        assert all(cpu != pinned[leader] for tid, cpu in pinned.items() if tid != leader)
+    assert all(cpus == everywhere for cpus in threads_cpus().values())

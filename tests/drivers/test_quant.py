@@ -5,6 +5,7 @@ model a quantized engine still answers right."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from llmos.drivers.llama import Projection
 from llmos.drivers.quant import Choice
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
+from llmos.testing import pinned_while, threads_cpus, torch_threads
 
 KINDS = [kind for kind in ("int8", "int4") if quant.available(kind)]
 
@@ -204,6 +206,30 @@ def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(s
     assert runner.cache.k.dtype == (torch.bfloat16 if runner.fused is not None else torch.float32)
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
+
+
+@pytest.mark.model
+@pytest.mark.skipif("int4" not in KINDS or paged.kernel() is None, reason="no compiled int4 decode pass here")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no team to place")
+def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(session_llmos_home, monkeypatch):
+    """A one-agent decode pass runs on a thread team pinned apart (drivers/team.h): its reply
+    is the one thread's, and every thread has its CPUs back after."""
+    monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
+    model = llmos.load_model("smollm2", quant="int4")
+    everywhere = os.sched_getaffinity(0)
+
+    def reply(threads: int) -> str:
+        with torch_threads(threads):
+            return greedy(model, "Write one sentence about the sea.", tokens=48)
+
+    alone = reply(1)  # no team: every operator on this thread
+    on_a_team: list[str] = []
+    leader, looks = pinned_while(lambda: on_a_team.append(reply(2)))
+    assert on_a_team == [alone]
+    with_leader = [pinned for pinned in looks if leader in pinned]
+    assert with_leader, "the leader was never seen on one CPU"
+    assert all(cpu != pinned[leader] for pinned in with_leader for tid, cpu in pinned.items() if tid != leader)
+    assert all(cpus == everywhere for cpus in threads_cpus().values())
 
 
 @pytest.mark.model
