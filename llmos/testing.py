@@ -602,7 +602,7 @@ def pinned_while(work: Callable[[], None]) -> tuple[int, list[dict[int, int]]]:
         leader.append(threading.get_native_id())
         try:
             work()
-        except Exception as error:  # handed to the watching thread
+        except Exception as error:  # noqa: BLE001 - handed to the watching thread, which raises it
             failed.append(error)
 
     worker = threading.Thread(target=run)
