@@ -6,7 +6,9 @@ the caller: they are read when torch loads), llmos sees the CPU's flags without 
 amx one (so it picks float32 and keys its caches as an AVX2 machine's), and its compiled
 operators are built for x86-64-v3 (AVX2, FMA) instead of -march=native, in a kernel cache of
 their own. Results go to results/generate_avx2_emulated.json (the main table's file is left
-alone).
+alone). With `--bench overhead`, bench/overhead.py runs the same way instead (its fresh
+processes emulated too): the kernel's overhead on this path, to
+results/overhead_avx2_emulated.json.
 
 The peer: llama-cpp-python's wheel picks its kernels by the CPU it finds, and no setting
 caps it, so by default it keeps its AVX-512 and the ratios are lower than an AVX2 machine's
@@ -21,6 +23,9 @@ llama.cpp child processes' PYTHONPATH), made once with:
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LLMOS_KERNEL_CACHE=/tmp/avx2-kernels \
         PYTHONPATH=bench .venv/bin/python bench/avx2_emulated.py --llama-cpp /tmp/llama-avx2 \
         --ns 1 16 64 --repeat 3 --runs
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LLMOS_KERNEL_CACHE=/tmp/avx2-kernels \
+        PYTHONPATH=bench .venv/bin/python bench/avx2_emulated.py --bench overhead \
+        --agents 1 16 64 --processes 6 --pairs 8
 """
 from __future__ import annotations
 
@@ -52,16 +57,17 @@ def llama_cpp_build(folder: str | None) -> str:
     return f"built for AVX2 without AVX-512 or AVX-VNNI ({folder})"
 
 
-def main() -> None:
-    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
-        sys.exit("set ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (see the docstring)")
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--llama-cpp", default=None)
-    ours, rest = parser.parse_known_args()
-    peer = llama_cpp_build(ours.llama_cpp)
+EMULATED = "AVX2 (torch capped, llmos's compiled operators x86-64-v3)"
+
+
+def emulate() -> None:
+    """llmos blind to the avx512 and amx flags, its operators built for x86-64-v3."""
     for module in (compute, quant, paged, transformers_driver):
         module.cpu_flags = avx2_only  # type: ignore[attr-defined]
     paged.FLAGS[:] = ["-march=x86-64-v3" if flag.startswith("-march") else flag for flag in paged.FLAGS]
+
+
+def run_generate(peer: str, rest: list[str]) -> None:
     import charts
     import common
     import generate
@@ -69,14 +75,41 @@ def main() -> None:
     emulated = common.machine
 
     def machine(threads: int) -> dict[str, object]:
-        return {**emulated(threads), "emulated": "AVX2 (torch capped, llmos's compiled operators x86-64-v3)",
-                "llama_cpp_build": peer}
+        return {**emulated(threads), "emulated": EMULATED, "llama_cpp_build": peer}
 
     generate.machine = machine
     generate.RESULTS = generate.RESULTS.with_name("generate_avx2_emulated.json")
     charts.redraw = lambda *args, **kwargs: None  # the README's chart is the real machine's
     sys.argv = ["bench/generate.py", *rest]
     generate.main()
+
+
+def run_overhead(rest: list[str]) -> None:
+    """overhead.py's parent here; each fresh process it starts comes back through this file,
+    so it is emulated too (the capped torch by the environment it inherits)."""
+    import common
+    import overhead
+
+    emulated = common.machine
+    common.machine = lambda threads: {**emulated(threads), "emulated": EMULATED}  # overhead reads it at run time
+    overhead.CHILD_COMMAND = [sys.executable, __file__, "--bench", "overhead"]
+    overhead.RESULTS = overhead.RESULTS.with_name("overhead_avx2_emulated.json")
+    sys.argv = ["bench/overhead.py", *rest]
+    overhead.main()
+
+
+def main() -> None:
+    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
+        sys.exit("set ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (see the docstring)")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--llama-cpp", default=None)
+    parser.add_argument("--bench", choices=("generate", "overhead"), default="generate")
+    ours, rest = parser.parse_known_args()
+    emulate()
+    if ours.bench == "overhead":
+        run_overhead(rest)
+    else:
+        run_generate(llama_cpp_build(ours.llama_cpp), rest)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from llmos.kernel.params import DECODE_BURST_S, DECODE_BURST_STEPS, STREAM_EVERY
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, as generate.py reports them
+CHILD_COMMAND = [sys.executable, __file__]  # how a measuring process starts; avx2_emulated.py puts itself here
 
 
 Runs = dict[str, list[dict[str, float]]]  # one process's runs: "llmos" and "bare_engine", in pair order
@@ -156,7 +157,7 @@ def parent(args: argparse.Namespace) -> None:
 
 def run_child(agents: int, bursts: str, args: argparse.Namespace, bare_first: bool) -> Runs:
     """One fresh process's pairs (`child`), its output's last line."""
-    command = [sys.executable, __file__, "--child", "--agents", str(agents), "--pairs", str(args.pairs),
+    command = [*CHILD_COMMAND, "--child", "--agents", str(agents), "--pairs", str(args.pairs),
                "--threads", str(args.threads), "--bursts", bursts,
                *(["--bare-first"] if bare_first else [])]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
