@@ -34,10 +34,7 @@ import os
 import sys
 from pathlib import Path
 
-import llmos.drivers.compute as compute
-import llmos.drivers.paged as paged
-import llmos.drivers.quant as quant
-import llmos.drivers.transformers_driver as transformers_driver
+from llmos.drivers import compute, paged, quant, transformers_driver
 
 _real_flags = compute.cpu_flags
 
