@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -362,10 +363,13 @@ class GenerationService:
 class Courier:
     """A burst's `emit`, called on the driver's thread after each step: it keeps the steps'
     text and, once `every_s` has passed since it last did, posts what it holds (one piece a
-    job) to `deliver` on the event loop (with the moment it posted) without waiting for it, so
-    that a long burst's text still streams. The rest is for the loop to take (`rest`) once the
-    burst is back. Under an event loop other than asyncio's (trio), everything waits for the
-    end."""
+    job) to `deliver` on the event loop (with the moment it posted), so that a long burst's
+    text still streams, and waits up to HANDOVER_WAIT_S for the loop to have handed it out and
+    let the readers it woke take their turn. The loop's work then runs while the step's
+    threads wait between two steps rather than beside the next one, where it would stall a
+    thread of the pass on its CPU (measured: README, Benchmarks); a loop busy elsewhere costs
+    the burst that wait at most. The rest is for the loop to take (`rest`) once the burst is
+    back. Under an event loop other than asyncio's (trio), everything waits for the end."""
 
     def __init__(self, deliver: Callable[[list[tuple[GenerationJob, str]], float], None], every_s: float) -> None:
         self._deliver, self._every_s = deliver, every_s
@@ -381,7 +385,17 @@ class Courier:
         now = time.perf_counter()
         if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
             batch, self._held, self._posted_at = _by_job(self._held), [], now
-            self._loop.call_soon_threadsafe(self._deliver, batch, now)  # runs before the burst's own return
+            handed = threading.Event()
+            self._loop.call_soon_threadsafe(self._hand_over, batch, now, handed)  # before the burst's own return
+            handed.wait(params.HANDOVER_WAIT_S)
+
+    def _hand_over(self, batch: list[tuple[GenerationJob, str]], posted_at: float, handed: threading.Event) -> None:
+        """On the loop: deliver, then let the driver's thread go once the readers woken have
+        had their turn (the callbacks that wake them were queued first)."""
+        try:
+            self._deliver(batch, posted_at)
+        finally:
+            asyncio.get_running_loop().call_soon(handed.set)
 
     def rest(self) -> list[tuple[GenerationJob, str]]:
         return _by_job(self._held)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -364,6 +365,50 @@ async def test_a_reply_not_streamed_gets_its_text_at_the_bursts_end_only(monkeyp
         kernel.generation._deliver = lambda pieces: (delivered.append(len(pieces)), deliver(pieces))[1]
         reply = result(await kernel.wait((await kernel.spawn(_generate)).pid, timeout=30))
     assert reply.completion_tokens == 40 and len(delivered) == 2  # the prompt pass's text, then the burst's at its end
+
+
+async def test_a_courier_returns_once_the_loop_has_handed_its_post_out(monkeypatch) -> None:
+    """The driver's thread goes on only after the loop delivered and the reader it woke ran:
+    the loop's work is not left to run beside the next step."""
+    monkeypatch.setattr(params, "HANDOVER_WAIT_S", 10.0)  # only a failure would wait this long
+    order: list[str] = []
+    woken = anyio.Event()
+
+    async def reader() -> None:
+        await woken.wait()
+        order.append("reader ran")
+
+    def deliver(batch: list[Any], at: float) -> None:
+        order.append(f"delivered {batch[0][1]}")
+        woken.set()
+
+    def step() -> None:  # the driver's thread
+        courier([(SimpleNamespace(id=1), "a")])
+        order.append("step returned")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        await anyio.lowlevel.checkpoint()  # the reader waits
+        courier = Courier(deliver, every_s=0.0)
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(step)
+    assert order == ["delivered a", "reader ran", "step returned"]
+
+
+async def test_a_courier_waits_no_longer_than_its_bound_for_a_busy_loop(monkeypatch) -> None:
+    monkeypatch.setattr(params, "HANDOVER_WAIT_S", 0.02)
+    delivered: list[float] = []
+    courier = Courier(lambda batch, at: delivered.append(time.perf_counter()), every_s=0.0)
+    returned: list[float] = []
+    step = threading.Thread(target=lambda: (courier([(SimpleNamespace(id=1), "a")]),
+                                            returned.append(time.perf_counter())))
+    step.start()
+    time.sleep(0.5)  # noqa: ASYNC251 - the loop kept busy on purpose: it cannot take the post meanwhile
+    freed = time.perf_counter()
+    step.join(5)
+    await until(lambda: bool(delivered), timeout=5)
+    assert returned and returned[0] < freed  # the step went on without the loop
+    assert delivered[0] >= freed  # the post waited for the loop, and was delivered once it was free
 
 
 async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> None:
