@@ -375,6 +375,7 @@ class Courier:
         self._deliver, self._every_s = deliver, every_s
         self._held: list[tuple[GenerationJob, str]] = []
         self._posted_at = time.perf_counter()
+        self._loop_thread = threading.get_ident()  # made on the loop's thread
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -385,6 +386,9 @@ class Courier:
         now = time.perf_counter()
         if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
             batch, self._held, self._posted_at = _by_job(self._held), [], now
+            if threading.get_ident() == self._loop_thread:  # a driver stepping on the loop: waiting would block it
+                self._loop.call_soon(self._deliver, batch, now)
+                return
             handed = threading.Event()
             self._loop.call_soon_threadsafe(self._hand_over, batch, now, handed)  # before the burst's own return
             handed.wait(params.HANDOVER_WAIT_S)

@@ -411,6 +411,17 @@ async def test_a_courier_waits_no_longer_than_its_bound_for_a_busy_loop(monkeypa
     assert delivered[0] >= freed  # the post waited for the loop, and was delivered once it was free
 
 
+async def test_a_courier_called_on_the_loop_itself_posts_without_waiting(monkeypatch) -> None:
+    """A driver that steps on the event loop's thread: waiting there would block the loop."""
+    monkeypatch.setattr(params, "HANDOVER_WAIT_S", 10.0)
+    delivered: list[str] = []
+    courier = Courier(lambda batch, at: delivered.append(batch[0][1]), every_s=0.0)
+    began = time.perf_counter()
+    courier([(SimpleNamespace(id=1), "a")])
+    assert time.perf_counter() - began < 1.0 and delivered == []  # posted, for the loop's next turn
+    await until(lambda: delivered == ["a"], timeout=5)
+
+
 async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> None:
     posted: list[list[Any]] = []
     moments: list[float] = []
