@@ -386,12 +386,10 @@ class Courier:
         now = time.perf_counter()
         if self._loop is not None and self._held and now - self._posted_at >= self._every_s:
             batch, self._held, self._posted_at = _by_job(self._held), [], now
-            if threading.get_ident() == self._loop_thread:  # a driver stepping on the loop: waiting would block it
-                self._loop.call_soon(self._deliver, batch, now)
-                return
             handed = threading.Event()
             self._loop.call_soon_threadsafe(self._hand_over, batch, now, handed)  # before the burst's own return
-            handed.wait(params.HANDOVER_WAIT_S)
+            if threading.get_ident() != self._loop_thread:  # on the loop (a driver stepping there) waiting blocks it
+                handed.wait(params.HANDOVER_WAIT_S)
 
     def _hand_over(self, batch: list[tuple[GenerationJob, str]], posted_at: float, handed: threading.Event) -> None:
         """On the loop: deliver, then let the driver's thread go once the readers woken have
