@@ -8,13 +8,15 @@ agent, 12 pairs each), and one run of either can be off by 10-30%. So this runs 
 each of --processes fresh processes (each loads the cached weights and warms both ways first),
 and reports the median over every pair, each process's median, and how far those spread.
 The overhead is the bare engine's tokens/s over llmos's, less one. With several --bursts
-(each STEPS[/SECONDS[/STREAM[/PER_READER]]]: the kernel's DECODE_BURST_STEPS, steps a hand-off
-to the compute thread, DECODE_BURST_S, STREAM_EVERY_S, `inf` for text handed out at a burst's
-end only, and STREAM_EVERY_S_PER_READER; `8/0.1/inf` is the serve loop before bursts streamed,
-`64/0.5/0.05/0` posting every 50 ms whatever the readers), the processes of each take turns.
+(each STEPS[/SECONDS[/STREAM[/PER_READER[/HANDOVER]]]]: the kernel's DECODE_BURST_STEPS, steps a
+hand-off to the compute thread, DECODE_BURST_S, STREAM_EVERY_S, `inf` for text handed out at a
+burst's end only, STREAM_EVERY_S_PER_READER and HANDOVER_WAIT_S; `8/0.1/inf` is the serve loop
+before bursts streamed, `64/0.5/0.05/0` posting every 50 ms whatever the readers,
+`64/0.5/0.05/0.0025/0` a mid-burst post that does not wait for the loop), the processes of each
+take turns, in the other order every second round.
 Results: results/overhead.json (or --save).
 
-    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 64/0.5/0.05/0]
+    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 64/0.5/0.05/0.0025/0]
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmos.kernel.params import DECODE_BURST_S, DECODE_BURST_STEPS, STREAM_EVERY_S, STREAM_EVERY_S_PER_READER
+from llmos.kernel import params as kernel_params
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 MEASURES = ("tokens_per_s", "step_ms_median", "outside_share")  # of each run, as generate.py reports them
@@ -36,22 +38,29 @@ CHILD_COMMAND = [sys.executable, __file__]  # how a measuring process starts; av
 Runs = dict[str, list[dict[str, float]]]  # one process's runs: "llmos" and "bare_engine", in pair order
 
 
-def burst_setting(spec: str) -> tuple[int, float, float, float]:
-    """STEPS[/SECONDS[/STREAM[/PER_READER]]] as (DECODE_BURST_STEPS, DECODE_BURST_S,
-    STREAM_EVERY_S, STREAM_EVERY_S_PER_READER), the kernel's defaults where left out."""
+# the kernel's settings a --bursts spec sets, in its order; the first is a count, the rest seconds
+BURST_SETTINGS = ("DECODE_BURST_STEPS", "DECODE_BURST_S", "STREAM_EVERY_S", "STREAM_EVERY_S_PER_READER",
+                  "HANDOVER_WAIT_S")
+SPEC_FORM = "STEPS[/SECONDS[/STREAM[/PER_READER[/HANDOVER]]]]"
+
+
+def burst_setting(spec: str) -> dict[str, float]:
+    """A --bursts spec as the kernel's settings by name, its defaults where left out."""
     parts = spec.split("/")
-    defaults = (DECODE_BURST_S, STREAM_EVERY_S, STREAM_EVERY_S_PER_READER)
     try:
-        if len(parts) > 4:
+        if len(parts) > len(BURST_SETTINGS):
             raise ValueError(spec)
         steps = int(parts[0])
-        seconds, stream, per_reader = [*map(float, parts[1:]), *defaults[len(parts) - 1:]]
+        seconds = [float(part) for part in parts[1:]]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{spec!r} is not STEPS[/SECONDS[/STREAM[/PER_READER]]], as 64 or "
-                                         "8/0.1/inf") from None
-    if steps < 1 or seconds <= 0 or stream <= 0 or per_reader < 0:
-        raise argparse.ArgumentTypeError(f"{spec!r}: steps take 1 or more, seconds more than 0, per reader 0 or more")
-    return steps, seconds, stream, per_reader
+        raise argparse.ArgumentTypeError(f"{spec!r} is not {SPEC_FORM}, as 64 or 8/0.1/inf") from None
+    given = dict(zip(BURST_SETTINGS, [steps, *seconds], strict=False))
+    setting = {name: given.get(name, getattr(kernel_params, name)) for name in BURST_SETTINGS}
+    _, burst_s, stream_s, per_reader_s, handover_s = setting.values()
+    if steps < 1 or burst_s <= 0 or stream_s <= 0 or per_reader_s < 0 or handover_s < 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: steps take 1 or more, seconds more than 0, per reader and "
+                                         "hand-over 0 or more")
+    return setting
 
 
 def burst_spec(spec: str) -> str:
@@ -71,9 +80,8 @@ def child(agents: int, pairs: int, threads: int, bursts: str, llmos_first: bool)
 
     import llmos
 
-    # read by the generation loop at each burst
-    (params.DECODE_BURST_STEPS, params.DECODE_BURST_S, params.STREAM_EVERY_S,
-     params.STREAM_EVERY_S_PER_READER) = burst_setting(bursts)
+    for name, value in burst_setting(bursts).items():  # read by the generation loop at each burst
+        setattr(params, name, value)
     use_model_cache("llmos-bench-generate-")  # the weights generate.py caches
     model = llmos.load_model("smollm2")
     compute.call(torch.set_num_threads, threads)  # OpenMP's thread count is per calling thread
@@ -142,7 +150,7 @@ def parent(args: argparse.Namespace) -> None:
     for agents in args.agents:
         processes: dict[str, list[Runs]] = {bursts: [] for bursts in args.bursts}
         for index in range(args.processes):
-            for bursts in args.bursts:
+            for bursts in args.bursts if index % 2 == 0 else reversed(args.bursts):  # no setting always first
                 processes[bursts].append(run_child(agents, bursts, args, bare_first=index % 2 == 1))
                 print(f"  N = {agents}, bursts {bursts}, process {index + 1}: llmos over the bare engine "
                       f"{statistics.median(ratios(processes[bursts][-1])):.3f}", flush=True)
@@ -172,8 +180,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per agent count")
     parser.add_argument("--pairs", type=int, default=8, help="pairs of runs (llmos, bare engine) per process")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+", default=[str(DECODE_BURST_STEPS)],
-                        help="STEPS[/SECONDS[/STREAM[/PER_READER]]] (see above); several take turns by process")
+    parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+", default=[str(kernel_params.DECODE_BURST_STEPS)],
+                        help=f"{SPEC_FORM} (see above); several take turns by process")
     parser.add_argument("--save", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS.name})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-first", action="store_true", help=argparse.SUPPRESS)
