@@ -126,6 +126,8 @@ def _described(model: Any) -> str:
 
 
 class TransformersDriver:
+    prepares_inline = True  # `prepare` tokenizes and checks, no I/O: short jobs are prepared on the loop
+
     def __init__(self, name: str, model: Any, tokenizer: Any, *, device: str = "cpu",
                  config: EngineConfig | None = None, folder: Path | None = None) -> None:
         self.name = name

@@ -55,6 +55,16 @@ async def pieces(job: GenerationJob) -> AsyncIterator[str]:
     await result(job)
 
 
+def quick_to_prepare(job: GenerationJob) -> bool:
+    """Whether a driver that does no I/O in `prepare` (`prepares_inline`) prepares `job` in
+    well under a millisecond, so on the event loop: its texts are short (INLINE_COUNT_CHARS,
+    the context window's rule for token counts) and it has no JSON schema (whose grammar
+    takes a compile)."""
+    chars = (len(job.prompt or "") + sum(len(message.content) for message in job.messages or ())
+             + sum(len(option) for option in job.options or ()))
+    return chars <= params.INLINE_COUNT_CHARS and job.sampling.json_schema is None
+
+
 class GenerationService:
     def __init__(self, driver: ModelDriver, scheduler: Scheduler,
                  variants: dict[str, ModelDriver] | None = None) -> None:
@@ -101,7 +111,11 @@ class GenerationService:
         job = GenerationJob(id=next(self._ids), pid=proc.pid, sampling=sampling, prompt=prompt,
                             messages=tuple(messages) if messages is not None else None,
                             prompt_ids=list(prompt_ids or ()), options=options)
-        await anyio.to_thread.run_sync(self.driver_for(proc).prepare, job)  # tokenizing only
+        driver = self.driver_for(proc)
+        if getattr(driver, "prepares_inline", False) and quick_to_prepare(job):
+            driver.prepare(job)  # on the loop: no thread hop, and processes asking at once queue in the order they asked
+        else:  # a long text to tokenize, a grammar to compile, or a driver that asks a server
+            await anyio.to_thread.run_sync(driver.prepare, job)
         if options is not None:  # room after the prompt for the options side by side (see Engine)
             needed = max(1, sum(len(ids) - 1 for ids in job.option_ids))
             job.sampling = job.sampling.model_copy(update={"max_tokens": needed})

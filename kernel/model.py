@@ -112,7 +112,9 @@ class ModelDriver(Protocol):
     `can_score = False`: its `prepare` refuses such jobs, and the composition root has
     tool choices generated as constrained JSON rather than scored. A driver that keeps K/V
     in blocks exposes its `kv` (kernel/blocks.py BlockManager): the kernel's scheduler then
-    admits and preempts by its free blocks."""
+    admits and preempts by its free blocks. A driver whose `prepare` does no I/O says so with
+    `prepares_inline = True`: the kernel then prepares short jobs on its event loop, without
+    a thread hop (kernel/generation.py `quick_to_prepare`)."""
 
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together
@@ -126,7 +128,9 @@ class ModelDriver(Protocol):
         """Tokenize the job's prompt into `job.prompt_ids` (unless they are set already: the
         caller rendered it with this driver before) and its `options` into `option_ids`;
         check the job (ContextOverflow if it cannot fit, InvalidRequest for a bad
-        json_schema or an option of no tokens). Blocking, and thread-safe."""
+        json_schema or an option of no tokens). Blocking, and thread-safe: the kernel calls it
+        in a worker thread, or on its event loop for a job of short texts without a JSON schema
+        where the driver says `prepares_inline = True` (it then never waits on I/O or a step)."""
 
     async def step(self, running: Sequence[GenerationJob], emit: EmitFn) -> None:
         """Advance every job in `running` by at most one token, together, and set each

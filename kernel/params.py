@@ -143,8 +143,9 @@ ARCHIVE_CHUNK_WORDS = 120  # an evicted message is archived in pieces the embedd
 MAX_RECALL_K = 100  # largest k a `recall` syscall may ask for
 EMBED_BATCH = 64  # texts embedded in one forward pass
 # Token counts of texts up to this many characters run on the event loop (well under a
-# millisecond); longer ones in a worker thread. Inline counting also keeps processes that
-# chat at once submitting in the order they asked.
+# millisecond), and so does preparing a job whose texts are no longer (kernel/generation.py
+# `quick_to_prepare`); longer ones in a worker thread. Inline counting and preparing also keep
+# processes that chat at once submitting in the order they asked.
 INLINE_COUNT_CHARS = 4096
 # A memory store call (a write, a search) that has not answered after this long fails with
 # MemoryUnavailable, so a stuck store cannot hold a `remember` (or a chat's archiving) forever.

@@ -57,6 +57,8 @@ class FakeDriver:
     names first scores highest (-0.1 a token, the others -3.0), else the first option.
     """
 
+    prepares_inline = True  # as the engine's driver: short jobs are prepared on the kernel's loop
+
     def __init__(self, script: Callable[[str], str] | None = None, *, context_length: int = 4096,
                  step_delay_s: float = 0.0, fail_with: Exception | None = None, name: str = "fake",
                  max_batch: int = 64) -> None:

@@ -20,6 +20,7 @@ import pytest
 import llmos
 from llmos.kernel import generation, params
 from llmos.kernel.generation import Courier
+from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
 from llmos.kernel.process import ProcState
 from llmos.testing import BurstsOut, FakeDriver, one_torch_thread, result, tiny_driver, until
 
@@ -445,3 +446,79 @@ async def test_a_courier_posts_what_it_holds_once_its_interval_has_passed() -> N
     assert posted == [[(one, "ab"), (two, "12")]]
     assert began + 0.05 <= moments[0] <= time.perf_counter()  # when it posted: the lateness is measured from it
     assert courier.rest() == [(one, "d")] and holding.rest() == [(one, "xy")]
+
+
+# -- preparing a job: on the loop when it is quick ---------------------------------------------------
+class _ThreadNoting(FakeDriver):
+    """Notes the thread each job was prepared on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prepared_on: list[threading.Thread] = []
+
+    def prepare(self, job: Any) -> None:
+        self.prepared_on.append(threading.current_thread())
+        super().prepare(job)
+
+
+class _AsksAServer(_ThreadNoting):
+    prepares_inline = False  # as a remote driver, whose token counts may ask its server
+
+
+async def _chat(sys: Any, message: str) -> str:
+    return (await sys.chat(message)).text
+
+
+async def test_a_short_job_is_prepared_on_the_loop_and_a_long_one_in_a_worker_thread() -> None:
+    driver = _ThreadNoting(context_length=3 * params.INLINE_COUNT_CHARS)
+    async with llmos.boot(driver, memory=None) as kernel:
+        for message in ("hi", "x" * (params.INLINE_COUNT_CHARS + 1)):
+            result(await kernel.wait((await kernel.spawn(_chat, message)).pid, timeout=10))
+    short, long = driver.prepared_on
+    assert short is threading.current_thread() and long is not short
+
+
+async def test_a_driver_that_may_do_io_when_preparing_prepares_in_a_worker_thread() -> None:
+    driver = _AsksAServer()
+    async with llmos.boot(driver, memory=None) as kernel:
+        assert result(await kernel.wait((await kernel.spawn(_chat, "hi")).pid, timeout=10)) == "echo: hi"
+    [thread] = driver.prepared_on
+    assert thread is not threading.current_thread()
+
+
+def test_a_job_with_a_json_schema_or_long_texts_is_not_quick_to_prepare() -> None:
+    def job(**fields: Any) -> GenerationJob:
+        return GenerationJob(id=1, pid=1, **{"sampling": SamplingParams(), **fields})
+
+    room = params.INLINE_COUNT_CHARS
+    assert generation.quick_to_prepare(job(prompt="x" * room, options=()))
+    assert not generation.quick_to_prepare(job(prompt="x" * (room - 1), options=("ab",)))
+    assert not generation.quick_to_prepare(job(messages=(ChatMessage(role="user", content="x" * (room + 1)),)))
+    assert not generation.quick_to_prepare(job(prompt="hi", sampling=SamplingParams(json_schema={"type": "object"})))
+
+
+class _SlowerForEarlier(FakeDriver):
+    """Prepares "question i" in (12 - i) ms: in worker threads the later ones would finish first."""
+
+    def prepare(self, job: Any) -> None:
+        time.sleep((12 - int(job.messages[-1].content.split()[-1])) / 1000)
+        super().prepare(job)
+
+
+async def test_processes_that_chat_at_once_are_queued_in_the_order_they_asked() -> None:
+    driver = _SlowerForEarlier(max_batch=1)  # one job at a time: the order they run in is the queue's
+    async with llmos.boot(driver, memory=None) as kernel:
+        pids = [(await kernel.spawn(_chat, f"question {i}")).pid for i in range(12)]
+        for pid in pids:
+            result(await kernel.wait(pid, timeout=10))
+    assert [job.pid for job in driver.jobs] == pids
+
+
+async def test_the_engines_driver_prepares_a_short_job_on_the_loop(monkeypatch) -> None:
+    driver = tiny_driver()
+    prepared_on: list[threading.Thread] = []
+    prepare = driver.prepare
+    monkeypatch.setattr(driver, "prepare", lambda job: (prepared_on.append(threading.current_thread()), prepare(job)))
+    async with llmos.boot(driver, **TINY) as kernel:
+        reply = result(await kernel.wait((await kernel.spawn(_generate, "hi", 2)).pid, timeout=30))
+    assert reply.completion_tokens == 2 and prepared_on == [threading.current_thread()]
