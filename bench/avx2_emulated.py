@@ -17,8 +17,11 @@ llama.cpp child processes' PYTHONPATH), made once with:
 
     CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
         -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_CPU_ALL_VARIANTS=OFF \
-        -DGGML_BACKEND_DL=OFF" .venv/bin/pip install --no-deps --target /tmp/llama-avx2 \
+        -DGGML_BACKEND_DL=OFF" .venv/bin/pip install --no-cache-dir --no-deps --target /tmp/llama-avx2 \
         llama-cpp-python==<the installed version> --no-binary llama-cpp-python   # ~5 min on 2 cores
+
+(`--no-cache-dir`: else pip reuses the wheel it built for the bench's own install, the native
+one with AVX-512; `--llama-cpp` refuses a build whose system info says AVX512.)
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 LLMOS_KERNEL_CACHE=/tmp/avx2-kernels \
         PYTHONPATH=bench .venv/bin/python bench/avx2_emulated.py --llama-cpp /tmp/llama-avx2 \
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,8 +54,21 @@ def llama_cpp_build(folder: str | None) -> str:
         return "the installed wheel (its own CPU dispatch: AVX-512 on this machine)"
     if not (Path(folder) / "llama_cpp").is_dir():
         sys.exit(f"--llama-cpp {folder}: no llama_cpp package there (see the docstring for the build)")
+    features = llama_cpp_features(folder)
+    if "AVX512 = 1" in features:
+        sys.exit(f"--llama-cpp {folder} was built with AVX-512 (pip reused a cached wheel? build it again with "
+                 f"--no-cache-dir, see the docstring): {features}")
     os.environ["PYTHONPATH"] = os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")])
-    return f"built for AVX2 without AVX-512 or AVX-VNNI ({folder})"
+    return f"built for AVX2 without AVX-512 or AVX-VNNI ({folder}; {features})"
+
+
+def llama_cpp_features(folder: str) -> str:
+    """What the llama.cpp build in `folder` was compiled for (its system info)."""
+    done = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+                          env={**os.environ, "PYTHONPATH": folder}, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"--llama-cpp {folder}: its llama_cpp does not import: {done.stderr[-2000:]}")
+    return done.stdout.strip()
 
 
 EMULATED = "AVX2 (torch capped, llmos's compiled operators x86-64-v3)"
