@@ -64,8 +64,9 @@ def llama_cpp_build(folder: str | None) -> str:
 
 def llama_cpp_features(folder: str) -> str:
     """What the llama.cpp build in `folder` was compiled for (its system info)."""
-    done = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
-                          env={**os.environ, "PYTHONPATH": folder}, capture_output=True, text=True, check=False)
+    code = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": folder},
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"--llama-cpp {folder}: its llama_cpp does not import: {done.stderr[-2000:]}")
     return done.stdout.strip()

@@ -16,7 +16,8 @@ before bursts streamed, `64/0.5/0.05/0` posting every 50 ms whatever the readers
 take turns, in the other order every second round.
 Results: results/overhead.json (or --save).
 
-    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2] [--bursts 64 64/0.5/0.05/0.0025/0]
+    .venv/bin/python bench/overhead.py [--agents 1] [--processes 5] [--pairs 8] [--threads 2]
+        [--bursts 64 64/0.5/0.05/0.0025/0]
 """
 from __future__ import annotations
 
@@ -76,12 +77,11 @@ def child(agents: int, pairs: int, threads: int, bursts: str, llmos_first: bool)
     import torch
     from common import questions, use_model_cache
     from llmos.drivers import compute
-    from llmos.kernel import params
 
     import llmos
 
     for name, value in burst_setting(bursts).items():  # read by the generation loop at each burst
-        setattr(params, name, value)
+        setattr(kernel_params, name, value)
     use_model_cache("llmos-bench-generate-")  # the weights generate.py caches
     model = llmos.load_model("smollm2")
     compute.call(torch.set_num_threads, threads)  # OpenMP's thread count is per calling thread
@@ -180,7 +180,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per agent count")
     parser.add_argument("--pairs", type=int, default=8, help="pairs of runs (llmos, bare engine) per process")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+", default=[str(kernel_params.DECODE_BURST_STEPS)],
+    parser.add_argument("--bursts", "--burst-steps", type=burst_spec, nargs="+",
+                        default=[str(kernel_params.DECODE_BURST_STEPS)],
                         help=f"{SPEC_FORM} (see above); several take turns by process")
     parser.add_argument("--save", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS.name})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -113,7 +113,7 @@ class GenerationService:
                             prompt_ids=list(prompt_ids or ()), options=options)
         driver = self.driver_for(proc)
         if getattr(driver, "prepares_inline", False) and quick_to_prepare(job):
-            driver.prepare(job)  # on the loop: no thread hop, and processes asking at once queue in the order they asked
+            driver.prepare(job)  # on the loop: no thread hop; processes asking at once queue in the order they asked
         else:  # a long text to tokenize, a grammar to compile, or a driver that asks a server
             await anyio.to_thread.run_sync(driver.prepare, job)
         if options is not None:  # room after the prompt for the options side by side (see Engine)
