@@ -213,7 +213,7 @@ def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(s
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no team to place")
 def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(session_llmos_home, monkeypatch):
     """A one-agent decode pass runs on a thread team pinned apart (drivers/team.h): its reply
-    is the one thread's, and every thread has its CPUs back after."""
+    begins as the one thread's does, and every thread has its CPUs back after."""
     monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
     model = llmos.load_model("smollm2", quant="int4")
     everywhere = os.sched_getaffinity(0)
@@ -225,7 +225,11 @@ def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(sessi
     alone = reply(1)  # no team: every operator on this thread
     on_a_team: list[str] = []
     leader, looks = pinned_while(lambda: on_a_team.append(reply(2)))
-    assert on_a_team == [alone]
+    # The team splits some reductions the one thread does whole: a near-tie late in a greedy
+    # reply can then go the other way (seen once in a CI run, after 13 equal words), so the
+    # replies must agree where a broken team would not: from their first words on.
+    [team_reply] = on_a_team
+    assert team_reply.split()[:8] == alone.split()[:8], (team_reply, alone)
     with_leader = [pinned for pinned in looks if leader in pinned]
     assert with_leader, "the leader was never seen on one CPU"
     assert all(cpu != pinned[leader] for pinned in with_leader for tid, cpu in pinned.items() if tid != leader)
