@@ -213,23 +213,23 @@ def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(s
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: no team to place")
 def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(session_llmos_home, monkeypatch):
     """A one-agent decode pass runs on a thread team pinned apart (drivers/team.h): its reply
-    begins as the one thread's does, and every thread has its CPUs back after."""
+    is the one thread's, and every thread has its CPUs back after."""
     monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
     model = llmos.load_model("smollm2", quant="int4")
     everywhere = os.sched_getaffinity(0)
 
     def reply(threads: int) -> str:
+        # Each from a cold prefix cache: a reply whose prompt is cached computes its last prompt
+        # token in a one-row pass (int4) instead of the prompt's pass, which can turn a near-tie
+        # later in the reply (seen in a CI run: 13 equal words, then another continuation).
+        model.driver.engine.blocks.clear_cache()
         with torch_threads(threads):
             return greedy(model, "Write one sentence about the sea.", tokens=48)
 
     alone = reply(1)  # no team: every operator on this thread
     on_a_team: list[str] = []
     leader, looks = pinned_while(lambda: on_a_team.append(reply(2)))
-    # The team splits some reductions the one thread does whole: a near-tie late in a greedy
-    # reply can then go the other way (seen once in a CI run, after 13 equal words), so the
-    # replies must agree where a broken team would not: from their first words on.
-    [team_reply] = on_a_team
-    assert team_reply.split()[:8] == alone.split()[:8], (team_reply, alone)
+    assert on_a_team == [alone]
     with_leader = [pinned for pinned in looks if leader in pinned]
     assert with_leader, "the leader was never seen on one CPU"
     assert all(cpu != pinned[leader] for pinned in with_leader for tid, cpu in pinned.items() if tid != leader)
