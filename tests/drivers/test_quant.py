@@ -219,9 +219,9 @@ def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(sessi
     everywhere = os.sched_getaffinity(0)
 
     def reply(threads: int) -> str:
-        # Each from a cold prefix cache: a reply whose prompt is cached computes its last prompt
-        # token in a one-row pass (int4) instead of the prompt's pass, which can turn a near-tie
-        # later in the reply (seen in a CI run: 13 equal words, then another continuation).
+        # Each from a cold prefix cache: a reply whose prompt was cached can differ from one whose
+        # prompt was computed whole, whatever the threads (seen in a CI run: 13 equal words, then
+        # another continuation; the cause, most likely another pass for the prompt's tail, is open).
         model.driver.engine.blocks.clear_cache()
         with torch_threads(threads):
             return greedy(model, "Write one sentence about the sea.", tokens=48)
