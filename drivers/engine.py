@@ -76,6 +76,13 @@ class JobState:
         return len(self.job.prompt_ids) + len(self.job.token_ids) - self.computed
 
     @property
+    def decoding(self) -> bool:
+        """Whether its next pass is a decode step: one token to feed, past its prompt. A prompt's
+        last token alone (the rest found cached) is fed in a prompt pass, as it was computed
+        when the prompt was computed whole."""
+        return self.to_feed == 1 and self.computed >= len(self.job.prompt_ids)
+
+    @property
     def option_chunk(self) -> list[int] | None:
         """What to feed after the prompt to score the options of several tokens: each one's
         tokens but its last, side by side."""
@@ -195,8 +202,8 @@ class Engine:
             if not self.blocks.grow(seq.job):
                 raise RuntimeError(f"KV memory is full ({self.blocks.total - 1} blocks): run fewer sequences")
         self.cache.zero(self.blocks.take_fresh())
-        decode = [s for s in live if s.to_feed == 1]
-        prefill = [s for s in live if s.to_feed != 1]  # prompts, and options being scored
+        decode = [s for s in live if s.decoding]
+        prefill = [s for s in live if not s.decoding]  # prompts (their tails too), and options being scored
         pieces: list[tuple[GenerationJob, str]] = []
         if decode:
             pieces += self._decode(decode)
@@ -298,9 +305,12 @@ class Engine:
         lengths = torch.tensor([len(c) for _, c in chunks], device=self.device)
         scored = [i for i, (s, _) in enumerate(chunks) if s.option_chunk is not None]
         trees = {i: chunks[i][0].option_tree(self.device) for i in scored}
-        tables = self._tables([s for s, _ in chunks], [s.computed + len(c) for s, c in chunks])
+        ends = [s.computed + len(c) for s, c in chunks]
+        tables = self._tables([s for s, _ in chunks], ends)
+        # Weights as for the longest prompt computed whole: a prompt's tail after its cached
+        # prefix gets the kind (drivers/quant.py row limits) the prompt's own pass had.
         logits, spans = self.runner.forward_spans(Batch(tables=tables, tokens=tokens, starts=starts,
-                                                        lengths=lengths, trees=trees,
+                                                        lengths=lengths, trees=trees, weight_rows=max(ends),
                                                         adapters=_adapters([s for s, _ in chunks])),
                                                   [(i, len(chunks[i][1])) for i in scored])
         self.tokens_in += int(lengths.sum())

@@ -73,6 +73,11 @@ class Batch:
     trees: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     # Each row's LoRA adapter (drivers/lora.py), None for the base model; empty: all the base.
     adapters: tuple[str | None, ...] = ()
+    # A prompt pass (0: a decode pass): its rows compute as a prefill even one token long, with
+    # the weights a pass of this many rows gets (the quantized kinds' row limits), at least its
+    # own rows. The engine gives a prompt's extent, so a prompt's tail after a cached prefix is
+    # computed as in the prompt's own pass and a greedy reply does not depend on the cache.
+    weight_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class _Pass:
 
     bsz: int
     qlen: int
+    decoding: bool  # one token per row, through the decode kernels (else computed as a prefill)
+    weight_rows: int  # the rows the projections' weights are chosen by (Projection.quantized_for)
     total: int  # keys attended over: 0..total-1
     cos: torch.Tensor  # (B, Q, 1, D)
     sin: torch.Tensor  # (B, Q, 1, D), sign-folded: rotate_half(x) * sin == swap_halves(x) * sin
@@ -119,6 +126,11 @@ def packing_available(device: str, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+# From this many rows on, the dense kernels sum each row in the same order whatever the rows
+# (oneDNN's packed one-row kernel and MKL's float32 ones under four rows do not, at k = 1536).
+ROWS_SUMMED_ALIKE = 4
+
+
 class Projection:
     """y = x W^T + b over one or more nn.Linear sharing an input (outputs concatenated),
     with W prepacked for oneDNN when `pack` is set, else through F.linear; and, with a
@@ -141,9 +153,19 @@ class Projection:
         if not pack and len(linears) > 1:
             _share(linears, weight, self.bias)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.quantized_for(x.numel() // x.shape[-1])
-        return self.dense(x) if weight is None else self._quantized(weight, x)
+    def __call__(self, x: torch.Tensor, rows: int = 0) -> torch.Tensor:
+        """x W^T + b, with the weight that serves `rows` rows (at least x's own), as in a pass of
+        that many rows."""
+        own = x.numel() // x.shape[-1]
+        weight = self.quantized_for(max(rows, own))
+        if weight is not None:
+            return self._quantized(weight, x)
+        padded = min(rows, ROWS_SUMMED_ALIKE)
+        if own < padded:  # the few-row kernels sum in another order than the pass's own did
+            flat = x.reshape(own, -1)
+            y = self.dense(torch.cat([flat, flat.new_zeros(padded - own, flat.shape[1])]))[:own]
+            return y.view(*x.shape[:-1], -1)
+        return self.dense(x)
 
     def quantized_for(self, rows: int) -> quant.QuantizedWeight | None:
         """The quantized weight that serves a batch of `rows` rows; None: the dense one."""
@@ -401,7 +423,7 @@ class LlamaRunner:
         """The norms and weights `decode_layers` takes for this pass, where it serves it: a
         decode pass on the compiled path, no adapters, no biases (kept by rows: which weight
         serves how many rows is fixed at load)."""
-        if not self.stackable or shared.qlen != 1 or shared.lora is not None or shared.lens is None:
+        if not self.stackable or not shared.decoding or shared.lora is not None or shared.lens is None:
             return None
         if shared.bsz not in self._stacks:
             self._stacks[shared.bsz] = self._stack_for(shared.bsz)
@@ -431,11 +453,12 @@ class LlamaRunner:
         cos, sin = self.model.model.rotary_emb(hidden, rotary)  # (B, Q, D)
         half = self.head_dim // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        all_valid = qlen == 1  # decode: one token per row, every one valid
+        all_valid = qlen == 1  # one token per row, every one valid
+        decoding = qlen == 1 and not batch.weight_rows
         valid_index = None if all_valid else valid.reshape(-1).nonzero().squeeze(1)
-        in_place = qlen == 1 and (self.paged_decode is not None or self.flash_decode is not None)
-        uniform = bool((batch.starts + batch.lengths == total).all()) and qlen == 1
-        mask = None if uniform or in_place else self._mask(positions, valid, total)
+        in_place = decoding and (self.paged_decode is not None or self.flash_decode is not None)
+        uniform = bool((batch.starts + batch.lengths == total).all()) and decoding
+        mask = None if uniform or in_place else self._mask(positions, valid, total, decoding)
         for row, (_, sees) in batch.trees.items():  # (B, 1, Q, T): a prefill pass's mask
             start, n = int(batch.starts[row]), sees.shape[0]
             if n > 1:  # one token sees itself under the causal mask already
@@ -445,19 +468,19 @@ class LlamaRunner:
         offsets = (slots % BLOCK).reshape(-1)
         lens = (batch.starts + batch.lengths).to(torch.int32) if in_place else None
         tables32 = batch.tables.to(torch.int32) if in_place else None
-        return _Pass(bsz=bsz, qlen=qlen, total=total, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-                     mask=mask,
+        return _Pass(bsz=bsz, qlen=qlen, decoding=decoding, weight_rows=max(batch.weight_rows, bsz * qlen),
+                     total=total, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2), mask=mask,
                      blocks=blocks if all_valid else blocks[valid_index],
                      offsets=offsets if all_valid else offsets[valid_index],
                      lens=lens, tables32=tables32, valid_index=valid_index,
                      lora=self.adapters.selection(batch.adapters, qlen) if batch.adapters else None)
 
-    def _mask(self, positions: torch.Tensor, valid: torch.Tensor, total: int) -> torch.Tensor:
+    def _mask(self, positions: torch.Tensor, valid: torch.Tensor, total: int, decoding: bool) -> torch.Tensor:
         keys = torch.arange(total, device=positions.device)
         allowed = keys[None, None, :] <= positions[:, :, None]  # causal: (B, Q, T)
         allowed &= valid[:, :, None]
         allowed[:, :, 0] |= ~valid  # padding queries see one key, so softmax stays finite
-        if positions.shape[1] == 1:  # decoding folds the query group into the query axis
+        if decoding:  # decoding folds the query group into the query axis
             return allowed.unsqueeze(1).expand(-1, 1, self.group, -1)  # (B, 1, G, T)
         return allowed.unsqueeze(1)  # (B, 1, Q, T)
 
@@ -470,7 +493,7 @@ class LlamaRunner:
 
     def _project(self, projection: Projection, index: int, part: str, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
         """The layer's projection `part` of x, with each row's LoRA adapter added."""
-        y = projection(x)
+        y = projection(x, shared.weight_rows)
         return y if shared.lora is None else self.adapters.add_to(y, index, part, x, shared.lora)
 
     def _mlp(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass) -> torch.Tensor:
@@ -483,7 +506,7 @@ class LlamaRunner:
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, shared: _Pass, batch: Batch) -> torch.Tensor:
         bsz, qlen, hq, hkv, dim = shared.bsz, shared.qlen, self.heads, self.kv_heads, self.head_dim
         qkv = self._project(layer.qkv, index, "qkv", x, shared).view(bsz, qlen, hq + 2 * hkv, dim)
-        if self.fused is not None and qlen == 1:  # rotary, K/V store and paged attention: two calls
+        if self.fused is not None and shared.decoding:  # rotary, K/V store and paged attention: two calls
             q = self.fused.rope_store(qkv.view(bsz, hq + 2 * hkv, dim), shared.cos.view(bsz, dim),
                                       shared.sin.view(bsz, dim), self.cache.k[index], self.cache.v[index],
                                       shared.blocks, shared.offsets, hq)
@@ -493,15 +516,15 @@ class LlamaRunner:
         qk = qk * shared.cos + _swap_halves(qk) * shared.sin  # rotary, queries and keys at once
         q, k, v = qk[:, :, :hq], qk[:, :, hq:], qkv[:, :, hq + hkv:]  # (B, Q, heads, D)
         self._store(index, k, v, shared)
-        if self.flash_decode is not None and qlen == 1:
+        if self.flash_decode is not None and shared.decoding:
             out = self._flash_decode(index, q, batch, shared.total)
             return self._project(layer.o, index, "o", out.reshape(bsz, 1, -1), shared)
-        if self.paged_decode is not None and qlen == 1:  # in place, no copy of the blocks
+        if self.paged_decode is not None and shared.decoding:  # in place, no copy of the blocks
             out = self.paged_decode(q.reshape(bsz, hq, dim).contiguous(), self.cache.k[index], self.cache.v[index],
                                     shared.tables32, shared.lens, self.scale)
             return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         keys, values = self.cache.gather(index, batch.tables, shared.total)  # (B, Hkv, T, D)
-        if qlen == 1:
+        if shared.decoding:
             # Decoding: each K/V head's query group becomes its query axis, (B, Hkv, G, D)
             # (head h = kv*G + g, as in HF's repeat_kv): several times faster than enable_gqa.
             out = F.scaled_dot_product_attention(q.reshape(bsz, hkv, self.group, dim), keys, values,

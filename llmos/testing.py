@@ -652,6 +652,51 @@ def tiny_driver(config: Any = None, *, endless: bool = False) -> Any:
     return driver
 
 
+def first_logits(engine: Any, prompt_ids: Sequence[int]) -> Any:
+    """The logits (vocab,) an `Engine` samples a prompt's first token from: the prompt is run
+    alone, with whatever of it the prefix cache holds, and the pass that takes it in is read."""
+    from llmos.kernel.model import SamplingParams
+
+    seen: list[Any] = []
+    forward = engine.runner.forward_spans
+
+    def watched(batch: Any, spans: Any) -> Any:
+        logits, spanned = forward(batch, spans)
+        seen.append(logits[0].clone())
+        return logits, spanned
+
+    job = GenerationJob(id=0, pid=0, sampling=SamplingParams(max_tokens=1), prompt_ids=list(prompt_ids))
+    engine.runner.forward_spans = watched
+    try:
+        while not job.finished:
+            engine.step([job], lambda pieces: None)
+        engine.step([], lambda pieces: None)
+    finally:
+        del engine.runner.forward_spans  # the instance's own attribute: the method shows again
+    return seen[-1]
+
+
+def assert_prefix_cache_blind(engine: Any, prompt_ids: Sequence[int]) -> None:
+    """A prompt's first-token logits once its full blocks are found in the prefix cache are the
+    ones it had computed whole: bitwise in bfloat16; in float32 within 5e-2, where attention over
+    fewer queries sums in another order and a last-bit change can round a K/V value kept in
+    bfloat16, or an activation's integer code, the other way (seen up to 2e-2 on the emulated
+    AVX2 path; other weights, a decode step's quantized ones, differ by 0.09 to 0.6)."""
+    import torch
+
+    from llmos.kernel.blocks import BLOCK
+
+    engine.blocks.clear_cache()
+    whole = first_logits(engine, prompt_ids)
+    hits = engine.blocks.hit_tokens
+    cached = first_logits(engine, prompt_ids)
+    assert engine.blocks.hit_tokens - hits == (len(prompt_ids) - 1) // BLOCK * BLOCK
+    if engine.runner.model.dtype == torch.bfloat16:
+        assert torch.equal(cached, whole), f"differ by {(cached - whole).abs().max().item()}"
+    else:
+        torch.testing.assert_close(cached, whole, rtol=0, atol=5e-2)
+
+
 class BurstsOut:
     """Counts the bursts of steps a driver has handed to its compute thread and not got back
     (`out`): wraps `driver.burst`, so a reader can tell whether text reached it mid-burst."""

@@ -205,6 +205,25 @@ def test_a_cached_prompt_recomputes_only_what_follows_its_last_full_block(engine
     assert again.token_ids == first.token_ids == _reference(engine, prompt, 4)
 
 
+def test_a_cached_prompt_s_last_token_is_fed_in_a_prompt_pass_with_the_prompt_s_weights(engine):
+    """Alone after its cached prefix, a prompt's last token is not fed beside the decodes: it
+    goes in a prompt pass told the prompt's length, which picks the weights (dense or which
+    quantized kind) the prompt's own pass had, so the reply does not depend on the cache."""
+    prompt = _prompt(2 * BLOCK + 1, seed=6)
+    first = _job(1, prompt, max_tokens=4)
+    _run(engine, [first])
+    decoding = _job(2, _prompt(5, seed=7), max_tokens=8)
+    engine.step([decoding], lambda pieces: None)  # its prompt in: it decodes from now on
+    passes = []
+    forward = engine.runner.forward_spans
+    engine.runner.forward_spans = lambda batch, spans: passes.append(batch) or forward(batch, spans)
+    again = _job(3, prompt, max_tokens=4)
+    engine.step([decoding, again], lambda pieces: None)
+    assert [(tuple(b.tokens.shape), b.weight_rows) for b in passes] == [((1, 1), 0), ((1, 1), 2 * BLOCK + 1)]
+    _run(engine, [decoding, again])
+    assert again.token_ids == first.token_ids
+
+
 def test_the_least_recently_used_prefix_is_evicted_and_recomputed_identically(engine):
     engine.blocks = BlockManager(4)  # three blocks: a running job holds two, one full block stays cached
     a, b, c = (_prompt(20, seed=s) for s in (7, 8, 9))  # one full block each
