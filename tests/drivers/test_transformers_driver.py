@@ -181,10 +181,10 @@ def test_a_shared_prefix_is_computed_once(smollm2):
 
 
 def test_a_prompt_found_in_the_prefix_cache_gets_the_logits_it_had_computed_whole(smollm2):
-    """Its last token alone (the single-row kernels), a few tokens, or a block and more after
-    the cached blocks: each computed as in the prompt's own pass."""
+    """Its last token alone (the one-row kernels) or a few tokens after the cached blocks:
+    computed as in the prompt's own pass."""
     story = smollm2.driver.tokenizer.encode("The keeper of the lighthouse watched the storm come in from the sea. " * 4)
-    for tail in (1, 3, 17):
+    for tail in (1, 3, 9):
         assert_prefix_cache_blind(smollm2.driver.engine, story[:32 + tail])
 
 
