@@ -8,7 +8,8 @@ operators are built for x86-64-v3 (AVX2, FMA) instead of -march=native, in a ker
 their own. Results go to results/generate_avx2_emulated.json (the main table's file is left
 alone). With `--bench overhead`, bench/overhead.py runs the same way instead (its fresh
 processes emulated too): the kernel's overhead on this path, to
-results/overhead_avx2_emulated.json.
+results/overhead_avx2_emulated.json; with `--bench prefix_tail`, bench/prefix_tail.py (a cached
+prompt's tail), to results/prefix_tail_avx2_emulated.json.
 
 The peer: llama-cpp-python's wheel picks its kernels by the CPU it finds, and no setting
 caps it, so by default it keeps its AVX-512 and the ratios are lower than an AVX2 machine's
@@ -113,16 +114,30 @@ def run_overhead(rest: list[str]) -> None:
     overhead.main()
 
 
+def run_prefix_tail(rest: list[str]) -> None:
+    """prefix_tail.py on this path (float32, the integer kernels): the cached prompt's tail."""
+    import common
+    import prefix_tail
+
+    emulated = common.machine
+    prefix_tail.machine = lambda threads: {**emulated(threads), "emulated": EMULATED}
+    prefix_tail.RESULTS = prefix_tail.RESULTS.with_name("prefix_tail_avx2_emulated.json")
+    sys.argv = ["bench/prefix_tail.py", *rest]
+    prefix_tail.main()
+
+
 def main() -> None:
     if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
         sys.exit("set ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (see the docstring)")
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--llama-cpp", default=None)
-    parser.add_argument("--bench", choices=("generate", "overhead"), default="generate")
+    parser.add_argument("--bench", choices=("generate", "overhead", "prefix_tail"), default="generate")
     ours, rest = parser.parse_known_args()
     emulate()
     if ours.bench == "overhead":
         run_overhead(rest)
+    elif ours.bench == "prefix_tail":
+        run_prefix_tail(rest)
     else:
         run_generate(llama_cpp_build(ours.llama_cpp), rest)
 
