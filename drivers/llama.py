@@ -100,7 +100,7 @@ class _Pass:
     bsz: int
     qlen: int
     decoding: bool  # one token per row, through the decode kernels (else computed as a prefill)
-    weight_rows: int  # the rows the projections' weights are chosen by (Projection.quantized_for)
+    weight_rows: int  # a prompt pass's rows to choose the weights by (Batch.weight_rows; 0: a decode pass)
     total: int  # keys attended over: 0..total-1
     cos: torch.Tensor  # (B, Q, 1, D)
     sin: torch.Tensor  # (B, Q, 1, D), sign-folded: rotate_half(x) * sin == swap_halves(x) * sin
@@ -468,8 +468,8 @@ class LlamaRunner:
         offsets = (slots % BLOCK).reshape(-1)
         lens = (batch.starts + batch.lengths).to(torch.int32) if in_place else None
         tables32 = batch.tables.to(torch.int32) if in_place else None
-        return _Pass(bsz=bsz, qlen=qlen, decoding=decoding, weight_rows=max(batch.weight_rows, bsz * qlen),
-                     total=total, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2), mask=mask,
+        return _Pass(bsz=bsz, qlen=qlen, decoding=decoding, weight_rows=batch.weight_rows, total=total,
+                     cos=cos.unsqueeze(2), sin=sin.unsqueeze(2), mask=mask,
                      blocks=blocks if all_valid else blocks[valid_index],
                      offsets=offsets if all_valid else offsets[valid_index],
                      lens=lens, tables32=tables32, valid_index=valid_index,
