@@ -13,6 +13,8 @@ for the first time (`zero`), since a padded row reads positions it never wrote, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from llmos.kernel.blocks import BLOCK, NULL_BLOCK
@@ -26,6 +28,9 @@ class KVPool:
                  read_as: torch.dtype | None = None) -> None:
         self.blocks, self.kv_heads, self.head_dim = blocks, kv_heads, head_dim
         self.read_as = read_as or dtype
+        # The compiled gather (drivers/paged.py), where the runner has it: the same values as
+        # PyTorch's indexing below, in one pass over the bytes.
+        self.gather_kernel: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
         self.k = torch.empty((layers, blocks, kv_heads, head_dim, BLOCK), dtype=dtype, device=device)
         self.v = torch.empty((layers, blocks, kv_heads, BLOCK, head_dim), dtype=dtype, device=device)
         self.zero([NULL_BLOCK])
@@ -55,6 +60,8 @@ class KVPool:
     def gather(self, layer: int, tables: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of each row's blocks over positions 0..length-1, contiguous copies
         (B, Hkv, length, D): what sdpa takes (prefill, scoring, and decoding without the kernel)."""
+        if self.gather_kernel is not None:
+            return self.gather_kernel(self.k[layer], self.v[layer], tables, length, self.read_as)
         bsz, width = tables.shape
         k = self.k[layer][tables]  # (B, W, Hkv, D, BLOCK)
         v = self.v[layer][tables]  # (B, W, Hkv, BLOCK, D)

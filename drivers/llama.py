@@ -341,6 +341,8 @@ class LlamaRunner:
             if self.quantization.kind != "none":
                 self.fused = paged.kernel()
         self.cache: KVPool = cache_factory(len(self.layers), self.kv_heads, self.head_dim, self.kv_dtype)
+        if self.paged_decode is not None:
+            self.cache.gather_kernel = paged.kernel().gather_kv  # type: ignore[union-attr]
         # Its SiLU and product in one call, where the MLP's activation is SiLU: every pass on the
         # compiled path runs this one (decode_layers does too, so both paths agree bitwise).
         silu = getattr(cfg, "hidden_act", None) == "silu"

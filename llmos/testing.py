@@ -652,6 +652,18 @@ def tiny_driver(config: Any = None, *, endless: bool = False) -> Any:
     return driver
 
 
+def greedy_tokens(engine: Any, prompts: Sequence[Sequence[int]], tokens: int = 24) -> list[list[int]]:
+    """Each prompt's reply (`tokens` tokens at most), greedy, the prompts run side by side on an
+    `Engine` until every one is finished."""
+    from llmos.kernel.model import SamplingParams
+
+    jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=tokens), prompt_ids=list(prompt))
+            for i, prompt in enumerate(prompts)]
+    while any(not job.finished for job in jobs):
+        engine.step([job for job in jobs if not job.finished], lambda pieces: None)
+    return [job.token_ids for job in jobs]
+
+
 def first_logits(engine: Any, prompt_ids: Sequence[int]) -> Any:
     """The logits (vocab,) an `Engine` samples a prompt's first token from: the prompt is run
     alone, with whatever of it the prefix cache holds, and the pass that takes it in is read."""

@@ -13,8 +13,7 @@ from torch import nn
 from llmos.drivers import paged, quant
 from llmos.drivers.engine import EngineConfig
 from llmos.drivers.llama import Projection, packing_available
-from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import pinned_while, threads_cpus, tiny_engine, torch_threads
+from llmos.testing import greedy_tokens, pinned_while, threads_cpus, tiny_engine, torch_threads
 
 
 def _linears(*outputs: int, bias: bool = False, dtype: torch.dtype = torch.float32) -> list[nn.Linear]:
@@ -66,14 +65,6 @@ def test_unpacked_fusion_leaves_one_copy_of_the_weights():
 def test_projections_must_agree_on_biases():
     with pytest.raises(ValueError, match="biases"):
         Projection([nn.Linear(8, 4), nn.Linear(8, 4, bias=False)], pack=False)
-
-
-def greedy_tokens(engine: Any, prompts: list[list[int]], tokens: int = 24) -> list[list[int]]:
-    jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=tokens), prompt_ids=prompt)
-            for i, prompt in enumerate(prompts)]
-    while any(not job.finished for job in jobs):
-        engine.step([job for job in jobs if not job.finished], lambda pieces: None)
-    return [job.token_ids for job in jobs]
 
 
 @pytest.mark.skipif(paged.kernel() is None, reason="the compiled operators could not be built here")

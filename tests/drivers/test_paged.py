@@ -11,8 +11,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from llmos.drivers import paged, quant
 from llmos.drivers.kv_cache import KVPool
 from llmos.drivers.llama import _swap_halves
-from llmos.kernel.model import GenerationJob, SamplingParams
-from llmos.testing import one_torch_thread, tiny_engine
+from llmos.testing import greedy_tokens, one_torch_thread, tiny_engine, torch_threads
 
 ops = paged.kernel()
 pytestmark = pytest.mark.skipif(ops is None, reason="the compiled kernel could not be built here")
@@ -107,17 +106,72 @@ def test_paged_decode_reads_bfloat16_k_and_v_under_float32_queries_as_their_floa
         ops.decode(q, k.half(), v.half(), table, lens, 0.125)
 
 
+def filled_pool(stored: torch.dtype, read_as: torch.dtype, blocks: int, kv_heads: int, dim: int) -> KVPool:
+    pool = KVPool(1, blocks, kv_heads, dim, stored, "cpu", read_as=read_as)
+    pool.k.normal_()
+    pool.v.normal_()
+    return pool
+
+
+@pytest.mark.parametrize(("stored", "read_as"), [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                 (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("length", [1, 16, 17, 40])
+def test_gather_kv_gives_the_keys_and_values_pytorch_s_indexing_does(stored, read_as, length):
+    torch.manual_seed(3)
+    pool = filled_pool(stored, read_as, blocks=8, kv_heads=3, dim=64)
+    tables = torch.tensor([[1, 4, 7], [0, 0, 0], [5, 2, 0]])  # row 1 all null blocks, row 2 padded with them
+    want = pool.gather(0, tables, length)
+    pool.gather_kernel = ops.gather_kv
+    got = pool.gather(0, tables, length)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == (3, 3, length, 64) and g.dtype == read_as and g.is_contiguous()
+        assert torch.equal(g, w)
+
+
+def test_gather_kv_splits_a_large_gather_between_threads_without_changing_it():
+    torch.manual_seed(4)
+    pool = filled_pool(torch.bfloat16, torch.bfloat16, blocks=300, kv_heads=3, dim=64)
+    tables = torch.randperm(299)[:280].add(1).view(2, 140)  # 840 units of a block each: several chunks
+    want = pool.gather(0, tables, 140 * 16 - 5)
+    pool.gather_kernel = ops.gather_kv
+    with torch_threads(2):
+        got = pool.gather(0, tables, 140 * 16 - 5)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_gather_kv_refuses_a_length_past_the_table_and_other_dtypes():
+    pool = filled_pool(torch.float32, torch.float32, blocks=4, kv_heads=1, dim=16)
+    k, v, table = pool.k[0], pool.v[0], torch.tensor([[1, 2]])
+    with pytest.raises(RuntimeError, match="length 33 outside the table's 32 positions"):
+        ops.gather_kv(k, v, table, 33, torch.float32)
+    with pytest.raises(RuntimeError, match="int64 table"):
+        ops.gather_kv(k, v, table.int(), 8, torch.float32)
+    with pytest.raises(RuntimeError, match="stored in dtype"):  # float32 K/V are never read as bfloat16
+        ops.gather_kv(k, v, table, 8, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="stored in dtype"):
+        ops.gather_kv(k.half(), v.half(), table, 8, torch.float16)
+
+
+def test_the_llama_runner_gathers_prompt_passes_with_the_compiled_kernel():
+    prompts = [list(range(3, 50)), [5, 17, 99, 3, 42, 8]]  # 47 tokens: three 16-token chunks, gathered thrice
+
+    def replies(compiled: bool) -> list[list[int]]:
+        engine = tiny_engine(eos_ids=frozenset())
+        assert engine.runner.cache.gather_kernel is not None
+        if not compiled:
+            engine.runner.cache.gather_kernel = None
+        return greedy_tokens(engine, prompts, tokens=8)
+
+    assert replies(compiled=True) == replies(compiled=False)
+
+
 def test_the_engine_decodes_the_same_tokens_with_the_fused_operators():
     prompts = [[5, 17, 99, 3, 42, 8], list(range(30, 70))]
 
     def decode(fused: bool) -> list[list[int]]:
         engine = tiny_engine(eos_ids=frozenset())
         engine.runner.fused = ops if fused else None
-        jobs = [GenerationJob(id=i, pid=1, sampling=SamplingParams(max_tokens=24), prompt_ids=p)
-                for i, p in enumerate(prompts)]
-        while not all(job.finished for job in jobs):
-            engine.step([job for job in jobs if not job.finished], lambda pieces: None)
-        return [job.token_ids for job in jobs]
+        return greedy_tokens(engine, prompts)
 
     assert decode(fused=True) == decode(fused=False)
 
