@@ -37,6 +37,12 @@ class DerivedDriver:
     def __getattr__(self, attribute: str) -> Any:  # context_length, max_batch, kv, tokenizer, ...
         return getattr(self.base, attribute)
 
+    @property
+    def prepare_adds_chars(self) -> int:
+        """Characters `prepare` may add to a job's texts (its system prompt): what the kernel
+        counts before it prepares a job on the event loop (kernel/generation.py `quick_to_prepare`)."""
+        return len(self.system or "")
+
     def with_system(self, messages: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
         """The messages with the derived system prompt first, unless they bring their own."""
         if self.system is None or any(m.role == "system" for m in messages):

@@ -104,7 +104,8 @@ class _Pass:
     total: int  # keys attended over: 0..total-1
     cos: torch.Tensor  # (B, Q, 1, D)
     sin: torch.Tensor  # (B, Q, 1, D), sign-folded: rotate_half(x) * sin == swap_halves(x) * sin
-    mask: torch.Tensor | None  # (B, 1, G, T) decoding, (B, 1, Q, T) prefilling; None if all keys count
+    mask: torch.Tensor | None  # (B, 1, G, T) decoding, (B, 1, Q + query_pad, T) prefilling; None if all keys count
+    query_pad: int  # rows a prompt pass adds to its queries for sdpa (`query_padding`), copies of the last
     blocks: torch.Tensor  # (N,) the block each valid input token's K/V goes to
     offsets: torch.Tensor  # (N,) and its offset in that block
     lens: torch.Tensor | None  # (B,) int32 keys each row attends when decoding with the kernel
@@ -129,6 +130,19 @@ def packing_available(device: str, dtype: torch.dtype) -> bool:
 # From this many rows on, the dense kernels sum each row in the same order whatever the rows
 # (oneDNN's packed one-row kernel and MKL's float32 ones under four rows do not, at k = 1536).
 ROWS_SUMMED_ALIKE = 4
+# PyTorch's CPU flash attention cuts a pass's queries into blocks of 32 rows (64 from 192
+# queries, 256 from 768: multiples of 32) and multiplies each block as one matrix, and a block
+# of fewer than ROWS_SUMMED_ALIKE rows sums in another order: so a prompt's last rows came out
+# other bits when its tail ran alone after a cached prefix than inside the prompt's own pass.
+# Prompt passes pad their queries so that no block is that small (`query_padding`).
+QUERY_BLOCK = 32
+
+
+def query_padding(queries: int) -> int:
+    """Rows to add to a prompt pass of `queries` queries so that its last query block, like
+    every other, has at least ROWS_SUMMED_ALIKE rows."""
+    last = queries % QUERY_BLOCK
+    return ROWS_SUMMED_ALIKE - last if 0 < last < ROWS_SUMMED_ALIKE else 0
 
 
 class Projection:
@@ -465,13 +479,16 @@ class LlamaRunner:
             start, n = int(batch.starts[row]), sees.shape[0]
             if n > 1:  # one token sees itself under the causal mask already
                 mask[row, 0, :n, start:start + n] = sees
+        query_pad = 0 if decoding else query_padding(qlen)
+        if query_pad:
+            mask = torch.cat([mask, mask[:, :, -1:].expand(-1, -1, query_pad, -1)], dim=2)
         slots = positions.clamp(max=batch.tables.shape[1] * BLOCK - 1)  # padding may point past the table
         blocks = batch.tables.gather(1, slots // BLOCK).reshape(-1)
         offsets = (slots % BLOCK).reshape(-1)
         lens = (batch.starts + batch.lengths).to(torch.int32) if in_place else None
         tables32 = batch.tables.to(torch.int32) if in_place else None
         return _Pass(bsz=bsz, qlen=qlen, decoding=decoding, weight_rows=batch.weight_rows, total=total,
-                     cos=cos.unsqueeze(2), sin=sin.unsqueeze(2), mask=mask,
+                     cos=cos.unsqueeze(2), sin=sin.unsqueeze(2), mask=mask, query_pad=query_pad,
                      blocks=blocks if all_valid else blocks[valid_index],
                      offsets=offsets if all_valid else offsets[valid_index],
                      lens=lens, tables32=tables32, valid_index=valid_index,
@@ -533,9 +550,13 @@ class LlamaRunner:
                                                  attn_mask=shared.mask, scale=self.scale)
             return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         # Prefilling: HF's layout, so the kernel blocks the queries as model.generate's does
-        # and the rounding, hence greedy outputs in bfloat16, match it.
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=shared.mask,
-                                             scale=self.scale, enable_gqa=True)
+        # and the rounding, hence greedy outputs in bfloat16, match it; padded where the last
+        # block would be too small to sum as the others (`query_padding`).
+        queries = q.transpose(1, 2)  # (B, Hq, Q, D)
+        if shared.query_pad:
+            queries = torch.cat([queries, queries[:, :, -1:].expand(-1, -1, shared.query_pad, -1)], dim=2)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=shared.mask,
+                                             scale=self.scale, enable_gqa=True)[:, :, :qlen]
         return self._project(layer.o, index, "o", out.transpose(1, 2).reshape(bsz, qlen, hq * dim), shared)
 
     def _store(self, index: int, k: torch.Tensor, v: torch.Tensor, shared: _Pass) -> None:

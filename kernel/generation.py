@@ -55,13 +55,14 @@ async def pieces(job: GenerationJob) -> AsyncIterator[str]:
     await result(job)
 
 
-def quick_to_prepare(job: GenerationJob) -> bool:
+def quick_to_prepare(job: GenerationJob, added_chars: int = 0) -> bool:
     """Whether a driver that does no I/O in `prepare` (`prepares_inline`) prepares `job` in
-    well under a millisecond, so on the event loop: its texts are short (INLINE_COUNT_CHARS,
+    well under a millisecond, so on the event loop: its texts, with the `added_chars` the
+    driver's `prepare` adds (a derived model's system prompt), are short (INLINE_COUNT_CHARS,
     the context window's rule for token counts) and it has no JSON schema (whose grammar
     takes a compile)."""
     chars = (len(job.prompt or "") + sum(len(message.content) for message in job.messages or ())
-             + sum(len(option) for option in job.options or ()))
+             + sum(len(option) for option in job.options or ()) + added_chars)
     return chars <= params.INLINE_COUNT_CHARS and job.sampling.json_schema is None
 
 
@@ -112,7 +113,8 @@ class GenerationService:
                             messages=tuple(messages) if messages is not None else None,
                             prompt_ids=list(prompt_ids or ()), options=options)
         driver = self.driver_for(proc)
-        if getattr(driver, "prepares_inline", False) and quick_to_prepare(job):
+        inline = getattr(driver, "prepares_inline", False)
+        if inline and quick_to_prepare(job, getattr(driver, "prepare_adds_chars", 0)):
             driver.prepare(job)  # on the loop: no thread hop; processes asking at once queue in the order they asked
         else:  # a long text to tokenize, a grammar to compile, or a driver that asks a server
             await anyio.to_thread.run_sync(driver.prepare, job)

@@ -114,7 +114,8 @@ class ModelDriver(Protocol):
     in blocks exposes its `kv` (kernel/blocks.py BlockManager): the kernel's scheduler then
     admits and preempts by its free blocks. A driver whose `prepare` does no I/O says so with
     `prepares_inline = True`: the kernel then prepares short jobs on its event loop, without
-    a thread hop (kernel/generation.py `quick_to_prepare`)."""
+    a thread hop (kernel/generation.py `quick_to_prepare`), counting the `prepare_adds_chars`
+    it says its `prepare` adds to a job's texts (a derived model's system prompt)."""
 
     name: str
     context_length: int  # tokens the model can attend to, prompt and reply together

@@ -12,7 +12,7 @@ from torch import nn
 
 from llmos.drivers import paged, quant
 from llmos.drivers.engine import EngineConfig
-from llmos.drivers.llama import Projection, packing_available
+from llmos.drivers.llama import QUERY_BLOCK, ROWS_SUMMED_ALIKE, Projection, packing_available, query_padding
 from llmos.testing import greedy_tokens, pinned_while, threads_cpus, tiny_engine, torch_threads
 
 
@@ -60,6 +60,15 @@ def test_unpacked_fusion_leaves_one_copy_of_the_weights():
     linears = _linears(32, 16)
     projection = Projection(linears, pack=False)
     assert linears[1].weight.data_ptr() == projection.weight[32:].data_ptr()
+
+
+def test_a_prompt_pass_pads_its_queries_so_that_no_block_of_sdpa_s_is_smaller_than_four_rows():
+    assert [query_padding(q) for q in (1, 2, 3, 4, 31, 32, 33, 35, 36, 64, 65, 193, 257)] == \
+        [3, 2, 1, 0, 0, 0, 3, 1, 0, 0, 3, 3, 3]
+    for queries in range(1, 1100):  # blocks of 32, 64 or 256 queries: a last one of 1-3 rows is gone
+        padded = queries + query_padding(queries)
+        assert all(not 0 < padded % block < ROWS_SUMMED_ALIKE for block in (QUERY_BLOCK, 64, 256))
+        assert (padded >= 192) == (queries >= 192) and (padded >= 768) == (queries >= 768)  # the same block size
 
 
 def test_projections_must_agree_on_biases():

@@ -20,7 +20,7 @@ from llmos.drivers.llama import Projection
 from llmos.drivers.quant import Choice
 from llmos.kernel.errors import ConfigError
 from llmos.kernel.model import ChatMessage, GenerationJob, SamplingParams
-from llmos.testing import assert_prefix_cache_blind, pinned_while, threads_cpus, torch_threads
+from llmos.testing import assert_prefix_cache_blind, pinned_while, prefix_cache_prompts, threads_cpus, torch_threads
 
 KINDS = [kind for kind in ("int8", "int4") if quant.available(kind)]
 
@@ -206,9 +206,8 @@ def test_on_the_real_model_a_quantized_engine_still_answers(kind, session_llmos_
     assert "4" in greedy(model, "What is 2+2?")
     # A prompt's tail after its cached prefix gets the weights of the prompt's own pass, not a
     # decode step's quantized ones: its reply does not depend on what the cache held.
-    story = model.driver.tokenizer.encode("The keeper of the lighthouse watched the storm come in from the sea. " * 4)
-    for tail in (1, 3):
-        assert_prefix_cache_blind(model.driver.engine, story[:32 + tail])
+    for prompt in prefix_cache_prompts(model.driver.tokenizer):
+        assert_prefix_cache_blind(model.driver.engine, prompt)
 
 
 @pytest.mark.model
@@ -225,6 +224,8 @@ def test_on_the_real_model_int8_in_float32_answers_through_the_compiled_kernel(s
     assert runner.cache.k.dtype == (torch.bfloat16 if runner.fused is not None else torch.float32)
     assert "Paris" in greedy(model, "What is the capital of France?")
     assert "4" in greedy(model, "What is 2+2?")
+    for prompt in prefix_cache_prompts(model.driver.tokenizer):  # float32 too: bitwise whether cached or not
+        assert_prefix_cache_blind(model.driver.engine, prompt)
 
 
 @pytest.mark.model
@@ -238,8 +239,7 @@ def test_on_the_real_model_a_pinned_thread_team_decodes_one_thread_s_reply(sessi
     everywhere = os.sched_getaffinity(0)
 
     def reply(threads: int) -> str:
-        # Each from a cold prefix cache: the team's bits are the question here (in float32, a
-        # prompt found cached may differ in its last bits: assert_prefix_cache_blind).
+        # Each from a cold prefix cache: the team's bits are the question here, not the cache's.
         model.driver.engine.blocks.clear_cache()
         with torch_threads(threads):
             return greedy(model, "Write one sentence about the sea.", tokens=48)

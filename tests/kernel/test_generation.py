@@ -486,6 +486,17 @@ async def test_a_driver_that_may_do_io_when_preparing_prepares_in_a_worker_threa
     assert thread is not threading.current_thread()
 
 
+async def test_a_derived_model_s_long_system_prompt_counts_toward_preparing_on_the_loop() -> None:
+    from llmos.drivers.derived import DerivedDriver
+
+    for system, on_loop in (("Be brief.", True), ("x" * params.INLINE_COUNT_CHARS, False)):
+        base = _ThreadNoting(context_length=3 * params.INLINE_COUNT_CHARS)
+        async with llmos.boot(DerivedDriver("terse", base, system=system), memory=None) as kernel:
+            result(await kernel.wait((await kernel.spawn(_chat, "hi")).pid, timeout=10))
+        [thread] = base.prepared_on
+        assert (thread is threading.current_thread()) is on_loop
+
+
 def test_a_job_with_a_json_schema_or_long_texts_is_not_quick_to_prepare() -> None:
     def job(**fields: Any) -> GenerationJob:
         return GenerationJob(id=1, pid=1, **{"sampling": SamplingParams(), **fields})
@@ -495,6 +506,7 @@ def test_a_job_with_a_json_schema_or_long_texts_is_not_quick_to_prepare() -> Non
     assert not generation.quick_to_prepare(job(prompt="x" * (room - 1), options=("ab",)))
     assert not generation.quick_to_prepare(job(messages=(ChatMessage(role="user", content="x" * (room + 1)),)))
     assert not generation.quick_to_prepare(job(prompt="hi", sampling=SamplingParams(json_schema={"type": "object"})))
+    assert not generation.quick_to_prepare(job(prompt="x" * (room - 10)), added_chars=11)  # a derived system prompt
 
 
 class _SlowerForEarlier(FakeDriver):
