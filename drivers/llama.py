@@ -551,7 +551,8 @@ class LlamaRunner:
             return self._project(layer.o, index, "o", out.reshape(bsz, 1, hq * dim), shared)
         # Prefilling: HF's layout, so the kernel blocks the queries as model.generate's does
         # and the rounding, hence greedy outputs in bfloat16, match it; padded where the last
-        # block would be too small to sum as the others (`query_padding`).
+        # block would be too small to sum as the others (`query_padding`: there a prompt's
+        # last rows may differ from HF's in their last bits, as they do between HF's own passes).
         queries = q.transpose(1, 2)  # (B, Hq, Q, D)
         if shared.query_pad:
             queries = torch.cat([queries, queries[:, :, -1:].expand(-1, -1, shared.query_pad, -1)], dim=2)
