@@ -383,7 +383,7 @@ class Courier:
     text still streams, and waits up to HANDOVER_WAIT_S for the loop to have handed it out and
     let the readers it woke take their turn. The loop's work then runs while the step's
     threads wait between two steps rather than beside the next one, where it would stall a
-    thread of the pass on its CPU (measured: README, Benchmarks); a loop busy elsewhere costs
+    thread of the pass on its CPU (measured: docs/BENCHMARKS.md); a loop busy elsewhere costs
     the burst that wait at most. The rest is for the loop to take (`rest`) once the burst is
     back. Under an event loop other than asyncio's (trio), everything waits for the end."""
 

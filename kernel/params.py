@@ -96,11 +96,11 @@ BATCH_GATHER_S = 0.01
 # readers a post wakes: STREAM_EVERY_S_PER_READER each (64 readers: every 0.16 s). A reader's
 # turn costs the loop ~12 us of CPU (64-agent runs, outbox.py's), which the engine's threads
 # lose mid-step; spaced so, 64 agents read +3.3% of kernel overhead, against +4.8% posted to
-# every 50 ms (README, Benchmarks). DECODE_BURST_STEPS = 1 turns bursts off. After a post the
+# every 50 ms (docs/BENCHMARKS.md). DECODE_BURST_STEPS = 1 turns bursts off. After a post the
 # driver's thread waits up to HANDOVER_WAIT_S for the loop to hand the text out and let its
 # readers take their turn (0.36 ms for one reader, 0.83 ms for 59, medians on the 2-core VM),
 # so that the loop's work does not run beside the next step's threads: the steps under the
-# kernel then ran as fast as the engine's alone (README, Benchmarks).
+# kernel then ran as fast as the engine's alone (docs/BENCHMARKS.md).
 DECODE_BURST_STEPS = 64
 DECODE_BURST_S = 0.5
 STREAM_EVERY_S = 0.05

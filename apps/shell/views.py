@@ -19,19 +19,32 @@ DURABLE_STYLES = {"running": "green", "queued": "cyan", "unfinished": "yellow", 
 
 def ps_table(procs: Iterable[ProcessInfo], title: str | None = None) -> Table:
     """One row a process; a "model" column when some process runs a variant of the kernel's
-    model (sys.set_model), a "status" column when some process said what it is doing (sys.set_status)."""
+    model (sys.set_model), an "untrusted from" column when some process has read untrusted
+    text (kernel/security.py), a "status" column when some process said what it is doing
+    (sys.set_status)."""
     procs = list(procs)
     said = any(p.status for p in procs)
     variants = any(p.model for p in procs)
+    untrusted = any(p.untrusted for p in procs)
     table = Table("pid", "ppid", "name", "state", "nice", *(("model",) if variants else ()), "tokens", "kv",
-                  "syscalls", "time", *(("status",) if said else ()), title=title, title_justify="left")
+                  "syscalls", "time", *(("untrusted from",) if untrusted else ()), *(("status",) if said else ()),
+                  title=title, title_justify="left")
     for p in procs:
         state = p.state.name
         table.add_row(str(p.pid), str(p.ppid), p.name, Text(state, style=STATE_STYLES.get(state, "")),
                       str(p.priority), *((p.model or "-",) if variants else ()), str(p.stats.tokens),
-                      kv_memory(p.stats.kv_bytes), str(p.stats.syscalls),
-                      f"{p.runtime_s:.1f}s", *((p.status or "",) if said else ()))
+                      kv_memory(p.stats.kv_bytes), str(p.stats.syscalls), f"{p.runtime_s:.1f}s",
+                      *((untrusted_sources(p.untrusted),) if untrusted else ()), *((p.status or "",) if said else ()))
     return table
+
+
+def untrusted_sources(sources: tuple[str, ...]) -> Text:
+    """Where a process's untrusted text came from, for a table: the first source and how many
+    more; "-" when it has read none."""
+    if not sources:
+        return Text("-")
+    more = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
+    return Text(sources[0] + more, style="red")
 
 
 def kv_memory(size: int) -> str:
