@@ -18,6 +18,7 @@ from llmos import plugins
 from llmos.home import DATABASE_ENV
 from llmos.finetune import DEFAULT_EPOCHS, FinetuneSettings
 from llmos.library import default_model
+from llmos.model import Quant
 from llmos.apps import audit_cli, daemon_cli, demo, durable_cli, models_cli, registry, runner, tools
 from llmos.apps.shell import views
 from llmos.server.client import ClientError
@@ -34,12 +35,12 @@ FINETUNE = FinetuneSettings()  # `llmos finetune`'s defaults
 
 
 @app.callback()
-def _options(quant: Annotated[Optional[str], typer.Option(
-        "--quant", metavar="auto|none|int8|int4", help="Weights of the model's decode steps in a kernel this "
-        "command boots (LLMOS_QUANT; default auto: measured on this CPU).")] = None,
+def _options(quant: Annotated[Optional[Quant], typer.Option(
+        "--quant", case_sensitive=False, help="Weights of the model's decode steps in a kernel this command boots "
+        "(LLMOS_QUANT; default auto: measured on this CPU).")] = None,
              kv_cache_mb: Annotated[Optional[int], typer.Option(
-        "--kv-cache-mb", metavar="MB", help="KV memory of a model this command loads, for running agents and "
-        "cached prefixes alike (LLMOS_KV_CACHE_MB; default 4096, committed as it is used).")] = None) -> None:
+        "--kv-cache-mb", metavar="MB", min=1, help="KV memory of a model this command loads, for running agents "
+        "and cached prefixes alike (LLMOS_KV_CACHE_MB; default 4096, committed as it is used).")] = None) -> None:
     # Both are read where the model loads (drivers/), here or in a child process.
     if quant is not None:
         os.environ["LLMOS_QUANT"] = quant

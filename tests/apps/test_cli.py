@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -136,3 +137,21 @@ def test_a_workflow_asks_on_stdin_and_stops_when_told(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("[outliner] ") and "Write the story from this outline?" in done.stdout
     assert "[writer]" not in done.stdout
+
+
+@pytest.mark.parametrize(("args", "option"), [(("--quant", "int3"), "--quant"), (("--kv-cache-mb", "0"), "--kv-cache-mb"),
+                                              (("--kv-cache-mb", "-5"), "--kv-cache-mb")])
+def test_a_bad_model_setting_is_refused_before_the_command_runs(args, option):
+    done = llmos(*args, "apps")  # `apps` loads no model: the option itself is checked
+    assert done.returncode == 2
+    assert option in done.stderr and not done.stdout
+
+
+def test_the_quantization_option_is_read_in_any_case(monkeypatch):
+    from llmos.apps.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.delenv("LLMOS_QUANT", raising=False)
+    result = CliRunner().invoke(app, ["--quant", "INT8", "apps"])
+    assert result.exit_code == 0, result.output
+    assert os.environ.pop("LLMOS_QUANT") == "int8"
