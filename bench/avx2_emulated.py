@@ -39,13 +39,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmos.drivers import compute, paged, quant, transformers_driver
-
-_real_flags = compute.cpu_flags
-
-
-def avx2_only() -> set[str]:
-    return {flag for flag in _real_flags() if not flag.startswith(("avx512", "amx"))}
+from llmos.testing import emulate_avx2
 
 
 def llama_cpp_build(folder: str | None) -> str:
@@ -74,13 +68,6 @@ def llama_cpp_features(folder: str) -> str:
 
 
 EMULATED = "AVX2 (torch capped, llmos's compiled operators x86-64-v3)"
-
-
-def emulate() -> None:
-    """llmos blind to the avx512 and amx flags, its operators built for x86-64-v3."""
-    for module in (compute, quant, paged, transformers_driver):
-        module.cpu_flags = avx2_only  # type: ignore[attr-defined]
-    paged.FLAGS[:] = ["-march=x86-64-v3" if flag.startswith("-march") else flag for flag in paged.FLAGS]
 
 
 def run_generate(peer: str, rest: list[str]) -> None:
@@ -127,13 +114,14 @@ def run_prefix_tail(rest: list[str]) -> None:
 
 
 def main() -> None:
-    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
-        sys.exit("set ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (see the docstring)")
+    try:
+        emulate_avx2()  # llmos blind to the avx512 and amx flags, its operators built for x86-64-v3
+    except RuntimeError as exc:  # torch not capped by the environment
+        sys.exit(f"{exc} (see the docstring)")
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--llama-cpp", default=None)
     parser.add_argument("--bench", choices=("generate", "overhead", "prefix_tail"), default="generate")
     ours, rest = parser.parse_known_args()
-    emulate()
     if ours.bench == "overhead":
         run_overhead(rest)
     elif ours.bench == "prefix_tail":

@@ -580,6 +580,33 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+# What caps torch's own kernels at AVX2 (read when torch loads, so set before it starts).
+AVX2_TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_EMULATION_ENV = "LLMOS_TEST_AVX2"  # "1": tests/conftest.py emulates an AVX2-only CPU (emulate_avx2)
+
+
+def emulate_avx2() -> None:
+    """This process as llmos runs on a CPU with AVX2 and no AVX-512, on a machine that has
+    AVX-512: llmos blind to the avx512 and amx flags (so float32 and the integer kernels,
+    and the quantized weights and choices kept under an AVX2 machine's keys), and its
+    compiled operators built for x86-64-v3 (AVX2, FMA, F16C) in place of -march=native.
+    Call it before the operators are first built; torch must have been started under
+    AVX2_TORCH_ENV (a RuntimeError says so otherwise)."""
+    import os
+
+    wrong = [f"{name}={value}" for name, value in AVX2_TORCH_ENV.items() if os.environ.get(name) != value]
+    if wrong:
+        raise RuntimeError(f"an AVX2 emulation needs torch started with {' '.join(wrong)}")
+    from llmos.drivers import compute, paged, quant_cache, transformers_driver
+
+    def avx2_only() -> set[str]:
+        return {flag for flag in compute.cpu_flags() if not flag.startswith(("avx512", "amx"))}
+
+    for module in (paged, quant_cache, transformers_driver):  # the readers of the flags, each by its own name
+        module.cpu_flags = avx2_only  # type: ignore[attr-defined]
+    paged.FLAGS[:] = ["-march=x86-64-v3" if flag.startswith("-march") else flag for flag in paged.FLAGS]
+
+
 def threads_cpus() -> dict[int, set[int]]:
     """The CPUs each of the process's threads may run on, by native thread id (Linux)."""
     import os

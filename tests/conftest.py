@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 import llmos
-from llmos.testing import llmos_server
+from llmos.testing import AVX2_EMULATION_ENV, emulate_avx2, llmos_server
+
+if os.environ.get(AVX2_EMULATION_ENV) == "1":  # run as on an AVX2-only CPU (tests/drivers/test_avx2_path.py)
+    emulate_avx2()
 
 # Quantization is measured at load by default (drivers/quant.py), so two loads on a busy
 # machine may choose differently; the suite's real-model tests compare exact outputs, so

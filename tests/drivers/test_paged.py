@@ -292,3 +292,12 @@ def test_int4_linear_refuses_mismatched_shapes_and_dtypes():
         ops.int4_linear(torch.zeros(2, 64), packed.to(torch.int8), scale_min)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ops.int4_linear(torch.zeros(2, 64, dtype=torch.float64), packed, scale_min)
+
+
+def test_the_build_multiplies_in_integers_exactly_where_the_cpu_has_avx2_and_no_avx512():
+    # The flags as llmos reads them (an emulated AVX2 run, tests/drivers/test_avx2_path.py,
+    # hides the avx512 ones and builds for x86-64-v3).
+    flags = paged.cpu_flags()
+    has_avx2 = {"avx2", "fma", "f16c"} <= flags
+    assert ops.int4_kernel() == has_avx2
+    assert ops.integer_kernels() == (has_avx2 and "avx512f" not in flags)
