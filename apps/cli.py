@@ -108,7 +108,7 @@ def run(
         status = _guard(lambda: anyio.run(lambda: runner.run_app(
             app_ref, argv, model=None if no_model else _model(model), policy=policy, caps=caps,
             quotas=quotas, console=console)))
-    raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err, console=console))
 
 
 def _run_durable(app_ref: str, argv: list[str], *, model: str | None, no_model: bool, policy: str,
@@ -124,7 +124,7 @@ def _run_durable(app_ref: str, argv: list[str], *, model: str | None, no_model: 
             restart=restart, console=console)))
     if status is None:  # left unfinished (Ctrl-C): it goes on later
         raise typer.Exit(130)
-    raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+    raise typer.Exit(runner.report(status, runner.stdout_console(), err, console=console))
 
 
 def _client() -> Any:
@@ -172,7 +172,7 @@ def resume_cmd(durable_id: Annotated[str, typer.Argument(metavar="ID", help="A d
     model = None if no_model else _model(model)
     status = _guard(lambda: anyio.run(lambda: durable_cli.resume(client, durable_id, model=model, console=console)))
     if status is not None:
-        raise typer.Exit(runner.report(status, runner.stdout_console(), err, shown=status.pid in console.writers))
+        raise typer.Exit(runner.report(status, runner.stdout_console(), err, console=console))
 
 
 @app.command("cancel")

@@ -91,7 +91,7 @@ class ProgressConsole(runner.StdioConsole):
         self.progress.stop()
 
     def write(self, pid: int, text: str) -> None:
-        self.writers.add(pid)
+        self.keep(pid, text)
         for line in text.splitlines():
             self.progress.console.print(line, markup=False, highlight=False)
             step = finetune_app.step_of(line)

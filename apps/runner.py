@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections import deque
 from typing import Any
 
 import anyio.to_thread
@@ -19,23 +20,64 @@ from llmos.syscalls import ExitStatus, NoConsole, ProcState
 EXIT_CODES = {ProcState.EXITED: 0, ProcState.FAILED: 1, ProcState.KILLED: 137}
 
 
+# Characters of each process's output kept, to tell whether its result is what it streamed.
+WRITTEN_KEPT = 1 << 20
+
+
+class OutputTail:
+    """The last WRITTEN_KEPT (or a few more) characters of a process's output, kept in pieces
+    so that a reply written a token at a time costs no copying."""
+
+    def __init__(self) -> None:
+        self.pieces: deque[str] = deque()
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        self.size += len(text)
+        while len(self.pieces) > 1 and self.size - len(self.pieces[0]) >= WRITTEN_KEPT:
+            self.size -= len(self.pieces.popleft())
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def shows(self, result: object) -> bool:
+        """Whether `result` is the text written last (a reply streamed as it came, then
+        returned), so that printing it would show it twice."""
+        return isinstance(result, str) and self.text().rstrip().endswith(result.strip())
+
+
 class StdioConsole:
     """The kernel's console for `llmos run`: processes write to stdout, questions read stdin."""
 
     def __init__(self) -> None:
-        self.writers: set[int] = set()  # pids that wrote something
+        self.written: dict[int, OutputTail] = {}  # by pid: the end of what it wrote
+        self.mid_line = False  # the terminal's cursor is not at a line's start
 
     def write(self, pid: int, text: str) -> None:
-        self.writers.add(pid)
+        self.keep(pid, text)
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    def keep(self, pid: int, text: str) -> None:
+        """Note what `pid` wrote (however it was shown)."""
+        if text:
+            self.written.setdefault(pid, OutputTail()).add(text)
+            self.mid_line = not text.endswith("\n")
+
     async def ask(self, pid: int, question: str) -> str:
-        self.writers.add(pid)
         try:
-            return await anyio.to_thread.run_sync(input, question, abandon_on_cancel=True)
+            answer = await anyio.to_thread.run_sync(input, question, abandon_on_cancel=True)
         except EOFError:
             raise NoConsole("standard input is closed; nobody can answer") from None
+        self.mid_line = bool(question) and not sys.stdin.isatty()  # a terminal echoes the answer's newline
+        return answer
+
+    def streamed(self, status: ExitStatus) -> bool:
+        """Whether the process's result is the text it wrote last (a reply it streamed as it
+        came, then returned): shown once already."""
+        tail = self.written.get(status.pid)
+        return tail is not None and tail.shows(status.result)
 
 
 async def run_app(app: str, args: list[str], *, model: str | None, policy: str, caps: frozenset[str],
@@ -101,11 +143,15 @@ async def wait_resumed(kernel: Any) -> None:
     await until_interrupted(all_of())
 
 
-def report(status: ExitStatus, out: Console, err: Console, shown: bool = False) -> int:
-    """Print the process's result (unless it already `shown` its output as it ran), or why
-    it did not finish, and return the exit code."""
+def report(status: ExitStatus, out: Console, err: Console, console: StdioConsole | None = None,
+           shown: bool = False) -> int:
+    """Print the process's result (unless it was `shown` already, or it is what the process
+    streamed to `console`, the run's console, as it ran), or why it did not finish, and
+    return the exit code."""
     if status.ok:
-        if status.result is not None and not shown:
+        if status.result is not None and not shown and not (console is not None and console.streamed(status)):
+            if console is not None and console.mid_line:  # after a question or a write without a newline
+                out.print()
             out.print(status.result if isinstance(status.result, str) else repr(status.result), markup=False)
     else:
         err.print(f"[bold red]process {status.pid} ({status.name}) {status.state.name}:[/] {status.reason}")

@@ -166,9 +166,10 @@ async def mem(shell: Shell, words: list[str]) -> None:
     if action == "ls":
         raise ShellError("mem ls is not available yet: the memory syscalls cannot list a namespace; "
                          "use mem search QUERY --ns NAMESPACE")
-    if action not in ("search", "add") or not args:
+    if action not in ("search", "add") or not args or set(options) - {"ns"}:
         raise ShellError("usage: mem search QUERY [--ns NAMESPACE] | mem add TEXT [--ns NAMESPACE]")
-    await shell.run_in_foreground(f"llmos.apps.shell.programs:{action}", [*args, *_ns(options)],
+    text = " ".join(args)  # unquoted words are one text, as the user typed them, wherever --ns stands
+    await shell.run_in_foreground(f"llmos.apps.shell.programs:{action}", [text, *_ns(options)],
                                   command=" ".join(["mem", *words]), caps=MEMORY_CAPS)
 
 

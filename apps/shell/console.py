@@ -39,7 +39,7 @@ class ShellConsole:
     def write(self, pid: int, text: str) -> None:
         job = self._job_of(pid)
         if job is not None:
-            job.wrote = True
+            job.written.add(text)
             if not job.foreground.is_set():
                 job.output.append(text)
                 return
@@ -50,7 +50,6 @@ class ShellConsole:
         job = self._job_of(pid)
         if job is None:
             raise NoConsole(f"process {pid} is not one of the shell's jobs")
-        job.wrote = True
         if not job.foreground.is_set():
             self._notice(f"[{job.number}] {job.command} is waiting for input: `fg %{job.number}` to answer")
             await job.foreground.wait()

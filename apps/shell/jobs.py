@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from llmos.apps.runner import OutputTail
 from llmos.syscalls import ExitStatus
 
 
@@ -16,7 +17,7 @@ class Job:
     command: str
     background: bool
     output: list[str] = field(default_factory=list)  # written while in the background, not shown yet
-    wrote: bool = False  # it wrote something (then its result is not printed again)
+    written: OutputTail = field(default_factory=OutputTail)  # the end of what it wrote
     status: ExitStatus | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     foreground: anyio.Event = field(default_factory=anyio.Event)  # set while it owns the terminal
@@ -36,12 +37,12 @@ class Job:
 class JobTable:
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
-        self._next = 1
 
     def add(self, pid: int, command: str, background: bool) -> Job:
-        job = Job(self._next, pid, command, background)
+        """A job numbered as a shell numbers them: one past the highest in the table (so the
+        first job after the table emptied is %1 again)."""
+        job = Job(max(self.jobs, default=0) + 1, pid, command, background)
         self.jobs[job.number] = job
-        self._next += 1
         return job
 
     def find(self, ref: str | None) -> Job:

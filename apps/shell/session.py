@@ -192,7 +192,7 @@ class Shell:
             reason = "" if status.ok else f"  ({status.reason})"
             self.out.print(f"[{job.number}]  {job.state:<8} {job.command}{reason}", markup=False, highlight=False)
             self.show(job, job.take_output())
-        if status.ok and status.result is not None and not job.wrote:
+        if status.ok and status.result is not None and not job.written.shows(status.result):
             result = status.result
             self.out.print(result if isinstance(result, str) else repr(result), markup=False)
         elif not status.ok and not background:

@@ -47,6 +47,32 @@ def test_a_failing_app_exits_1_with_its_reason(tmp_path):
     assert "FAILED" in done.stderr and "ValueError: bad input 7" in done.stderr
 
 
+def test_the_result_is_printed_after_what_the_app_wrote_and_asked(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(sys):
+            await sys.write("working on it")
+            name = await sys.ask_user("Your name? ")
+            return f"hello {name}"
+    """)
+    done = subprocess.run([sys.executable, "-m", "llmos.apps.cli", "run", "--no-model", app], input="Bob\n",
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "working on itYour name? \nhello Bob\n"
+
+
+def test_a_reply_the_app_streamed_and_returned_is_printed_once(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(sys):
+            for piece in ("The sea ", "is ", "wide."):
+                await sys.write(piece)
+            await sys.write("\\n")
+            return "The sea is wide."
+    """)
+    done = llmos("run", "--no-model", app)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "The sea is wide.\n"
+
+
 def test_an_app_past_its_deadline_is_killed_with_137(tmp_path):
     app = write_app(tmp_path, """
         async def main(sys):

@@ -20,6 +20,11 @@ async def sleeper(sys, seconds="30"):  # noqa: ANN001, ANN201
     return "rested"
 
 
+async def busy(sys):  # noqa: ANN001, ANN201
+    await sys.write("working\n")
+    return "done"
+
+
 async def eager(sys):  # noqa: ANN001, ANN201
     await sys.write("at once\n")  # its very first act, before the shell's spawn call has returned
     return await sys.ask_user("and?")
@@ -86,6 +91,21 @@ async def test_run_in_the_foreground_streams_the_output(shell, capsys):
 async def test_a_result_is_printed_when_nothing_was_written(shell):
     await shell.execute(f"run {SLEEPER} 0")
     assert said(shell) == "rested\n"
+
+
+async def test_a_result_is_printed_after_what_the_job_wrote(shell, capsys):
+    await shell.execute(f"run {__file__}:busy")
+    assert capsys.readouterr().out == "working\n" and said(shell) == "done\n"
+
+
+async def test_jobs_are_numbered_from_1_again_once_the_table_is_empty(shell):
+    await shell.execute(f"run {SLEEPER} 0")  # a foreground job, over and reported
+    shell.report_finished()  # as the prompt loop does before each prompt
+    said(shell)
+    await shell.execute(f"run {SLEEPER} 30 &")
+    assert said(shell).strip() == "[1] 3"
+    await shell.execute(f"run {SLEEPER} 30 &")
+    assert said(shell).strip() == "[2] 4"
 
 
 async def test_background_job_ps_kill_and_its_notice(shell):
@@ -175,6 +195,7 @@ async def test_fg_shows_the_kept_output_then_the_end(shell, capsys):
     ("nice 1", "error: usage: nice PID|%N PRIORITY"),
     ("mem ls", "error: mem ls is not available yet"),
     ("mem", "error: usage: mem search QUERY"),
+    ("mem add hello --namespace notes", "error: usage: mem search QUERY"),  # the option is --ns
     ("run translate 'unclosed", "error: cannot parse the line"),
     ("chat --model gpt-9", "error: this session runs fake"),
 ])
@@ -210,6 +231,19 @@ async def test_mem_add_then_search_through_the_memory_syscalls(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "remembered as" in out and "in 'shell'" in out
     assert "The ficus is watered on Mondays." in out.splitlines()[-1]
+
+
+async def test_mem_takes_unquoted_words_as_one_text_wherever_the_namespace_stands(tmp_path, capsys):
+    async with llmos.boot(FakeDriver(), memory=tmp_path / "store") as kernel:
+        async with running_shell(kernel) as sh:
+            await sh.execute("mem add --ns notes The ficus is watered by Maria.")
+            await sh.execute("mem add Paris is in France.")
+            await sh.execute("mem search who waters the ficus --ns notes")
+            found_in_notes = capsys.readouterr().out
+            await sh.execute("mem search capital France")
+            found_in_shell = capsys.readouterr().out
+    assert "in 'notes'" in found_in_notes and "The ficus is watered by Maria." in found_in_notes
+    assert "Paris is in France." in found_in_shell and "nothing in namespace" not in found_in_shell
 
 
 async def test_tools_lists_what_processes_may_call_or_says_why_not(shell, capsys):
