@@ -98,9 +98,11 @@ def run(
         _run_durable(app_ref, argv, model=model, no_model=no_model, policy=policy, caps=caps, quotas=quotas,
                      restart=restart_policy, local=local, console=console)
     if remote is not None:
+        _refuse_kernel_options(remote, no_model=no_model, policy=policy)
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_remote_app(remote, app_ref, argv, caps=caps,
                                                                              quotas=quotas, console=console)))
     elif (client := _guard(lambda: daemon_cli.daemon(local))) is not None:
+        _refuse_kernel_options(client.url, no_model=no_model, policy=policy)
         status = _guard(lambda: anyio.run(lambda: daemon_cli.run_in_daemon(client, app_ref, argv, model=model,
                                                                             caps=caps, quotas=quotas,
                                                                             console=console)))
@@ -116,6 +118,7 @@ def _run_durable(app_ref: str, argv: list[str], *, model: str | None, no_model: 
                  console: runner.StdioConsole) -> None:
     client = _guard(lambda: daemon_cli.daemon(local))
     if client is not None:  # --model names one of the daemon's models, as `llmos run` without --durable
+        _refuse_kernel_options(client.url, no_model=no_model, policy=policy)
         status = _guard(lambda: anyio.run(lambda: durable_cli.run_in_daemon(
             client, app_ref, argv, model=model, caps=caps, quotas=quotas, restart=restart, console=console)))
     else:
@@ -125,6 +128,15 @@ def _run_durable(app_ref: str, argv: list[str], *, model: str | None, no_model: 
     if status is None:  # left unfinished (Ctrl-C): it goes on later
         raise typer.Exit(130)
     raise typer.Exit(runner.report(status, runner.stdout_console(), err, console=console))
+
+
+def _refuse_kernel_options(url: str, *, no_model: bool, policy: str) -> None:
+    """--no-model and --policy shape the kernel `llmos run` boots; where the daemon at `url`
+    runs the app in a kernel of its own they would be ignored, so they are refused (exit 2)."""
+    shaping = [*(["--no-model"] if no_model else []), *([f"--policy {policy}"] if policy != "fifo" else [])]
+    if shaping:
+        raise typer.BadParameter(f"{' and '.join(shaping)} shape a kernel this command boots, but the daemon at "
+                                 f"{url} runs the app in its own: add --local to boot one here")
 
 
 def _client() -> Any:

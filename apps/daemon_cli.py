@@ -31,7 +31,7 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, mode
                         caps: frozenset[str], quotas: dict[str, Any], console: runner.StdioConsole) -> ExitStatus:
     """Start APP in the daemon and relay its output and questions here until it ends;
     Ctrl-C kills it (as it would a process of an in-process kernel)."""
-    positional, options = registry.parse_argv(argv)
+    positional, options = registry.parse_argv_portable(argv)
     name = app if app in registry.APPS else None
     ref = registry.portable(app)
     if ref != app and not is_local(client.url):

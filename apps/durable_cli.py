@@ -24,7 +24,7 @@ async def run_local(app: str, argv: list[str], *, model: str | None, policy: str
                     console: runner.StdioConsole) -> ExitStatus | None:
     """Run APP durably in a kernel booted here, until it ends (restarts included). Ctrl-C
     leaves it unfinished: the next boot on this LLMOS_HOME resumes it. None then."""
-    positional, options = registry.parse_argv(argv)
+    positional, options = registry.parse_argv_portable(argv)
     registry.bind(app, positional, options)  # a usage error stops here, before the model loads
     ref = registry.reference(app)
     name = app if app in registry.APPS else None
@@ -49,7 +49,7 @@ async def run_in_daemon(client: DaemonClient, app: str, argv: list[str], *, mode
                         console: runner.StdioConsole) -> ExitStatus | None:
     """Start APP durably in the daemon (on `model`, or the daemon's), show its output until it
     ends; Ctrl-C leaves it running there (it is durable: it does not depend on this terminal)."""
-    positional, options = registry.parse_argv(argv)
+    positional, options = registry.parse_argv_portable(argv)
     name = app if app in registry.APPS else None
     info = await client.spawn(registry.reference(app), positional, options, name=name, caps=caps,
                               quotas=Quotas(**quotas), durable=True, restart=restart, model=model)

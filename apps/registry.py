@@ -78,6 +78,24 @@ def parse_argv(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     return args, options
 
 
+def parse_argv_portable(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """parse_argv for an app that runs in another process on this machine, or later (the
+    daemon; a durable process resumed by another kernel): option values that name an
+    existing file or folder relative to this working folder are made absolute, so that
+    `--file notes.txt` and `--docs notes/` name the same ones there. Positional words, often
+    text, are left as they are."""
+    positional, options = parse_argv(argv)
+    return positional, {name: _absolute_if_path(value) for name, value in options.items()}
+
+
+def _absolute_if_path(value: Any) -> Any:
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        path = Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+    return value
+
+
 def bind(ref: Any, args: list[Any], options: dict[str, Any]) -> Any:
     """The app named by `ref`, with `options` bound as keyword arguments; checked against
     its signature now, so a wrong call is a usage error rather than a failed process."""

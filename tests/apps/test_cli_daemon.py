@@ -53,6 +53,28 @@ async def test_a_wrong_model_or_bad_arguments_are_refused_before_anything_runs()
     assert usage.returncode == 1 and "text" in usage.stderr.decode()
 
 
+async def test_options_that_shape_a_kernel_here_are_refused_where_the_daemon_runs_the_app():
+    async with served() as srv:
+        no_model = await llmos(srv.url, "run", "--no-model", "generate", "hi")
+        policy = await llmos(srv.url, "run", "--policy", "rr", "--durable", "generate", "hi")
+        assert [p.name for p in srv.kernel.ps(include_ended=True)] == ["llmosd"]
+    for result, option in ((no_model, "--no-model"), (policy, "--policy rr")):
+        assert result.returncode == 2, result.stderr.decode()
+        error = " ".join(result.stderr.decode().replace("│", " ").split())  # rich boxes and wraps it
+        assert f"{option} shape a kernel this command boots" in error and "--local" in error
+
+
+async def test_a_file_named_relative_to_where_llmos_runs_is_the_one_the_daemon_reads(tmp_path: Path):
+    (tmp_path / "reader.py").write_text("async def main(sys, file):\n    return open(file).read()\n")
+    (tmp_path / "notes.txt").write_text("the ficus wants water")
+    async with served() as srv:  # the daemon's working folder is not tmp_path
+        with anyio.fail_after(60):
+            result = await anyio.run_process([*CLI, "run", "reader.py:main", "--file", "notes.txt"], cwd=tmp_path,
+                                             env={**os.environ, "LLMOS_URL": srv.url}, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert out(result).strip() == "the ficus wants water"
+
+
 async def test_ps_kill_and_logs_act_on_the_daemons_processes(tmp_path: Path):
     app = tmp_path / "talker.py"
     app.write_text("async def main(sys):\n    await sys.write('hello from the daemon\\n')\n    await sys.sleep(60)\n")

@@ -137,7 +137,7 @@ def test_a_durable_run_ends_as_an_ordinary_run_does(tmp_path):
 
     assert ordinary.returncode == 0, ordinary.stderr
     assert durable.returncode == 0, durable.stderr
-    assert durable.stdout == ordinary.stdout == "step 0\nstep 1\nstep 2\n"
+    assert durable.stdout == ordinary.stdout == "step 0\nstep 1\nstep 2\ncounted to 3\n"  # then its result
     done_id = durable_id_in(durable.stderr)
     assert failing.returncode == 1
     assert "FAILED" in failing.stderr and "ValueError: failed after 2 steps" in failing.stderr
@@ -284,7 +284,7 @@ async def test_a_durable_run_and_ps_in_the_daemon(tmp_path):
         async with DaemonClient(srv.url, srv.key) as client:
             info = await client.durable_info(durable_id)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "step 0\nstep 1\n"
+    assert done.stdout == "step 0\nstep 1\ncounted to 2\n"
     assert srv.url in done.stderr  # it ran there
     assert info.state is DurableState.EXITED and info.steps == 4
     assert re.search(r"\bexited\b", row(listing.stdout, durable_id)) and srv.url in listing.stdout

@@ -39,6 +39,17 @@ def test_parse_argv(argv, args, options):
     assert registry.parse_argv(argv) == (args, options)
 
 
+def test_for_another_process_option_values_naming_files_here_are_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    args, options = registry.parse_argv_portable(["notes.txt", "--file", "notes.txt", "--docs=notes",
+                                                  "--lang", "fr", "--loud", "--other", "/abs/missing"])
+    assert args == ["notes.txt"]  # a positional word is text as often as a path: left alone
+    assert options == {"file": str(tmp_path / "notes.txt"), "docs": str(tmp_path / "notes"), "lang": "fr",
+                       "loud": True, "other": "/abs/missing"}
+
+
 async def test_a_registered_app_runs_by_name_with_options(greeter):
     assert result(await run_app("greet", "llmos", greeting="hi", loud=True)) == "HI LLMOS"
 
