@@ -18,7 +18,7 @@ from typing import Any
 from llmos.kernel.decisions import JsonTurn, ModelAccess
 from llmos.kernel.errors import InvalidRequest
 from llmos.kernel.model import ChatMessage
-from llmos.kernel.tools import ToolSpec
+from llmos.kernel.tools import JsonSchema, ToolSpec
 
 NO_TOOL = "none"  # the choice that means "answer without a tool"
 # What "none" stands for, in words close to the requests it fits (measured on bench/evals:
@@ -77,6 +77,17 @@ class _Prompts:
         prompt = "\n".join([f"Call the tool {spec.name}: {spec.description.strip()}", "Its arguments:", *described,
                             "", f"Question: {message}", *optional, "Reply with the arguments as JSON."])
         return JsonTurn(prompt=prompt, schema=closed(spec.parameters or {"type": "object", "properties": {}}))
+
+
+    def json_reply(self, schema: JsonSchema) -> tuple[str, JsonSchema]:
+        """Its keys listed as a tool's arguments are (a small model not told them invents
+        keys, or runs a number on for want of the comma it wanted), and the schema closed."""
+        props = schema.get("properties") if schema.get("type") == "object" else None
+        if not props:
+            return f"Reply with JSON only, following this JSON schema: {json.dumps(schema)}", schema
+        required = set(schema.get("required", ()))
+        described = [_argument(name, prop, name in required) for name, prop in props.items()]
+        return "\n".join(["Reply with one JSON object only, with these keys:", *described]), closed(schema)
 
 
 def _argument(name: str, prop: dict[str, Any], required: bool) -> str:

@@ -45,3 +45,7 @@ class DecisionPolicy(Protocol):
 
     def tool_arguments(self, spec: ToolSpec, message: str) -> JsonTurn:
         """The turn that fills the chosen tool's arguments (its reply is the arguments)."""
+
+    def json_reply(self, schema: JsonSchema) -> tuple[str, JsonSchema]:
+        """How a chat reply that must follow `schema` (`json_schema=`) is asked for: a system
+        line telling the model the reply's shape, and the schema it is decoded under."""

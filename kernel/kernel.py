@@ -83,7 +83,7 @@ class Kernel:
         self.console: Console | None = None  # the user's terminal, plugged in by `llmos run` or the shell
         self.audit: AuditLog | None = None  # refused and sensitive calls, appended to a file (by llmos.boot)
         self.tools: ToolProvider | None = None  # the tools processes may call, plugged in by llmos.boot
-        self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=...) ask the model, by llmos.boot
+        self.decisions: DecisionPolicy | None = None  # how choose and chat(tools=, json_schema=) ask, by llmos.boot
         self.embedder: Embedder | None = None  # what `choose` measures meaning with, plugged in by llmos.boot
         self.durability: Durability | None = None  # durable processes' runtime (llmos.durable), by llmos.boot
         self.library: ModelLibrary | None = None  # the models.* syscalls' library (llmos.library_port), by llmos.boot

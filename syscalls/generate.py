@@ -184,20 +184,33 @@ async def sys_chat(kernel: Kernel, caller: Process, req: Chat) -> Reply | TextSt
         call = await _choose_tool(kernel, service, caller, req)
         if call is not None:
             return call
-    system = (ChatMessage(role="system", content=req.system),) if req.system else ()
+    system, sampling = req.system, req.sampling()
+    if req.json_schema is not None and kernel.decisions is not None:  # the model is told the reply's shape
+        shape, schema = kernel.decisions.json_reply(req.json_schema)
+        system, sampling = "\n\n".join(filter(None, (system, shape))), sampling.model_copy(update={"json_schema": schema})
     if req.messages is not None:
-        job = await service.submit(caller, req.sampling(), messages=system + req.messages)
+        job = await service.submit(caller, sampling, messages=_with_system(system, req.messages))
         return await _serve(service, job, req.stream)
     window = context.window(kernel, caller)
     message = req.message or ""
-    prompt = await window.prompt(message, system=req.system)  # may page out, recall, or raise E2BIG
-    job = await service.submit(caller, req.sampling(), messages=prompt.messages, prompt_ids=prompt.token_ids)
+    prompt = await window.prompt(message, system=system)  # may page out, recall, or raise E2BIG
+    job = await service.submit(caller, sampling, messages=prompt.messages, prompt_ids=prompt.token_ids)
 
     def remember(reply: Reply) -> None:  # the conversation grows only by completed turns
         if reply.finish_reason in ("stop", "length"):
             window.commit(message, reply.text)
 
     return await _serve(service, job, req.stream, remember)
+
+
+def _with_system(system: str | None, messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+    """`messages` with `system` in their system message: after its own text where they start
+    with one (a chat template may take only one), else a message of its own, first."""
+    if not system:
+        return messages
+    if messages[0].role == "system":
+        return (messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{system}"}), *messages[1:])
+    return (ChatMessage(role="system", content=system), *messages)
 
 
 def _offered(kernel: Kernel, req: Chat) -> list[ToolSpec]:

@@ -105,3 +105,18 @@ async def test_tools_with_examples_are_chosen_with_them_and_none_with_its_own() 
     plain = Model(index=0)
     await LikelihoodDecisions().pick_tool([ADD, CLOCK], "2 + 3?", plain)
     assert plain.examples is None  # no tool has examples: meaning by the descriptions alone
+
+
+@pytest.mark.parametrize("policy", [LikelihoodDecisions(), GeneratedDecisions()])
+def test_a_json_reply_is_asked_for_by_its_keys_and_decoded_closed(policy):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "note": {"type": "string",
+              "description": "anything else"}}, "required": ["city"]}
+    shape, decoded = policy.json_reply(schema)
+    assert shape.splitlines() == ["Reply with one JSON object only, with these keys:", "- city: string",
+                                  "- note (optional): anything else"]
+    assert decoded == {**schema, "additionalProperties": False}
+    open_schema = {**schema, "additionalProperties": True}
+    assert policy.json_reply(open_schema)[1] == open_schema  # what a schema says is kept
+    shape, decoded = policy.json_reply({"type": "array", "items": {"type": "integer"}})
+    assert shape == 'Reply with JSON only, following this JSON schema: {"type": "array", "items": {"type": "integer"}}'
+    assert decoded == {"type": "array", "items": {"type": "integer"}}

@@ -99,6 +99,27 @@ async def test_structured_output_through_sys_chat(smollm2):
     assert "Paris" in results[0]["answer"]
 
 
+async def test_the_readmes_json_schema_sample_parses_with_its_keys(smollm2):
+    # As README.md writes it: no additionalProperties, no max_tokens. Before the model was told
+    # the keys, greedy replies invented keys (or, closed, ran a number on) until cut short.
+    import json
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+
+    async def structured(sys: Sys, question: str) -> dict:
+        return json.loads((await sys.chat(question, json_schema=schema)).text)
+
+    questions = ["Largest city of France?", "Largest city of Japan?", "Name a big city in Brazil."]
+    async with llmos.boot(smollm2) as kernel:
+        procs = [await kernel.spawn(structured, q) for q in questions]
+        statuses = [await kernel.wait(p.pid) for p in procs]
+    assert all(s.ok for s in statuses), [s.reason for s in statuses]
+    replies = [s.result for s in statuses]
+    assert all(set(r) == {"city", "population"} and isinstance(r["population"], int) for r in replies), replies
+    assert replies[0]["city"] == "Paris"
+
+
 @pytest.mark.parametrize("agents", [1, 3])
 async def test_bursts_of_steps_give_the_text_of_single_steps(smollm2_f32, monkeypatch, agents):
     # Float32 and an empty prefix cache for both runs, so that the passes are the same ones.

@@ -102,7 +102,9 @@ async def test_response_format_becomes_the_json_schema_constraint():
         await srv.ai.chat.completions.create(model="fake", messages=USER,
                                                   response_format={"type": "json_object"})
     assert json.loads(reply.choices[0].message.content) == {"city": "Paris"}
-    assert driver.jobs[0].sampling.json_schema == schema
+    # Closed to the keys it names (it leaves additionalProperties unsaid), and the model told them.
+    assert driver.jobs[0].sampling.json_schema == {**schema, "additionalProperties": False}
+    assert driver.jobs[0].messages[0].role == "system" and "- city: string" in driver.jobs[0].messages[0].content
     assert driver.jobs[1].sampling.json_schema == {"type": "object"}
 
 

@@ -496,3 +496,24 @@ async def test_generation_statistics_count_steps_tokens_and_queue() -> None:
     assert stats.steps == 2 and stats.tokens == 6  # "echo: qN" is two words
     assert stats.scheduler.running == 0 and stats.scheduler.waiting == 0 and stats.model == "fake"
     assert stats.tokens_per_s == pytest.approx(6 / 5.0)
+
+
+async def test_a_json_schema_reply_is_asked_for_by_its_keys_and_closed_to_others() -> None:
+    driver = FakeDriver(lambda prompt: '{"city": "Paris"}')
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+    async def main(sys):  # noqa: ANN001
+        await sys.chat("Largest city of France?", json_schema=schema, system="Be brief.")
+        await sys.chat(messages=[ChatMessage(role="system", content="Be brief."),
+                                 ChatMessage(role="user", content="Largest city of France?")], json_schema=schema)
+        await sys.chat("And of Spain?")  # the shape was for that one reply, not the conversation
+
+    async with llmos.boot(driver, embedder=None) as kernel:
+        result(await spawn_and_wait(kernel, main))
+    in_window, stateless, after = driver.jobs
+    for job in (in_window, stateless):
+        assert job.sampling.json_schema == {**schema, "additionalProperties": False}
+        system = [m for m in job.messages if m.role == "system"]
+        assert len(system) == 1 and system[0].content.startswith("Be brief.\n\nReply with one JSON object")
+        assert "- city: string" in system[0].content
+    assert after.sampling.json_schema is None and all("JSON" not in m.content for m in after.messages)
