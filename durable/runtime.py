@@ -31,7 +31,7 @@ from llmos.kernel import params
 from llmos.kernel.durable import DurableInfo, DurableSpec, DurableState, exit_record, failed_record
 from llmos.kernel.errors import (InvalidRequest, InvalidState, MailboxFull, ModelNotServed, NoSuchDurableProcess,
                                  NoSuchModel, NoSuchProcess, SyscallError, Timeout)
-from llmos.kernel.journal import Journal, current_step_key, key_id
+from llmos.kernel.journal import WAIT_END_STEP, Journal, current_step_key, key_id
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.process import ExitStatus, Process, ProcessInfo, ProcessStats, ProcState
 
@@ -133,14 +133,18 @@ class DbosDurability:
             except Exception as exc:  # a busy database misses one beat, not the kernel
                 log.warning("durable: heartbeat failed: %s", exc)
                 continue
-            if not alive:
+            if not alive and not self.closing:  # a kernel that is leaving has let its processes go already
                 await self._taken_for_dead()
 
     async def _taken_for_dead(self) -> None:
         """This kernel was silent long enough for the others to take over its durable
         processes: stop hosting them (another kernel runs them now), and join again."""
-        log.warning("durable: this kernel was taken for dead (silent over %g s); its %d durable process(es) go "
-                    "on elsewhere", params.DURABLE_DEAD_AFTER_S, len(self.running))
+        if self.running:
+            log.warning("durable: this kernel was taken for dead (silent over %g s); its %d durable process(es) "
+                        "go on elsewhere", params.DURABLE_DEAD_AFTER_S, len(self.running))
+        else:  # nothing was lost: say so quietly
+            log.info("durable: this kernel was taken for dead (silent over %g s); it hosted no durable process "
+                     "and joins again", params.DURABLE_DEAD_AFTER_S)
         await self._let_go(list(self.running.values()), TAKEN_OVER)
         await anyio.to_thread.run_sync(self.kernels.join, self.api_url, self.capacity)
 
@@ -346,8 +350,9 @@ class DbosDurability:
         runs = await isolated(lambda: DBOS.list_workflows_async(
             workflow_id_prefix=f"{workflow.workflow_id}#", name=RUN, load_input=False, load_output=False))
         latest = max(runs, key=lambda run: int(run.workflow_id.rpartition("#")[2]), default=None)
-        steps = 0 if latest is None else len(await isolated(
-            lambda: DBOS.list_workflow_steps_async(latest.workflow_id, load_output=False)))
+        recorded = [] if latest is None else await isolated(
+            lambda: DBOS.list_workflow_steps_async(latest.workflow_id, load_output=False))
+        steps = sum(1 for step in recorded if not step["function_name"].endswith(WAIT_END_STEP))  # syscalls
         spec = DurableSpec.model_validate(workflow.input["args"][0])
         state, reason = _state(workflow, latest, alive)
         proc = self.running.get(workflow.workflow_id)

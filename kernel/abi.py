@@ -81,6 +81,16 @@ class Request(BaseModel, Generic[R]):
         process's record keeps such a call's whole text, `kernel/journal.py`)."""
         return False
 
+    def waits_for(self) -> float | None:
+        """Seconds this call waits, counted from when it was first made: a durable process
+        resumed in the middle of it waits out only the rest (`kernel/journal.py` records
+        when it ends). None: the call is no wait."""
+        return None
+
+    def waiting(self, seconds: float) -> Request[R]:
+        """This call, waiting `seconds` instead (for a call whose `waits_for` is not None)."""
+        raise NotImplementedError(f"{self.call} is no wait")
+
     @classmethod
     def result_type(cls) -> Any:
         """What the call returns, from `class X(Request[ResultType])`."""

@@ -11,6 +11,9 @@ What the record holds besides the answer:
   stops with ReplayDiverged naming the syscall, rather than act on another question's answer;
 - the process's context window after the call, when the call changed it: a resumed
   process goes on with the conversation it had;
+- for a wait (`sys.sleep`), the wall clock time it ends at, in a step of its own before the
+  call's: a process resumed in the middle of it waits only for the rest, as DBOS's durable
+  sleep does;
 - for a streamed generation, its pieces: they reach the process as they come, and the
   stream ends for the process only once the reply is recorded. A replayed stream gives the
   recorded pieces back (not generated again). Console output the process writes while a
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from llmos.kernel.process import Process
 
 log = logging.getLogger(__name__)
+WAIT_END_STEP = ".ends_at"  # suffix of the step that records when a wait ends (a syscall's helper, not a syscall)
 _STEP_KEY: ContextVar[str | None] = ContextVar("llmos_step_key", default=None)
 
 
@@ -155,10 +160,26 @@ class Journal:
                 return None if not stream.ran else await run(req)
             await stream.done.wait()  # any other call comes after it in the record, and on replay
         try:
+            if req.waits_for() is not None:
+                run = await self._until_recorded_end(req, run)
             return await self._record(proc, req, run)
         except DurableCancelled:
             self.kernel.kill(proc.pid, "cancelled")
             raise
+
+    async def _until_recorded_end(self, req: Request,
+                                  run: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Any]]:
+        """`run` for a wait that ends when its record says: the first run records the wall
+        clock time it ends at (a step of its own before the call's), and a replay after a
+        crash in the middle of it waits only for what is left of it."""
+        seconds = req.waits_for()
+        assert seconds is not None
+
+        async def end(key: str) -> float:
+            return time.time() + seconds
+
+        ends_at = await self.engine.step(req.call + WAIT_END_STEP, end)
+        return lambda live: run(live.waiting(ends_at - time.time()))
 
     async def _record(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]]) -> Any:
         digest, summary = describe(req)

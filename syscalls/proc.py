@@ -196,11 +196,20 @@ class GetPid(Request[int]):
 
 
 class Sleep(Request[None]):
+    """Wait `seconds`. A durable process's sleep is durable, as DBOS's is: resumed after a
+    crash in the middle of it, the process sleeps only until the time it was to wake."""
+
     call: ClassVar[str] = "sleep"
     blocking: ClassVar[bool] = True
     positional: ClassVar[tuple[str, ...]] = ("seconds",)
 
     seconds: float = Field(ge=0)
+
+    def waits_for(self) -> float:
+        return self.seconds
+
+    def waiting(self, seconds: float) -> Sleep:
+        return self.model_copy(update={"seconds": max(0.0, seconds)})
 
 
 class Stats(Request[KernelStatistics]):

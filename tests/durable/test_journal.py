@@ -6,6 +6,7 @@ get an idempotency key that a replay keeps."""
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,29 @@ async def test_pids_from_before_a_resume_name_the_same_process_or_none(apps, cra
     old_pid, refused = result(status)
     assert refused is not None and "died" in refused
     assert resumed and resumed[0].priority == 5 and resumed[0].pid != old_pid
+
+
+# Notes (appends) when its sleep begins, in this run and in every replay, and returns when it woke.
+SLEEPY_APP = """
+import time
+
+async def main(sys, seconds, marker):
+    await sys.getpid()
+    with open(marker, "a") as notes:
+        notes.write(f"{time.time()}\\n")
+    await sys.sleep(float(seconds))
+    return time.time()
+"""
+
+
+async def test_a_durable_sleep_cut_by_a_crash_ends_when_it_was_to_end(apps, crashed_kernel, tmp_path) -> None:
+    marker, seconds = tmp_path / "sleep-began.txt", 3.0
+    ref = apps.write("sleepy_app", SLEEPY_APP)
+    durable_id = crashed_kernel(ref, str(seconds), str(marker),
+                                kill_when=lambda: bool(lines(marker)) and time.time() - float(lines(marker)[0]) > 1)
+    async with boot() as kernel:
+        status = await kernel.durability.wait(durable_id, timeout=30)
+    first, resumed = (float(line) for line in lines(marker))
+    woke = result(status)
+    assert woke >= first + seconds  # not sooner than it asked
+    assert woke - resumed < seconds - 0.5  # the rest of the sleep, not the whole of it again

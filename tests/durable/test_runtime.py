@@ -467,3 +467,14 @@ async def test_a_run_whose_recorded_model_is_gone_fails_for_good_saying_so(apps)
         await kernel.durability.resume(info.durable_id)
         status = await kernel.durability.wait(info.durable_id, timeout=20)
     assert status.state is ProcState.FAILED and "other" in status.reason
+
+
+async def test_a_kernel_taken_for_dead_with_no_durable_process_rejoins_without_a_warning(caplog) -> None:
+    async with boot() as kernel:
+        durability = await kernel.durability.runtime()
+        await anyio.to_thread.run_sync(durability.kernels.forget, [durability.executor_id])  # as the others would
+        with caplog.at_level(logging.INFO, logger="llmos.durable"):
+            await until_async(lambda: anyio.to_thread.run_sync(
+                lambda: durability.executor_id in durability.kernels.alive()), timeout=10)
+    said = [r for r in caplog.records if "taken for dead" in r.getMessage()]
+    assert said and all(r.levelno == logging.INFO and "no durable process" in r.getMessage() for r in said)
