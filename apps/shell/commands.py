@@ -25,8 +25,9 @@ async def run(shell: Shell, words: list[str]) -> None:
     """run [--allow CAP]... APP [ARGS...] [&]: start an app (with capabilities beyond the
     defaults if allowed); in the foreground unless the line ends with &."""
     background = bool(words) and words[-1] == "&"
-    command = " ".join(["run", *words])
-    allowed, words = _allowed(words[:-1] if background else words)
+    words = words[:-1] if background else words
+    command = " ".join(["run", *words])  # the jobs table adds the "&" of a background job
+    allowed, words = _allowed(words)
     if not words:
         raise ShellError("usage: run [--allow CAP]... APP [ARGS...] [&]   (`apps` lists the apps)")
     caps = DEFAULT_APP_CAPS | allowed

@@ -114,7 +114,8 @@ async def test_background_job_ps_kill_and_its_notice(shell):
     await shell.execute("ps")
     assert "sleeper" in said(shell)
     await shell.execute("jobs")
-    assert "Running" in said(shell)
+    listed = said(shell)
+    assert "Running" in listed and "test_commands.py:sleeper 30 &" in listed and "& &" not in listed
     await shell.execute("kill %1")
     assert said(shell) == "killed 2\n"
     await until(lambda: shell.jobs.jobs[1].status is not None)
