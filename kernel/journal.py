@@ -178,7 +178,7 @@ class Journal:
         async def end(key: str) -> float:
             return time.time() + seconds
 
-        ends_at = await self.engine.step(req.call + WAIT_END_STEP, end)
+        ends_at = await self._diverging(req.call + WAIT_END_STEP, end)
         return lambda live: run(live.waiting(ends_at - time.time()))
 
     async def _record(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]]) -> Any:
@@ -234,13 +234,18 @@ class Journal:
         return req
 
     async def _step(self, req: Request, body: Callable[[str], Awaitable[Recorded]]) -> Recorded:
+        rec = await self._diverging(req.call, body)
+        self.steps += 1
+        return rec
+
+    async def _diverging(self, name: str, body: Callable[[str], Awaitable[Any]]) -> Any:
+        """The engine's step `name`, a divergence from the record remembered: every later
+        call of the run is refused with it too."""
         try:
-            rec = await self.engine.step(req.call, body)
+            return await self.engine.step(name, body)
         except ReplayDiverged as exc:
             self.diverged = exc.message
             raise
-        self.steps += 1
-        return rec
 
     async def _live(self, proc: Process, req: Request, run: Callable[[Request], Awaitable[Any]], key: str,
                     digest: str, summary: str) -> Recorded:
