@@ -102,6 +102,8 @@ class Sys:
         `top` until it says something else; "" clears it."""
         ...
     async def sleep(self, /, seconds: float) -> None:
+        """Wait `seconds`. A durable process's sleep is durable, as DBOS's is: resumed after a
+        crash in the middle of it, the process sleeps only until the time it was to wake."""
         ...
     async def spawn(self, /, app: Any, *args: Any, kwargs: Any = ..., name: str | None = ..., priority: int | None = ..., caps: Any = ..., quotas: Any = ..., durable: bool = ..., restart: Any = ..., model: str | None = ...) -> llmos.kernel.process.ProcessInfo:
         """Start `app(sys, *args, **kwargs)` as a child process; returns its snapshot (with its

@@ -127,7 +127,9 @@ def test_on_the_real_model_a_second_load_takes_the_kept_choice_without_timing_a_
                                                                                         monkeypatch):
     monkeypatch.setenv("LLMOS_HOME", str(session_llmos_home))
     first = llmos.load_model("smollm2", quant="auto").driver.engine.runner
-    kept = list((session_llmos_home / "models" / "smollm2" / quant_cache.CACHE_FOLDER).glob("choice-auto-*.json"))
+    dtype = str(first.model.dtype).removeprefix("torch.")  # (the AVX2 run's float32 choice may sit beside it)
+    kept = list((session_llmos_home / "models" / "smollm2" / quant_cache.CACHE_FOLDER).glob(
+        f"choice-auto-{dtype}-*.json"))
     assert len(kept) == 1
 
     def no_timing(*args: object, **kwargs: object) -> None:

@@ -478,8 +478,10 @@ async def test_the_sampling_settings_reach_the_server():
     assert {k: sent[k] for k in ("max_tokens", "temperature", "top_p", "seed", "stop", "stream_options")} == {
         "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 3, "stop": ["\n"],
         "stream_options": {"include_usage": True}}
-    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    closed = {**schema, "additionalProperties": False}  # as the kernel's decision policy asks (json_reply)
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": closed}}
     assert sent["model"] == "flaky" and sent["messages"][-1] == {"role": "user", "content": "hi"}
+    assert sent["messages"][0]["role"] == "system" and "- a (optional): integer" in sent["messages"][0]["content"]
 
 
 # -- against a real `llmos serve --model smollm2` process ---------------------------------------------
