@@ -165,7 +165,8 @@ def test_a_workflow_asks_on_stdin_and_stops_when_told(tmp_path):
     assert "[writer]" not in done.stdout
 
 
-@pytest.mark.parametrize(("args", "option"), [(("--quant", "int3"), "--quant"), (("--kv-cache-mb", "0"), "--kv-cache-mb"),
+@pytest.mark.parametrize(("args", "option"), [(("--quant", "int3"), "--quant"),
+                                              (("--kv-cache-mb", "0"), "--kv-cache-mb"),
                                               (("--kv-cache-mb", "-5"), "--kv-cache-mb")])
 def test_a_bad_model_setting_is_refused_before_the_command_runs(args, option):
     done = llmos(*args, "apps")  # `apps` loads no model: the option itself is checked

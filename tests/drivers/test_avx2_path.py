@@ -2,8 +2,8 @@
 llmos in float32 with its integer kernels (int8 through int16 codes, int4_linear), which the
 suite's own run on an AVX-512 machine never takes. So there the operator and quantization
 tests (the real model's among them) and the int8 decode passes through `decode_layers` run
-again in a pytest of their own that runs as an AVX2-only CPU would (llmos.testing.emulate_avx2: torch capped at AVX2,
-llmos blind to the avx512 flags, its operators built for x86-64-v3)."""
+again in a pytest of their own that runs as an AVX2-only CPU would (llmos.testing.emulate_avx2:
+torch capped at AVX2, llmos blind to the avx512 flags, its operators built for x86-64-v3)."""
 
 from __future__ import annotations
 
